@@ -1,0 +1,1 @@
+"""agent — not yet implemented (see the open issues)."""

@@ -1,0 +1,161 @@
+"""HTTP routes (`/v1`, FastAPI). Routes only: the work is in `sessions`. Every error is a JSON `ErrorResponse`."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from envserver.config import ServerConfig
+from envserver.metrics import Metrics
+from envserver.sandbox.base import SandboxBackend
+from envserver.sessions import SessionError, SessionManager
+from envserver.tasks import TaskInstance
+from envserver.wire import (
+    ErrorResponse,
+    Health,
+    ResetRequest,
+    ResetResponse,
+    SessionState,
+    StepRequest,
+    StepResponse,
+    TaskList,
+    TaskSummary,
+)
+
+log = logging.getLogger(__name__)
+
+_ERRORS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+           413: "body_too_large", 415: "unsupported_media_type", 422: "invalid_request"}
+
+
+def _error(status: int, type_: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorResponse.model_validate({"error": {"type": type_, "message": message}})
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, TaskInstance]) -> FastAPI:
+    metrics = Metrics()
+    manager = SessionManager(config, backend, tasks, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await manager.start()
+        try:
+            yield
+        finally:
+            await manager.shutdown()
+            await backend.close()
+
+    app = FastAPI(title="envserver", version="1", lifespan=lifespan,
+                  description="SWE-Gym / SWE-bench tasks as multi-turn tool environments, one container per episode.")
+    app.state.manager = manager
+    app.state.metrics = metrics
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > config.max_body_bytes:
+            metrics.request_errors.labels(type="body_too_large").inc()
+            return _error(413, "body_too_large", f"request body of {length} bytes is over the limit of "
+                          f"{config.max_body_bytes} bytes")
+        if length is None and request.method in {"POST", "PUT", "PATCH"}:
+            # Chunked bodies: read up to the limit ourselves.
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > config.max_body_bytes:
+                    return _error(413, "body_too_large", f"request body is over the limit of "
+                                  f"{config.max_body_bytes} bytes")
+            request._body = bytes(body)  # noqa: SLF001 - starlette reads the cached body later
+        return await call_next(request)
+
+    @app.exception_handler(SessionError)
+    async def session_error(request: Request, exc: SessionError) -> JSONResponse:
+        metrics.request_errors.labels(type=exc.type).inc()
+        return _error(exc.status, exc.type, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(err.get("type") == "json_invalid" for err in errors):
+            metrics.request_errors.labels(type="invalid_json").inc()
+            detail = "; ".join(str(err.get("ctx", {}).get("error", err.get("msg"))) for err in errors)
+            return _error(400, "invalid_json", f"the request body is not valid JSON: {detail}")
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'] if p != 'body') or 'body'}: {err['msg']}" for err in errors
+        )
+        metrics.request_errors.labels(type="invalid_request").inc()
+        return _error(422, "invalid_request", f"invalid request: {problems}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = _ERRORS.get(exc.status_code, "http_error")
+        metrics.request_errors.labels(type=type_).inc()
+        message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}; see /docs for the API"
+        return _error(exc.status_code, type_, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        metrics.request_errors.labels(type="internal").inc()
+        return _error(500, "internal", f"internal server error: {type(exc).__name__}: {exc}")
+
+    async def authorize(request: Request) -> None:
+        if config.auth_token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), config.auth_token):
+            raise SessionError(401, "unauthorized", "missing or wrong bearer token (send `Authorization: Bearer "
+                               "<token>`)", headers={"WWW-Authenticate": "Bearer"})
+
+    guarded = [Depends(authorize)]
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        return Health(server_name=config.server_name, sessions=manager.active_count(),
+                      max_sessions=config.max_sessions, tasks=len(tasks))
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/tasks", response_model=TaskList, dependencies=guarded)
+    async def list_tasks() -> TaskList:
+        return TaskList(tasks=[
+            TaskSummary(instance_id=t.instance_id, repo=t.repo, base_commit=t.base_commit, version=t.version,
+                        image=manager.images.get(t.instance_id))
+            for t in tasks.values()
+        ])
+
+    @app.post("/v1/sessions", response_model=ResetResponse, status_code=201, dependencies=guarded,
+              responses={404: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
+    async def reset(body: ResetRequest) -> ResetResponse:
+        return await manager.create(body.task_id, body.max_steps)
+
+    @app.post("/v1/sessions/{session_id}/step", response_model=StepResponse, dependencies=guarded,
+              responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
+                         422: {"model": ErrorResponse}})
+    async def step(session_id: str, body: StepRequest) -> StepResponse:
+        return await manager.get(session_id).step(body.name, body.arguments)
+
+    @app.get("/v1/sessions/{session_id}", response_model=SessionState, dependencies=guarded)
+    async def session_state(session_id: str) -> SessionState:
+        return manager.get(session_id).state()
+
+    @app.delete("/v1/sessions/{session_id}", response_model=SessionState, dependencies=guarded)
+    async def close(session_id: str) -> SessionState:
+        return await manager.delete(session_id)
+
+    return app

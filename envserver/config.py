@@ -1,0 +1,81 @@
+"""Env server configuration: one typed model, filled from CLI flags, a YAML file or ENVSERVER_* variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from envserver.image_names import DEFAULT_TEMPLATES
+from envserver.tasks import SAMPLE_TASKS_PATH
+
+
+class DockerSandboxConfig(BaseModel):
+    """Docker backend settings and the limits every episode container gets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["docker"] = "docker"
+    """Backend discriminator (one backend per file in envserver/sandbox/)."""
+    docker_url: str | None = None
+    """Docker engine address; default: DOCKER_HOST or the local socket."""
+    cpus: float = 1.0
+    """CPU quota per container, in cores."""
+    memory: str = "4g"
+    """Memory limit per container (no swap beyond it); an agent allocating more is OOM-killed inside it."""
+    pids_limit: int = 512
+    """Maximum processes/threads per container: stops fork bombs."""
+    network: bool = False
+    """Give episode containers a network. Off by default; grading containers never get one."""
+    max_workers: int = 64
+    """Threads for blocking docker SDK calls (bounds concurrent container starts)."""
+
+
+class ServerConfig(BaseModel):
+    """Everything `python -m envserver serve` can be told."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    """Address to listen on. Anything but loopback requires `auth_token`."""
+    port: int = 8000
+    """TCP port."""
+    tasks: list[Path] = Field(default_factory=lambda: [SAMPLE_TASKS_PATH])
+    """Task files (JSON, JSONL or parquet) in the SWE-bench / SWE-Gym schema."""
+    server_name: str = "envserver"
+    """Name written on every container this server starts; at start-up, containers with the same name left by a
+    crashed predecessor are removed. Replicas sharing one Docker engine need distinct names."""
+    auth_token: str | None = None
+    """Bearer token clients must send (`Authorization: Bearer …`); required off loopback."""
+    max_sessions: int = 64
+    """Concurrent sessions; past it `POST /v1/sessions` answers 429 with Retry-After."""
+    session_ttl_s: float = 1800.0
+    """A session idle for this long is closed and its container removed."""
+    default_max_steps: int = 100
+    """Steps per episode unless the reset asks for fewer; the step past it ends the episode as truncated."""
+    max_steps_cap: int = 500
+    """Largest `max_steps` a reset may ask for."""
+    warm_pool_size: int = 0
+    """Started containers kept ready per task image, so reset hands one over instead of starting one."""
+    warm_pool_images: list[str] = Field(default_factory=list)
+    """Task ids whose images get a warm pool; empty means every task's image (when `warm_pool_size` > 0)."""
+    image_templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    """Image-name templates tried in order for tasks without an explicit image."""
+    command_timeout_s: float = 120.0
+    """Default hard limit of one `execute_bash` call; the agent may ask for up to `max_command_timeout_s`."""
+    max_command_timeout_s: float = 600.0
+    """Largest `timeout` an agent may ask for in one `execute_bash` call."""
+    no_output_timeout_s: float = 30.0
+    """An `execute_bash` call that prints nothing for this long returns its partial output (exit code -1)."""
+    max_output_chars: int = 30_000
+    """Observation budget for one tool call; longer output keeps its head and tail with a note."""
+    grade_timeout_s: float = 900.0
+    """Upper bound on a grading run (container start + tests); past it the grade is an infra failure."""
+    max_body_bytes: int = 10 * 2**20
+    """Largest request body accepted (413 beyond)."""
+    sandbox: DockerSandboxConfig = Field(default_factory=DockerSandboxConfig)
+    """Sandbox backend and per-container limits."""
+
+    def is_loopback(self) -> bool:
+        return self.host in {"127.0.0.1", "localhost", "::1"} or self.host.startswith("127.")

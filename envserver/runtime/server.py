@@ -1,0 +1,188 @@
+"""In-container runtime: one long-lived process per session speaking JSON lines on stdin/stdout (PROTOCOL.md).
+
+Hand-written on the standard library only because the host copies it into arbitrary task images and runs it with
+the image's own python3 (>= 3.8); nothing can be installed there. Usage:
+
+    python3 -u server.py --cwd DIR [--init-script S] [--max-output-chars N] [--hard-timeout S]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+
+import bash_session
+
+PROTOCOL = 1
+
+
+class BadRequest(Exception):
+    pass
+
+
+def _arg(args: dict, name: str, types, default=None, required: bool = False):
+    if name not in args or (args[name] is None and not required):
+        if required:
+            raise BadRequest("missing argument %r" % name)
+        return default
+    value = args[name]
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise BadRequest("argument %r has the wrong type (bool)" % name)
+    if not isinstance(value, types):
+        raise BadRequest("argument %r has the wrong type (%s)" % (name, type(value).__name__))
+    return value
+
+
+def _positive(args: dict, name: str, types, default):
+    value = _arg(args, name, types, default)
+    if value is not None and value <= 0:
+        raise BadRequest("argument %r must be positive" % name)
+    return value
+
+
+def run_exec(argv, cwd=None, timeout=60.0, stdin=None, max_output_bytes=50000000) -> dict:
+    """Run argv directly; keep at most max_output_bytes of each stream (draining the rest); kill on timeout."""
+    with tempfile.TemporaryFile() as fin:
+        if stdin:
+            fin.write(stdin.encode("utf-8", "surrogateescape"))
+            fin.seek(0)
+        proc = subprocess.Popen(argv, cwd=cwd, stdin=fin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+    bufs = {proc.stdout: [], proc.stderr: []}
+    sizes = {proc.stdout: 0, proc.stderr: 0}
+    sel = selectors.DefaultSelector()
+    for f in bufs:
+        sel.register(f, selectors.EVENT_READ)
+    deadline, timed_out = time.monotonic() + timeout, False
+    while sel.get_map():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            timed_out = True
+            bash_session.kill_tree(lambda p, info: info[2] == proc.pid or p == proc.pid)
+            break
+        for key, _ in sel.select(min(left, 1.0)):
+            data = os.read(key.fd, 65536)
+            if not data:
+                sel.unregister(key.fileobj)
+            elif sizes[key.fileobj] < max_output_bytes:
+                bufs[key.fileobj].append(data[:max_output_bytes - sizes[key.fileobj]])
+                sizes[key.fileobj] += len(bufs[key.fileobj][-1])
+    sel.close()
+    proc.stdout.close()
+    proc.stderr.close()
+    try:
+        code = proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        bash_session.kill_tree(lambda p, info: p == proc.pid)
+        code = proc.wait()
+    return {"exit_code": None if timed_out else code, "timed_out": timed_out,
+            "stdout": b"".join(bufs[proc.stdout]).decode("utf-8", "replace"),
+            "stderr": b"".join(bufs[proc.stderr]).decode("utf-8", "replace")}
+
+
+class Server:
+    def __init__(self, opts):
+        self.opts = opts
+        self.session = bash_session.BashSession(opts.cwd, opts.init_script, opts.max_output_chars,
+                                                opts.hard_timeout)
+        self.editor, self.stopping = None, False
+        try:
+            self.session.start()
+        except OSError as e:  # retried by the first bash op
+            self.session._kill_shell()
+            sys.stderr.write("runtime: could not start bash: %s\n" % e)
+
+    def op_ping(self, args):
+        return {"pid": os.getpid(), "python": platform.python_version(), "protocol": PROTOCOL}
+
+    def op_bash(self, args):
+        return self.session.run(
+            _arg(args, "command", str, required=True),
+            is_input=_arg(args, "is_input", bool, False),
+            timeout=_positive(args, "timeout", (int, float), None),
+            no_output_timeout=_positive(args, "no_output_timeout", (int, float), 30.0),
+            max_output_chars=_positive(args, "max_output_chars", int, None))
+
+    def op_edit(self, args):
+        if self.editor is None:
+            try:
+                import editor
+            except ImportError as e:
+                raise RuntimeError("the editor module is not available: %s" % e)
+            self.editor = editor.Editor()
+        return self.editor.run(args)
+
+    def op_exec(self, args):
+        argv = _arg(args, "argv", list, required=True)
+        if not argv or not all(isinstance(a, str) for a in argv):
+            raise BadRequest("argument 'argv' must be a non-empty list of strings")
+        return run_exec(argv, cwd=_arg(args, "cwd", str), timeout=_positive(args, "timeout", (int, float), 60.0),
+                        stdin=_arg(args, "stdin", str),
+                        max_output_bytes=_positive(args, "max_output_bytes", int, 50000000))
+
+    def op_shutdown(self, args):
+        self.stopping = True
+        return {}
+
+    def handle(self, line: bytes):
+        try:
+            req = json.loads(line.decode("utf-8"))
+        except ValueError as e:
+            return {"id": None, "ok": False, "error": "undecodable request line: %s" % e, "kind": "bad_request"}
+        if not isinstance(req, dict):
+            return {"id": None, "ok": False, "error": "a request must be a JSON object", "kind": "bad_request"}
+        rid, op, args = req.get("id"), req.get("op"), req.get("args", {})
+        handler = getattr(self, "op_%s" % op, None) if isinstance(op, str) else None
+        try:
+            if handler is None:
+                raise BadRequest("unknown op %r" % (op,))
+            if args is None:
+                args = {}
+            if not isinstance(args, dict):
+                raise BadRequest("'args' must be an object")
+            return {"id": rid, "ok": True, "result": handler(args)}
+        except BadRequest as e:
+            return {"id": rid, "ok": False, "error": str(e), "kind": "bad_request"}
+        except Exception as e:
+            return {"id": rid, "ok": False, "error": "%s: %s" % (type(e).__name__, e), "kind": "internal"}
+
+    def serve(self, inp, out) -> None:
+        for line in inp:
+            if not line.strip():
+                continue
+            resp = self.handle(line)
+            try:
+                data = json.dumps(resp, ensure_ascii=True)
+            except (TypeError, ValueError) as e:
+                data = json.dumps({"id": None, "ok": False, "error": "unencodable response: %s" % e,
+                                   "kind": "internal"})
+            out.write(data.encode("ascii") + b"\n")
+            out.flush()
+            if self.stopping:
+                break
+        self.session.close()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cwd", default="/")
+    p.add_argument("--init-script", default=None)
+    p.add_argument("--max-output-chars", type=int, default=30000)
+    p.add_argument("--hard-timeout", type=float, default=120.0)
+    opts = p.parse_args(argv)
+    # Responses go to a private copy of stdout; fd 1 becomes stderr so nothing else can corrupt the stream.
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    Server(opts).serve(sys.stdin.buffer, out)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Host side of the in-container runtime protocol (envserver/runtime/PROTOCOL.md): JSON lines over one stream."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+from envserver.sandbox.base import ByteStream, Sandbox
+
+RUNTIME_SOURCE_DIR = Path(__file__).parent / "runtime"
+RUNTIME_DIR_IN_SANDBOX = "/.envserver/runtime"
+# Same python lookup as the keep-alive init: the image's own python3, else conda's.
+_PYTHON = 'exec "$(command -v python3 || echo /opt/miniconda3/bin/python3)"'
+# SWE-bench / SWE-Gym images keep the task's environment in a conda env named testbed.
+DEFAULT_INIT_SCRIPT = "if [ -f /opt/miniconda3/bin/activate ]; then . /opt/miniconda3/bin/activate testbed; fi"
+
+
+def runtime_files() -> dict[str, bytes]:
+    """The runtime's source files, keyed by their path inside the sandbox."""
+    return {
+        f"{RUNTIME_DIR_IN_SANDBOX}/{path.name}": path.read_bytes()
+        for path in sorted(RUNTIME_SOURCE_DIR.glob("*.py"))
+    }
+
+
+def runtime_argv(cwd: str, init_script: str, max_output_chars: int, hard_timeout_s: float) -> list[str]:
+    args = [
+        f"{RUNTIME_DIR_IN_SANDBOX}/server.py",
+        "--cwd", cwd,
+        "--init-script", init_script,
+        "--max-output-chars", str(max_output_chars),
+        "--hard-timeout", str(hard_timeout_s),
+    ]
+    quoted = " ".join(_shell_quote(arg) for arg in args)
+    return ["/bin/sh", "-c", f"{_PYTHON} -u {quoted}"]
+
+
+def _shell_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+class RuntimeDied(RuntimeError):
+    """The runtime process exited or its stream broke (e.g. the agent ran `kill -9 -1`)."""
+
+
+class RuntimeRequestError(RuntimeError):
+    """The runtime answered `ok: false`."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class RuntimeClient:
+    """Sends requests to one runtime process and matches responses by id. Requests may be issued concurrently,
+    but the runtime serves them in order, so callers serialise per session."""
+
+    MAX_LINE_BYTES = 256 * 2**20
+
+    def __init__(self, stream: ByteStream):
+        self._stream = stream
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._dead_reason: str | None = None
+        self._reader = asyncio.create_task(self._read_loop())
+
+    @classmethod
+    async def start(cls, sandbox: Sandbox, argv: list[str]) -> "RuntimeClient":
+        return cls(await sandbox.open_stream(argv))
+
+    @property
+    def alive(self) -> bool:
+        return self._dead_reason is None
+
+    def stderr_tail(self) -> str:
+        return self._stream.stderr_tail()
+
+    async def _read_loop(self) -> None:
+        buffer = bytearray()
+        try:
+            while True:
+                chunk = await self._stream.read()
+                if not chunk:
+                    break
+                buffer += chunk
+                while (newline := buffer.find(b"\n")) >= 0:
+                    line = bytes(buffer[:newline])
+                    del buffer[: newline + 1]
+                    self._dispatch(line)
+                if len(buffer) > self.MAX_LINE_BYTES:
+                    self._fail(f"runtime sent a line longer than {self.MAX_LINE_BYTES} bytes")
+                    return
+        except Exception as exc:  # the stream broke in a way the backend did not map to EOF
+            self._fail(f"runtime stream error: {exc}")
+            return
+        tail = self._stream.stderr_tail().strip()
+        self._fail("runtime process exited" + (f"; its last stderr: {tail[-500:]}" if tail else ""))
+
+    def _dispatch(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except json.JSONDecodeError:
+            return  # not ours: the runtime never prints anything but response lines
+        future = self._pending.pop(message.get("id"), None) if isinstance(message, dict) else None
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    def _fail(self, reason: str) -> None:
+        if self._dead_reason is None:
+            self._dead_reason = reason
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(RuntimeDied(self._dead_reason))
+        self._pending.clear()
+
+    async def request(self, op: str, args: dict[str, Any] | None = None, timeout: float = 60.0) -> dict[str, Any]:
+        """Send one request and wait for its result. Raises RuntimeDied, RuntimeRequestError, asyncio.TimeoutError."""
+        if self._dead_reason is not None:
+            raise RuntimeDied(self._dead_reason)
+        request_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        payload = json.dumps({"id": request_id, "op": op, "args": args or {}}, ensure_ascii=False)
+        try:
+            await self._stream.write(payload.encode("utf-8") + b"\n")
+            message = await asyncio.wait_for(future, timeout=timeout)
+        except (ConnectionError, OSError) as exc:
+            self._fail(f"could not write to the runtime: {exc}")
+            raise RuntimeDied(self._dead_reason or str(exc)) from exc
+        finally:
+            self._pending.pop(request_id, None)
+        if not message.get("ok"):
+            raise RuntimeRequestError(str(message.get("kind", "internal")), str(message.get("error", "")))
+        return message.get("result") or {}
+
+    async def close(self) -> None:
+        self._fail("runtime closed")
+        self._reader.cancel()
+        await self._stream.close()

@@ -1,0 +1,208 @@
+"""The in-container runtime (envserver/runtime/server.py) run as a local subprocess, spoken to over its protocol.
+
+Runs under the host python3 and under Python 3.8 (the oldest image python we support) when it is installed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SERVER = Path(__file__).resolve().parents[2] / "envserver" / "runtime" / "server.py"
+PY38 = "/root/.pyenv/versions/3.8.18/bin/python3"
+PYTHONS = [sys.executable] + ([PY38] if os.path.exists(PY38) else [])
+
+
+class Runtime:
+    def __init__(self, python: str, cwd: str, *extra: str):
+        self.proc = subprocess.Popen([python, "-u", str(SERVER), "--cwd", cwd, *extra], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.next_id = 0
+
+    def raw(self, line: bytes) -> dict:
+        self.proc.stdin.write(line + b"\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def call(self, op: str, **args) -> dict:
+        self.next_id += 1
+        resp = self.raw(json.dumps({"id": self.next_id, "op": op, "args": args}).encode())
+        assert resp["id"] == self.next_id
+        return resp
+
+    def bash(self, command: str, **args) -> dict:
+        resp = self.call("bash", command=command, **args)
+        assert resp["ok"], resp
+        return resp["result"]
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.call("shutdown")
+                self.proc.wait(timeout=10)
+            except Exception:
+                self.proc.kill()
+        self.proc.stderr.close()
+        self.proc.stdout.close()
+        self.proc.stdin.close()
+
+
+@pytest.fixture(params=PYTHONS, ids=lambda p: "py38" if p == PY38 else "host")
+def rt(request, tmp_path):
+    r = Runtime(request.param, str(tmp_path))
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def rt_host(tmp_path):
+    r = Runtime(sys.executable, str(tmp_path))
+    yield r
+    r.close()
+
+
+def test_ping_and_persistence(rt, tmp_path):
+    ping = rt.call("ping")["result"]
+    assert ping["protocol"] == 1 and ping["pid"] == rt.proc.pid
+    r = rt.bash("pwd; mkdir sub && cd sub && export FOO=bar; f() { echo \"f:$1\"; }; sleep 30 & echo started")
+    assert r["status"] == "completed" and r["exit_code"] == 0
+    assert r["output"].startswith(str(tmp_path) + "\n") and "started" in r["output"]
+    assert r["cwd"] == str(tmp_path / "sub")
+    r = rt.bash("echo $FOO; f x; pwd; jobs | grep -c sleep; echo $TERM $PAGER $GIT_PAGER; (exit 3)")
+    assert r["output"] == "bar\nf:x\n%s\n1\ndumb cat cat\n" % (tmp_path / "sub")
+    assert r["exit_code"] == 3 and r["cwd"] == str(tmp_path / "sub")
+    assert rt.bash("cat /proc/$$/oom_score_adj")["output"].strip() == "1000"
+
+
+def test_multiline_heredoc_and_syntax_error(rt):
+    r = rt.bash("cat <<'EOF'\nline1\n  $HOME\nEOF\nfor i in 1 2; do\n  echo $i\ndone\nprintf no-newline")
+    assert r["output"] == "line1\n  $HOME\n1\n2\nno-newline" and r["exit_code"] == 0
+    r = rt.bash("echo 'unterminated")
+    assert r["status"] == "completed" and r["exit_code"] == 2
+    assert "unexpected EOF" in r["output"] and ".envserver-rt" not in r["output"]
+    assert rt.bash("echo ok")["output"] == "ok\n"
+
+
+def test_hard_timeout_keeps_shell(rt):
+    rt.bash("export KEEP=1")
+    t = time.monotonic()
+    r = rt.bash("echo before; sleep 1000", timeout=2)
+    assert r["status"] == "hard_timeout" and "before" in r["output"] and "timed out" in r["note"]
+    assert time.monotonic() - t < 6
+    r = rt.bash("echo $KEEP")
+    assert r["output"] == "1\n" and r["status"] == "completed"
+
+
+def test_hard_timeout_sigint_ignored(rt_host):
+    """A program that ignores Ctrl-C is SIGKILLed together with its descendants."""
+    cmd = ("python3 -c 'import signal,subprocess,time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+           "subprocess.Popen([\"sleep\", \"777\"], start_new_session=True); time.sleep(1000)'")
+    r = rt_host.bash(cmd, timeout=1)
+    assert r["status"] == "hard_timeout" and "killed" in r["note"]
+    assert rt_host.bash("pgrep -x -f 'sleep 777' || echo none")["output"] == "none\n"
+    assert rt_host.bash("echo alive")["output"] == "alive\n"
+
+
+def test_no_output_timeout_then_interrupt(rt):
+    r = rt.bash("echo partial; sleep 1000", no_output_timeout=1)
+    assert r["status"] == "no_output_timeout" and r["output"] == "partial\n" and r["exit_code"] is None
+    r = rt.bash("echo new")
+    assert r["status"] == "busy" and "NOT executed" in r["note"]
+    r = rt.bash("", is_input=True, no_output_timeout=0.5)
+    assert r["status"] == "no_output_timeout"
+    r = rt.bash("C-c", is_input=True)
+    assert r["status"] == "completed" and r["exit_code"] == 130
+    assert rt.bash("echo works")["output"] == "works\n"
+    r = rt.bash("", is_input=True)
+    assert r["note"].startswith("ERROR: No previous running command")
+
+
+def test_input_to_read_and_python(rt):
+    r = rt.bash("read -p 'name? ' x; echo \"got:$x\"", no_output_timeout=1)
+    assert r["status"] == "no_output_timeout" and r["output"] == "name? "
+    r = rt.bash("alice", is_input=True)
+    assert r["status"] == "completed" and r["output"] == "got:alice\n"
+    r = rt.bash("python3 -c 'print(\"v=\" + input(\"> \"))'", no_output_timeout=1)
+    assert r["status"] == "no_output_timeout"
+    r = rt.bash("42", is_input=True)
+    assert r["status"] == "completed" and r["output"].endswith("v=42\n")
+
+
+def test_truncation_100mb_and_binary(rt):
+    t = time.monotonic()
+    r = rt.bash("yes | head -c 100000000; echo; echo END", max_output_chars=1000)
+    assert r["status"] == "completed" and r["exit_code"] == 0
+    assert time.monotonic() - t < 20
+    assert r["output"].startswith("y\ny\n") and r["output"].endswith("y\n\nEND\n")
+    assert r["truncated_chars"] == 100000005 - 1000
+    assert "[... %d characters (" % r["truncated_chars"] in r["output"] and len(r["output"]) < 1200
+    r = rt.bash("head -c 100000 /dev/urandom; echo; echo done")
+    assert r["status"] == "completed" and r["output"].endswith("done\n")
+    assert rt.bash("echo fine")["output"] == "fine\n"
+
+
+def test_endless_output_hard_timeout_bounded_memory(rt_host):
+    r = rt_host.bash("yes", timeout=3, max_output_chars=200)
+    assert r["status"] == "hard_timeout" and r["truncated_chars"] > 1000000
+    rss_kb = int([ln for ln in open("/proc/%d/status" % rt_host.proc.pid) if ln.startswith("VmHWM")][0].split()[1])
+    assert rss_kb < 100000
+    assert rt_host.bash("echo ok")["output"] == "ok\n"
+
+
+@pytest.mark.parametrize("cmd", ["cd /; export X=1; exit 4", "kill -9 $$"])
+def test_shell_death_restarts(rt, tmp_path, cmd):
+    r = rt.bash(cmd)
+    assert r["status"] == "shell_restarted" and "new shell" in r["note"]
+    assert r["exit_code"] == (4 if "exit" in cmd else 137)
+    r = rt.bash("pwd; echo \"x=$X\"")
+    assert r["output"] == "%s\nx=\n" % tmp_path and r["status"] == "completed"
+
+
+def test_exit_with_background_job_holding_pty(rt_host, tmp_path):
+    r = rt_host.bash("sleep 600 & exit")
+    assert r["status"] == "shell_restarted"
+    assert rt_host.bash("echo back")["output"] == "back\n"
+
+
+def test_bad_requests_never_crash(rt):
+    assert rt.raw(b"not json")["id"] is None
+    assert rt.raw(b"\xff\xfe")["kind"] == "bad_request"
+    assert rt.raw(b"[1, 2]")["id"] is None
+    for op, args, in [("nope", {}), ("bash", {}), ("bash", {"command": 3}), ("bash", {"command": "x", "timeout": "1"}),
+                      ("bash", {"command": "x", "is_input": "yes"}), ("bash", {"command": "x", "timeout": -1}),
+                      ("exec", {"argv": "ls"}), ("exec", {"argv": []}), ("bash", {"command": "x",
+                                                                                 "max_output_chars": True})]:
+        resp = rt.call(op, **args)
+        assert not resp["ok"] and resp["kind"] == "bad_request", (op, args, resp)
+    assert rt.raw(b'{"id": "s", "op": "bash", "args": 5}')["kind"] == "bad_request"
+    resp = rt.call("exec", argv=["/nonexistent/prog"])
+    assert not resp["ok"] and resp["kind"] == "internal"
+    assert rt.call("ping")["ok"]
+
+
+def test_exec(rt, tmp_path):
+    r = rt.call("exec", argv=["sh", "-c", "pwd; cat; echo err >&2; exit 5"], cwd=str(tmp_path), stdin="in\n")
+    assert r["result"] == {"exit_code": 5, "timed_out": False, "stdout": "%s\nin\n" % tmp_path, "stderr": "err\n"}
+    r = rt.call("exec", argv=["sh", "-c", "head -c 100000 /dev/zero; printf '\\377'"], max_output_bytes=10)["result"]
+    assert r["stdout"] == "\0" * 10 and r["exit_code"] == 0
+    r = rt.call("exec", argv=["sh", "-c", "printf '\\377ok'; sleep 100"], timeout=0.5)["result"]
+    assert r["timed_out"] and r["exit_code"] is None and r["stdout"] == "\ufffdok"
+
+
+def test_init_script_and_stdout_hygiene(tmp_path):
+    r = Runtime(sys.executable, str(tmp_path), "--init-script", "export INITED=yes; echo noise",
+                "--max-output-chars", "50")
+    try:
+        assert r.call("ping")["ok"]
+        res = r.bash("echo $INITED; seq 1 1000")
+        assert res["output"].startswith("yes\n1\n") and res["truncated_chars"] > 0
+        assert r.bash("exit")["status"] == "shell_restarted"
+        assert r.bash("echo $INITED")["output"] == "yes\n"
+    finally:
+        r.close()
+    assert r.proc.returncode == 0

@@ -1,0 +1,1 @@
+"""trainer — not yet implemented (see the open issues)."""
