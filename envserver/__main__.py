@@ -35,8 +35,13 @@ def serve(
     server_name: Optional[str] = typer.Option(None, help="Name on this server's containers; a restart with the "
                                               "same name removes the containers a crashed predecessor left."),
     auth_token: Optional[str] = typer.Option(None, help="Bearer token clients must send (or ENVSERVER_AUTH_TOKEN)."),
+    allow_unauthenticated: Optional[bool] = typer.Option(None, "--allow-unauthenticated", help="Listen off "
+                                                         "loopback without a token (only behind a loopback-only "
+                                                         "port mapping)."),
     max_sessions: Optional[int] = typer.Option(None, help="Concurrent session cap (429 beyond it)."),
     warm_pool_size: Optional[int] = typer.Option(None, help="Started containers kept ready per task image."),
+    warm_pool_task: Optional[list[str]] = typer.Option(None, help="Only these tasks' images get a warm pool "
+                                                       "(repeatable; default: every task)."),
     session_ttl_s: Optional[float] = typer.Option(None, help="Idle seconds before a session is closed."),
     default_max_steps: Optional[int] = typer.Option(None, help="Steps per episode before it is truncated."),
     network: Optional[bool] = typer.Option(None, "--network/--no-network", help="Give episode containers a "
@@ -53,13 +58,14 @@ def serve(
 
     overrides: dict[str, Any] = dict(
         tasks=tasks or None, host=host, port=port, server_name=server_name, auth_token=auth_token,
-        max_sessions=max_sessions, warm_pool_size=warm_pool_size, session_ttl_s=session_ttl_s,
+        allow_unauthenticated=allow_unauthenticated,
+        max_sessions=max_sessions, warm_pool_size=warm_pool_size, warm_pool_tasks=warm_pool_task or None, session_ttl_s=session_ttl_s,
         default_max_steps=default_max_steps,
     )
     cfg = load_config(config, overrides)
     if network is not None:
         cfg.sandbox.network = network
-    if not cfg.is_loopback() and not cfg.auth_token:
+    if not cfg.is_loopback() and not cfg.auth_token and not cfg.allow_unauthenticated:
         raise typer.BadParameter(f"listening on {cfg.host} (not loopback) requires --auth-token or "
                                  "ENVSERVER_AUTH_TOKEN", param_hint="--host")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

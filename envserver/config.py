@@ -48,6 +48,9 @@ class ServerConfig(BaseModel):
     crashed predecessor are removed. Replicas sharing one Docker engine need distinct names."""
     auth_token: str | None = None
     """Bearer token clients must send (`Authorization: Bearer …`); required off loopback."""
+    allow_unauthenticated: bool = False
+    """Listen off loopback without a token. Only for a server that is reachable from loopback alone anyway (inside
+    a container whose port is published on the host's 127.0.0.1, as compose.yaml does)."""
     max_sessions: int = 64
     """Concurrent sessions; past it `POST /v1/sessions` answers 429 with Retry-After."""
     session_ttl_s: float = 1800.0
@@ -58,7 +61,7 @@ class ServerConfig(BaseModel):
     """Largest `max_steps` a reset may ask for."""
     warm_pool_size: int = 0
     """Started containers kept ready per task image, so reset hands one over instead of starting one."""
-    warm_pool_images: list[str] = Field(default_factory=list)
+    warm_pool_tasks: list[str] = Field(default_factory=list)
     """Task ids whose images get a warm pool; empty means every task's image (when `warm_pool_size` > 0)."""
     image_templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES))
     """Image-name templates tried in order for tasks without an explicit image."""

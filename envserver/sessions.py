@@ -246,7 +246,7 @@ class SessionManager:
         for task in self.tasks.values():
             self.images[task.instance_id] = await self.resolve_image(task)
         if self.config.warm_pool_size > 0:
-            wanted = set(self.config.warm_pool_images) or set(self.tasks)
+            wanted = set(self.config.warm_pool_tasks) or set(self.tasks)
             for task_id in sorted(wanted):
                 task = self.tasks.get(task_id)
                 image = self.images.get(task_id)

@@ -209,7 +209,7 @@ def format_bash_observation(result: dict[str, Any]) -> str:
     note = result.get("note")
     status = result.get("status")
     if note:
-        parts.append(f"[{note}]")
+        parts.append(note if note.startswith("[") else f"[{note}]")
     if result.get("cwd"):
         parts.append(f"[Current working directory: {result['cwd']}]")
     if status == "no_output_timeout" or result.get("exit_code") is None:

@@ -24,6 +24,7 @@ import time
 KEYS = {"C-c": b"\x03", "C-d": b"\x04", "C-z": b"\x1a"}
 COLS, ROWS = 120, 40
 MAX_BATCH = 1 << 20
+REAP_ALL = False  # the server sets it: orphans reparent to the runtime when it is PID 1, and zombies count as pids
 
 
 class Window:
@@ -80,7 +81,7 @@ def kill_tree(select_root, spare=(), rounds=60) -> bool:
     spare_groups = {os.getpgrp()} | set(spare)
     for i in range(rounds):
         procs = _procs()
-        targets = {p for p, info in procs.items() if select_root(p, info)}
+        targets = {p for p, info in procs.items() if p not in spare and select_root(p, info)}
         children = {}
         for p, info in procs.items():
             children.setdefault(info[0], []).append(p)
@@ -90,7 +91,7 @@ def kill_tree(select_root, spare=(), rounds=60) -> bool:
                 if c not in targets:
                     targets.add(c)
                     stack.append(c)
-        live = [p for p in targets - spare if procs[p][3] != b"Z"]
+        live = [p for p in targets - spare if procs[p][3] != b"Z"]  # zombies are for their parent to reap
         if not live:
             return True
         for g in {procs[p][1] for p in live} - spare_groups:
@@ -129,15 +130,17 @@ class BashSession:
     def start(self, init: bool = True) -> None:
         """Start bash (raises OSError when it cannot, e.g. fork() fails with EAGAIN) and run the init script."""
         nonce = os.urandom(8).hex()
+        self.exit_status = None
         self.start_marker = ("\x1e__RT%s:" % nonce).encode()
         self.end_marker = (":%sTR__\x1e" % nonce).encode()
         rc = os.path.join(self.dir, "rc")
         self._ensure_dir()
         with open(rc, "w") as f:  # printf's arguments keep the marker from appearing verbatim in `declare -f`
             f.write("unset HISTFILE PROMPT_COMMAND\nPS1=''; PS2=''\n"
-                    "__envserver_prompt() { local e=$?; PS1=''; PS2=''; "
-                    "printf '\\036__RT%%s:%%s:%%s:%%sTR__\\036' %s \"$e\" \"$PWD\" %s; }\n"
-                    "PROMPT_COMMAND=__envserver_prompt\n" % (nonce, nonce))
+                    "__envserver_prompt() { local e=$? f='\\036__RT%%s:%%s:%%s:%%sTR__\\036'; PS1=''; PS2=''; "
+                    "{ printf \"$f\" %s \"$e\" \"$PWD\" %s >/dev/tty; } 2>/dev/null || "
+                    "printf \"$f\" %s \"$e\" \"$PWD\" %s; }\n"  # /dev/tty: the agent may `exec >log`
+                    "PROMPT_COMMAND=__envserver_prompt\n" % (nonce, nonce, nonce, nonce))
         env = dict(os.environ, TERM="dumb", PAGER="cat", GIT_PAGER="cat", COLUMNS=str(COLS), LINES=str(ROWS))
         for k in ("PS1", "PS2", "PROMPT_COMMAND", "BASH_ENV", "ENV"):
             env.pop(k, None)
@@ -161,6 +164,7 @@ class BashSession:
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLS, 0, 0))
         attrs = termios.tcgetattr(fd)  # set on the master, applies to the slave
+        attrs[1] &= ~termios.OPOST  # no "\n" -> "\r\n": the kernel's per-newline work costs 13x throughput
         attrs[3] &= ~(termios.ECHO | termios.ECHONL)
         termios.tcsetattr(fd, termios.TCSANOW, attrs)
         self.termios = attrs
@@ -183,7 +187,7 @@ class BashSession:
 
     def _send_command(self, command: str) -> None:
         self._ensure_dir()
-        with open(self.cmd_path, "w", encoding="utf-8", errors="surrogateescape") as f:
+        with open(self.cmd_path, "w", encoding="utf-8", errors="replace") as f:
             f.write(command if command.endswith("\n") else command + "\n")
         try:
             termios.tcsetattr(self.fd, termios.TCSANOW, self.termios)  # undo what a killed program left
@@ -211,7 +215,7 @@ class BashSession:
     def _kill_shell(self) -> None:
         if self.pid is None:
             return
-        pid, self.pid = self.pid, None
+        pid, self.pid = abs(self.pid), None
         kill_tree(lambda p, info: p == pid or info[2] == pid)
         try:
             _, status = os.waitpid(pid, 0)
@@ -225,14 +229,19 @@ class BashSession:
         self.fd, self.running = None, False
 
     def _alive(self) -> bool:
-        try:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            return False
-        if pid == 0:
-            return True
-        self.exit_status = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
-        return False
+        """Is bash alive? Reaps it (and, with REAP_ALL, every other finished child) when it is not."""
+        while self.pid is not None and self.pid > 0:
+            try:
+                pid, status = os.waitpid(-1 if REAP_ALL else self.pid, os.WNOHANG)
+            except ChildProcessError:  # not our child any more: gone
+                self.pid = -self.pid
+                break
+            if pid == 0:
+                break
+            if pid == self.pid:
+                self.exit_status = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+                self.pid = -pid  # reaped; _kill_shell still cleans up its session
+        return self.pid is not None and self.pid > 0
 
     def close(self) -> None:
         self._kill_shell()
@@ -399,7 +408,7 @@ class BashSession:
             if res["status"] == "completed":
                 return self._result(window, "hard_timeout", res["exit_code"], t0, note)
             if res["status"] == "shell_died":
-                return self._restart(window, t0, note + " ", "hard_timeout")
+                return self._restart(window, t0, note + " [The shell died.] ", "hard_timeout")
             if step == 0:
                 note = "[The command timed out after %g seconds and was killed.]" % timeout
                 try:
@@ -409,7 +418,8 @@ class BashSession:
                 kill_tree(lambda p, info: info[1] == fg, spare=[bash])
             elif step == 1:
                 kill_tree(lambda p, info: info[0] == bash or info[2] == bash, spare=[bash])
-        return self._restart(window, t0, note + " ", "hard_timeout")
+        return self._restart(window, t0, note + " [The shell itself did not come back and was killed.] ",
+                             "hard_timeout")
 
     def _restart(self, window: Window, t0: float, note: str, status: str = "shell_restarted") -> dict:
         self._kill_shell()
@@ -417,7 +427,9 @@ class BashSession:
         try:
             self.start()
             note += ("[The shell exited (status %s); a new shell was started in %s. Variables, functions and "
-                     "background jobs from before are gone.]" % (code, self.cwd0))
+                     "background jobs from before are gone.]" % (code, self.cwd0) if not note else
+                     "[A new shell was started in %s. Variables, functions and background jobs from before are "
+                     "gone.]" % self.cwd0)
         except OSError as e:
             self._kill_shell()
             note += ("[The shell exited (status %s) and a new one could not be started (%s); it will be retried "

@@ -48,12 +48,16 @@ def _positive(args: dict, name: str, types, default):
 
 def run_exec(argv, cwd=None, timeout=60.0, stdin=None, max_output_bytes=50000000) -> dict:
     """Run argv directly; keep at most max_output_bytes of each stream (draining the rest); kill on timeout."""
-    with tempfile.TemporaryFile() as fin:
+    fin = tempfile.TemporaryFile() if stdin else subprocess.DEVNULL  # a file: no deadlock on big stdin
+    try:
         if stdin:
-            fin.write(stdin.encode("utf-8", "surrogateescape"))
+            fin.write(stdin.encode("utf-8", "replace"))
             fin.seek(0)
         proc = subprocess.Popen(argv, cwd=cwd, stdin=fin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
+    finally:
+        if stdin:
+            fin.close()
     bufs = {proc.stdout: [], proc.stderr: []}
     sizes = {proc.stdout: 0, proc.stderr: 0}
     sel = selectors.DefaultSelector()
@@ -180,6 +184,7 @@ def main(argv=None) -> None:
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    bash_session.REAP_ALL = True
     Server(opts).serve(sys.stdin.buffer, out)
     sys.exit(0)
 

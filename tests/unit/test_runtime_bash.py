@@ -102,9 +102,11 @@ def test_hard_timeout_sigint_ignored(rt_host):
     """A program that ignores Ctrl-C is SIGKILLed together with its descendants."""
     cmd = ("python3 -c 'import signal,subprocess,time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
            "subprocess.Popen([\"sleep\", \"777\"], start_new_session=True); time.sleep(1000)'")
+    rt_host.bash("sleep 555 &")
     r = rt_host.bash(cmd, timeout=1)
     assert r["status"] == "hard_timeout" and "killed" in r["note"]
     assert rt_host.bash("pgrep -x -f 'sleep 777' || echo none")["output"] == "none\n"
+    assert "sleep 555" in rt_host.bash("jobs")["output"]  # background jobs are not the foreground job
     assert rt_host.bash("echo alive")["output"] == "alive\n"
 
 
@@ -206,3 +208,48 @@ def test_init_script_and_stdout_hygiene(tmp_path):
     finally:
         r.close()
     assert r.proc.returncode == 0
+
+
+def test_prompt_changes_do_not_pollute(rt):
+    rt.bash("PS1='(testbed) \\u$ '; PS2='> '")
+    assert rt.bash("echo x")["output"] == "x\n"
+
+
+def test_fork_failure_is_reported_and_recovered(tmp_path, monkeypatch):
+    """When fork() fails (EAGAIN under a pids limit) the session reports it in the note and retries later."""
+    sys.path.insert(0, str(SERVER.parent))
+    try:
+        import bash_session
+    finally:
+        sys.path.remove(str(SERVER.parent))
+    s = bash_session.BashSession(str(tmp_path))
+    try:
+        s.start()
+        real = os.forkpty
+
+        def no_fork():
+            raise OSError(11, "Resource temporarily unavailable")
+
+        monkeypatch.setattr(os, "forkpty", no_fork)
+        r = s.run("exit 1")
+        assert r["status"] == "shell_restarted" and "could not be started" in r["note"]
+        r = s.run("echo hi")
+        assert r["status"] == "shell_restarted" and "NOT run" in r["note"] and "Resource" in r["note"]
+        monkeypatch.setattr(os, "forkpty", real)
+        r = s.run("echo hi")
+        assert r["status"] == "completed" and r["output"] == "hi\n"
+    finally:
+        s.close()
+
+
+def test_timeout_of_shell_builtin_loop_ignoring_sigint(rt_host, tmp_path):
+    """Bash itself is the foreground job and ignores Ctrl-C: it is killed and replaced, the runtime carries on."""
+    r = rt_host.bash("trap '' INT; while true; do :; done", timeout=1)
+    assert r["status"] == "hard_timeout" and "new shell" in r["note"]
+    assert rt_host.bash("pwd")["output"] == "%s\n" % tmp_path
+
+
+def test_exec_redirect_and_lone_surrogate(rt):
+    rt.bash("exec 3>&1 >/dev/null 2>&1")
+    assert rt.bash("echo hidden")["output"] == ""
+    assert rt.bash("exec >&3 2>&3; echo '\ud800'")["output"] == "?\n"

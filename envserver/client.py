@@ -1,0 +1,206 @@
+"""HTTP clients for the env server: `AsyncEnvClient` (asyncio) and `EnvClient` (blocking), same methods.
+
+Only idempotent calls are retried on connection errors and 502/503/504 (GET, DELETE). A reset answered 429 is
+retried after the server's Retry-After (nothing was created); a step is never retried — it may have run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+from pydantic import BaseModel
+
+from envserver.wire import (
+    ErrorResponse,
+    Health,
+    ResetRequest,
+    ResetResponse,
+    SessionState,
+    StepRequest,
+    StepResponse,
+    TaskList,
+)
+
+RETRY_STATUSES = {502, 503, 504}
+
+
+class EnvServerError(RuntimeError):
+    """The server answered an error; `type` is the stable kind (`unknown_task`, `capacity`, …)."""
+
+    def __init__(self, status: int, type_: str, message: str, retry_after: float | None = None):
+        super().__init__(f"{status} {type_}: {message}")
+        self.status = status
+        self.type = type_
+        self.message = message
+        self.retry_after = retry_after
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        body = ErrorResponse.model_validate(response.json()).error
+        type_, message = body.type, body.message
+    except Exception:  # noqa: BLE001 - not our error format (a proxy, say)
+        type_, message = "http_error", response.text[:500]
+    retry_after = response.headers.get("retry-after")
+    raise EnvServerError(response.status_code, type_, message,
+                         float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None)
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+class _Calls:
+    """What a call is, independent of how it is sent."""
+
+    @staticmethod
+    def reset(task_id: str, max_steps: int | None) -> dict[str, Any]:
+        return ResetRequest(task_id=task_id, max_steps=max_steps).model_dump(exclude_none=True)
+
+    @staticmethod
+    def step(name: str, arguments: dict[str, Any] | str | None) -> dict[str, Any]:
+        return StepRequest(name=name, arguments=arguments or {}).model_dump()
+
+
+class AsyncEnvClient:
+    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 1200.0, retries: int = 3,
+                 max_capacity_wait_s: float = 600.0, transport: httpx.AsyncBaseTransport | None = None):
+        """`timeout_s` bounds one request (a step may run a command for minutes, `finish` grades);
+        `max_capacity_wait_s` bounds how long a reset waits out 429s."""
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=_headers(token),
+                                       timeout=httpx.Timeout(timeout_s, connect=10.0), transport=transport)
+        self.retries = retries
+        self.max_capacity_wait_s = max_capacity_wait_s
+
+    async def __aenter__(self) -> "AsyncEnvClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _idempotent(self, method: str, path: str) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            try:
+                response = await self._http.request(method, path)
+            except httpx.TransportError:
+                if attempt == self.retries:
+                    raise
+            else:
+                if response.status_code not in RETRY_STATUSES or attempt == self.retries:
+                    return response
+            await asyncio.sleep(min(8.0, 0.5 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    async def _get(self, path: str, model: type[BaseModel]) -> Any:
+        response = await self._idempotent("GET", path)
+        _raise_for(response)
+        return model.model_validate(response.json())
+
+    async def health(self) -> Health:
+        return await self._get("/healthz", Health)
+
+    async def list_tasks(self) -> TaskList:
+        return await self._get("/v1/tasks", TaskList)
+
+    async def reset(self, task_id: str, max_steps: int | None = None) -> ResetResponse:
+        deadline = time.monotonic() + self.max_capacity_wait_s
+        while True:
+            response = await self._http.post("/v1/sessions", json=_Calls.reset(task_id, max_steps))
+            if response.status_code == 429 and time.monotonic() < deadline:
+                await asyncio.sleep(float(response.headers.get("retry-after", "5")))
+                continue
+            _raise_for(response)
+            return ResetResponse.model_validate(response.json())
+
+    async def step(self, session_id: str, name: str, arguments: dict[str, Any] | str | None = None) -> StepResponse:
+        response = await self._http.post(f"/v1/sessions/{session_id}/step", json=_Calls.step(name, arguments))
+        _raise_for(response)
+        return StepResponse.model_validate(response.json())
+
+    async def state(self, session_id: str) -> SessionState:
+        return await self._get(f"/v1/sessions/{session_id}", SessionState)
+
+    async def close_session(self, session_id: str) -> SessionState | None:
+        """Delete a session; None when it was already gone."""
+        response = await self._idempotent("DELETE", f"/v1/sessions/{session_id}")
+        if response.status_code == 404:
+            return None
+        _raise_for(response)
+        return SessionState.model_validate(response.json())
+
+
+class EnvClient:
+    """Blocking twin of AsyncEnvClient (same methods, same retry rules)."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 1200.0, retries: int = 3,
+                 max_capacity_wait_s: float = 600.0, transport: httpx.BaseTransport | None = None):
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=_headers(token),
+                                  timeout=httpx.Timeout(timeout_s, connect=10.0), transport=transport)
+        self.retries = retries
+        self.max_capacity_wait_s = max_capacity_wait_s
+
+    def __enter__(self) -> "EnvClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _idempotent(self, method: str, path: str) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._http.request(method, path)
+            except httpx.TransportError:
+                if attempt == self.retries:
+                    raise
+            else:
+                if response.status_code not in RETRY_STATUSES or attempt == self.retries:
+                    return response
+            time.sleep(min(8.0, 0.5 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    def _get(self, path: str, model: type[BaseModel]) -> Any:
+        response = self._idempotent("GET", path)
+        _raise_for(response)
+        return model.model_validate(response.json())
+
+    def health(self) -> Health:
+        return self._get("/healthz", Health)
+
+    def list_tasks(self) -> TaskList:
+        return self._get("/v1/tasks", TaskList)
+
+    def reset(self, task_id: str, max_steps: int | None = None) -> ResetResponse:
+        deadline = time.monotonic() + self.max_capacity_wait_s
+        while True:
+            response = self._http.post("/v1/sessions", json=_Calls.reset(task_id, max_steps))
+            if response.status_code == 429 and time.monotonic() < deadline:
+                time.sleep(float(response.headers.get("retry-after", "5")))
+                continue
+            _raise_for(response)
+            return ResetResponse.model_validate(response.json())
+
+    def step(self, session_id: str, name: str, arguments: dict[str, Any] | str | None = None) -> StepResponse:
+        response = self._http.post(f"/v1/sessions/{session_id}/step", json=_Calls.step(name, arguments))
+        _raise_for(response)
+        return StepResponse.model_validate(response.json())
+
+    def state(self, session_id: str) -> SessionState:
+        return self._get(f"/v1/sessions/{session_id}", SessionState)
+
+    def close_session(self, session_id: str) -> SessionState | None:
+        response = self._idempotent("DELETE", f"/v1/sessions/{session_id}")
+        if response.status_code == 404:
+            return None
+        _raise_for(response)
+        return SessionState.model_validate(response.json())

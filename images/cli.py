@@ -1,0 +1,206 @@
+"""`python -m images …`: build the base image, per-instance images and the sample tasks' images."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from envserver.tasks import SAMPLE_TASKS_PATH, TaskFileError, load_tasks
+from images import sample_tasks
+from images.base import DEFAULT_BASE_TAG, DEFAULT_MIRROR, BaseImageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+_ERRORS: tuple[type[Exception], ...] = (TaskFileError, BaseImageError, sample_tasks.SampleError)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+def _builder_errors() -> tuple[type[Exception], ...]:
+    from images.builder import BuildError
+    from images.docker_util import DockerBuildError
+
+    return (*_ERRORS, BuildError, DockerBuildError)
+
+
+@app.command()
+def base(
+    tag: Annotated[str, typer.Option(help="Tag of the base image.")] = DEFAULT_BASE_TAG,
+    force: Annotated[bool, typer.Option(help="Rebuild even when the tag exists.")] = False,
+    mirror: Annotated[str, typer.Option(help="Debian archive for the offline debootstrap.")] = DEFAULT_MIRROR,
+    registry_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for `docker pull debian:bookworm-slim` before bootstrapping.")
+    ] = 20.0,
+) -> None:
+    """Build the base image: on debian:bookworm-slim if a registry answers, else debootstrap + docker import."""
+    from images.base import ensure_base
+    from images.docker_util import connect
+
+    try:
+        ensure_base(connect(), tag, force=force, mirror=mirror, registry_timeout_s=registry_timeout, log=typer.echo)
+    except _builder_errors() as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def build(
+    tasks: Annotated[Path, typer.Option(help="Task file (.json, .jsonl or .parquet).")],
+    repo_source: Annotated[
+        Optional[list[str]],
+        typer.Option(help="owner/name=PATH_OR_URL: where to clone a repository from (cloned on the host); repeatable."),
+    ] = None,
+    source_template: Annotated[
+        Optional[str],
+        typer.Option(help="Source for repositories without --repo-source, e.g. '/mirrors/{owner}__{name}'."),
+    ] = None,
+    ca_bundle: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Opt-in: copy this CA bundle into the images and set PIP_CERT, for pip behind a TLS proxy. "
+            "The images then trust that CA.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    instance: Annotated[
+        Optional[list[str]], typer.Option(help="Build only this instance id; repeatable (default: all).")
+    ] = None,
+    install: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Shell line run in /testbed for tasks without an 'install' field; repeatable."),
+    ] = None,
+    base_image: Annotated[str, typer.Option(help="Image to build on; built first when missing.")] = DEFAULT_BASE_TAG,
+    force: Annotated[bool, typer.Option(help="Rebuild (without layer cache) even when the tags are current.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Show the whole build output, not only the steps.")] = False,
+) -> None:
+    """Build one image per task instance (tag envserver/sweb.eval.<instance_id>:latest) with the repo in /testbed."""
+    from images.base import ensure_base
+    from images.builder import build_groups, group_tasks, parse_repo_sources
+    from images.docker_util import connect
+
+    try:
+        selected = load_tasks(tasks)
+        if instance:
+            unknown = set(instance) - {t.instance_id for t in selected}
+            if unknown:
+                raise _fail(f"not in {tasks}: {', '.join(sorted(unknown))}")
+            selected = [t for t in selected if t.instance_id in instance]
+        groups = group_tasks(selected, install or ())
+        sources = parse_repo_sources(repo_source or [])
+        client = connect()
+        ensure_base(client, base_image, log=typer.echo)
+        build_groups(
+            client,
+            groups,
+            sources=sources,
+            source_template=source_template,
+            base_image=base_image,
+            ca_bundle=ca_bundle,
+            force=force,
+            verbose=verbose,
+            log=typer.echo,
+        )
+    except _builder_errors() as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command("build-samples")
+def build_samples(
+    base_image: Annotated[str, typer.Option(help="Image to build on; built first when missing.")] = DEFAULT_BASE_TAG,
+    force: Annotated[
+        bool, typer.Option(help="Rebuild the sample images (not the base) even when their tags are current.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option(help="Show the whole build output, not only the steps.")] = False,
+) -> None:
+    """Build the base image (if missing) and the sample tasks' images from images/samples; idempotent."""
+    from images.base import ensure_base
+    from images.builder import BuildGroup, build_groups, group_tasks
+    from images.docker_util import connect
+
+    try:
+        tasks = load_tasks(SAMPLE_TASKS_PATH)
+        client = connect()
+        ensure_base(client, base_image, log=typer.echo)
+        with contextlib.ExitStack() as stack:
+
+            def source(group: BuildGroup) -> str:
+                name = group.repo.split("/", 1)[1]
+                path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sample-repo-"))) / name
+                commit = sample_tasks.init_repo(name, path)
+                if commit != group.base_commit:
+                    raise sample_tasks.SampleError(
+                        f"{group.repo}: the sample sources give commit {commit}, but {SAMPLE_TASKS_PATH} says "
+                        f"{group.base_commit}; run `python -m images sample-tasks`"
+                    )
+                return str(path)
+
+            plans = build_groups(
+                client, group_tasks(tasks), sources=source, base_image=base_image, force=force, verbose=verbose,
+                log=typer.echo,
+            )
+        built = sum(p.action == "build" for p in plans)
+        typer.echo(f"{len(tasks)} sample instances ready ({built} image(s) built)")
+    except _builder_errors() as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command("sample-tasks")
+def sample_tasks_cmd(
+    check: Annotated[bool, typer.Option(help="Only check that the file is current; exit 1 when it is not.")] = False,
+    output: Annotated[Path, typer.Option(help="Where the tasks file goes.")] = SAMPLE_TASKS_PATH,
+) -> None:
+    """Regenerate envserver/samples/tasks.jsonl from images/samples (instances + deterministic repo commits)."""
+    try:
+        text = sample_tasks.expected_tasks_text()
+    except _ERRORS as exc:
+        raise _fail(str(exc)) from None
+    current = output.read_text(encoding="utf-8") if output.is_file() else None
+    if check:
+        if current != text:
+            raise _fail(f"{output} is out of date; run `python -m images sample-tasks`")
+        typer.echo(f"{output} is up to date")
+        return
+    if current == text:
+        typer.echo(f"{output} unchanged ({text.count(chr(10))} tasks)")
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote {output} ({text.count(chr(10))} tasks)")
+
+
+@app.command("verify-samples")
+def verify_samples(
+    instance: Annotated[
+        Optional[list[str]], typer.Option(help="Verify only this instance id; repeatable (default: all).")
+    ] = None,
+    update_meta: Annotated[
+        bool, typer.Option(help="Write the measured FAIL_TO_PASS / PASS_TO_PASS into each meta.json.")
+    ] = False,
+) -> None:
+    """Run each sample instance's tests on the host (no Docker): before and after the gold patch."""
+    try:
+        results = sample_tasks.verify_all(instance or ())
+    except _ERRORS as exc:
+        raise _fail(str(exc)) from None
+    failed = 0
+    for result in results:
+        if update_meta:
+            sample_tasks.update_meta(result)
+            result.problems = [p for p in result.problems if "_TO_PASS is" not in p]
+        status = "ok" if result.ok else "FAILED"
+        typer.echo(
+            f"{result.instance_id}: {status} "
+            f"({len(result.fail_to_pass)} fail-to-pass, {len(result.pass_to_pass)} pass-to-pass)"
+        )
+        for problem in result.problems:
+            typer.echo(f"  - {problem}")
+        failed += not result.ok
+    if failed:
+        raise typer.Exit(1)

@@ -1,0 +1,105 @@
+"""Malformed requests get a 4xx with a message in the error format, never a 5xx, and the server keeps serving."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def http(server):  # type: ignore[no-untyped-def]
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def session_id(http, sample_tasks):  # type: ignore[no-untyped-def]
+    response = http.post("/v1/sessions", json={"task_id": sample_tasks[0].instance_id})
+    assert response.status_code == 201, response.text
+    sid = response.json()["session_id"]
+    yield sid
+    http.delete(f"/v1/sessions/{sid}")
+
+
+def _assert_error(response: httpx.Response, status: int, type_: str) -> str:
+    assert response.status_code == status, (response.status_code, response.text)
+    body = response.json()
+    assert body["error"]["type"] == type_, body
+    assert len(body["error"]["message"]) > 10
+    return body["error"]["message"]
+
+
+def test_unknown_task(http):  # type: ignore[no-untyped-def]
+    message = _assert_error(http.post("/v1/sessions", json={"task_id": "nope__nope-1"}), 404, "unknown_task")
+    assert "nope__nope-1" in message
+
+
+def test_unknown_session(http):  # type: ignore[no-untyped-def]
+    _assert_error(http.post("/v1/sessions/deadbeef/step", json={"name": "execute_bash",
+                                                                 "arguments": {"command": "ls"}}),
+                  404, "unknown_session")
+    _assert_error(http.get("/v1/sessions/deadbeef"), 404, "unknown_session")
+    _assert_error(http.delete("/v1/sessions/deadbeef"), 404, "unknown_session")
+
+
+@pytest.mark.parametrize("body", ['{"task_id": ', "not json at all", '{"task_id": "x",}'])
+def test_bad_json(http, body):  # type: ignore[no-untyped-def]
+    _assert_error(http.post("/v1/sessions", content=body, headers={"content-type": "application/json"}),
+                  400, "invalid_json")
+
+
+def test_missing_and_wrong_fields(http):  # type: ignore[no-untyped-def]
+    assert "task_id" in _assert_error(http.post("/v1/sessions", json={}), 422, "invalid_request")
+    _assert_error(http.post("/v1/sessions", json={"task_id": 5}), 422, "invalid_request")
+    _assert_error(http.post("/v1/sessions", json=[1, 2]), 422, "invalid_request")
+    _assert_error(http.post("/v1/sessions", json={"task_id": "a", "max_steps": -1}), 422, "invalid_request")
+
+
+def test_unknown_tool(http, session_id):  # type: ignore[no-untyped-def]
+    message = _assert_error(http.post(f"/v1/sessions/{session_id}/step", json={"name": "rm_everything"}),
+                            422, "invalid_tool_call")
+    assert "execute_bash" in message  # tells the caller what exists
+
+
+@pytest.mark.parametrize("call", [
+    {"name": "execute_bash", "arguments": {}},
+    {"name": "execute_bash", "arguments": {"cmd": "ls"}},
+    {"name": "execute_bash", "arguments": {"command": "ls", "timeout": "soon"}},
+    {"name": "execute_bash", "arguments": "{not json"},
+    {"name": "str_replace_editor", "arguments": {"path": "/testbed"}},
+    {"name": "str_replace_editor", "arguments": {"command": "view"}},
+    {"arguments": {"command": "ls"}},
+])
+def test_missing_or_bad_arguments(http, session_id, call):  # type: ignore[no-untyped-def]
+    status = http.post(f"/v1/sessions/{session_id}/step", json=call).status_code
+    assert 400 <= status < 500
+    # A rejected call is not a step: the session is untouched and still works.
+    ok = http.post(f"/v1/sessions/{session_id}/step", json={"name": "execute_bash", "arguments": {"command": "echo ok"}})
+    assert ok.status_code == 200 and ok.json()["observation"].startswith("ok")
+
+
+def test_editor_errors_are_observations(http, session_id):  # type: ignore[no-untyped-def]
+    """Editor misuse is the agent's business: it gets openhands-aci's error text as the observation."""
+    response = http.post(f"/v1/sessions/{session_id}/step", json={
+        "name": "str_replace_editor", "arguments": {"command": "view", "path": "relative/path.py"}})
+    assert response.status_code == 200
+    assert response.json()["observation"].startswith("ERROR:")
+
+
+def test_huge_body(http, server):  # type: ignore[no-untyped-def]
+    huge = b'{"task_id": "' + b"x" * (11 * 2**20) + b'"}'
+    _assert_error(http.post("/v1/sessions", content=huge, headers={"content-type": "application/json"}),
+                  413, "body_too_large")
+
+
+def test_unknown_route_and_method(http):  # type: ignore[no-untyped-def]
+    _assert_error(http.get("/v1/nothing-here"), 404, "not_found")
+    _assert_error(http.put("/v1/sessions"), 405, "method_not_allowed")
+
+
+def test_server_still_healthy(http):  # type: ignore[no-untyped-def]
+    assert http.get("/healthz").json()["status"] == "ok"
+    metrics = http.get("/metrics").text
+    assert 'envserver_request_errors_total{type="unknown_task"}' in metrics

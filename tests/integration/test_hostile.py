@@ -1,0 +1,104 @@
+"""Hostile commands, each in its own session, while a bystander session keeps working in parallel.
+
+Each must give an observation (or end the episode with a clear info); the server must stay up; the bystander must
+see every one of its own commands answered correctly and quickly.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from envserver.client import EnvClient
+
+pytestmark = pytest.mark.docker
+
+HOSTILE = {
+    "fork_bomb": (":(){ :|:& };:", 10),
+    "allocate_50GB": ("python3 -c 'x = bytearray(50 * 2**30)'", 60),
+    "allocate_past_limit": ("python3 -c 'import time; x = bytearray(6 * 2**30); time.sleep(5)'", 60),
+    "yes_forever": ("yes", 3),
+    "sleep_1000": ("sleep 1000", 3),
+    "print_100MB": ("head -c 100000000 /dev/zero | tr '\\0' 'a'; echo", 60),
+    "binary_output": ("head -c 200000 /dev/urandom", 30),
+    "kill_everything": ("kill -9 -1", 30),
+    "rm_rf_root": ("rm -rf / --no-preserve-root", 120),
+}
+
+
+class Bystander(threading.Thread):
+    """Runs a cheap command in a loop in its own session and records every failure."""
+
+    def __init__(self, url: str, task_id: str):
+        super().__init__(daemon=True)
+        self.client = EnvClient(url)
+        self.task_id = task_id
+        self.stop = threading.Event()
+        self.failures: list[str] = []
+        self.latencies: list[float] = []
+
+    def run(self) -> None:
+        session = self.client.reset(self.task_id).session_id
+        n = 0
+        try:
+            while not self.stop.is_set():
+                n += 1
+                started = time.monotonic()
+                step = self.client.step(session, "execute_bash", {"command": f"echo tick-{n} && ls | wc -l"})
+                self.latencies.append(time.monotonic() - started)
+                if not step.observation.startswith(f"tick-{n}\n") or step.info.exit_code != 0:
+                    self.failures.append(f"step {n}: {step.observation[:300]!r}")
+                time.sleep(0.05)
+        except Exception as exc:  # noqa: BLE001 - recorded, the test fails on it
+            self.failures.append(f"exception: {exc!r}")
+        finally:
+            self.client.close_session(session)
+            self.client.close()
+
+
+@pytest.fixture
+def bystander(server, sample_tasks):  # type: ignore[no-untyped-def]
+    thread = Bystander(server.url, sample_tasks[0].instance_id)
+    thread.start()
+    yield thread
+    thread.stop.set()
+    thread.join(timeout=120)
+    assert not thread.failures, thread.failures
+    assert thread.latencies, "the bystander never got an answer"
+    assert max(thread.latencies) < 30, f"the bystander waited {max(thread.latencies):.1f} s for one step"
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_command(name, server, sample_tasks, bystander):  # type: ignore[no-untyped-def]
+    command, timeout = HOSTILE[name]
+    task = sample_tasks[0]
+    with EnvClient(server.url) as client:
+        session = client.reset(task.instance_id).session_id
+        step = client.step(session, "execute_bash", {"command": command, "timeout": timeout})
+        assert isinstance(step.observation, str) and step.observation
+        assert "[Command finished with exit code" in step.observation or step.terminated
+        if name in ("yes_forever", "sleep_1000"):
+            assert step.info.status == "hard_timeout", step.info
+            assert "timed out" in step.observation
+        if name == "print_100MB":
+            assert len(step.observation) < 40_000 and "truncated" in step.observation
+        if name == "binary_output":
+            assert "\ufffd" in step.observation
+        if name == "kill_everything":
+            assert step.info.status == "shell_restarted" and "new shell" in step.observation.lower()
+        if name == "allocate_past_limit":
+            assert step.info.exit_code not in (0, None), step.observation  # OOM-killed inside its own container
+        # The session itself is still usable (or ended with a clear reason) after the attack.
+        after = client.step(session, "execute_bash", {"command": "echo still-here", "timeout": 60})
+        if name == "rm_rf_root":
+            # Everything is gone, bash builtins still answer; finishing must give a clear outcome, not a crash.
+            result = client.step(session, "finish", {})
+            assert result.terminated and result.info.grade is not None
+            assert result.reward == 0.0
+        elif name != "fork_bomb":
+            assert "still-here" in after.observation, after.observation
+        client.close_session(session)
+    assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200

@@ -1,0 +1,121 @@
+"""Server lifecycle: crash recovery, the session cap, idle expiry, auth, the warm pool, clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from envserver.client import EnvClient, EnvServerError
+from tests.conftest import ROOT, start_server, stop_server
+
+pytestmark = pytest.mark.docker
+
+
+def test_sigkill_then_restart_leaves_no_old_container(sample_images, sample_tasks, tmp_path):  # type: ignore[no-untyped-def]
+    first = start_server(tmp_path, "--warm-pool-size", "1", "--warm-pool-task", sample_tasks[0].instance_id)
+    task = sample_tasks[0].instance_id
+    with EnvClient(first.url) as client:
+        sessions = [client.reset(task).session_id for _ in range(2)]
+        client.step(sessions[0], "execute_bash", {"command": "sleep 600 &"})
+        old_ids = {c.id for c in first.containers()}
+        assert len(old_ids) >= 2
+    os.killpg(first.process.pid, signal.SIGKILL)  # mid-episode, no chance to clean up
+    first.process.wait()
+    assert {c.id for c in first.containers()} == old_ids  # they really were left behind
+    second = start_server(tmp_path, name=first.name)
+    try:
+        survivors = {c.id for c in second.containers()} & old_ids
+        assert not survivors, f"containers of the killed server survived the restart: {survivors}"
+        with EnvClient(second.url) as client:
+            with pytest.raises(EnvServerError) as excinfo:
+                client.step(sessions[0], "execute_bash", {"command": "ls"})
+            assert excinfo.value.status == 404
+    finally:
+        stop_server(second)
+    assert second.containers() == []
+
+
+def test_session_cap_answers_429_with_retry_after(sample_images, sample_tasks, tmp_path):  # type: ignore[no-untyped-def]
+    server = start_server(tmp_path, "--max-sessions", "2")
+    task = sample_tasks[0].instance_id
+    try:
+        with EnvClient(server.url, max_capacity_wait_s=0) as client:
+            held = [client.reset(task).session_id for _ in range(2)]
+            response = httpx.post(f"{server.url}/v1/sessions", json={"task_id": task}, timeout=60)
+            assert response.status_code == 429
+            assert int(response.headers["retry-after"]) > 0
+            assert response.json()["error"]["type"] == "capacity"
+            client.close_session(held[0])
+            client.close_session(client.reset(task).session_id)  # room again once one is closed
+            client.close_session(held[1])
+    finally:
+        stop_server(server)
+    assert server.containers() == []
+
+
+def test_idle_sessions_expire_and_their_containers_go(sample_images, sample_tasks, tmp_path):  # type: ignore[no-untyped-def]
+    server = start_server(tmp_path, "--session-ttl-s", "3")
+    try:
+        with EnvClient(server.url) as client:
+            sid = client.reset(sample_tasks[0].instance_id).session_id
+            assert len(server.containers()) == 1
+            deadline = time.monotonic() + 30
+            while server.containers() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert server.containers() == []
+            with pytest.raises(EnvServerError) as excinfo:
+                client.state(sid)
+            assert excinfo.value.status == 404 and "expired" in excinfo.value.message
+    finally:
+        stop_server(server)
+
+
+def test_bearer_token_required_when_set(sample_images, sample_tasks, tmp_path):  # type: ignore[no-untyped-def]
+    server = start_server(tmp_path, "--auth-token", "s3cret")
+    try:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+            response = httpx.get(f"{server.url}/v1/tasks", headers=headers, timeout=30)
+            assert response.status_code == 401 and response.json()["error"]["type"] == "unauthorized"
+        assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200  # probes need no token
+        with EnvClient(server.url, token="s3cret") as client:
+            assert len(client.list_tasks().tasks) == len(sample_tasks)
+    finally:
+        stop_server(server)
+
+
+def test_non_loopback_without_token_refuses_to_start(tmp_path):  # type: ignore[no-untyped-def]
+    result = subprocess.run([sys.executable, "-m", "envserver", "serve", "--host", "0.0.0.0", "--port", "1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env={k: v for k, v in os.environ.items() if k != "ENVSERVER_AUTH_TOKEN"})
+    assert result.returncode != 0
+    assert "auth-token" in result.stderr
+
+
+def test_warm_pool_hands_over_started_containers(sample_images, sample_tasks, tmp_path):  # type: ignore[no-untyped-def]
+    task = sample_tasks[0]
+    server = start_server(tmp_path, "--warm-pool-size", "2", "--warm-pool-task", task.instance_id)
+    try:
+        with EnvClient(server.url) as client:
+            deadline = time.monotonic() + 60
+            while len(server.containers()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.5)  # pools fill in the background
+            reset = client.reset(task.instance_id)
+            assert reset.info.warm_start
+            step = client.step(reset.session_id, "execute_bash", {"command": "pwd && git rev-parse HEAD"})
+            assert step.observation.startswith(f"{task.workdir}\n{task.base_commit}")
+            # The pool refills behind the hand-over.
+            deadline = time.monotonic() + 60
+            metric = f'envserver_warm_pool_ready{{image="{reset.info.image}"}} 2.0'
+            while metric not in httpx.get(f"{server.url}/metrics").text and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert metric in httpx.get(f"{server.url}/metrics").text
+            client.close_session(reset.session_id)
+    finally:
+        stop_server(server)
+    assert server.containers() == [], "shutdown must drain the warm pool"
