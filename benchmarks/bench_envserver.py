@@ -47,7 +47,7 @@ def summary(values: list[float]) -> dict[str, float]:
 def bench_steps(url: str, task_id: str, image: str, n: int) -> dict[str, dict[str, float]]:
     api: list[float] = []
     with EnvClient(url) as client:
-        sid = client.reset(task_id).session_id
+        sid = client.reset(task_id, max_steps=500).session_id
         for _ in range(10):
             client.step(sid, "execute_bash", {"command": COMMAND})
         for _ in range(n):
@@ -96,7 +96,7 @@ async def bench_concurrency(url: str, task_ids: list[str], sessions: int, steps:
         nonlocal done
         async with AsyncEnvClient(url) as client:
             try:
-                reset = await client.reset(task_ids[index % len(task_ids)])
+                reset = await client.reset(task_ids[index % len(task_ids)], max_steps=steps + 1)
             except Exception as exc:  # noqa: BLE001 - counted
                 errors.append(f"reset: {exc}")
                 return
@@ -120,7 +120,7 @@ async def bench_concurrency(url: str, task_ids: list[str], sessions: int, steps:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=200, help="Steps timed for the latency comparison.")
+    parser.add_argument("--steps", type=int, default=400, help="Steps timed for the latency comparison (< 490).")
     parser.add_argument("--resets", type=int, default=15, help="Resets timed with and without the warm pool.")
     parser.add_argument("--sessions", type=int, default=32, help="Concurrent sessions.")
     parser.add_argument("--session-steps", type=int, default=50, help="Steps per concurrent session.")

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from envserver.config import ServerConfig
 from envserver.metrics import Metrics
@@ -42,6 +43,51 @@ def _error(status: int, type_: str, message: str, headers: dict[str, str] | None
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
+class BodyLimit:
+    """Answers 413 for a body over the limit, declared or streamed, before any route reads it.
+
+    A plain ASGI middleware: starlette's `BaseHTTPMiddleware` costs milliseconds per request on a 2-core machine,
+    which is most of a step's latency."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, metrics: Metrics):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(scope, receive, send, f"request body of {int(declared)} bytes is over the limit of "
+                               f"{self.max_bytes} bytes")
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except _BodyTooLarge:
+            await self._reject(scope, receive, send, f"request body is over the limit of {self.max_bytes} bytes")
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, message: str) -> None:
+        self.metrics.request_errors.labels(type="body_too_large").inc()
+        await _error(413, "body_too_large", message)(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
 def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, TaskInstance]) -> FastAPI:
     metrics = Metrics()
     manager = SessionManager(config, backend, tasks, metrics)
@@ -59,24 +105,7 @@ def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, T
                   description="SWE-Gym / SWE-bench tasks as multi-turn tool environments, one container per episode.")
     app.state.manager = manager
     app.state.metrics = metrics
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > config.max_body_bytes:
-            metrics.request_errors.labels(type="body_too_large").inc()
-            return _error(413, "body_too_large", f"request body of {length} bytes is over the limit of "
-                          f"{config.max_body_bytes} bytes")
-        if length is None and request.method in {"POST", "PUT", "PATCH"}:
-            # Chunked bodies: read up to the limit ourselves.
-            body = bytearray()
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > config.max_body_bytes:
-                    return _error(413, "body_too_large", f"request body is over the limit of "
-                                  f"{config.max_body_bytes} bytes")
-            request._body = bytes(body)  # noqa: SLF001 - starlette reads the cached body later
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, metrics=metrics)
 
     @app.exception_handler(SessionError)
     async def session_error(request: Request, exc: SessionError) -> JSONResponse:

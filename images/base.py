@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
-import docker.errors
 
 from images.docker_util import DockerBuildError, build_context, image_exists
 
@@ -49,7 +48,7 @@ def registry_answers(client: docker.DockerClient, timeout_s: float, log: Log) ->
 
     def pull() -> None:
         try:
-            api = docker.APIClient(base_url=client.api.base_url, timeout=timeout_s)
+            api = docker.from_env(timeout=max(1, int(timeout_s))).api
             api.pull(REGISTRY_IMAGE.split(":")[0], tag=REGISTRY_IMAGE.split(":")[1])
             outcome["ok"] = True
         except Exception as exc:  # noqa: BLE001 - any failure means "no registry"
@@ -74,6 +73,10 @@ LABEL {LABEL}=base
 """
 
 
+_CHATTY = ("I: Retrieving", "I: Validating", "I: Extracting", "I: Unpacking", "I: Installing", "I: Configuring")
+"""debootstrap's one-line-per-package messages, left out of the progress output."""
+
+
 def _stream(cmd: list[str], log: Log, tail: list[str]) -> int:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
@@ -81,8 +84,8 @@ def _stream(cmd: list[str], log: Log, tail: list[str]) -> int:
         line = line.rstrip()
         tail.append(line)
         del tail[:-30]
-        if line.startswith(("I: Retrieving", "I: Validating", "I: Extracting", "I: Installing", "I: Configuring")):
-            continue  # one line per package: too chatty
+        if line.startswith(_CHATTY):
+            continue
         log(f"  {line}")
     return proc.wait()
 
@@ -118,7 +121,7 @@ def bootstrap(client: docker.DockerClient, tag: str, mirror: str, log: Log) -> N
                 if entry.is_file() and entry.name != "lock":
                     entry.unlink()
         log(f"importing the root filesystem as {tag}")
-        api = docker.APIClient(base_url=client.api.base_url, timeout=900)
+        api = docker.from_env(timeout=900).api  # the import answers only once the whole tar is in
         repository, _, version = tag.rpartition(":") if ":" in tag.split("/")[-1] else (tag, "", "latest")
         api.import_image(
             src=_tar_chunks(rootfs),

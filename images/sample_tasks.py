@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from envserver.tasks import SAMPLE_TASKS_PATH, TaskInstance, patch_paths
+from envserver.tasks import TaskInstance, patch_paths
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
 """Root of the sample sources."""
@@ -245,17 +245,6 @@ def render_tasks(instances: Sequence[SampleInstance], commits: dict[str, str]) -
 def expected_tasks_text() -> str:
     """What envserver/samples/tasks.jsonl must hold for the current sample sources."""
     return render_tasks(load_instances(), base_commits())
-
-
-def write_tasks(path: Path = SAMPLE_TASKS_PATH) -> bool:
-    """Regenerate the tasks file; return whether its content changed."""
-    text = expected_tasks_text()
-    old = path.read_text(encoding="utf-8") if path.is_file() else None
-    if old == text:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return True
 
 
 # --- host verification -------------------------------------------------------------------------------------

@@ -25,23 +25,35 @@ shell commands; the 10 MB limit and the binaryornot-style binary check.
 Deliberate differences (see the conformance test for the list it checks):
 - Encoding detection is stdlib-only: BOM -> utf-8-sig / utf-16 / utf-32, valid UTF-8 (first 1 MB) ->
   utf-8, anything else -> latin-1 (lossless). openhands-aci asks charset_normalizer, whose answer for
-  non-UTF-8 files is unpredictable (it reads a latin-1 French text as windows-1250).
-- binaryornot consults chardet; here chardet's verdicts that matter (BOMs, UTF-8 confidence by number of
-  multi-byte characters) are approximated.
+  non-UTF-8 files is unpredictable (it reads a latin-1 French text as windows-1250), and which also
+  adopts an encoding *named* in the first 8 KB (`encoding="latin-1"` in code, `<meta charset=...>`), even
+  over valid UTF-8 with few non-ASCII characters. Outputs differ only for files holding (or receiving)
+  non-ASCII text: 8 of 5292 .py files in a large sample decode differently.
+- binaryornot consults chardet; chardet's verdicts that matter are reproduced for BOMs and for UTF-8
+  (its state machine and confidence are ported), not for legacy 8-bit/CJK guesses (0 differences on
+  6000 sampled system files).
 - Documents with a markdown converter in openhands-aci (.pdf .docx .xlsx .pptx and audio) are not
   converted: viewing one gives openhands-aci's conversion-failure error text.
 - Linting (`enable_linting`) is never run; the argument is ignored (OpenHands runs with it off).
 - `insert` rewrites the file in place, keeping its mode, owner and symlinks (openhands-aci moves a 0600
-  temp file over it, which would show up as a mode change in `git diff`).
+  temp file over it: a script loses its executable bit, which `git diff` then shows).
+- Editing a binary file that charset_normalizer cannot place at all (a PNG, say) fails in openhands-aci
+  with a TypeError from inside its encoding detection ("'>' not supported between instances of
+  'NoneType' and 'float'"); we give the binary-file error that `view` gives.
 - Where openhands-aci itself crashes on bad input, OpenHands' runtime wrapper behaviour is followed
   (a string `insert_line` is converted with int(); a TypeError becomes `ERROR:\\n<message>`); any other
   exception becomes an error text instead of a crash, and a missing `path` gives
   "Parameter `path` is required for command: <command>.".
+- FIFOs, sockets and devices are refused with a validation error (openhands-aci would block or read
+  forever, e.g. on /dev/zero).
 - Undo history is kept in memory (openhands-aci keeps it in a temp directory on disk).
 """
 
 from __future__ import annotations
 
+import codecs
+import io
+import locale
 import os
 import re
 import stat
@@ -114,25 +126,57 @@ _PRINTABLE_ASCII = b"\n\r\t\f\b" + bytes(range(32, 127))
 _PRINTABLE_HIGH_ASCII = bytes(range(127, 256))
 
 
+# chardet 5's UTF-8 state machine (mbcssm.UTF8_CLS / UTF8_ST / UTF8_CHAR_LEN_TABLE): it rejects some valid
+# UTF-8 (e.g. U+10000..U+3FFFF, emoji) and the bytes 0x0e, 0x0f and 0x1b, which matters to the verdict.
+_UTF8_CLS = bytes(
+    [1] * 14 + [0, 0] + [1] * 11 + [0] + [1] * 4 + [1] * 96 + [2, 2, 2, 2, 3, 3, 3, 3] + [4] * 24 + [5] * 32
+    + [0, 0] + [6] * 30 + [7] + [8] * 12 + [9] + [8, 8] + [10] + [11] * 7 + [12, 13, 13, 13, 14, 15, 0, 0]
+)
+_UTF8_ST = bytes.fromhex(
+    "".join("0" + c for c in (
+        "101111ca9b876543" "1111111111111111" "2222222222222222" "1155551111111111" "1115551111111111"
+        "1177771111111111" "1111771111111111" "1199991111111111" "1111191111111111" "11cccc1111111111"
+        "11111c1111111111" "11ccc11111111111" "1100001111111111"
+    ))
+)
+_UTF8_CHAR_LEN = (0, 1, 0, 0, 0, 0, 2, 3, 3, 3, 4, 4, 5, 5, 6, 6)
+
+
+def _chardet_utf8_confidence(chunk: bytes) -> float:
+    """chardet's UTF8Prober confidence for `chunk`, 0.0 when its state machine rejects it."""
+    state, char_len, multibyte = 0, 0, 0
+    for byte in bytearray(chunk):
+        byte_class = _UTF8_CLS[byte]
+        if state == 0:
+            char_len = _UTF8_CHAR_LEN[byte_class]
+        state = _UTF8_ST[state * 16 + byte_class]
+        if state == 1:
+            return 0.0
+        if state == 0 and char_len >= 2:
+            multibyte += 1
+    if multibyte < 6:
+        return 1.0 - 0.99 * 0.5 ** multibyte
+    return 0.99
+
+
 def _chardet_decodable(chunk: bytes) -> bool:
     """Whether binaryornot would find `chunk` "decodable as unicode": chardet names an encoding other
-    than ascii with confidence > 0.9 and the chunk decodes with it."""
+    than ascii with confidence > 0.9 and the chunk decodes with it. Approximated: BOMs, and chardet's
+    UTF-8 prober; its legacy 8-bit and CJK guesses are not modelled (they rarely pass 0.9)."""
     if chunk.startswith(b"\xef\xbb\xbf"):
         encoding = "utf-8-sig"
     elif chunk.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
         encoding = "utf-32"
+    elif chunk.startswith((b"\xfe\xff\x00\x00", b"\x00\x00\xff\xfe")):
+        return False  # chardet: X-ISO-10646-UCS-4-3412 / -2143, which Python cannot decode
     elif chunk.startswith((b"\xff\xfe", b"\xfe\xff")):
         encoding = "utf-16"
     else:
-        if not any(b >= 0x80 for b in chunk):
+        if not any(b >= 0x80 for b in bytearray(chunk)):
             return False  # chardet: ascii (or a BOM-less UTF-16/32 guess at 0.85)
-        try:
-            text = chunk.decode("utf-8")
-        except UnicodeDecodeError:
-            return False  # legacy 8-bit guesses stay below 0.9 in practice
-        multibyte = sum(1 for ch in text if ord(ch) >= 0x80)
-        confidence = 0.99 if multibyte >= 6 else 1.0 - 0.99 * 0.5 ** multibyte
-        return confidence > 0.9
+        if _chardet_utf8_confidence(chunk) <= 0.9:
+            return False
+        encoding = "utf-8"
     try:
         chunk.decode(encoding)
     except (UnicodeDecodeError, LookupError):
@@ -172,20 +216,36 @@ def is_binary(filename: str) -> bool:
 # --- encoding ----------------------------------------------------------------------------------------
 
 
+def _check_readable_kind(path: Path) -> None:
+    """Refuse FIFOs, sockets and devices: reading one could block the runtime forever or never end
+    (openhands-aci would hang on them)."""
+    try:
+        mode = os.stat(str(path)).st_mode
+    except (OSError, ValueError):
+        return
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        raise _file_validation_error(
+            path, "File is not a regular file (FIFO, socket or device) and cannot be read or edited by this tool."
+        )
+
+
 def detect_encoding(path: Path) -> str:
-    """The encoding used to read and write an existing file (stdlib stand-in for charset_normalizer)."""
+    """The encoding used to read and write an existing file (stdlib stand-in for charset_normalizer).
+    Every read and write of an existing file asks this first."""
     if not path.exists():
         return "utf-8"
-    with open(str(path), "rb") as f:
-        sample = f.read(_ENCODING_SAMPLE_BYTES)
+    _check_readable_kind(path)
+    try:
+        with open(str(path), "rb") as f:
+            sample = f.read(_ENCODING_SAMPLE_BYTES)
+    except (OSError, ValueError):
+        return "utf-8"  # the caller's own open() reports the problem
     if sample.startswith(b"\xef\xbb\xbf"):
         return "utf-8-sig"
     if sample.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
         return "utf-32"
     if sample.startswith((b"\xff\xfe", b"\xfe\xff")):
         return "utf-16"
-    import codecs
-
     try:
         # final=False: a multi-byte character cut at the end of the sample is not an error.
         codecs.getincrementaldecoder("utf-8")().decode(sample, False)
@@ -543,18 +603,7 @@ class Editor:
 
     # -- file access --------------------------------------------------------------------------------
 
-    @staticmethod
-    def _check_not_fifo(path: Path) -> None:
-        # Reading a FIFO or socket would block the runtime forever (openhands-aci would hang).
-        try:
-            mode = os.stat(str(path)).st_mode
-        except (OSError, ValueError):
-            return
-        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-            raise _file_validation_error(path, "File is a FIFO or socket and cannot be read or edited by this tool.")
-
     def _count_lines(self, path: Path) -> int:
-        self._check_not_fifo(path)
         encoding = detect_encoding(path)
         try:
             with open(str(path), encoding=encoding) as f:
@@ -566,7 +615,6 @@ class Editor:
         encoding = detect_encoding(path) if not path.is_dir() else "utf-8"
         self.validate_file(path)
         try:
-            self._check_not_fifo(path)
             if start_line is not None and end_line is not None:
                 lines = []
                 with open(str(path), "r", encoding=encoding) as f:
@@ -628,7 +676,9 @@ class Editor:
         return "Here's the result of running `cat -n` on %s:\n" % (snippet_description,) + snippet_content + "\n"
 
 
-def _run_shell_cmd(cmd: str, timeout=120.0, truncate_after=MAX_RESPONSE_LEN_CHAR, truncate_notice=CONTENT_TRUNCATED_NOTICE):
+def _run_shell_cmd(
+    cmd: str, timeout=120.0, truncate_after=MAX_RESPONSE_LEN_CHAR, truncate_notice=CONTENT_TRUNCATED_NOTICE
+):
     """openhands_aci.utils.shell.run_shell_cmd: (returncode, stdout, stderr), each output truncated."""
     start_time = time.time()
     process = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -650,9 +700,6 @@ def _run_shell_cmd(cmd: str, timeout=120.0, truncate_after=MAX_RESPONSE_LEN_CHAR
 def _decode_text(data: bytes) -> str:
     """Decode like subprocess's text mode (locale encoding, universal newlines); undecodable bytes are
     replaced instead of raising (openhands-aci would crash on them)."""
-    import io
-    import locale
-
     encoding = locale.getpreferredencoding(False)
     try:
         return io.TextIOWrapper(io.BytesIO(data), encoding=encoding).read()

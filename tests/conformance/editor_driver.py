@@ -8,7 +8,8 @@ A step is a fixture action ({"write": rel, "text"|"b64": ..., "repeat": n}, {"mk
 {"symlink": rel, "target": str}) or {"id": str, "op": {editor args}}. "{ws}" in an op's `path` (and in a
 scenario's workspace_root) stands for that scenario's directory, ROOT/NAME. ROOT is wiped first.
 
-Output: {"results": {"SCENARIO/STEP_ID": {"output", "error"} | {"crash": "Type: msg"}, "state": snapshot}}, where
+Output: {"python": [major, minor], "results": {"SCENARIO/STEP_ID": {"output", "error"} | {"crash": "Type: msg"},
+"state": snapshot}}, where
 state is the scenario directory after the step: every entry with its type and, for files, size + sha256.
 
 Kept Python 3.8-compatible: it also runs our editor under python3.8.
@@ -158,7 +159,7 @@ def main():
             result = call(_subst(step["op"], ws))
             result["state"] = _snapshot(ws)
             results[scenario["name"] + "/" + step["id"]] = result
-    real_stdout.write(json.dumps({"results": results}))
+    real_stdout.write(json.dumps({"results": results, "python": list(sys.version_info[:2])}))
     real_stdout.flush()
 
 

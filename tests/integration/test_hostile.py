@@ -51,6 +51,8 @@ class Bystander(threading.Thread):
                 self.latencies.append(time.monotonic() - started)
                 if not step.observation.startswith(f"tick-{n}\n") or step.info.exit_code != 0:
                     self.failures.append(f"step {n}: {step.observation[:300]!r}")
+                if step.truncated:  # step limit reached: carry on in a fresh session
+                    session = self.client.reset(self.task_id).session_id
                 time.sleep(0.05)
         except Exception as exc:  # noqa: BLE001 - recorded, the test fails on it
             self.failures.append(f"exception: {exc!r}")

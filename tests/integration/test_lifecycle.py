@@ -102,19 +102,22 @@ def test_warm_pool_hands_over_started_containers(sample_images, sample_tasks, tm
     server = start_server(tmp_path, "--warm-pool-size", "2", "--warm-pool-task", task.instance_id)
     try:
         with EnvClient(server.url) as client:
-            deadline = time.monotonic() + 60
-            while len(server.containers()) < 2 and time.monotonic() < deadline:
-                time.sleep(0.5)  # pools fill in the background
+            image = next(t.image for t in client.list_tasks().tasks if t.instance_id == task.instance_id)
+            ready = f'envserver_warm_pool_ready{{image="{image}"}} 2.0'
+
+            def wait_until_ready() -> None:
+                deadline = time.monotonic() + 60
+                while ready not in httpx.get(f"{server.url}/metrics").text and time.monotonic() < deadline:
+                    time.sleep(0.2)  # the pool fills in the background
+                assert ready in httpx.get(f"{server.url}/metrics").text
+
+            wait_until_ready()
+            assert len(server.containers()) == 2
             reset = client.reset(task.instance_id)
-            assert reset.info.warm_start
+            assert reset.info.warm_start and reset.info.reset_s < 1.0
             step = client.step(reset.session_id, "execute_bash", {"command": "pwd && git rev-parse HEAD"})
             assert step.observation.startswith(f"{task.workdir}\n{task.base_commit}")
-            # The pool refills behind the hand-over.
-            deadline = time.monotonic() + 60
-            metric = f'envserver_warm_pool_ready{{image="{reset.info.image}"}} 2.0'
-            while metric not in httpx.get(f"{server.url}/metrics").text and time.monotonic() < deadline:
-                time.sleep(0.5)
-            assert metric in httpx.get(f"{server.url}/metrics").text
+            wait_until_ready()  # it refills behind the hand-over
             client.close_session(reset.session_id)
     finally:
         stop_server(server)
