@@ -172,6 +172,8 @@ async def grade(
 ) -> GradeReport:
     """Grade `model_patch` for `task` in a fresh container of `image` (networking off, same limits as episodes)."""
     started = time.monotonic()
+    if task.eval is not None:
+        timeout_s = min(timeout_s, task.eval.timeout_s)
     if image is None:
         return _infra("image_missing: no image for this task on the docker host", started, model_patch)
     try:

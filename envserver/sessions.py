@@ -120,47 +120,49 @@ class Session:
 
     async def _run_tool(self, tool: str, args: Any) -> tuple[str, StepInfo]:
         config = self.manager.config
-        if tool == tools.EXECUTE_BASH:
-            timeout = min(args.timeout or config.command_timeout_s, config.max_command_timeout_s)
-            request = {
-                "command": args.command, "is_input": args.is_input, "timeout": timeout,
-                "no_output_timeout": config.no_output_timeout_s, "max_output_chars": config.max_output_chars,
-            }
-            result = await self._runtime_call("bash", request, timeout + config.no_output_timeout_s)
-            if "error" in result:
-                return result["error"], StepInfo(step=0, tool=tool, status="error", error=result["error"])
-            return tools.format_bash_observation(result), StepInfo(
-                step=0, tool=tool, exit_code=result.get("exit_code"), status=result.get("status"))
-        request = args.model_dump(exclude_none=True)
-        result = await self._runtime_call("edit", request, 120.0)
-        if "error" in result and "output" not in result:
-            return result["error"], StepInfo(step=0, tool=tool, status="error", error=result["error"])
+        try:
+            if tool == tools.EXECUTE_BASH:
+                timeout = min(args.timeout or config.command_timeout_s, config.max_command_timeout_s)
+                request = {
+                    "command": args.command, "is_input": args.is_input, "timeout": timeout,
+                    "no_output_timeout": config.no_output_timeout_s, "max_output_chars": config.max_output_chars,
+                }
+                result = await self._runtime_call("bash", request, timeout + config.no_output_timeout_s)
+                return tools.format_bash_observation(result), StepInfo(
+                    step=0, tool=tool, exit_code=result.get("exit_code"), status=result.get("status"))
+            result = await self._runtime_call("edit", args.model_dump(exclude_none=True), 120.0)
+        except ToolFailure as exc:
+            return str(exc), StepInfo(step=0, tool=tool, status="error", error=str(exc))
         output = result.get("output", "")
         if len(output) > config.max_output_chars:
             output = output[: config.max_output_chars] + "\n<response clipped>"
-        return output, StepInfo(step=0, tool=tool, status="error" if result.get("error") else "completed")
+        status = result.get("status") or ("error" if result.get("error") else "completed")
+        return output, StepInfo(step=0, tool=tool, status=status)
 
     async def _runtime_call(self, op: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Run one runtime op; if the agent's command killed the runtime, start a new one and say so."""
-        assert self.runtime is not None and self.sandbox is not None
-        try:
-            return await self.runtime.request(op, args, timeout=timeout + RUNTIME_SLACK_S)
-        except RuntimeRequestError as exc:
-            return {"error": f"ERROR: {exc}"}
-        except (RuntimeDied, asyncio.TimeoutError) as exc:
-            why = "stopped answering" if isinstance(exc, asyncio.TimeoutError) else f"was killed ({exc})"
-        await self.runtime.close()
-        self.runtime = None
+        """Run one runtime op. If the agent's command killed the runtime, start a new one and say so in the
+        result; raise ToolFailure (its text is the observation) when the runtime refused the op or cannot come back."""
+        assert self.sandbox is not None
+        if self.runtime is None:
+            why = "could not be restarted after an earlier failure"
+        else:
+            try:
+                return await self.runtime.request(op, args, timeout=timeout + RUNTIME_SLACK_S)
+            except RuntimeRequestError as exc:
+                raise ToolFailure(f"ERROR: {exc}") from None
+            except (RuntimeDied, asyncio.TimeoutError) as exc:
+                why = "stopped answering" if isinstance(exc, asyncio.TimeoutError) else f"was killed ({exc})"
+            await self.runtime.close()
+            self.runtime = None
         try:
             self.runtime = await self.manager.start_runtime(self.sandbox, self.task)
-        except Exception as exc:  # noqa: BLE001 - reported to the agent and in info; the episode goes on ending
-            return {"error": f"ERROR: the sandbox is no longer usable: the tool runtime {why} and could not be "
-                             f"restarted ({exc}). Call `finish` to end the episode."}
-        return {
-            "output": "", "exit_code": None, "status": "shell_restarted", "cwd": self.task.workdir,
-            "note": f"The tool runtime {why} during this command. A new shell was started in {self.task.workdir}; "
-                    "environment variables and background jobs of the old shell are gone",
-        }
+        except Exception as exc:  # noqa: BLE001 - the agent is told; `finish` still grades what is there
+            raise ToolFailure(f"ERROR: the sandbox is no longer usable: the tool runtime {why} and could not be "
+                              f"restarted ({exc}). Call `finish` to end the episode.") from None
+        note = (f"[The tool runtime {why} during this call. A new shell was started in {self.task.workdir}; "
+                "environment variables and background jobs of the old shell are gone.]")
+        return {"output": note if op == "edit" else "", "error": True, "exit_code": None,
+                "status": "shell_restarted", "cwd": self.task.workdir, "note": note}
 
     async def _truncate(self, response: StepResponse, started: float) -> StepResponse:
         ended = await self._finish("truncated", started)
@@ -207,6 +209,10 @@ class Session:
             raise PatchError(f"git diff failed in the episode container (exit {outcome.exit_code}): "
                              f"{outcome.output[-500:]}")
         return outcome.output
+
+
+class ToolFailure(RuntimeError):
+    """A tool call that could not run; the message is the observation the agent gets."""
 
 
 class PatchError(RuntimeError):
