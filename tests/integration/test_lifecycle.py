@@ -20,27 +20,31 @@ pytestmark = pytest.mark.docker
 def test_sigkill_then_restart_leaves_no_old_container(sample_images, sample_tasks, tmp_path):  # type: ignore[no-untyped-def]
     first = start_server(tmp_path, "--warm-pool-size", "1", "--warm-pool-task", sample_tasks[0].instance_id)
     task = sample_tasks[0].instance_id
-    with EnvClient(first.url) as client:
-        sessions = [client.reset(task).session_id for _ in range(2)]
-        client.step(sessions[0], "execute_bash", {"command": "sleep 600 &"})
-        old_ids = {c.id for c in first.containers()}
-        assert len(old_ids) >= 2
-    os.killpg(first.process.pid, signal.SIGKILL)  # mid-episode, no chance to clean up
-    first.process.wait()
-    left_behind = {c.id for c in first.containers()}
-    assert old_ids <= left_behind  # they really were left behind (plus any warm-pool refill in flight)
-    old_ids = left_behind
-    second = start_server(tmp_path, name=first.name)
     try:
-        survivors = {c.id for c in second.containers()} & old_ids
-        assert not survivors, f"containers of the killed server survived the restart: {survivors}"
-        with EnvClient(second.url) as client:
-            with pytest.raises(EnvServerError) as excinfo:
-                client.step(sessions[0], "execute_bash", {"command": "ls"})
-            assert excinfo.value.status == 404
+        with EnvClient(first.url) as client:
+            sessions = [client.reset(task).session_id for _ in range(2)]
+            client.step(sessions[0], "execute_bash", {"command": "sleep 600 &"})
+            old_ids = {c.id for c in first.containers()}
+            assert len(old_ids) >= 2
+        os.killpg(first.process.pid, signal.SIGKILL)  # mid-episode, no chance to clean up
+        first.process.wait()
+        left_behind = {c.id for c in first.containers()}
+        assert old_ids <= left_behind  # they really were left behind (plus any warm-pool refill in flight)
+        second = start_server(tmp_path, name=first.name)
+        try:
+            survivors = {c.id for c in second.containers()} & left_behind
+            assert not survivors, f"containers of the killed server survived the restart: {survivors}"
+            with EnvClient(second.url) as client:
+                with pytest.raises(EnvServerError) as excinfo:
+                    client.step(sessions[0], "execute_bash", {"command": "ls"})
+                assert excinfo.value.status == 404
+        finally:
+            stop_server(second)
+        assert second.containers() == []
     finally:
-        stop_server(second)
-    assert second.containers() == []
+        stop_server(first)
+        for container in first.containers():  # only after a failure above
+            container.remove(force=True)
 
 
 def test_session_cap_answers_429_with_retry_after(sample_images, sample_tasks, tmp_path):  # type: ignore[no-untyped-def]
