@@ -1,0 +1,229 @@
+"""`python -m agent.collect`: G rollouts per task against one or more env servers, written as trajectory JSONL.
+
+Resumable: episodes already in the output file (by `episode_id`) are skipped on a rerun; an interrupted writer's
+half line is ignored. Sessions are spread over the env servers (least in flight first); a server at its session
+cap answers 429 and the client backs off. Ends with a summary: resolve rate, turns, tokens, errors and where the
+time went (engine, env server, agent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from agent.engines.base import ChatEngine, Engine
+from agent.loop import AgentConfig, run_episode
+from agent.trajectory import Trajectory, read_jsonl, write_jsonl
+from envserver.client import AsyncEnvClient
+
+
+class EnvPool:
+    """Several env servers; each new episode goes to the one with the fewest episodes in flight."""
+
+    def __init__(self, urls: Sequence[str], token: str | None = None):
+        if not urls:
+            raise ValueError("at least one --env-url is needed")
+        self.clients = [AsyncEnvClient(url, token=token) for url in urls]
+        self.in_flight = [0] * len(self.clients)
+
+    def acquire(self) -> int:
+        index = min(range(len(self.clients)), key=lambda i: self.in_flight[i])
+        self.in_flight[index] += 1
+        return index
+
+    def release(self, index: int) -> None:
+        self.in_flight[index] -= 1
+
+    async def close(self) -> None:
+        await asyncio.gather(*(client.aclose() for client in self.clients))
+
+
+@dataclass
+class Summary:
+    episodes: int = 0
+    skipped: int = 0
+    resolved: int = 0
+    graded: int = 0
+    infra_failures: int = 0
+    errors: int = 0
+    truncated: dict[str, int] = field(default_factory=dict)
+    malformed_tool_calls: int = 0
+    turns: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    engine_s: float = 0.0
+    env_s: float = 0.0
+    agent_s: float = 0.0
+    wall_s: float = 0.0
+
+    def add(self, trajectory: Trajectory) -> None:
+        self.episodes += 1
+        self.resolved += bool(trajectory.resolved)
+        self.graded += trajectory.reward is not None
+        self.infra_failures += trajectory.infra_failure
+        self.errors += trajectory.error is not None
+        if trajectory.truncation:
+            self.truncated[trajectory.truncation] = self.truncated.get(trajectory.truncation, 0) + 1
+        self.malformed_tool_calls += trajectory.malformed_tool_calls
+        self.turns.append(trajectory.num_turns)
+        self.tokens.append(sum(len(seq.token_ids) for seq in trajectory.sequences[-1:]))
+        self.engine_s += trajectory.timings.engine_s
+        self.env_s += trajectory.timings.env_s
+        self.agent_s += trajectory.timings.agent_s
+
+    def lines(self) -> list[str]:
+        busy = self.engine_s + self.env_s + self.agent_s or 1.0
+        mean = (lambda xs: statistics.fmean(xs) if xs else 0.0)
+        return [
+            f"episodes: {self.episodes} new, {self.skipped} already done; wall {self.wall_s:.1f} s "
+            f"({60 * self.episodes / max(self.wall_s, 1e-9):.1f} episodes/min)",
+            f"resolve rate: {self.resolved}/{self.graded} graded "
+            f"({100 * self.resolved / max(self.graded, 1):.1f}%); infra failures: {self.infra_failures}; "
+            f"agent errors: {self.errors}",
+            f"turns: mean {mean(self.turns):.1f}, max {max(self.turns, default=0)}; tokens per episode: mean "
+            f"{mean(self.tokens):.0f}; malformed tool calls: {self.malformed_tool_calls}; truncated: "
+            f"{self.truncated or 'none'}",
+            f"time: engine {100 * self.engine_s / busy:.1f}%, env server {100 * self.env_s / busy:.1f}%, "
+            f"agent {100 * self.agent_s / busy:.1f}%",
+        ]
+
+
+def done_episode_ids(out: Path) -> set[str]:
+    return {record.episode_id for record in read_jsonl(out)} if out.exists() else set()
+
+
+async def collect(engine: Engine | ChatEngine, env_urls: Sequence[str], task_ids: Sequence[str], group_size: int,
+                  out: Path, config: AgentConfig, tokenizer: Any = None, concurrency: int = 32,
+                  token: str | None = None, on_episode: Callable[[Trajectory], None] | None = None) -> Summary:
+    """Run every (task, group) episode not yet in `out`, `concurrency` at a time, appending each as it ends."""
+    done = done_episode_ids(out)
+    todo = [(task_id, group) for task_id in task_ids for group in range(group_size)
+            if f"{task_id}/{group}" not in done]
+    summary = Summary(skipped=len(task_ids) * group_size - len(todo))
+    pool = EnvPool(env_urls, token=token)
+    semaphore = asyncio.Semaphore(concurrency)
+    write_lock = asyncio.Lock()
+    started = time.perf_counter()
+
+    async def one(task_id: str, group: int) -> None:
+        async with semaphore:
+            index = pool.acquire()
+            try:
+                episode_config = config
+                if config.seed is not None:  # distinct, reproducible seeds per rollout
+                    episode_config = AgentConfig(**{**config.__dict__, "seed": config.seed + 7919 * group})
+                trajectory = await run_episode(engine, pool.clients[index], task_id, episode_config,
+                                               tokenizer=tokenizer, group=group)
+            finally:
+                pool.release(index)
+            async with write_lock:  # one whole line at a time: a kill leaves at most one half line
+                write_jsonl(out, [trajectory])
+                summary.add(trajectory)
+                if on_episode:
+                    on_episode(trajectory)
+
+    try:
+        await asyncio.gather(*(one(task_id, group) for task_id, group in todo))
+    finally:
+        summary.wall_s = time.perf_counter() - started
+        await pool.close()
+    return summary
+
+
+def resolve_task_ids(tasks: str, env_url: str, token: str | None = None) -> list[str]:
+    """`all`: every task of the first env server; a file: instance ids (a task JSON/JSONL/parquet file, or one id
+    per line); otherwise a comma-separated list of ids."""
+    if tasks == "all":
+        from envserver.client import EnvClient
+
+        with EnvClient(env_url, token=token) as client:
+            return [task.instance_id for task in client.list_tasks().tasks]
+    path = Path(tasks)
+    if path.is_file():
+        if path.suffix in {".json", ".jsonl", ".parquet"}:
+            from envserver.tasks import load_tasks
+
+            return [task.instance_id for task in load_tasks(path)]
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [item.strip() for item in tasks.split(",") if item.strip()]
+
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    env_url: list[str] = typer.Option(..., "--env-url", help="Env server URL (repeat for several)."),
+    engine: str = typer.Option("vllm", help="Engine: vllm, hf or openai."),
+    engine_url: Optional[str] = typer.Option(None, help="Engine endpoint, e.g. http://HOST:8001/v1."),
+    model: str = typer.Option(..., help="Model name served by the engine (hf: a local model directory)."),
+    tokenizer: Optional[Path] = typer.Option(None, help="Tokenizer directory (default: the hf model's own, "
+                                              "else the bundled Qwen3 tokenizer)."),
+    tasks: str = typer.Option("all", help="`all`, a task/ids file, or comma-separated ids."),
+    group_size: int = typer.Option(8, help="Rollouts per task (G)."),
+    concurrency: int = typer.Option(32, help="Episodes in flight."),
+    out: Path = typer.Option(..., help="Trajectory JSONL (appended; finished episodes are skipped on rerun)."),
+    max_turns: int = typer.Option(30, help="Assistant turns per episode."),
+    max_context_tokens: int = typer.Option(8192, help="Context length limit per episode."),
+    max_tokens_per_turn: int = typer.Option(1024, help="Tokens sampled per turn."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature."),
+    think_mode: str = typer.Option("keep", help="Earlier <think> blocks: keep or drop."),
+    seed: Optional[int] = typer.Option(None, help="Base seed for reproducible sampling."),
+    env_token: Optional[str] = typer.Option(None, envvar="ENVSERVER_AUTH_TOKEN", help="Env server bearer token."),
+) -> None:
+    """Collect trajectories."""
+    summary = run_cli(env_url, engine, engine_url, model, tokenizer, tasks, group_size, concurrency, out,
+                      AgentConfig(max_turns=max_turns, max_context_tokens=max_context_tokens,
+                                  max_tokens_per_turn=max_tokens_per_turn, temperature=temperature,
+                                  think_mode=think_mode, seed=seed),  # type: ignore[arg-type]
+                      env_token)
+    for line in summary.lines():
+        typer.echo(line)
+
+
+def run_cli(env_urls: list[str], engine_kind: str, engine_url: str | None, model: str, tokenizer_path: Path | None,
+            tasks: str, group_size: int, concurrency: int, out: Path, config: AgentConfig,
+            env_token: str | None) -> Summary:
+    """Shared by `agent.collect` and `agent.eval`: build the engine, run, show a progress bar."""
+    from tqdm import tqdm
+
+    from agent.engines import load_tokenizer, make_engine
+
+    engine = make_engine(engine_kind, model, engine_url)
+    tokenizer = None
+    if not isinstance(engine, ChatEngine):
+        tokenizer = load_tokenizer(tokenizer_path or (model if engine_kind == "hf" else None))
+    task_ids = resolve_task_ids(tasks, env_urls[0], env_token)
+    total = len(task_ids) * group_size
+    bar = tqdm(total=total, initial=len(done_episode_ids(out) & {f"{t}/{g}" for t in task_ids
+                                                                  for g in range(group_size)}),
+               desc="episodes", unit="ep")
+    resolved = 0
+
+    def tick(trajectory: Trajectory) -> None:
+        nonlocal resolved
+        resolved += bool(trajectory.resolved)
+        bar.set_postfix(resolved=resolved, refresh=False)
+        bar.update(1)
+
+    async def run() -> Summary:
+        try:
+            return await collect(engine, env_urls, task_ids, group_size, out, config, tokenizer, concurrency,
+                                 env_token, on_episode=tick)
+        finally:
+            await engine.close()
+
+    try:
+        return asyncio.run(run())
+    finally:
+        bar.close()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,85 @@
+"""The engine interface: token ids in, sampled token ids and their logprobs out.
+
+Backends (one file each): `vllm` (a vLLM server over HTTP), `hf` (an in-process transformers model), `openai`
+(any chat-completions API; text only — it cannot give token ids, so trajectories from it are refused for training).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+class EngineError(RuntimeError):
+    """The engine failed in a way retries did not fix."""
+
+
+@dataclass
+class SamplingParams:
+    """Per-request sampling settings (the same names as vLLM's)."""
+
+    max_tokens: int = 1024
+    """Most tokens to sample in this turn."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    top_k: int = -1
+    """Sample among the k most likely tokens; -1 means all."""
+    stop_token_ids: list[int] = field(default_factory=list)
+    """Token ids that end the turn (included in the output, as vLLM does for EOS)."""
+    seed: int | None = None
+    """Per-request seed, for reproducible sampling where the backend supports it."""
+
+
+@dataclass
+class Generation:
+    """One sampled completion."""
+
+    token_ids: list[int]
+    """Exactly the sampled ids, the stop token included when the turn ended on one."""
+    logprobs: list[float]
+    """Log-probability of each sampled id under the sampling distribution's model (before temperature: the
+    raw model logprob, as vLLM reports it by default)."""
+    finish_reason: Literal["stop", "length"]
+    """`stop`: a stop token ended the turn; `length`: `max_tokens` did."""
+    engine_s: float = 0.0
+    """Wall time the engine took for this request."""
+
+
+class Engine(abc.ABC):
+    """Generates continuations of token-id prompts. Implementations must allow many requests in flight."""
+
+    name: str = "engine"
+    supports_token_ids: bool = True
+    """False for engines that only speak chat messages (their trajectories cannot be trained on)."""
+
+    model_name: str = ""
+    """What the trajectory records as the model."""
+    weights_version: int = 0
+    """Incremented by the trainer after each weight update; recorded on every trajectory."""
+
+    @abc.abstractmethod
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
+        """Sample one continuation of `prompt_ids`."""
+
+    async def close(self) -> None:
+        """Release connections / memory."""
+
+
+class ChatEngine(abc.ABC):
+    """An engine that takes OpenAI chat messages and returns a message (possibly with tool calls)."""
+
+    name: str = "chat"
+    supports_token_ids: bool = False
+    model_name: str = ""
+    weights_version: int = 0
+
+    @abc.abstractmethod
+    async def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+                   params: SamplingParams) -> tuple[dict[str, Any], float]:
+        """(assistant message in OpenAI format, engine seconds)."""
+
+    async def close(self) -> None:
+        """Release connections."""
