@@ -50,7 +50,24 @@ DRIVER = HERE / "editor_driver.py"
 SETUP_SCRIPT = HERE / "setup_aci_venv.sh"
 PY38 = Path(os.environ.get("EDITOR_CONFORMANCE_PY38", "/root/.pyenv/versions/3.8.18/bin/python3"))
 
-IMPLS = {"ours-host": sys.executable, "ours-py38": str(PY38)}
+IMPLS = {"ours-host": sys.executable, "ours-py38": str(PY38), "ours-container": "docker"}
+CONTAINER_IMAGE = os.environ.get("EDITOR_CONFORMANCE_IMAGE", "envserver/base:bookworm")
+"""Our editor also runs where it really runs: inside a task image, with that image's own python3."""
+
+
+def _container_argv(root: Path) -> list:
+    """`docker run` of the driver in a base-image container; the scenario root is bind-mounted at the same path."""
+    return ["docker", "run", "--rm", "-i", "--network", "none",
+            "-v", "%s:%s" % (root.parent, root.parent), "-v", "%s:/rt:ro" % RUNTIME_DIR,
+            "-v", "%s:/conf:ro" % HERE, CONTAINER_IMAGE, "python3", "/conf/editor_driver.py", "ours"]
+
+
+def _container_available() -> bool:
+    try:
+        return subprocess.run(["docker", "image", "inspect", CONTAINER_IMAGE], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 STEPS = list(op_steps())
 
 
@@ -72,10 +89,11 @@ def _aci_python() -> str:
 
 
 def _run_driver(python: str, impl: str, root: Path) -> dict:
-    spec = {"root": str(root), "runtime_dir": str(RUNTIME_DIR), "scenarios": SCENARIOS}
+    in_container = python == "docker"
+    spec = {"root": str(root), "runtime_dir": "/rt" if in_container else str(RUNTIME_DIR), "scenarios": SCENARIOS}
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     proc = subprocess.run(
-        [python, str(DRIVER), impl],
+        _container_argv(root) if in_container else [python, str(DRIVER), impl],
         input=json.dumps(spec),
         capture_output=True,
         text=True,
@@ -95,6 +113,10 @@ def runs(tmp_path_factory):
     for label, python in IMPLS.items():
         if label == "ours-py38" and not PY38.exists():
             continue
+        if label == "ours-container":
+            if not _container_available():
+                continue
+            root.mkdir(parents=True, exist_ok=True)
         results[label] = _run_driver(python, "ours", root)
     return root, results
 
@@ -121,6 +143,8 @@ def _check_output(ref: dict, got: dict, what: str) -> None:
 def test_matches_openhands_aci(runs, impl, scenario, step):
     root, results = runs
     if impl not in results:
+        if impl == "ours-container":
+            pytest.skip("no Docker engine or no %s image (python -m images base)" % CONTAINER_IMAGE)
         pytest.skip("%s not found (set EDITOR_CONFORMANCE_PY38)" % PY38)
     if results["aci"]["python"] < step.get("reference_python", [3, 0]):
         pytest.skip("the openhands-aci venv runs Python %s.%s; this reference needs %s.%s"
