@@ -94,6 +94,16 @@ class Summary:
         ]
 
 
+def repair_jsonl(out: Path) -> None:
+    """Drop a half-written last line (a collection killed mid-write) so appends start on a fresh line."""
+    if not out.exists():
+        return
+    data = out.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(out, "r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
 def done_episode_ids(out: Path) -> set[str]:
     return {record.episode_id for record in read_jsonl(out)} if out.exists() else set()
 
@@ -102,6 +112,7 @@ async def collect(engine: Engine | ChatEngine, env_urls: Sequence[str], task_ids
                   out: Path, config: AgentConfig, tokenizer: Any = None, concurrency: int = 32,
                   token: str | None = None, on_episode: Callable[[Trajectory], None] | None = None) -> Summary:
     """Run every (task, group) episode not yet in `out`, `concurrency` at a time, appending each as it ends."""
+    repair_jsonl(out)
     done = done_episode_ids(out)
     todo = [(task_id, group) for task_id in task_ids for group in range(group_size)
             if f"{task_id}/{group}" not in done]

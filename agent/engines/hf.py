@@ -22,6 +22,18 @@ import torch
 from agent.engines.base import Engine, Generation, SamplingParams
 
 
+def _cache_kwarg() -> str:
+    """transformers 5 renamed the forward's `past_key_values` argument to `cache`; accept either release."""
+    import inspect
+
+    from transformers import Qwen3ForCausalLM
+
+    return "cache" if "cache" in inspect.signature(Qwen3ForCausalLM.forward).parameters else "past_key_values"
+
+
+_CACHE_KWARG = _cache_kwarg()
+
+
 class HFEngine(Engine):
     name = "hf"
 
@@ -59,10 +71,11 @@ class HFEngine(Engine):
             self.model.eval()
             try:
                 inputs = torch.tensor([prompt_ids], dtype=torch.long)
-                past = None
+                cache = None
                 for _ in range(params.max_tokens):
-                    out = self.model(input_ids=inputs, past_key_values=past, use_cache=True)
-                    past = out.past_key_values
+                    # logits_to_keep=1: a long prompt's full [tokens x vocab] logits would cost GBs for nothing.
+                    out = self.model(input_ids=inputs, use_cache=True, logits_to_keep=1, **{_CACHE_KWARG: cache})
+                    cache = getattr(out, "cache", None) or out.past_key_values
                     logits = out.logits[0, -1].float()
                     raw_logprobs = torch.log_softmax(logits, dim=-1)
                     token = _sample(logits, params, generator)
