@@ -15,6 +15,7 @@ a tied LM head, which the CPU build's plain `reload_weights` leaves on the old w
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -54,8 +55,6 @@ then kill the engine on the first request ('Unsupported CPU attention configurat
 
 def check_cpu_model(model_dir: Path) -> None:
     """Fail early, with the reason, on a model the CPU backend would only reject at its first request."""
-    import json
-
     try:
         config = json.loads((model_dir / "config.json").read_text())
     except (OSError, ValueError) as exc:
