@@ -1,0 +1,246 @@
+"""GRPO: group-relative advantages and the clipped policy-gradient loss, as pure functions over tensors.
+
+Shapes: B sequences of T token positions. ``loss_mask`` is 1 on the tokens the policy sampled (the agent's loss mask
+over assistant tokens) and 0 on prompt, tool output and padding; only mask-1 tokens count, and values at mask-0
+positions never reach the loss, its gradient or the metrics (padding may hold anything finite or not).
+
+Per token, with r = exp(logp − logp_old) and the sequence's advantage A:
+
+    pg    = −min(r·A, clip(r, 1 − ε_low, 1 + ε_high)·A)         (PPO clipped objective, DAPO clip-higher)
+    pg    = pg · min(exp(logp_old − logp_engine), C)              (truncated importance sampling, when `tis_cap` = C)
+    loss  = pg + β · (exp(ref − logp) − (ref − logp) − 1)         (k3 KL to the reference, when `kl_coef` = β ≠ 0)
+
+then aggregated over the batch by `GRPOLossConfig.aggregation`. This is TRL's GRPOTrainer loss (token-level
+importance sampling, vLLM "token_truncate" correction) term for term; tests/trainer/test_losses_trl.py checks it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+AdvantageMode = Literal["grpo", "rloo"]
+Aggregation = Literal["token_mean", "seq_mean_token_sum", "seq_mean_token_mean"]
+
+
+def compute_advantages(
+    rewards: Tensor,
+    mode: AdvantageMode = "grpo",
+    scale_by_std: bool = True,
+    eps: float = 1e-4,
+    *,
+    zero_std_atol: float = 1e-6,
+) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """Group-relative advantages for rewards of shape (num_groups, G): G samples of the same task per row.
+
+    - ``"grpo"``: A_i = r_i − mean(r), over the group.
+    - ``"rloo"``: A_i = r_i − mean_{j≠i}(r_j), the leave-one-out baseline (= G/(G−1) · (r_i − mean(r))).
+
+    With ``scale_by_std`` the advantage is divided by (std(r) + eps), std being the group's sample standard deviation
+    (Bessel-corrected, as TRL's ``nanstd``), in either mode.
+
+    NaN marks a missing reward (an infrastructure failure the trainer masks): it is left out of its group's mean,
+    baseline and std, and its advantage is 0. A group is dropped when fewer than 2 of its rewards are present or its
+    present rewards all agree (std ≤ ``zero_std_atol``): it carries no learning signal, its advantages are 0, and the
+    trainer should leave its sequences out of the batch (so they do not dilute the token-mean normalizer).
+
+    Returns ``(advantages (num_groups, G), keep (num_groups,) bool, stats)``; flatten ``advantages`` row-major for
+    the [B] input of `grpo_loss`. ``stats`` counts: ``num_groups``, ``num_groups_kept``, ``num_groups_zero_std``
+    (dropped: all rewards equal), ``num_groups_too_few`` (dropped: under 2 rewards present), ``num_rewards_missing``,
+    ``frac_groups_dropped``, and the mean and std of the present rewards.
+    """
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must have shape (num_groups, G), got {tuple(rewards.shape)}")
+    if mode not in ("grpo", "rloo"):
+        raise ValueError(f"unknown advantage mode {mode!r}: 'grpo' or 'rloo'")
+    r = rewards.detach().to(torch.promote_types(rewards.dtype, torch.float32))
+    present = ~torch.isnan(r)
+    n = present.sum(dim=1)  # (num_groups,)
+    r0 = torch.where(present, r, torch.zeros_like(r))
+    total = r0.sum(dim=1, keepdim=True)
+    mean = total / n.clamp(min=1).unsqueeze(1)
+    sq = torch.where(present, (r0 - mean) ** 2, torch.zeros_like(r))
+    std = (sq.sum(dim=1, keepdim=True) / (n - 1).clamp(min=1).unsqueeze(1)).sqrt()
+
+    too_few = n < 2
+    zero_std = ~too_few & (std.squeeze(1) <= zero_std_atol)
+    keep = ~too_few & ~zero_std
+
+    if mode == "grpo":
+        adv = r0 - mean
+    else:
+        baseline = (total - r0) / (n - 1).clamp(min=1).unsqueeze(1)
+        adv = r0 - baseline
+    if scale_by_std:
+        adv = adv / (std + eps)
+    adv = torch.where(present & keep.unsqueeze(1), adv, torch.zeros_like(adv))
+
+    num_groups = r.shape[0]
+    num_present = int(present.sum())
+    present_vals = r[present]
+    stats = {
+        "num_groups": float(num_groups),
+        "num_groups_kept": float(keep.sum()),
+        "num_groups_zero_std": float(zero_std.sum()),
+        "num_groups_too_few": float(too_few.sum()),
+        "num_rewards_missing": float(r.numel() - num_present),
+        "frac_groups_dropped": float((~keep).sum()) / num_groups if num_groups else 0.0,
+        "reward_mean": float(present_vals.mean()) if num_present else math.nan,
+        "reward_std": float(present_vals.std()) if num_present > 1 else math.nan,
+    }
+    return adv, keep, stats
+
+
+@dataclass
+class GRPOLossConfig:
+    """The policy-gradient loss's settings."""
+
+    clip_low: float = 0.2
+    """ε_low: the ratio is clipped below at 1 − ε_low (acts on negative advantages)."""
+    clip_high: float = 0.28
+    """ε_high: the ratio is clipped above at 1 + ε_high (acts on positive advantages; > ε_low is DAPO's clip-higher)."""
+    aggregation: Aggregation = "token_mean"
+    """How per-token losses become one number: "token_mean", "seq_mean_token_sum" or "seq_mean_token_mean"."""
+    max_tokens: int | None = None
+    """Constant divisor of each sequence's token sum for "seq_mean_token_sum" (Dr. GRPO: the max completion length)."""
+    kl_coef: float = 0.0
+    """β: weight of the k3 KL estimate to the frozen reference, added per token (0 = off, no reference needed)."""
+    tis_cap: float | None = None
+    """C: truncated importance sampling weight min(exp(old − engine logprob), C) per token, e.g. 2.0 (None = off)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.clip_low < 1.0 or self.clip_high < 0.0:
+            raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
+        if self.aggregation not in ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean"):
+            raise ValueError(f"unknown aggregation {self.aggregation!r}")
+        if self.max_tokens is not None and self.max_tokens <= 0:
+            raise ValueError(f"max_tokens must be positive, got {self.max_tokens}")
+        if self.tis_cap is not None and self.tis_cap <= 0.0:
+            raise ValueError(f"tis_cap must be positive, got {self.tis_cap}")
+
+
+def grpo_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    loss_mask: Tensor,
+    ref_logprobs: Tensor | None = None,
+    engine_logprobs: Tensor | None = None,
+    config: GRPOLossConfig | None = None,
+    *,
+    normalizer: float | Tensor | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """The GRPO loss of one batch and its metrics.
+
+    Args:
+        logprobs: [B, T] log-probabilities of the sampled tokens under the current policy (with grad).
+        old_logprobs: [B, T] the same under the policy that sampled them, as recomputed by the trainer (or the
+            engine's own when the trainer does not recompute them). No gradient flows into them.
+        advantages: [B] one advantage per sequence (see `compute_advantages`).
+        loss_mask: [B, T] 1 on tokens that count (sampled by the policy), 0 elsewhere.
+        ref_logprobs: [B, T] under the frozen reference; needed when ``config.kl_coef`` ≠ 0, and logged when given.
+        engine_logprobs: [B, T] as reported by the generation engine. When given, the engine/trainer mismatch
+            (old − engine) is logged and, with ``config.tis_cap``, each token's loss is weighted by
+            min(exp(old − engine), tis_cap) (truncated importance sampling: the engine's sampler is not exactly the
+            trainer's policy). None means ``old_logprobs`` are the engine's, i.e. a weight of 1.
+        config: the loss settings (defaults: `GRPOLossConfig()`).
+        normalizer: the denominator to use instead of this batch's own, when a step's batch is split into
+            micro-batches whose gradients are accumulated: the step's total number of mask-1 tokens for
+            "token_mean", its total number of sequences for the "seq_mean_*" aggregations. Then the micro-batch
+            losses sum to the loss of the whole batch.
+
+    Aggregations (masked per-token losses l_bt, m_bt the mask):
+        - "token_mean": Σ_bt l_bt / Σ_bt m_bt — every sampled token of the batch weighs the same, whatever its
+          sequence's length (DAPO's token-level mean; TRL loss_type "dapo" and "bnpo").
+        - "seq_mean_token_sum": (1/B) Σ_b Σ_t l_bt, divided by ``config.max_tokens`` when set (Dr. GRPO: a constant
+          in place of the length, so no length bias; TRL loss_type "dr_grpo" with max_tokens = max_completion_length).
+        - "seq_mean_token_mean": (1/B) Σ_b (Σ_t l_bt / Σ_t m_bt) — the original GRPO (TRL loss_type "grpo"); a
+          sequence with no mask-1 token adds 0 but still counts in B, as in TRL.
+
+    Metrics (means over mask-1 tokens; floats): ``clip_frac_low`` (ratio < 1 − ε_low with A < 0: the low clip is
+    active), ``clip_frac_high`` (ratio > 1 + ε_high with A > 0), ``ratio_mean``, ``ratio_max``, ``kl`` (k3, when a
+    reference is given), ``mismatch_abs_mean`` / ``mismatch_abs_max`` (|old − engine|), ``tis_weight_mean`` and
+    ``tis_clip_frac`` (the share of tokens whose TIS weight hit the cap), ``num_tokens``, ``num_sequences``, ``loss``.
+    """
+    cfg = config if config is not None else GRPOLossConfig()
+    if logprobs.dim() != 2:
+        raise ValueError(f"logprobs must be [B, T], got {tuple(logprobs.shape)}")
+    shape = logprobs.shape
+    for name, t in (("old_logprobs", old_logprobs), ("loss_mask", loss_mask), ("ref_logprobs", ref_logprobs),
+                    ("engine_logprobs", engine_logprobs)):
+        if t is not None and t.shape != shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, logprobs {tuple(shape)}")
+    if advantages.shape != shape[:1]:
+        raise ValueError(f"advantages must be [B] = [{shape[0]}], got {tuple(advantages.shape)}")
+    if cfg.kl_coef != 0.0 and ref_logprobs is None:
+        raise ValueError("kl_coef != 0 needs ref_logprobs")
+
+    dtype = torch.promote_types(logprobs.dtype, torch.float32)  # bf16 log-probs are upcast before exp
+    mask = loss_mask.bool()
+    maskf = mask.to(dtype)
+    zero = torch.zeros((), dtype=dtype, device=logprobs.device)
+    logp = logprobs.to(dtype)
+    old = old_logprobs.detach().to(dtype)
+    adv = advantages.detach().to(dtype).unsqueeze(1)  # [B, 1]
+
+    # Differences are zeroed off the mask *before* exp, so padding (even inf / nan) cannot reach loss or gradient.
+    log_ratio = torch.where(mask, logp - old, zero)
+    ratio = torch.exp(log_ratio)
+    clipped_ratio = torch.clamp(ratio, 1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
+    per_token = -torch.minimum(ratio * adv, clipped_ratio * adv)
+
+    metrics: dict[str, float] = {}
+    if engine_logprobs is not None:
+        mismatch = torch.where(mask, old - engine_logprobs.detach().to(dtype), zero)
+        if cfg.tis_cap is not None:
+            raw_weight = torch.exp(mismatch)
+            per_token = per_token * torch.clamp(raw_weight, max=cfg.tis_cap)
+    per_token_kl = None
+    if ref_logprobs is not None:
+        d = torch.where(mask, ref_logprobs.detach().to(dtype) - logp, zero)
+        per_token_kl = torch.exp(d) - d - 1.0
+        if cfg.kl_coef != 0.0:
+            per_token = per_token + cfg.kl_coef * per_token_kl
+    per_token = torch.where(mask, per_token, zero)
+
+    num_seqs = shape[0]
+    if cfg.aggregation == "token_mean":
+        denom = maskf.sum() if normalizer is None else normalizer
+        loss = per_token.sum() / torch.clamp(torch.as_tensor(denom, dtype=dtype, device=logp.device), min=1.0)
+    else:
+        if cfg.aggregation == "seq_mean_token_sum":
+            per_seq = per_token.sum(dim=1)
+            if cfg.max_tokens is not None:
+                per_seq = per_seq / cfg.max_tokens
+        else:
+            per_seq = per_token.sum(dim=1) / maskf.sum(dim=1).clamp(min=1.0)
+        denom = num_seqs if normalizer is None else normalizer
+        loss = per_seq.sum() / torch.clamp(torch.as_tensor(denom, dtype=dtype, device=logp.device), min=1.0)
+
+    with torch.no_grad():
+        n_tok = maskf.sum()
+        n = n_tok.clamp(min=1.0)
+
+        def masked_mean(x: Tensor) -> float:
+            return float((torch.where(mask, x.to(dtype), zero)).sum() / n)
+
+        metrics["clip_frac_low"] = masked_mean((ratio < 1.0 - cfg.clip_low) & (adv < 0))
+        metrics["clip_frac_high"] = masked_mean((ratio > 1.0 + cfg.clip_high) & (adv > 0))
+        metrics["ratio_mean"] = masked_mean(ratio)
+        metrics["ratio_max"] = float(torch.where(mask, ratio, zero).max()) if n_tok > 0 else math.nan
+        if per_token_kl is not None:
+            metrics["kl"] = masked_mean(per_token_kl)
+        if engine_logprobs is not None:
+            metrics["mismatch_abs_mean"] = masked_mean(mismatch.abs())
+            metrics["mismatch_abs_max"] = float(mismatch.abs().max()) if n_tok > 0 else math.nan
+            if cfg.tis_cap is not None:
+                metrics["tis_weight_mean"] = masked_mean(torch.clamp(raw_weight, max=cfg.tis_cap))
+                metrics["tis_clip_frac"] = masked_mean(raw_weight > cfg.tis_cap)
+        metrics["num_tokens"] = float(n_tok)
+        metrics["num_sequences"] = float(num_seqs)
+        metrics["loss"] = float(loss)
+    return loss, metrics

@@ -1,0 +1,286 @@
+"""Contrastive pairs: the pair record (JSONL contract) and how a pair is shown to the model.
+
+A contrastive instance z = (Q, A, C+, C−) (DESIGN.md, "The method"): a query, an answer, a context that supports the
+answer and a look-alike confounder that does not. The model sees Q, A and the two contexts as options 1 and 2 in one
+chat prompt that ends with the opened assistant turn; the logits at the prompt's last token predict the option token,
+so one teacher-forced forward pass gives both option logits and the margin Δθ(z) = ℓ+ − ℓ−
+(`Presentation.positive_token_id` / `negative_token_id` say which logit is which).
+
+Every pair is shown in both orders (`balanced_presentations`), so a model that favours a position cannot win, and the
+two contexts are truncated by the same rule whichever is the positive, so their shown lengths cannot carry the label
+beyond what the untruncated texts already do.
+
+Tokenization: the prompt is our Qwen3 chat template (agent.chat_template) with `enable_thinking=False`, so the opened
+assistant turn ends `<think>\\n\\n</think>\\n\\n` and the option digit is the first token the model would emit (Qwen's
+pre-tokenizer splits digits one by one, so "1" and "2" are single tokens with no leading-space variant in play:
+`option_token_ids` checks this). The template's own text is tokenized as usual; each content field (query, answer,
+contexts) is tokenized on its own with control tokens split (`split_special_tokens=True`), so a trajectory that
+contains a literal `<|im_end|>` cannot close the turn early, and a context's token budget is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+RECORD_VERSION = 1
+
+FunnelStage = Literal["same_repo_commit", "same_file", "same_function", "related_issue", "synthetic"]
+"""Where in the mining cascade the negative was found (same repo/commit → same file → same function → related
+issues), or `synthetic` for hand-made / generated pairs (tests, probes)."""
+
+
+class PairRecord(BaseModel):
+    """One contrastive pair (JSONL, one per line). Version 1."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = RECORD_VERSION
+    pair_id: str = Field(min_length=1)
+    """Unique within a file."""
+    query: str = Field(min_length=1)
+    """Q: what was asked (e.g. the issue / problem statement)."""
+    answer: str = Field(min_length=1)
+    """A: the answer the positive context supports (e.g. the resolving patch's description, patch contents masked)."""
+    positive: str = Field(min_length=1)
+    """C+: the context that supports the answer (in the agentic setting, an agent trajectory rendered as text)."""
+    negative: str = Field(min_length=1)
+    """C−: the look-alike confounder that does not."""
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    """Where the pair came from: source set, the trajectories' ids, repo, commit, file, function, …"""
+    funnel_stage: FunnelStage
+    judge: dict[str, Any] | None = None
+    """The LLM judge's verdict (accepted, reasons, model, …); None when the pair was not judged."""
+
+    @field_validator("query", "answer", "positive", "negative")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @model_validator(mode="after")
+    def _contexts_differ(self) -> "PairRecord":
+        if self.positive == self.negative:
+            raise ValueError("positive and negative are identical: the label would be arbitrary")
+        return self
+
+
+def load_pairs(path: str | Path) -> list[PairRecord]:
+    """Read a JSONL file of pair records. Blank lines are skipped; any bad line (not JSON, a missing or invalid field,
+    an unknown field, a duplicate pair_id) fails the load with one error that lists every problem by line and field."""
+    path = Path(path)
+    pairs: list[PairRecord] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(f"line {lineno}: not JSON ({exc.msg} at column {exc.colno})")
+                continue
+            if not isinstance(data, dict):
+                problems.append(f"line {lineno}: expected a JSON object, got {type(data).__name__}")
+                continue
+            try:
+                pair = PairRecord.model_validate(data)
+            except ValidationError as exc:
+                for error in exc.errors():
+                    field = ".".join(str(part) for part in error["loc"]) or "(record)"
+                    problems.append(f"line {lineno}: field '{field}': {error['msg']}")
+                continue
+            if pair.pair_id in seen:
+                problems.append(f"line {lineno}: field 'pair_id': {pair.pair_id!r} already used on line "
+                                f"{seen[pair.pair_id]}")
+                continue
+            seen[pair.pair_id] = lineno
+            pairs.append(pair)
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise ValueError(f"{path}: {len(problems)} bad pair record(s):\n  {shown}{more}")
+    return pairs
+
+
+def write_pairs(path: str | Path, pairs: Iterable[PairRecord]) -> None:
+    """Write pair records as JSONL (one per line, UTF-8)."""
+    with Path(path).open("w", encoding="utf-8") as handle:
+        for pair in pairs:
+            handle.write(pair.model_dump_json() + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------- presentation
+
+QUESTION = "Which option supports the answer? Reply with 1 or 2."
+
+PROMPT = (
+    "Below are a query, an answer to it, and two contexts. Exactly one of the contexts supports the answer; the "
+    "other looks similar but does not.\n\n"
+    "<query>\n{query}\n</query>\n\n"
+    "<answer>\n{answer}\n</answer>\n\n"
+    "<option_1>\n{option_1}\n</option_1>\n\n"
+    "<option_2>\n{option_2}\n</option_2>\n\n"
+    + QUESTION
+)
+"""The user turn. Change it only with a new PROMPT_VERSION: probe accuracies are comparable under one prompt only."""
+PROMPT_VERSION = 1
+
+TRUNCATION_MARKER = "\n[… middle of this context omitted …]\n"
+"""Replaces the middle of a context over its budget. Fixed text (no count of omitted tokens), so it says nothing
+about how long the hidden part was."""
+
+_FIELDS = ("query", "answer", "option_1", "option_2")
+_PLACEHOLDER = "\ue000{}\ue001"  # private-use characters: never produced by the template itself
+
+
+@dataclass(frozen=True)
+class Presentation:
+    """One forward pass's input for one pair in one order."""
+
+    input_ids: list[int]
+    """The whole prompt, ending with the opened assistant turn (`…<think>\\n\\n</think>\\n\\n`)."""
+    answer_position: int
+    """Index of the prompt's last token: the logits there predict the option token (= len(input_ids) − 1)."""
+    option_token_ids: tuple[int, int]
+    """Token ids of "1" and "2"."""
+    positive_is_first: bool
+    """Option 1 is the positive context."""
+    pair_id: str = ""
+
+    @property
+    def positive_token_id(self) -> int:
+        """The option token of the positive context: ℓ+ is the logit of this id at answer_position."""
+        return self.option_token_ids[0 if self.positive_is_first else 1]
+
+    @property
+    def negative_token_id(self) -> int:
+        """The option token of the negative context: ℓ− is the logit of this id at answer_position."""
+        return self.option_token_ids[1 if self.positive_is_first else 0]
+
+
+def option_token_ids(tokenizer: Any) -> tuple[int, int]:
+    """The ids of "1" and "2", checked to be single tokens that the model emits as the first token of its reply (the
+    generation prompt followed by "1" tokenizes as the generation prompt's ids plus this id)."""
+    from agent.chat_template import EMPTY_THINK
+
+    ids: list[int] = []
+    prompt_ids = tokenizer.encode(EMPTY_THINK, add_special_tokens=False)
+    for option in ("1", "2"):
+        encoded = tokenizer.encode(option, add_special_tokens=False)
+        if len(encoded) != 1:
+            raise ValueError(f"option {option!r} is not a single token for this tokenizer: {encoded}")
+        if tokenizer.encode(EMPTY_THINK + option, add_special_tokens=False) != prompt_ids + encoded:
+            raise ValueError(f"option {option!r} does not tokenize as its own token after the generation prompt")
+        ids.append(encoded[0])
+    return ids[0], ids[1]
+
+
+def _content_encoding(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    encoded = tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
+    return list(encoded["input_ids"]), [tuple(span) for span in encoded["offset_mapping"]]
+
+
+def truncate_middle(tokenizer: Any, text: str, max_tokens: int) -> list[int]:
+    """The content ids of `text`, with the middle replaced by TRUNCATION_MARKER when longer than max_tokens.
+
+    The result has at most max_tokens ids: the head keeps ⌈k/2⌉ and the tail ⌊k/2⌋ of the k ids left after the
+    marker; a cut that would fall inside a character spanning several tokens moves to keep less (the character is
+    dropped whole, never split into stray bytes). It depends only on the text and the budget, so both options are cut alike.
+    """
+    ids, offsets = _content_encoding(tokenizer, text)
+    if len(ids) <= max_tokens:
+        return ids
+    marker, _ = _content_encoding(tokenizer, TRUNCATION_MARKER)
+    keep = max_tokens - len(marker)
+    if keep < 2:
+        raise ValueError(f"a context budget of {max_tokens} tokens leaves no room around the truncation marker")
+    head, tail_start = (keep + 1) // 2, len(ids) - keep // 2
+    while 0 < head < len(ids) and offsets[head - 1] == offsets[head]:  # token head−1 is part of a split character
+        head -= 1
+    while 0 < tail_start < len(ids) and offsets[tail_start - 1] == offsets[tail_start]:
+        tail_start += 1
+    return ids[:head] + marker + ids[tail_start:]
+
+
+def present(pair: PairRecord, tokenizer: Any, positive_first: bool, max_context_tokens: int) -> Presentation:
+    """The prompt ids for `pair` with the positive as option 1 (positive_first) or option 2.
+
+    max_context_tokens: the two contexts' budget together; each gets half, and a context over its half is cut in the
+    middle (`truncate_middle`). The query and the answer are not cut.
+    """
+    from agent.chat_template import render
+
+    option_ids = option_token_ids(tokenizer)
+    budget = max_context_tokens // 2
+    first, second = (pair.positive, pair.negative) if positive_first else (pair.negative, pair.positive)
+    contents = {
+        "query": _content_encoding(tokenizer, pair.query)[0],
+        "answer": _content_encoding(tokenizer, pair.answer)[0],
+        "option_1": truncate_middle(tokenizer, first, budget),
+        "option_2": truncate_middle(tokenizer, second, budget),
+    }
+    prompt = PROMPT.format(**{name: _PLACEHOLDER.format(i) for i, name in enumerate(_FIELDS)})
+    text = render(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True,
+                  enable_thinking=False)
+    # The template's text is tokenized as usual (its control tokens are real); content goes in as its own ids.
+    pieces = re.split("\ue000(\\d)\ue001", text)
+    input_ids: list[int] = []
+    for index, piece in enumerate(pieces):
+        if index % 2:
+            input_ids += contents[_FIELDS[int(piece)]]
+        elif piece:
+            input_ids += tokenizer.encode(piece, add_special_tokens=False)
+    return Presentation(input_ids=input_ids, answer_position=len(input_ids) - 1, option_token_ids=option_ids,
+                        positive_is_first=positive_first, pair_id=pair.pair_id)
+
+
+def balanced_presentations(pairs: Sequence[PairRecord], rng: random.Random, both_orders: bool = True,
+                           ) -> list[tuple[PairRecord, bool]]:
+    """(pair, positive_first) items in which the positive is option 1 exactly as often as option 2 (±1).
+
+    both_orders=True (the default): every pair twice, (pair, True) then (pair, False), adjacent — so any even-sized
+        batch cut from the list keeps the balance, and L_CA sees each pair's position bias cancel within the batch.
+        rng is not used; shuffle the pairs before calling if their order should vary.
+    both_orders=False: every pair once (half the forward passes): a random half of the pairs (drawn with rng) shows
+        the positive first, the rest second; with an odd count the last pair's order is a coin flip. The list keeps
+        the pairs' order.
+    """
+    if both_orders:
+        return [(pair, first) for pair in pairs for first in (True, False)]
+    orders = [True] * (len(pairs) // 2) + [False] * (len(pairs) // 2)
+    if len(pairs) % 2:
+        orders.append(rng.random() < 0.5)
+    rng.shuffle(orders)
+    return list(zip(pairs, orders))
+
+
+def collate_presentations(presentations: Sequence[Presentation], pad_token_id: int) -> dict[str, Any]:
+    """Right-padded torch tensors for one forward pass over a batch: input_ids and attention_mask [B, T],
+    answer_positions [B], positive_ids and negative_ids [B] (the option tokens whose logits give ℓ+ and ℓ−)."""
+    import torch
+
+    if not presentations:
+        raise ValueError("no presentations to collate")
+    length = max(len(p.input_ids) for p in presentations)
+    input_ids = torch.full((len(presentations), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(presentations), length), dtype=torch.long)
+    for row, presentation in enumerate(presentations):
+        input_ids[row, :len(presentation.input_ids)] = torch.tensor(presentation.input_ids)
+        attention_mask[row, :len(presentation.input_ids)] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "answer_positions": torch.tensor([p.answer_position for p in presentations]),
+        "positive_ids": torch.tensor([p.positive_token_id for p in presentations]),
+        "negative_ids": torch.tensor([p.negative_token_id for p in presentations]),
+    }
