@@ -15,7 +15,7 @@ from typing import Any, Literal
 import httpx
 
 from agent.engines.base import ChatEngine, Engine, EngineError, SamplingParams
-from agent.trajectory import Timings, Trajectory
+from agent.trajectory import Timings, Trajectory, TruncationReason
 from envserver.client import AsyncEnvClient, EnvServerError
 from envserver.wire import StepResponse
 
@@ -193,8 +193,15 @@ async def run_episode(engine: Engine | ChatEngine, env: AsyncEnvClient, task_id:
     return trajectory
 
 
-def _out_of_time(clock: _Clock, config: AgentConfig) -> bool:
-    return time.perf_counter() - clock.started > config.wall_time_s
+def _limit_reached(episode: _Episode, config: AgentConfig, context_room: int | None) -> TruncationReason | None:
+    """The limit that stops the episode before its next turn, if any (`context_room`: None for chat engines)."""
+    if episode.trajectory.num_turns >= config.max_turns:
+        return "max_turns"
+    if time.perf_counter() - episode.clock.started > config.wall_time_s:
+        return "wall_time"
+    if context_room is not None and context_room < config.min_turn_tokens:
+        return "max_tokens"
+    return None
 
 
 async def _play_tokens(engine: Engine, tokenizer: Any, episode: _Episode, messages: list[dict[str, Any]],
@@ -207,15 +214,9 @@ async def _play_tokens(engine: Engine, tokenizer: Any, episode: _Episode, messag
     stop = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
     try:
         while not episode.ended:
-            if trajectory.num_turns >= config.max_turns:
-                trajectory.truncation = "max_turns"
-                break
-            if _out_of_time(episode.clock, config):
-                trajectory.truncation = "wall_time"
-                break
             room = config.max_context_tokens - conversation.num_tokens
-            if room < config.min_turn_tokens:
-                trajectory.truncation = "max_tokens"
+            trajectory.truncation = _limit_reached(episode, config, room)
+            if trajectory.truncation:
                 break
             params = _params(config, min(config.max_tokens_per_turn, room), trajectory.num_turns, stop)
             started = time.perf_counter()
@@ -242,11 +243,8 @@ async def _play_chat(engine: ChatEngine, episode: _Episode, messages: list[dict[
     trajectory = episode.trajectory
     try:
         while not episode.ended:
-            if trajectory.num_turns >= config.max_turns:
-                trajectory.truncation = "max_turns"
-                break
-            if _out_of_time(episode.clock, config):
-                trajectory.truncation = "wall_time"
+            trajectory.truncation = _limit_reached(episode, config, None)
+            if trajectory.truncation:
                 break
             params = _params(config, config.max_tokens_per_turn, trajectory.num_turns, [])
             message, engine_s = await engine.chat(messages, trajectory.tools, params)

@@ -13,16 +13,15 @@ beyond what the untruncated texts already do.
 Tokenization: the prompt is our Qwen3 chat template (agent.chat_template) with `enable_thinking=False`, so the opened
 assistant turn ends `<think>\\n\\n</think>\\n\\n` and the option digit is the first token the model would emit (Qwen's
 pre-tokenizer splits digits one by one, so "1" and "2" are single tokens with no leading-space variant in play:
-`option_token_ids` checks this). The template's own text is tokenized as usual; each content field (query, answer,
-contexts) is tokenized on its own with control tokens split (`split_special_tokens=True`), so a trajectory that
-contains a literal `<|im_end|>` cannot close the turn early, and a context's token budget is exact.
+`option_token_ids` checks this). The template's own text is tokenized as usual; the user turn's text (the prompt with
+the query, answer and contexts) is tokenized with control tokens split (`split_special_tokens=True`), so a trajectory that
+contains a literal `<|im_end|>` cannot close the turn early.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,8 +138,7 @@ TRUNCATION_MARKER = "\n[… middle of this context omitted …]\n"
 """Replaces the middle of a context over its budget. Fixed text (no count of omitted tokens), so it says nothing
 about how long the hidden part was."""
 
-_FIELDS = ("query", "answer", "option_1", "option_2")
-_PLACEHOLDER = "\ue000{}\ue001"  # private-use characters: never produced by the template itself
+_PLACEHOLDER = "\ue000"  # a private-use character, never produced by the template itself
 
 
 @dataclass(frozen=True)
@@ -185,61 +183,56 @@ def option_token_ids(tokenizer: Any) -> tuple[int, int]:
     return ids[0], ids[1]
 
 
-def _content_encoding(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    encoded = tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
-    return list(encoded["input_ids"]), [tuple(span) for span in encoded["offset_mapping"]]
+def _encode_content(tokenizer: Any, text: str, offsets: bool = False) -> Any:
+    """Content ids with control tokens split (a literal `<|im_end|>` in a trajectory is text, not a turn's end)."""
+    encoded = tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=offsets)
+    return (list(encoded["input_ids"]), list(encoded["offset_mapping"])) if offsets else list(encoded["input_ids"])
 
 
-def truncate_middle(tokenizer: Any, text: str, max_tokens: int) -> list[int]:
-    """The content ids of `text`, with the middle replaced by TRUNCATION_MARKER when longer than max_tokens.
+def truncate_middle(tokenizer: Any, text: str, max_tokens: int) -> str:
+    """`text`, or when it is over max_tokens tokens, its head and tail around TRUNCATION_MARKER.
 
-    The result has at most max_tokens ids: the head keeps ⌈k/2⌉ and the tail ⌊k/2⌋ of the k ids left after the
-    marker; a cut that would fall inside a character spanning several tokens moves to keep less (the character is
-    dropped whole, never split into stray bytes). It depends only on the text and the budget, so both options are cut alike.
+    The result tokenizes (on its own) to at most max_tokens tokens: the head keeps about ⌈k/2⌉ and the tail ⌊k/2⌋ of
+    the k tokens left after the marker, cut at token boundaries in the text (characters are never split); when the
+    re-tokenized result comes out longer, k shrinks until it fits. It depends only on the text and the budget, so
+    both options of a pair are cut by the same rule.
     """
-    ids, offsets = _content_encoding(tokenizer, text)
+    ids, offsets = _encode_content(tokenizer, text, offsets=True)
     if len(ids) <= max_tokens:
-        return ids
-    marker, _ = _content_encoding(tokenizer, TRUNCATION_MARKER)
-    keep = max_tokens - len(marker)
-    if keep < 2:
-        raise ValueError(f"a context budget of {max_tokens} tokens leaves no room around the truncation marker")
-    head, tail_start = (keep + 1) // 2, len(ids) - keep // 2
-    while 0 < head < len(ids) and offsets[head - 1] == offsets[head]:  # token head−1 is part of a split character
-        head -= 1
-    while 0 < tail_start < len(ids) and offsets[tail_start - 1] == offsets[tail_start]:
-        tail_start += 1
-    return ids[:head] + marker + ids[tail_start:]
+        return text
+    keep = max_tokens - len(_encode_content(tokenizer, TRUNCATION_MARKER))
+    while keep >= 2:
+        head, tail = (keep + 1) // 2, keep // 2
+        cut = text[:offsets[head - 1][1]] + TRUNCATION_MARKER + text[offsets[len(ids) - tail][0]:]
+        excess = len(_encode_content(tokenizer, cut)) - max_tokens
+        if excess <= 0:
+            return cut
+        keep -= excess
+    raise ValueError(f"a context budget of {max_tokens} tokens leaves no room around the truncation marker")
 
 
 def present(pair: PairRecord, tokenizer: Any, positive_first: bool, max_context_tokens: int) -> Presentation:
     """The prompt ids for `pair` with the positive as option 1 (positive_first) or option 2.
 
     max_context_tokens: the two contexts' budget together; each gets half, and a context over its half is cut in the
-    middle (`truncate_middle`). The query and the answer are not cut.
+    middle (`truncate_middle`; the half bounds the context's own token count — inside the prompt a token at its
+    edges may merge with the surrounding newline). The query and the answer are not cut.
     """
     from agent.chat_template import render
 
     option_ids = option_token_ids(tokenizer)
     budget = max_context_tokens // 2
     first, second = (pair.positive, pair.negative) if positive_first else (pair.negative, pair.positive)
-    contents = {
-        "query": _content_encoding(tokenizer, pair.query)[0],
-        "answer": _content_encoding(tokenizer, pair.answer)[0],
-        "option_1": truncate_middle(tokenizer, first, budget),
-        "option_2": truncate_middle(tokenizer, second, budget),
-    }
-    prompt = PROMPT.format(**{name: _PLACEHOLDER.format(i) for i, name in enumerate(_FIELDS)})
-    text = render(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True,
+    body = PROMPT.format(query=pair.query, answer=pair.answer, option_1=truncate_middle(tokenizer, first, budget),
+                         option_2=truncate_middle(tokenizer, second, budget))
+    text = render(tokenizer, [{"role": "user", "content": _PLACEHOLDER}], add_generation_prompt=True,
                   enable_thinking=False)
-    # The template's text is tokenized as usual (its control tokens are real); content goes in as its own ids.
-    pieces = re.split("\ue000(\\d)\ue001", text)
-    input_ids: list[int] = []
-    for index, piece in enumerate(pieces):
-        if index % 2:
-            input_ids += contents[_FIELDS[int(piece)]]
-        elif piece:
-            input_ids += tokenizer.encode(piece, add_special_tokens=False)
+    prefix, suffix = text.split(_PLACEHOLDER)
+    # The template's text is tokenized as usual (its control tokens are real), the user turn's text with control
+    # tokens split. The pieces meet at `user\n` | body and body | `<|im_end|>`: boundaries where the whole text's
+    # tokenization splits too, so the ids equal tokenizing the rendered text (when the content has no control tokens).
+    input_ids = (tokenizer.encode(prefix, add_special_tokens=False) + _encode_content(tokenizer, body)
+                 + tokenizer.encode(suffix, add_special_tokens=False))
     return Presentation(input_ids=input_ids, answer_position=len(input_ids) - 1, option_token_ids=option_ids,
                         positive_is_first=positive_first, pair_id=pair.pair_id)
 
