@@ -44,7 +44,8 @@ def _chunk_logits(hidden_chunk: torch.Tensor, weight32: torch.Tensor, inv_temper
 
 
 class _ChunkedTokenLogprobs(torch.autograd.Function):
-    """logprobs [N] (and entropy [N], no gradient) of targets [N] under softmax(hidden [N, H] @ weight [V, H]ᵀ / τ)."""
+    """logprobs [N] (and entropy [N], no gradient) of targets [N] under softmax(hidden [N, H] @ weight [V, H]ᵀ / τ).
+    """
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int,
@@ -173,8 +174,9 @@ def model_token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: to
     `model.get_output_embeddings()` — `lm_head`, which is the input embedding when the weights are tied. Models
     whose head is more than a bias-free linear map (logit soft-capping, scaling) are refused.
     gradient_checkpointing: True turns on the decoder layers' activation checkpointing (transformers'
-        `activation_checkpointing_enable`, formerly `gradient_checkpointing_enable`; non-reentrant) before the pass. It is a model setting: it stays on after the
-        call and, as in transformers, acts in train mode only. False leaves the model's setting as it is.
+        `activation_checkpointing_enable`, formerly `gradient_checkpointing_enable`; non-reentrant) before the
+        pass. It is a model setting: it stays on after the call and, as in transformers, acts in train mode only.
+        False leaves the model's setting as it is.
     model_kwargs: passed to `model.model` (e.g. position_ids for left-padded batches).
     """
     head = model.get_output_embeddings()

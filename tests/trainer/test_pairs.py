@@ -13,7 +13,7 @@ import torch
 
 from agent.chat_template import render
 from agent.tokenizer import build_qwen3_tokenizer
-from trainer.pairs import (
+from trainer.pairs.record import (
     QUESTION,
     TRUNCATION_MARKER,
     PairRecord,
@@ -91,7 +91,8 @@ def test_option_ids_are_single_tokens_emitted_first(tokenizer) -> None:  # type:
 
 
 @pytest.mark.parametrize("positive_first", [True, False])
-def test_teacher_forced_option_follows_the_answer_position(tokenizer, positive_first: bool) -> None:  # type: ignore[no-untyped-def]
+def test_teacher_forced_option_follows_the_answer_position(  # type: ignore[no-untyped-def]
+        tokenizer, positive_first: bool) -> None:
     pair = make_pair()
     shown = present(pair, tokenizer, positive_first=positive_first, max_context_tokens=4096)
     assert shown.answer_position == len(shown.input_ids) - 1
@@ -141,7 +142,8 @@ def test_both_orders_in_balance() -> None:
 
 
 def test_truncation_is_symmetric_and_bounded(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    long_positive = "START positive line\n" + "".join(f"step {i}: ran pytest, 3 passed 🐛日本\n" for i in range(400))
+    long_positive = "START positive line\n" + "".join(f"step {i}: ran pytest, 3 passed 🐛日本\n"
+                                                     for i in range(400))
     long_negative = "START negative line\n" + "".join(f"step {i}: ran flake8, no output\n" for i in range(300))
     pair = make_pair(positive=long_positive + "END", negative=long_negative + "END")
     budget = 300
@@ -161,6 +163,11 @@ def test_truncation_is_symmetric_and_bounded(tokenizer) -> None:  # type: ignore
     assert f"<option_1>\n{cut_pos}\n</option_1>" in text_a and f"<option_2>\n{cut_neg}\n</option_2>" in text_a
     assert f"<option_1>\n{cut_neg}\n</option_1>" in text_b and f"<option_2>\n{cut_pos}\n</option_2>" in text_b
     assert text_a.replace(cut_pos, "P").replace(cut_neg, "N") == text_b.replace(cut_pos, "N").replace(cut_neg, "P")
+    # characters that take several tokens each are kept whole or dropped whole
+    glyphs = "\U00013000" * 200  # 3 byte-level tokens per character
+    cut = truncate_middle(tokenizer, glyphs, 50)
+    head, tail = cut.split(TRUNCATION_MARKER)
+    assert set(head + tail) == {"\U00013000"} and len(tokenizer(cut, add_special_tokens=False)["input_ids"]) <= 50
     # short contexts are left alone
     short = make_pair()
     assert TRUNCATION_MARKER not in tokenizer.decode(present(short, tokenizer, True, budget).input_ids)

@@ -13,9 +13,9 @@ beyond what the untruncated texts already do.
 Tokenization: the prompt is our Qwen3 chat template (agent.chat_template) with `enable_thinking=False`, so the opened
 assistant turn ends `<think>\\n\\n</think>\\n\\n` and the option digit is the first token the model would emit (Qwen's
 pre-tokenizer splits digits one by one, so "1" and "2" are single tokens with no leading-space variant in play:
-`option_token_ids` checks this). The template's own text is tokenized as usual; the user turn's text (the prompt with
-the query, answer and contexts) is tokenized with control tokens split (`split_special_tokens=True`), so a trajectory that
-contains a literal `<|im_end|>` cannot close the turn early.
+`option_token_ids` checks this). The template's own text is tokenized as usual; the user turn's text (the prompt
+with the query, answer and contexts) is tokenized with control tokens split (`split_special_tokens=True`), so a
+trajectory that contains a literal `<|im_end|>` cannot close the turn early.
 """
 
 from __future__ import annotations
@@ -192,10 +192,10 @@ def _encode_content(tokenizer: Any, text: str, offsets: bool = False) -> Any:
 def truncate_middle(tokenizer: Any, text: str, max_tokens: int) -> str:
     """`text`, or when it is over max_tokens tokens, its head and tail around TRUNCATION_MARKER.
 
-    The result tokenizes (on its own) to at most max_tokens tokens: the head keeps about ⌈k/2⌉ and the tail ⌊k/2⌋ of
-    the k tokens left after the marker, cut at token boundaries in the text (characters are never split); when the
-    re-tokenized result comes out longer, k shrinks until it fits. It depends only on the text and the budget, so
-    both options of a pair are cut by the same rule.
+    The result tokenizes (on its own) to at most max_tokens tokens: the head keeps about ⌈k/2⌉ and the tail
+    ⌊k/2⌋ of the k tokens left after the marker, cut at token boundaries in the text (characters are never split);
+    when the re-tokenized result comes out longer, k shrinks until it fits. It depends only on the text and the
+    budget, so both options of a pair are cut by the same rule.
     """
     ids, offsets = _encode_content(tokenizer, text, offsets=True)
     if len(ids) <= max_tokens:

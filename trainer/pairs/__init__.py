@@ -1,0 +1,16 @@
+"""Contrastive trajectory pairs: the record and its presentation to the model (the miner will live here too)."""
+
+from trainer.pairs.record import (
+    PairRecord,
+    Presentation,
+    balanced_presentations,
+    collate_presentations,
+    load_pairs,
+    option_token_ids,
+    present,
+    truncate_middle,
+    write_pairs,
+)
+
+__all__ = ["PairRecord", "Presentation", "balanced_presentations", "collate_presentations", "load_pairs",
+           "option_token_ids", "present", "truncate_middle", "write_pairs"]
