@@ -1,8 +1,8 @@
 """Full episodes through the agent loop against a real env server on the sample tasks.
 
 Two engines: the real `hf` engine on a tiny random Qwen3 model (it samples noise, so its episodes end by limits),
-and a replay engine that "samples" scripted assistant texts tokenized with the real tokenizer. The replay engine is
-the one stand-in here: a random tiny model cannot be made to emit a correct patch or a chosen malformed call on
+and the replay engine (agent/engines/replay.py) that "samples" scripted assistant texts tokenized with the real
+tokenizer. The replay engine is the one stand-in here: a random tiny model cannot be made to emit a correct patch or a chosen malformed call on
 cue, and these tests are about what the loop does with such turns. Everything else — tokenizer, chat template,
 conversation, env server, containers, grading — is real.
 """
@@ -10,7 +10,6 @@ conversation, env server, containers, grading — is real.
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import pytest
 from agent.collect import collect, done_episode_ids
 from agent.engines.base import Engine, Generation, SamplingParams
 from agent.engines.hf import HFEngine
+from agent.engines.replay import ReplayEngine, tool_call_text
 from agent.loop import AgentConfig, run_episode
 from agent.trajectory import Trajectory, read_jsonl
 from envserver.client import AsyncEnvClient
@@ -43,29 +43,8 @@ class Recording(Engine):
         return generation
 
 
-class Replay(Engine):
-    """Returns scripted assistant texts as if sampled (real tokenizer ids, end-of-turn token included)."""
-
-    name = "replay"
-    model_name = "replay"
-
-    def __init__(self, tokenizer, texts: list[str]):  # type: ignore[no-untyped-def]
-        self.tokenizer = tokenizer
-        self.texts = list(texts)
-        self.turn = 0
-
-    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
-        text = self.texts[min(self.turn, len(self.texts) - 1)]
-        self.turn += 1
-        ids = self.tokenizer.encode(text, add_special_tokens=False) + [self.tokenizer.convert_tokens_to_ids("<|im_end|>")]
-        finish = "stop"
-        if len(ids) > params.max_tokens:
-            ids, finish = ids[: params.max_tokens], "length"
-        return Generation(token_ids=ids, logprobs=[-0.5] * len(ids), finish_reason=finish)  # type: ignore[arg-type]
-
-
-def call(name: str, **arguments) -> str:  # type: ignore[no-untyped-def]
-    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>"
+call = tool_call_text
+Replay = ReplayEngine
 
 
 @pytest.fixture(scope="module")
