@@ -70,7 +70,7 @@ class LocalEnvServer:
         self.url = f"http://127.0.0.1:{port}"
         self.log = open(output_dir / "envserver.log", "ab")
         self.process = subprocess.Popen([sys.executable, "-m", "envserver", "serve", "--port", str(port),
-                                         "--server-name", f"trainer-{port}", "--max-sessions", "64"],
+                                         "--server-name", self.name(output_dir), "--max-sessions", "64"],
                                         stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -82,6 +82,14 @@ class LocalEnvServer:
             except Exception:  # noqa: BLE001 - not up yet
                 time.sleep(0.3)
         raise RuntimeError("the local env server did not come up in 120 s")
+
+    @staticmethod
+    def name(output_dir: Path) -> str:
+        """Stable per output folder: after a kill -9 of the trainer, the resumed run's server removes the containers
+        its predecessor left."""
+        import hashlib
+
+        return "trainer-" + hashlib.sha1(str(output_dir.resolve()).encode()).hexdigest()[:12]
 
     def close(self) -> None:
         self.process.terminate()
@@ -182,6 +190,10 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
     metrics_path = output_dir / "metrics.jsonl"
     if checkpoint is None:
         metrics_path.unlink(missing_ok=True)
+    elif metrics_path.exists():  # rows written after the checkpoint we resume from are redone
+        kept = [line for line in metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= start_step]
+        metrics_path.write_text("".join(line + "\n" for line in kept))
     try:
         with EnvClient(env_urls[0]) as client:
             all_tasks = sorted(t.instance_id for t in client.list_tasks().tasks)

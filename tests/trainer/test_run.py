@@ -41,3 +41,38 @@ def test_short_run_then_resume_matches_uninterrupted(sample_images, tmp_path):  
     assert resumed["last"]["loss"] == pytest.approx(straight["last"]["loss"], rel=1e-4, abs=1e-6)
     assert resumed["last"]["reward"] == straight["last"]["reward"] or (
         resumed["last"]["reward"] != resumed["last"]["reward"])  # both NaN when nothing was graded
+
+
+def test_kill_9_then_resume_finishes(sample_images, tmp_path):  # type: ignore[no-untyped-def]
+    """SIGKILL the trainer (and its local env server) mid-run; `--resume` continues from the last checkpoint and
+    finishes with one metrics row per step; no container of the killed run survives."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from tests.conftest import ROOT, docker_client
+    from trainer.run import LocalEnvServer
+
+    config = _config(tmp_path, "killed", 4)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
+    command = [sys.executable, "-m", "trainer.run", "--config", str(path)]
+    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    checkpoints = config.output_dir / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not (checkpoints / "step-000002").exists() and time.monotonic() < deadline:
+        assert process.poll() is None, "the trainer exited before it was killed"
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    resumed = subprocess.run([*command, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in (config.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    name = LocalEnvServer.name(config.output_dir)
+    assert docker_client().containers.list(all=True, filters={"label": f"envserver.server={name}"}) == []
