@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from trainer.batch import RolloutBatch
-from trainer.logprobs import model_token_logprobs
+from trainer.logprobs import masked_model_token_logprobs
 from trainer.losses import GRPOLossConfig, ca_loss, ca_margin, grpo_loss
 
 
@@ -36,14 +36,14 @@ def grpo_component(model: Any, batch: RolloutBatch, config: ObjectiveConfig, ref
     """GRPO loss of a rollout batch. `old_logprobs`: the trainer's recomputation of the sampling policy (None: the
     current policy detached — one update per batch, ratio 1 — with the engine's logprobs used for truncated
     importance sampling of the engine/trainer mismatch)."""
-    logprobs, entropy = model_token_logprobs(model, batch.input_ids, batch.attention_mask,
-                                             chunk_size=config.logprob_chunk_size, return_entropy=True,
-                                             gradient_checkpointing=config.gradient_checkpointing)
+    logprobs, entropy = masked_model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.loss_mask,
+                                                    chunk_size=config.logprob_chunk_size, return_entropy=True,
+                                                    gradient_checkpointing=config.gradient_checkpointing)
     ref_logprobs = None
     if ref_model is not None:
         with torch.no_grad():
-            ref_logprobs = model_token_logprobs(ref_model, batch.input_ids, batch.attention_mask,
-                                                chunk_size=config.logprob_chunk_size)
+            ref_logprobs = masked_model_token_logprobs(ref_model, batch.input_ids, batch.attention_mask,
+                                                       batch.loss_mask, chunk_size=config.logprob_chunk_size)
     old = old_logprobs if old_logprobs is not None else logprobs.detach()
     loss, metrics = grpo_loss(logprobs, old, batch.advantages, batch.loss_mask, ref_logprobs=ref_logprobs,
                               engine_logprobs=batch.engine_logprobs, config=config.grpo)

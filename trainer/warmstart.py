@@ -28,7 +28,7 @@ from agent.engines.replay import ReplayEngine, tool_call_text
 from agent.loop import AgentConfig, run_episode
 from agent.trajectory import Trajectory
 from envserver.client import AsyncEnvClient
-from trainer.logprobs import token_logprobs
+from trainer.logprobs import masked_model_token_logprobs
 
 SolutionStyle = Literal["sed", "patch"]
 
@@ -258,29 +258,26 @@ def sft_loss(model: Any, sequences: Sequence[tuple[list[int], list[int]]], chunk
         input_ids[row, :len(ids)] = torch.tensor(ids)
         attention[row, :len(ids)] = 1
         mask[row, :len(ids)] = torch.tensor(loss_mask, dtype=torch.bool)
+    logprobs = masked_model_token_logprobs(model, input_ids, attention, mask, chunk_size=chunk_size)
     mask[:, 0] = False  # nothing predicts the first token
-    outputs = model.model(input_ids=input_ids, attention_mask=attention, use_cache=False)
-    hidden = outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
-    rows, cols = mask.nonzero(as_tuple=True)
-    predicting = hidden[rows, cols - 1]  # the hidden state at t − 1 predicts token t
-    logprobs = token_logprobs(predicting[None], model.get_output_embeddings().weight, input_ids[rows, cols][None],
-                              chunk_size=chunk_size)
-    return -logprobs.mean()
+    return -logprobs[mask].mean()
 
 
 def sft_steps(model: Any, trajectories: Sequence[Trajectory], steps: int, lr: float = 1e-3,
               batch_size: int | None = None, weight_decay: float = 0.0, max_grad_norm: float = 1.0,
-              seed: int = 0, chunk_size: int = 1024, log: Callable[[str], Any] = lambda _: None) -> list[float]:
+              seed: int = 0, chunk_size: int = 1024, optimizer: torch.optim.Optimizer | None = None,
+              log: Callable[[str], Any] = lambda _: None) -> list[float]:
     """`steps` AdamW steps (its own optimizer, so the RL optimizer starts fresh) on −mean logprob of the
     demonstrations' sampled (loss-mask-1) tokens; returns the loss of each step (before its update).
 
-    batch_size: sequences per step (None: all of them every step), drawn in a fixed shuffled order by `seed`."""
+    batch_size: sequences per step (None: all of them every step), drawn in a fixed shuffled order by `seed`.
+    optimizer: an optimizer over the model's parameters to use instead (e.g. to continue across calls)."""
     sequences = _sequences(trajectories)
     if not sequences:
         raise ValueError("no demonstration has sampled tokens to train on")
     if steps <= 0:
         return []
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
     order: list[int] = []
     size = batch_size or len(sequences)

@@ -155,3 +155,31 @@ def test_model_alignment_and_gradients(tiny_model) -> None:  # type: ignore[no-u
         assert relative_error(param.grad, grads[name]) < 1e-5, name
     model.activation_checkpointing_disable()
     model.eval()
+
+
+def test_masked_model_logprobs_equal_full_at_masked_positions():
+    """The head-only-where-sampled variant gives the same numbers (and gradients) as the full computation there."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from trainer.logprobs import masked_model_token_logprobs, model_token_logprobs
+
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(Qwen3Config(vocab_size=97, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         num_key_value_heads=1, head_dim=16, intermediate_size=64,
+                                         tie_word_embeddings=True)).float()
+    ids = torch.randint(0, 97, (2, 11))
+    attention = torch.ones_like(ids)
+    attention[1, 8:] = 0
+    mask = torch.zeros_like(ids, dtype=torch.float32)
+    mask[0, 4:9] = 1
+    mask[1, 0:6] = 1  # position 0 can never be predicted: it must come out as 0
+    full, full_entropy = model_token_logprobs(model, ids, attention, return_entropy=True)
+    part, part_entropy = masked_model_token_logprobs(model, ids, attention, mask, chunk_size=3, return_entropy=True)
+    where = mask.bool().clone()
+    where[:, 0] = False
+    assert torch.allclose(part[where], full[where], atol=1e-5)
+    assert torch.allclose(part_entropy[where], full_entropy[where], atol=1e-5)
+    assert (part[~where] == 0).all()
+    grad_full = torch.autograd.grad((full * where).sum(), model.model.embed_tokens.weight)[0]
+    grad_part = torch.autograd.grad(part.sum(), model.model.embed_tokens.weight)[0]
+    assert torch.allclose(grad_full, grad_part, atol=1e-5)
