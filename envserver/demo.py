@@ -10,9 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 from envserver.client import EnvClient
+from envserver.local import LocalServer
 from envserver.tasks import SAMPLE_TASKS_PATH, load_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,22 +29,15 @@ def run_demo(port: int) -> int:
     if not _port_free(port):
         print(f"port {port} is taken; pass --port", file=sys.stderr)
         return 2
-    log_path = Path(tempfile.mkdtemp(prefix="envserver-demo-")) / "server.log"
-    print(f"[2/3] starting the env server on 127.0.0.1:{port} (log: {log_path}) …", flush=True)
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "envserver", "serve", "--port", str(port),
-                                   "--server-name", f"demo-{port}"], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    log_dir = Path(tempfile.mkdtemp(prefix="envserver-demo-"))
+    print(f"[2/3] starting the env server on 127.0.0.1:{port} (log in {log_dir}) …", flush=True)
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            print(log_path.read_text(), file=sys.stderr)
-            return 1
+        server = LocalServer(log_dir, name=f"demo-{port}", port=port, wait_s=60)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    url = server.url
+    try:
         print("[3/3] playing every task with its gold patch and with no change …", flush=True)
         failures = 0
         with EnvClient(url) as client:
@@ -74,5 +66,4 @@ def run_demo(port: int) -> int:
         print("all sample tasks graded as expected" if not failures else f"{failures} task(s) graded unexpectedly")
         return 1 if failures else 0
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        server.stop()

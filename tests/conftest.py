@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
+
+from envserver.local import LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,21 +55,8 @@ def sample_tasks():  # type: ignore[no-untyped-def]
     return load_tasks(SAMPLE_TASKS_PATH)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class ServerProcess:
-    url: str
-    name: str
-    process: subprocess.Popen
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+class ServerProcess(LocalServer):
+    """A local env server (envserver.local) that can also list the containers carrying its name."""
 
     def containers(self) -> list:  # type: ignore[type-arg]
         return docker_client().containers.list(all=True, filters={"label": f"envserver.server={self.name}"})
@@ -81,37 +65,12 @@ class ServerProcess:
 def start_server(tmp_path: Path, *args: str, name: str | None = None, port: int | None = None,
                  wait_s: float = 60.0) -> ServerProcess:
     """Start `python -m envserver serve` in its own process group and wait until /healthz answers."""
-    name = name or f"test-{uuid.uuid4().hex[:10]}"
-    port = port or free_port()
-    log_path = tmp_path / f"server-{name}-{port}.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "envserver", "serve", "--port", str(port), "--server-name", name, *args],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return ServerProcess(url, name, process, log_path)
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"server did not answer within {wait_s} s:\n{log_path.read_text()}")
+    return ServerProcess(tmp_path, *args, name=name or f"test-{uuid.uuid4().hex[:10]}", port=port, wait_s=wait_s,
+                         cwd=ROOT)
 
 
 def stop_server(server: ServerProcess, timeout: float = 60.0) -> None:
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+    server.stop(timeout)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import asyncio
 import json
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from agent.engines.hf import HFEngine
 from agent.loop import AgentConfig, run_episode
 from agent.trajectory import Trajectory, write_jsonl
 from envserver.client import AsyncEnvClient, EnvClient
+from envserver.local import LocalServer
 from trainer.batch import build_batch
 from trainer.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from trainer.config import TrainerConfig
@@ -57,44 +57,12 @@ def take(items: list[Any], count: int, seed: int, position: dict[str, int], key:
     return taken
 
 
-class LocalEnvServer:
-    """An env server subprocess on loopback for the embedded default (sample tasks)."""
+def local_server_name(output_dir: Path) -> str:
+    """Stable per output folder: after a kill -9 of the trainer, the resumed run's env server removes the containers
+    its predecessor left."""
+    import hashlib
 
-    def __init__(self, output_dir: Path):
-        import socket
-        import subprocess
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = open(output_dir / "envserver.log", "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "envserver", "serve", "--port", str(port),
-                                         "--server-name", self.name(output_dir), "--max-sessions", "64"],
-                                        stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the local env server exited; see {output_dir / 'envserver.log'}")
-            try:
-                EnvClient(self.url, retries=0).health()
-                return
-            except Exception:  # noqa: BLE001 - not up yet
-                time.sleep(0.3)
-        raise RuntimeError("the local env server did not come up in 120 s")
-
-    @staticmethod
-    def name(output_dir: Path) -> str:
-        """Stable per output folder: after a kill -9 of the trainer, the resumed run's server removes the containers
-        its predecessor left."""
-        import hashlib
-
-        return "trainer-" + hashlib.sha1(str(output_dir.resolve()).encode()).hexdigest()[:12]
-
-    def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=60)
-        self.log.close()
+    return "trainer-" + hashlib.sha1(str(output_dir.resolve()).encode()).hexdigest()[:12]
 
 
 async def collect_rollouts(engine: Any, env_urls: list[str], task_ids: list[str], config: TrainerConfig,
@@ -185,7 +153,8 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
     heldout = load_pairs(config.heldout_pairs) if config.heldout_pairs else []
     engine = HFEngine(model, model_name=config.model, eos_token_ids=[tokenizer.eos_token_id])
     engine.weights_version = start_step
-    local = LocalEnvServer(output_dir) if not config.env_urls else None
+    local = LocalServer(output_dir, "--max-sessions", "64", name=local_server_name(output_dir)) \
+        if not config.env_urls else None
     env_urls = config.env_urls or [local.url]  # type: ignore[union-attr]
     metrics_path = output_dir / "metrics.jsonl"
     if checkpoint is None:
@@ -242,7 +211,7 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
                 save_checkpoint(output_dir / "checkpoints", model, optimizer, scheduler, step + 1, position)
     finally:
         if local is not None:
-            local.close()
+            local.stop()
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     from trainer.plots import plot_metrics
 

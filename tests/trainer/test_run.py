@@ -55,7 +55,7 @@ def test_kill_9_then_resume_finishes(sample_images, tmp_path):  # type: ignore[n
     import yaml
 
     from tests.conftest import ROOT, docker_client
-    from trainer.run import LocalEnvServer
+    from trainer.run import local_server_name
 
     config = _config(tmp_path, "killed", 4)
     path = tmp_path / "config.yaml"
@@ -74,5 +74,5 @@ def test_kill_9_then_resume_finishes(sample_images, tmp_path):  # type: ignore[n
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     steps = [json.loads(line)["step"] for line in (config.output_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
-    name = LocalEnvServer.name(config.output_dir)
+    name = local_server_name(config.output_dir)
     assert docker_client().containers.list(all=True, filters={"label": f"envserver.server={name}"}) == []

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from envserver.client import AsyncEnvClient, EnvClient, EnvServerError
-from tests.conftest import free_port
+from envserver.local import free_port
 
 RESET_OK = {"session_id": "s1", "observation": "task", "info": {
     "task_id": "t", "repo": "o/r", "workdir": "/testbed", "tools": [], "max_steps": 5, "image": "img",
