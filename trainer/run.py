@@ -153,8 +153,9 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
     heldout = load_pairs(config.heldout_pairs) if config.heldout_pairs else []
     engine = HFEngine(model, model_name=config.model, eos_token_ids=[tokenizer.eos_token_id])
     engine.weights_version = start_step
-    local = LocalServer(output_dir, "--max-sessions", "64", name=local_server_name(output_dir)) \
-        if not config.env_urls else None
+    # In the trainer's process group: a kill -9 of the run takes its env server with it.
+    local = LocalServer(output_dir, "--max-sessions", "64", name=local_server_name(output_dir),
+                        own_process_group=False) if not config.env_urls else None
     env_urls = config.env_urls or [local.url]  # type: ignore[union-attr]
     metrics_path = output_dir / "metrics.jsonl"
     if checkpoint is None:

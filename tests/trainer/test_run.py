@@ -75,4 +75,6 @@ def test_kill_9_then_resume_finishes(sample_images, tmp_path):  # type: ignore[n
     steps = [json.loads(line)["step"] for line in (config.output_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     name = local_server_name(config.output_dir)
+    orphans = subprocess.run(["pgrep", "-f", f"--server-name {name}"], capture_output=True, text=True).stdout
+    assert not orphans.strip(), f"the killed run's env server survived: {orphans}"
     assert docker_client().containers.list(all=True, filters={"label": f"envserver.server={name}"}) == []
