@@ -22,7 +22,7 @@ def make_engine(kind: str, model: str, engine_url: str | None = None) -> Engine 
 
         if not engine_url:
             raise EngineError("the vllm engine needs --engine-url (e.g. http://HOST:8001/v1)")
-        return VLLMEngine(engine_url, model)
+        return VLLMEngine(engine_url, model=model)
     if kind == "openai":
         from agent.engines.openai import OpenAIChatEngine
 

@@ -130,6 +130,11 @@ class VLLMEngine(Engine):
             return _parse_choice(choice, time.perf_counter() - start)
         raise AssertionError("unreachable")
 
+    async def completions(self, body: dict[str, Any]) -> Any:
+        """POST `/v1/completions` with `body` (the served model added when absent), with this engine's retries and
+        errors; the parsed reply. For requests `generate` does not make (the probe's prompt logprobs)."""
+        return await self._post("/completions", {"model": await self._model(), **body}, api=True)
+
     async def _model(self) -> str:
         if self.model_name:
             return self.model_name

@@ -8,9 +8,10 @@ from trainer.pairs.record import (
     load_pairs,
     option_token_ids,
     present,
+    prompt_text,
     truncate_middle,
     write_pairs,
 )
 
 __all__ = ["PairRecord", "Presentation", "balanced_presentations", "collate_presentations", "load_pairs",
-           "option_token_ids", "present", "truncate_middle", "write_pairs"]
+           "option_token_ids", "present", "prompt_text", "truncate_middle", "write_pairs"]

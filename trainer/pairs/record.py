@@ -211,20 +211,28 @@ def truncate_middle(tokenizer: Any, text: str, max_tokens: int) -> str:
     raise ValueError(f"a context budget of {max_tokens} tokens leaves no room around the truncation marker")
 
 
-def present(pair: PairRecord, tokenizer: Any, positive_first: bool, max_context_tokens: int) -> Presentation:
-    """The prompt ids for `pair` with the positive as option 1 (positive_first) or option 2.
+def prompt_text(pair: PairRecord, tokenizer: Any, positive_first: bool, max_context_tokens: int) -> str:
+    """The user turn's text for `pair` with the positive as option 1 (positive_first) or option 2: PROMPT filled in.
+    `present` tokenizes it; engines that take chat messages (the probe's `openai`) send it as the user message, so
+    both see the same prompt.
 
     max_context_tokens: the two contexts' budget together; each gets half, and a context over its half is cut in the
     middle (`truncate_middle`; the half bounds the context's own token count — inside the prompt a token at its
     edges may merge with the surrounding newline). The query and the answer are not cut.
     """
+    budget = max_context_tokens // 2
+    first, second = (pair.positive, pair.negative) if positive_first else (pair.negative, pair.positive)
+    return PROMPT.format(query=pair.query, answer=pair.answer, option_1=truncate_middle(tokenizer, first, budget),
+                         option_2=truncate_middle(tokenizer, second, budget))
+
+
+def present(pair: PairRecord, tokenizer: Any, positive_first: bool, max_context_tokens: int) -> Presentation:
+    """The prompt ids for `pair` with the positive as option 1 (positive_first) or option 2: `prompt_text` as the
+    user turn of our chat template, ending with the opened assistant turn. max_context_tokens: as `prompt_text`."""
     from agent.chat_template import render
 
     option_ids = option_token_ids(tokenizer)
-    budget = max_context_tokens // 2
-    first, second = (pair.positive, pair.negative) if positive_first else (pair.negative, pair.positive)
-    body = PROMPT.format(query=pair.query, answer=pair.answer, option_1=truncate_middle(tokenizer, first, budget),
-                         option_2=truncate_middle(tokenizer, second, budget))
+    body = prompt_text(pair, tokenizer, positive_first, max_context_tokens)
     text = render(tokenizer, [{"role": "user", "content": _PLACEHOLDER}], add_generation_prompt=True,
                   enable_thinking=False)
     prefix, suffix = text.split(_PLACEHOLDER)
