@@ -66,6 +66,10 @@ class AgentConfig:
     """Step limit asked of the env server (its default when None)."""
     seed: int | None = None
     """Base sampling seed; turn t of the episode uses seed + t (None: random)."""
+    tools: tuple[str, ...] | None = None
+    """Offer the model only these of the env server's tools, by name (None: all of them). A bash-only agent
+    (`("execute_bash", "finish")`) has a ~3× shorter prompt; a call to a tool not offered is refused by the loop
+    like any unknown tool."""
 
 
 @dataclass
@@ -89,6 +93,7 @@ class _Episode:
         self.clock = clock
         self.session_id: str | None = None
         self.ended = False
+        self.withheld_tools: set[str] = set()
 
     async def env_call(self, coroutine: Any) -> Any:
         started = time.perf_counter()
@@ -101,6 +106,10 @@ class _Episode:
         """Run one tool call; (observation, response). A call the server refuses is an error observation."""
         assert self.session_id is not None
         self.trajectory.num_tool_calls += 1
+        if name in self.withheld_tools:  # a server tool this agent was not offered (AgentConfig.tools)
+            self.trajectory.malformed_tool_calls += 1
+            offered = ", ".join(tool["function"].get("name") for tool in self.trajectory.tools)
+            return f"ERROR: unknown tool {name!r}; the tools are: {offered}", None
         try:
             response = await self.env_call(self.env.step(self.session_id, name, arguments))
         except EnvServerError as exc:
@@ -165,7 +174,14 @@ async def run_episode(engine: Engine | ChatEngine, env: AsyncEnvClient, task_id:
     try:
         reset = await episode.env_call(env.reset(task_id, max_steps=config.env_max_steps))
         episode.session_id = reset.session_id
-        trajectory.tools = [tool.model_dump() for tool in reset.info.tools]
+        offered = [tool.model_dump() for tool in reset.info.tools]
+        if config.tools is not None:
+            unknown = set(config.tools) - {tool["function"].get("name") for tool in offered}
+            if unknown:
+                raise ValueError(f"AgentConfig.tools names tools the env server does not have: {sorted(unknown)}")
+            episode.withheld_tools = {tool["function"].get("name") for tool in offered} - set(config.tools)
+            offered = [tool for tool in offered if tool["function"].get("name") in config.tools]
+        trajectory.tools = offered
         messages = [{"role": "system", "content": config.system_prompt},
                     {"role": "user", "content": reset.observation}]
         if isinstance(engine, ChatEngine):

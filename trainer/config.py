@@ -43,6 +43,9 @@ class TrainerConfig(BaseModel):
     """Sampler: the in-process policy (`hf`) or a vLLM server reloaded from a checkpoint after each step."""
     engine_url: str | None = None
     """vLLM server URL when engine is `vllm`."""
+    engine_reload_method: str = "reload_weights"
+    """The vLLM worker method that loads new weights (`reload_weights_repacked` for a CPU server started by
+    agent/engines/vllm_server.py, which also refreshes a tied LM head)."""
     env_urls: list[str] = Field(default_factory=list)
     """Env servers; empty starts a local one on the sample tasks."""
     tasks: list[str] | Literal["all"] = "all"
@@ -51,17 +54,26 @@ class TrainerConfig(BaseModel):
     """Contrastive pair file (JSONL) for L_CA; None: no L_CA."""
     heldout_pairs: Path | None = None
     """Pairs never trained on, for the context-selection accuracy curve."""
-    steps: int = 20
+    synthetic_pairs: bool = True
+    """With no pair file: generate the synthetic test-outcome pairs (train + held-out) from the task file."""
+    task_file: Path | None = None
+    """Task instances (with gold patches and test lists) for the warm start and synthetic pairs; None: the sample
+    tasks when the env server is local, else neither is made."""
+    warm_start_steps: int = 60
+    """SFT steps on scripted successful demonstrations before RL (0: none); needs the task file."""
+    warm_start_lr: float = 3e-3
+    """AdamW learning rate of the warm start (its own optimizer; the RL one starts fresh)."""
+    steps: int = 70
     """Optimizer steps."""
-    tasks_per_step: int = 4
+    tasks_per_step: int = 2
     """B: tasks per step."""
     group_size: int = 4
     """G: rollouts per task."""
-    pairs_per_step: int = 4
+    pairs_per_step: int = 16
     """Pairs per step (each presented in both orders)."""
     concurrency: int = 8
     """Episodes in flight while collecting."""
-    lr: float = 3e-4
+    lr: float = 3e-3
     """AdamW learning rate."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
@@ -69,15 +81,21 @@ class TrainerConfig(BaseModel):
     """Linear learning-rate warm-up."""
     max_grad_norm: float = 1.0
     """Gradient clipping."""
-    ca_weight: float = 0.1
+    ca_weight: float = 1.0
     """λ: weight of L_CA."""
     ca_clip: float = 5.0
     """c: L_CA's margin clip."""
+    ca_clip_mode: Literal["symmetric", "upper"] = "symmetric"
+    """`symmetric`: −log σ(clip(Δ, −c, c)), the paper's; `upper`: −log σ(min(Δ, c)), which keeps a gradient on
+    confidently wrong pairs (see trainer/losses/context_awareness.py)."""
     grpo: GRPOSettings = Field(default_factory=GRPOSettings)
     """GRPO settings."""
-    max_turns: int = 4
+    agent_tools: list[str] | None = Field(default_factory=lambda: ["execute_bash", "finish"])
+    """The env server's tools offered to the policy, by name (None: all). The default bash-only agent has a prompt
+    ~3× shorter than with the file editor's long schema, which is most of a tiny CPU run's cost."""
+    max_turns: int = 2
     """Agent turns per episode."""
-    max_tokens_per_turn: int = 96
+    max_tokens_per_turn: int = 128
     """Tokens sampled per turn."""
     max_context_tokens: int = 4096
     """Episode context limit."""
@@ -87,7 +105,12 @@ class TrainerConfig(BaseModel):
     """Tokens per chunk of the memory-lean logprob computation."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward."""
-    checkpoint_every: int = 5
+    tensorboard: bool = True
+    """Also write the metrics as TensorBoard scalars (needs the `tensorboard` package)."""
+    weights_dir: Path | None = None
+    """Where the trainer writes the weights a vLLM engine reloads after each step (a path the server can read);
+    None: `<output_dir>/weights`."""
+    checkpoint_every: int = 10
     """Steps between checkpoints (and always at the end)."""
     output_dir: Path = Path("runs/default")
     """Metrics, plots and checkpoints go here."""

@@ -229,7 +229,8 @@ def masked_model_token_logprobs(model: Any, input_ids: torch.Tensor, attention_m
     result = token_logprobs(predicting[None], model.get_output_embeddings().weight, input_ids[rows, cols][None],
                             chunk_size=chunk_size, return_entropy=return_entropy)
     values, entropy = result if return_entropy else (result, None)
-    logprobs = torch.zeros(input_ids.shape, dtype=torch.float32).index_put((rows, cols), values[0])
+    zeros = torch.zeros(input_ids.shape, dtype=torch.float32, device=values.device)
+    logprobs = zeros.index_put((rows, cols), values[0])
     if entropy is None:
         return logprobs
-    return logprobs, torch.zeros(input_ids.shape, dtype=torch.float32).index_put((rows, cols), entropy[0])
+    return logprobs, zeros.index_put((rows, cols), entropy[0])

@@ -25,6 +25,8 @@ class ObjectiveConfig:
     """λ: weight of L_CA (0 turns the context-awareness loss off)."""
     ca_clip: float = 5.0
     """c: margins beyond ±c give no gradient."""
+    ca_clip_mode: str = "symmetric"
+    """`symmetric`: clip(Δ, −c, c) as in the paper; `upper`: min(Δ, c) (wrong pairs keep their gradient)."""
     logprob_chunk_size: int = 1024
     """Tokens per chunk in the memory-lean logprob computation."""
     gradient_checkpointing: bool = False
@@ -32,10 +34,12 @@ class ObjectiveConfig:
 
 
 def grpo_component(model: Any, batch: RolloutBatch, config: ObjectiveConfig, ref_model: Any = None,
-                   old_logprobs: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                   old_logprobs: torch.Tensor | None = None, *, normalizer: float | None = None,
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
     """GRPO loss of a rollout batch. `old_logprobs`: the trainer's recomputation of the sampling policy (None: the
     current policy detached — one update per batch, ratio 1 — with the engine's logprobs used for truncated
-    importance sampling of the engine/trainer mismatch)."""
+    importance sampling of the engine/trainer mismatch). `normalizer`: `grpo_loss`'s, for a batch that is one
+    shard or micro-batch of a step (None: this batch's own count)."""
     logprobs, entropy = masked_model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.loss_mask,
                                                     chunk_size=config.logprob_chunk_size, return_entropy=True,
                                                     gradient_checkpointing=config.gradient_checkpointing)
@@ -46,40 +50,46 @@ def grpo_component(model: Any, batch: RolloutBatch, config: ObjectiveConfig, ref
                                                        batch.loss_mask, chunk_size=config.logprob_chunk_size)
     old = old_logprobs if old_logprobs is not None else logprobs.detach()
     loss, metrics = grpo_loss(logprobs, old, batch.advantages, batch.loss_mask, ref_logprobs=ref_logprobs,
-                              engine_logprobs=batch.engine_logprobs, config=config.grpo)
+                              engine_logprobs=batch.engine_logprobs, config=config.grpo, normalizer=normalizer)
     tokens = batch.loss_mask.sum().clamp(min=1)
     metrics["entropy"] = float((entropy.detach() * batch.loss_mask).sum() / tokens)
     return loss, metrics
 
 
-def ca_component(model: Any, pairs: dict[str, Any], config: ObjectiveConfig) -> tuple[torch.Tensor, dict[str, float]]:
+def ca_component(model: Any, pairs: dict[str, Any], config: ObjectiveConfig, *, normalizer: float | None = None,
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
     """L_CA of a collated batch of presentations (trainer.pairs.collate_presentations): one forward pass each; only
-    the answer position's two option logits are computed, never the [T, V] logits."""
+    the answer position's two option logits are computed, never the [T, V] logits. `normalizer`: `ca_loss`'s (the
+    step's number of presentations when this batch is a shard of it; None: this batch's own)."""
     outputs = model.model(input_ids=pairs["input_ids"], attention_mask=pairs["attention_mask"], use_cache=False)
     hidden = outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
-    rows = torch.arange(hidden.shape[0])
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
     at_answer = hidden[rows, pairs["answer_positions"]]                      # [N, H]
     weight = model.get_output_embeddings().weight
     option_ids = torch.stack([pairs["positive_ids"], pairs["negative_ids"]], dim=1)  # [N, 2]
     # Logits of the two option tokens only: [N, 2] from [N, H] · [N, 2, H].
     two = torch.einsum("nh,nkh->nk", at_answer.float(), weight[option_ids].float())
-    positive_first = torch.ones(hidden.shape[0], dtype=torch.bool)
+    positive_first = torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
     margin = ca_margin(two, (0, 1), positive_first)  # column 0 is ℓ+, column 1 is ℓ−
     truly_first = pairs.get("positive_is_first")
-    return ca_loss(margin, config.ca_clip, truly_first if truly_first is not None else None)
+    return ca_loss(margin, config.ca_clip, truly_first if truly_first is not None else None, normalizer=normalizer,
+                   clip_mode=config.ca_clip_mode)
 
 
 def objective(model: Any, batch: RolloutBatch | None, pairs: dict[str, Any] | None, config: ObjectiveConfig,
-              ref_model: Any = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """L = L_GRPO + λ · L_CA; either part may be absent from a step."""
-    total = torch.zeros((), dtype=torch.float32)
+              ref_model: Any = None, *, grpo_normalizer: float | None = None, ca_normalizer: float | None = None,
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """L = L_GRPO + λ · L_CA; either part may be absent from a step. The normalizers replace each component's own
+    count when `batch` / `pairs` are one shard of a step's global batch (trainer.distributed): the step's total
+    mask-1 tokens ("token_mean") or sequences ("seq_mean_*"), and its total presentations. None: this batch's own."""
+    total = torch.zeros((), dtype=torch.float32, device=next(model.parameters()).device)
     metrics: dict[str, float] = {}
     if batch is not None:
-        loss, grpo_metrics = grpo_component(model, batch, config, ref_model)
+        loss, grpo_metrics = grpo_component(model, batch, config, ref_model, normalizer=grpo_normalizer)
         total = total + loss
         metrics.update({f"grpo/{k}": v for k, v in grpo_metrics.items()})
     if pairs is not None and config.ca_weight > 0:
-        loss, ca_metrics = ca_component(model, pairs, config)
+        loss, ca_metrics = ca_component(model, pairs, config, normalizer=ca_normalizer)
         total = total + config.ca_weight * loss
         metrics.update({f"ca/{k}": v for k, v in ca_metrics.items()})
     metrics["loss"] = float(total.detach())

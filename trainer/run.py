@@ -17,6 +17,7 @@ import json
 import random
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,11 @@ from envserver.local import LocalServer
 from trainer.batch import build_batch
 from trainer.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from trainer.config import TrainerConfig
-from trainer.losses import GRPOLossConfig, ca_loss, ca_margin
-from trainer.objective import ObjectiveConfig, objective
+from trainer.distributed import (DistContext, broadcast_object, broadcast_parameters, destroy_distributed,
+                                 distributed_step, init_distributed)
+from trainer.losses import GRPOLossConfig
+from trainer.objective import ObjectiveConfig
+from trainer.metrics import MetricsLog
 from trainer.pairs import balanced_presentations, collate_presentations, load_pairs, present
 
 
@@ -72,11 +76,9 @@ async def collect_rollouts(engine: Any, env_urls: list[str], task_ids: list[str]
     semaphore = asyncio.Semaphore(config.concurrency)
 
     async def one(index: int, task_id: str, group: int) -> Trajectory:
-        agent_config = AgentConfig(max_turns=config.max_turns, max_tokens_per_turn=config.max_tokens_per_turn,
-                                   max_context_tokens=config.max_context_tokens, temperature=config.temperature,
-                                   seed=(config.seed * 1_000_003 + step * 10_007 + index * 101 + group) % 2**31)
+        settings = agent_config(config, seed=(config.seed * 1_000_003 + step * 10_007 + index * 101 + group) % 2**31)
         async with semaphore:
-            return await run_episode(engine, clients[index % len(clients)], task_id, agent_config,
+            return await run_episode(engine, clients[index % len(clients)], task_id, settings,
                                      tokenizer=tokenizer, group=group)
 
     try:
@@ -86,24 +88,16 @@ async def collect_rollouts(engine: Any, env_urls: list[str], task_ids: list[str]
         await asyncio.gather(*(client.aclose() for client in clients))
 
 
-@torch.no_grad()
-def selection_accuracy(model: Any, tokenizer: Any, pairs: list[Any], clip: float) -> float:
-    """Context-selection accuracy on pairs, each in both orders (a margin > 0 picks the positive)."""
+def selection_accuracy(model: Any, tokenizer: Any, pairs: list[Any], max_context_tokens: int = 1024) -> float:
+    """Context-selection accuracy on pairs, each in both orders, scored exactly as the probe scores an hf model
+    (trainer.probe_scoring: the option logits at the answer position)."""
+    from trainer.probe_scoring import score_hf
+
     if not pairs:
         return float("nan")
-    presentations = [present(pair, tokenizer, first, max_context_tokens=1024)
-                     for pair, first in balanced_presentations(pairs, random.Random(0))]
-    collated = collate_presentations(presentations, tokenizer.pad_token_id)
-    was_training = model.training
-    model.eval()
-    outputs = model.model(input_ids=collated["input_ids"], attention_mask=collated["attention_mask"])
-    model.train(was_training)
-    hidden = outputs.last_hidden_state[torch.arange(len(presentations)), collated["answer_positions"]]
-    weight = model.get_output_embeddings().weight
-    ids = torch.stack([collated["positive_ids"], collated["negative_ids"]], dim=1)
-    two = torch.einsum("nh,nkh->nk", hidden.float(), weight[ids].float())
-    _, metrics = ca_loss(ca_margin(two, (0, 1), torch.ones(len(presentations), dtype=torch.bool)), clip)
-    return metrics["ca_accuracy"]
+    answers = score_hf(model, tokenizer, balanced_presentations(pairs, random.Random(0)), max_context_tokens,
+                       batch_size=32)
+    return sum(answer.correct for answer in answers) / len(answers)
 
 
 def load_model_and_tokenizer(config: TrainerConfig, output_dir: Path, resume_from: Path | None) -> tuple[Any, Any]:
@@ -123,101 +117,304 @@ def load_model_and_tokenizer(config: TrainerConfig, output_dir: Path, resume_fro
     return model, AutoTokenizer.from_pretrained(tokenizer_path)
 
 
+def agent_config(config: TrainerConfig, seed: int | None = None) -> AgentConfig:
+    """The agent loop's settings of this run (rollouts and demonstrations share the prompt and limits)."""
+    return AgentConfig(max_turns=config.max_turns, max_tokens_per_turn=config.max_tokens_per_turn,
+                       max_context_tokens=config.max_context_tokens, temperature=config.temperature, seed=seed,
+                       tools=tuple(config.agent_tools) if config.agent_tools is not None else None)
+
+
+def task_instances(config: TrainerConfig, local: bool) -> list[Any]:
+    """The task file's instances (gold patches, test lists): the configured file, or the sample tasks that a local
+    env server serves; none for remote servers without a task file."""
+    from envserver.tasks import SAMPLE_TASKS_PATH, load_tasks
+
+    path = config.task_file or (SAMPLE_TASKS_PATH if local else None)
+    return load_tasks(path) if path else []
+
+
+def training_pairs(config: TrainerConfig, tasks: list[Any], output_dir: Path | None) -> tuple[list[Any], list[Any]]:
+    """(train pairs, held-out pairs): the configured files, else (with `synthetic_pairs`) the synthetic test-outcome
+    pairs of the task file, written to `output_dir` (when given) so the run's data can be read back."""
+    pairs = load_pairs(config.pairs) if config.pairs else []
+    heldout = load_pairs(config.heldout_pairs) if config.heldout_pairs else []
+    if not config.pairs and config.synthetic_pairs and tasks:
+        from trainer.pairs import write_pairs
+        from trainer.pairs.synthetic import synthetic_pairs
+
+        pairs, made_heldout = synthetic_pairs(tasks, seed=config.seed)
+        if not config.heldout_pairs:
+            heldout = made_heldout
+        if output_dir is not None:
+            write_pairs(output_dir / "pairs.train.jsonl", pairs)
+            if not config.heldout_pairs:
+                write_pairs(output_dir / "pairs.heldout.jsonl", heldout)
+    return pairs, heldout
+
+
+def warm_start(model: Any, tokenizer: Any, env_url: str, tasks: list[Any], config: TrainerConfig,
+               runner: asyncio.Runner, log: Any) -> dict[str, float]:
+    """Demonstrations through the env server, then `warm_start_steps` SFT steps on them (DESIGN: a random policy
+    never earns a reward, so GRPO would have no signal)."""
+    from trainer.warmstart import demonstrations, sft_steps
+
+    started = time.perf_counter()
+    # The run's prompt and limits, with room for the scripted turns (a command, then `finish`).
+    settings = agent_config(config)
+    settings.max_turns, settings.max_tokens_per_turn = max(2, settings.max_turns), 4096
+    demos = runner.run(demonstrations(env_url, tasks, tokenizer, settings, log=log))
+    if not demos:
+        raise RuntimeError("warm start: no demonstration earned reward 1; check the task file and the env server")
+    write_jsonl(config.output_dir / "demonstrations.jsonl", demos)
+    log(f"warm start: {len(demos)}/{len(tasks)} tasks demonstrated; {config.warm_start_steps} SFT steps "
+        f"at lr {config.warm_start_lr:g}")
+    losses = sft_steps(model, demos, config.warm_start_steps, lr=config.warm_start_lr, seed=config.seed,
+                       chunk_size=config.logprob_chunk_size, log=log, log_every=max(1, config.warm_start_steps // 10))
+    return {"warm_start/demonstrations": len(demos), "warm_start/first_loss": losses[0] if losses else float("nan"),
+            "warm_start/last_loss": losses[-1] if losses else float("nan"),
+            "warm_start/seconds": time.perf_counter() - started}
+
+
+def make_engine(config: TrainerConfig, model: Any, tokenizer: Any, version: int) -> Any:
+    """The sampler: the policy module itself (`hf`), or a vLLM server that reloads the weights after each step."""
+    if config.engine == "hf":
+        engine: Any = HFEngine(model, model_name=config.model, eos_token_ids=[tokenizer.eos_token_id])
+    else:
+        from agent.engines.vllm import VLLMEngine
+
+        if not config.engine_url:
+            raise ValueError("engine: vllm needs engine_url (the server's http://HOST:PORT/v1)")
+        engine = VLLMEngine(config.engine_url, reload_method=config.engine_reload_method)
+    engine.weights_version = version
+    return engine
+
+
+def sync_weights(engine: Any, model: Any, config: TrainerConfig, version: int, runner: asyncio.Runner) -> float:
+    """Make the sampler use the current weights; returns the seconds it took. `hf` shares the module (nothing to
+    move); vLLM reloads them from `weights_dir`, written atomically (a server never reads a half-written file)."""
+    started = time.perf_counter()
+    if config.engine == "hf":
+        engine.weights_version = version
+        return 0.0
+    import shutil
+
+    target = config.weights_dir or config.output_dir / "weights"
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    runner.run(engine.update_weights(str(target.resolve()), version=version))
+    return time.perf_counter() - started
+
+
+@dataclass
+class _RunState:
+    """What every step uses (built once by `train`)."""
+
+    config: TrainerConfig
+    ctx: DistContext
+    model: Any
+    tokenizer: Any
+    engine: Any
+    """The sampler (rank 0 only; None elsewhere)."""
+    env_urls: list[str]
+    task_pool: list[str]
+    pairs: list[Any]
+    heldout: list[Any]
+    position: dict[str, int]
+    """Data position (epoch, cursor per stream): what a checkpoint needs to draw the same next batches."""
+    optimizer: Any
+    scheduler: Any
+    objective_config: ObjectiveConfig
+    ref_model: Any
+    runner: asyncio.Runner
+    log: Any
+
+
 def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict[str, Any]:
-    """Run (or resume) training; returns the first and last metrics rows."""
+    """Run (or resume) training; returns the first and last metrics rows and the start/end summary.
+
+    Under `torchrun` every rank runs this: rank 0 holds the env server, the sampler, the warm start, the metrics and
+    the checkpoints; each step's rollouts are broadcast, and every rank takes its shard of the global batch
+    (trainer.distributed)."""
+    ctx = init_distributed()
+    main = ctx.is_main
+    log = log if main else (lambda *_: None)
     output_dir = config.output_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.json").write_text(config.model_dump_json(indent=2))
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.json").write_text(config.model_dump_json(indent=2))
     checkpoint = latest_checkpoint(output_dir / "checkpoints") if resume else None
-    model, tokenizer = load_model_and_tokenizer(config, output_dir, checkpoint)
+    if main or checkpoint is not None:
+        model, tokenizer = load_model_and_tokenizer(config, output_dir, checkpoint)
+    broadcast_object(None, ctx)  # rank 0 built the tiny model before the others read it
+    if not main and checkpoint is None:
+        model, tokenizer = load_model_and_tokenizer(config, output_dir, checkpoint)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) if config.warmup_steps else 1.0)
-    start_step, position = 0, {}
-    if checkpoint is not None:
-        start_step, position = load_trainer_state(checkpoint, optimizer, scheduler)
-        log(f"resumed from {checkpoint.name} (step {start_step})")
-    objective_config = ObjectiveConfig(
+    # In the trainer's process group: a kill -9 of the run takes its env server with it.
+    local = LocalServer(output_dir, "--max-sessions", "64", name=local_server_name(output_dir),
+                        own_process_group=False) if main and not config.env_urls else None
+    env_urls = config.env_urls or ([local.url] if local is not None else [])
+    metrics: MetricsLog | None = None
+    try:
+        with asyncio.Runner() as runner:
+            tasks = task_instances(config, not config.env_urls)
+            pairs, heldout = training_pairs(config, tasks, output_dir if main else None)
+            reference_dir = output_dir / "reference-model"
+            start_step, position, start_row = 0, {}, {"step": 0}
+            if checkpoint is None:
+                if config.warm_start_steps > 0:
+                    if not tasks:
+                        raise ValueError("warm_start_steps > 0 needs task_file (the tasks' gold patches)")
+                    if main:
+                        start_row.update(warm_start(model, tokenizer, env_urls[0], tasks, config, runner, log))
+                broadcast_parameters(model, ctx)  # every rank starts RL from rank 0's (warm-started) weights
+                if config.grpo.kl_coef > 0 and main:  # the reference is the policy RL starts from (for --resume)
+                    model.save_pretrained(reference_dir)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) if config.warmup_steps else 1.0)
+            if checkpoint is not None:
+                start_step, position = load_trainer_state(checkpoint, optimizer, scheduler)
+                log(f"resumed from {checkpoint.name} (step {start_step})")
+            if main:
+                metrics = MetricsLog(output_dir, resume_step=None if checkpoint is None else start_step,
+                                     tensorboard=config.tensorboard)
+            ref_model = None
+            if config.grpo.kl_coef > 0:
+                import copy
+
+                from transformers import AutoModelForCausalLM
+
+                broadcast_object(None, ctx)  # rank 0 has written the reference
+                ref_model = (AutoModelForCausalLM.from_pretrained(str(reference_dir), dtype=torch.float32)
+                             if reference_dir.exists() else copy.deepcopy(model)).eval().requires_grad_(False)
+            engine = None
+            if main:
+                engine = make_engine(config, model, tokenizer, start_step)
+                if config.engine != "hf":
+                    sync_weights(engine, model, config, start_step, runner)
+                if checkpoint is None:
+                    if heldout:
+                        start_row["heldout_ca_accuracy"] = selection_accuracy(model, tokenizer, heldout)
+                    metrics.write(start_row)  # type: ignore[union-attr]
+            all_tasks = None
+            if main:
+                with EnvClient(env_urls[0]) as client:
+                    all_tasks = sorted(t.instance_id for t in client.list_tasks().tasks)
+            all_tasks = broadcast_object(all_tasks, ctx)
+            state = _RunState(config=config, ctx=ctx, model=model, tokenizer=tokenizer, engine=engine,
+                              env_urls=env_urls, task_pool=all_tasks if config.tasks == "all" else list(config.tasks),
+                              pairs=pairs, heldout=heldout, position=position, optimizer=optimizer,
+                              scheduler=scheduler, objective_config=objective_config(config), ref_model=ref_model,
+                              runner=runner, log=log)
+            for step in range(start_step, config.steps):
+                row = _train_step(state, step)
+                if main:
+                    metrics.write(row)  # type: ignore[union-attr]
+                    if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                        save_checkpoint(output_dir / "checkpoints", model, optimizer, scheduler, step + 1, position)
+            if engine is not None and config.engine != "hf":
+                runner.run(engine.aclose())
+    finally:
+        if metrics is not None:
+            metrics.close()
+        if local is not None:
+            local.stop()
+        destroy_distributed(ctx)
+    if not main:
+        return {}
+    from trainer.plots import plot_metrics
+
+    rows = metrics.rows()  # type: ignore[union-attr]
+    plot_metrics(metrics.path, output_dir / "metrics.png")  # type: ignore[union-attr]
+    summary = start_end_summary(rows)
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return {"first": rows[0] if rows else {}, "last": rows[-1] if rows else {}, "summary": summary}
+
+
+def objective_config(config: TrainerConfig) -> ObjectiveConfig:
+    return ObjectiveConfig(
         grpo=GRPOLossConfig(clip_low=config.grpo.clip_low, clip_high=config.grpo.clip_high,
                             aggregation=config.grpo.aggregation, kl_coef=config.grpo.kl_coef,
                             tis_cap=config.grpo.tis_cap),
-        ca_weight=config.ca_weight, ca_clip=config.ca_clip, logprob_chunk_size=config.logprob_chunk_size,
+        ca_weight=config.ca_weight, ca_clip=config.ca_clip, ca_clip_mode=config.ca_clip_mode,
+        logprob_chunk_size=config.logprob_chunk_size,
         gradient_checkpointing=config.gradient_checkpointing)
-    ref_model = None
-    if config.grpo.kl_coef > 0:
-        import copy
 
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    pairs = load_pairs(config.pairs) if config.pairs else []
-    heldout = load_pairs(config.heldout_pairs) if config.heldout_pairs else []
-    engine = HFEngine(model, model_name=config.model, eos_token_ids=[tokenizer.eos_token_id])
-    engine.weights_version = start_step
-    # In the trainer's process group: a kill -9 of the run takes its env server with it.
-    local = LocalServer(output_dir, "--max-sessions", "64", name=local_server_name(output_dir),
-                        own_process_group=False) if not config.env_urls else None
-    env_urls = config.env_urls or [local.url]  # type: ignore[union-attr]
-    metrics_path = output_dir / "metrics.jsonl"
-    if checkpoint is None:
-        metrics_path.unlink(missing_ok=True)
-    elif metrics_path.exists():  # rows written after the checkpoint we resume from are redone
-        kept = [line for line in metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= start_step]
-        metrics_path.write_text("".join(line + "\n" for line in kept))
-    try:
-        with EnvClient(env_urls[0]) as client:
-            all_tasks = sorted(t.instance_id for t in client.list_tasks().tasks)
-        task_pool = all_tasks if config.tasks == "all" else list(config.tasks)
-        for step in range(start_step, config.steps):
-            started = time.perf_counter()
-            task_ids = take(task_pool, config.tasks_per_step, config.seed, position, "task")
-            trajectories = asyncio.run(collect_rollouts(engine, env_urls, task_ids, config, tokenizer, step))
-            write_jsonl(output_dir / "rollouts.jsonl", trajectories)
-            rollout_s = time.perf_counter() - started
-            batch = build_batch(trajectories, tokenizer.pad_token_id, mode=config.grpo.advantage,
-                                scale_by_std=config.grpo.scale_by_std, mask_truncated=config.grpo.mask_truncated)
-            pair_batch = None
-            if pairs and config.ca_weight > 0:
-                chosen = take(pairs, config.pairs_per_step, config.seed + 1, position, "pair")
-                presentations = [present(p, tokenizer, first, max_context_tokens=1024)
-                                 for p, first in balanced_presentations(chosen, random.Random(step))]
-                pair_batch = collate_presentations(presentations, tokenizer.pad_token_id)
-                pair_batch["positive_is_first"] = torch.tensor([p.positive_is_first for p in presentations])
-            has_tokens = batch.loss_mask.sum() > 0
-            loss, metrics = objective(model, batch if has_tokens else None, pair_batch, objective_config, ref_model)
-            optimizer.zero_grad(set_to_none=True)
-            grad_norm = 0.0
-            if loss.requires_grad:
-                loss.backward()
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm))
-                optimizer.step()
-            scheduler.step()
-            engine.weights_version = step + 1  # the hf engine samples from this very module
-            rewards = [t.reward for t in trajectories if t.reward is not None]
-            row = {"step": step + 1, "reward": statistics.fmean(rewards) if rewards else float("nan"),
-                   "success_rate": sum(bool(t.resolved) for t in trajectories) / len(trajectories),
-                   "infra_failures": sum(t.infra_failure for t in trajectories),
-                   "truncated": sum(t.truncation is not None for t in trajectories),
-                   "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0], "rollout_s": rollout_s,
-                   "step_s": time.perf_counter() - started, "tasks": task_ids,
-                   **{f"batch/{k}": v for k, v in batch.stats.items()}, **metrics}
-            if heldout:
-                row["heldout_ca_accuracy"] = selection_accuracy(model, tokenizer, heldout, config.ca_clip)
-            with open(metrics_path, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
-            log(f"step {step + 1}/{config.steps}: reward {row['reward']:.3f} success {row['success_rate']:.2f} "
-                f"loss {row['loss']:.4f}" + (f" heldout-acc {row['heldout_ca_accuracy']:.2f}" if heldout else "")
-                + f" ({row['step_s']:.1f} s)")
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                save_checkpoint(output_dir / "checkpoints", model, optimizer, scheduler, step + 1, position)
-    finally:
-        if local is not None:
-            local.stop()
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    from trainer.plots import plot_metrics
 
-    plot_metrics(metrics_path, output_dir / "metrics.png")
-    return {"first": rows[0] if rows else {}, "last": rows[-1] if rows else {}}
+def _pair_batch(state: _RunState, step: int) -> dict[str, Any] | None:
+    """This step's pairs, each in both orders (collated); None without pairs or with λ = 0."""
+    config = state.config
+    if not state.pairs or config.ca_weight <= 0:
+        return None
+    chosen = take(state.pairs, config.pairs_per_step, config.seed + 1, state.position, "pair")
+    presentations = [present(p, state.tokenizer, first, max_context_tokens=1024)
+                     for p, first in balanced_presentations(chosen, random.Random(step))]
+    batch = collate_presentations(presentations, state.tokenizer.pad_token_id)
+    batch["positive_is_first"] = torch.tensor([p.positive_is_first for p in presentations])
+    return batch
+
+
+def _train_step(state: _RunState, step: int) -> dict[str, Any]:
+    """One step: rollouts (rank 0, broadcast), a pair batch, one optimizer update over all ranks' shards, the new
+    weights to the sampler; returns the metrics row (complete on rank 0)."""
+    config, main = state.config, state.ctx.is_main
+    started = time.perf_counter()
+    task_ids = take(state.task_pool, config.tasks_per_step, config.seed, state.position, "task")
+    trajectories = None
+    if main:
+        trajectories = state.runner.run(collect_rollouts(state.engine, state.env_urls, task_ids, config,
+                                                         state.tokenizer, step))
+        write_jsonl(config.output_dir / "rollouts.jsonl", trajectories)
+    trajectories = broadcast_object(trajectories, state.ctx)
+    rollout_s = time.perf_counter() - started
+    batch = build_batch(trajectories, state.tokenizer.pad_token_id, mode=config.grpo.advantage,
+                        scale_by_std=config.grpo.scale_by_std, mask_truncated=config.grpo.mask_truncated)
+    pair_batch = _pair_batch(state, step)
+    # All-zero advantages with no KL term give a zero GRPO gradient: skip its forward and backward.
+    has_tokens = bool(batch.loss_mask.sum() > 0) and (bool((batch.advantages != 0).any()) or config.grpo.kl_coef > 0)
+    update_started = time.perf_counter()
+    out = distributed_step(state.model, state.optimizer, batch if has_tokens else None, pair_batch,
+                           state.objective_config, state.ctx, ref_model=state.ref_model,
+                           max_grad_norm=config.max_grad_norm)
+    state.scheduler.step()
+    update_s = time.perf_counter() - update_started
+    sync_s = sync_weights(state.engine, state.model, config, step + 1, state.runner) if main else 0.0
+    rewards = [t.reward for t in trajectories if t.reward is not None]
+    row = {"step": step + 1, "reward": statistics.fmean(rewards) if rewards else float("nan"),
+           "success_rate": sum(bool(t.resolved) for t in trajectories) / len(trajectories),
+           "infra_failures": sum(t.infra_failure for t in trajectories),
+           "truncated": sum(t.truncation is not None for t in trajectories),
+           "weights_version": step + 1, "grad_norm": out.grad_norm, "lr": state.scheduler.get_last_lr()[0],
+           "rollout_s": rollout_s, "update_s": update_s, "sync_s": sync_s, "tasks": task_ids,
+           "world_size": state.ctx.world_size, **{f"batch/{k}": v for k, v in batch.stats.items()}, **out.metrics}
+    if state.heldout and main:
+        row["heldout_ca_accuracy"] = selection_accuracy(state.model, state.tokenizer, state.heldout)
+    row["step_s"] = time.perf_counter() - started
+    state.log(f"step {step + 1}/{config.steps}: reward {row['reward']:.3f} success {row['success_rate']:.2f} "
+              f"loss {row['loss']:.4f}" + (f" heldout-acc {row['heldout_ca_accuracy']:.2f}" if state.heldout else "")
+              + f" ({row['step_s']:.1f} s)")
+    return row
+
+
+def start_end_summary(rows: list[dict[str, Any]], window: int = 3) -> dict[str, Any]:
+    """Start vs end of the curves that show learning: the success rate (mean of the first and of the last `window`
+    steps' rollouts: one step's is noisy) and the held-out selection accuracy (before RL, i.e. the step-0 row, and
+    after the last step)."""
+    steps = [row for row in rows if row["step"] > 0]
+    out: dict[str, Any] = {"steps": len(steps)}
+    if steps:
+        window = max(1, min(window, len(steps) // 2 or 1))
+        out["success_rate"] = {"start": statistics.fmean(r["success_rate"] for r in steps[:window]),
+                               "end": statistics.fmean(r["success_rate"] for r in steps[-window:]),
+                               "window_steps": window}
+    accuracy = [row["heldout_ca_accuracy"] for row in rows if row.get("heldout_ca_accuracy") == row.get(
+        "heldout_ca_accuracy") and "heldout_ca_accuracy" in row]
+    if accuracy:
+        out["heldout_ca_accuracy"] = {"start": accuracy[0], "end": accuracy[-1]}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,11 +429,22 @@ def main(argv: list[str] | None = None) -> int:
         config.steps = args.steps
     if args.output_dir is not None:
         config.output_dir = args.output_dir
-    summary = train(config, resume=args.resume)
-    print(json.dumps({k: {m: v for m, v in row.items() if m in ("step", "reward", "success_rate", "loss",
-                                                                  "heldout_ca_accuracy")}
-                      for k, row in summary.items()}))
+    result = train(config, resume=args.resume, log=lambda line: print(line, flush=True))
+    print_summary(result["summary"], config.output_dir)
     return 0
+
+
+def print_summary(summary: dict[str, Any], output_dir: Path) -> None:
+    """Start vs end, the numbers that say whether the run learned."""
+    lines = [f"after {summary.get('steps', 0)} steps:"]
+    if "success_rate" in summary:
+        s = summary["success_rate"]
+        lines.append(f"  success rate (mean of {s['window_steps']} steps): start {s['start']:.2f} -> end {s['end']:.2f}")
+    if "heldout_ca_accuracy" in summary:
+        a = summary["heldout_ca_accuracy"]
+        lines.append(f"  held-out context-selection accuracy: start {a['start']:.2f} -> end {a['end']:.2f}")
+    lines.append(f"  metrics: {output_dir / 'metrics.jsonl'}  plot: {output_dir / 'metrics.png'}")
+    print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":

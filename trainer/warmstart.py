@@ -266,12 +266,13 @@ def sft_loss(model: Any, sequences: Sequence[tuple[list[int], list[int]]], chunk
 def sft_steps(model: Any, trajectories: Sequence[Trajectory], steps: int, lr: float = 1e-3,
               batch_size: int | None = None, weight_decay: float = 0.0, max_grad_norm: float = 1.0,
               seed: int = 0, chunk_size: int = 1024, optimizer: torch.optim.Optimizer | None = None,
-              log: Callable[[str], Any] = lambda _: None) -> list[float]:
+              log: Callable[[str], Any] = lambda _: None, log_every: int = 1) -> list[float]:
     """`steps` AdamW steps (its own optimizer, so the RL optimizer starts fresh) on −mean logprob of the
     demonstrations' sampled (loss-mask-1) tokens; returns the loss of each step (before its update).
 
     batch_size: sequences per step (None: all of them every step), drawn in a fixed shuffled order by `seed`.
-    optimizer: an optimizer over the model's parameters to use instead (e.g. to continue across calls)."""
+    optimizer: an optimizer over the model's parameters to use instead (e.g. to continue across calls).
+    log_every: log the first step, every `log_every`-th and the last."""
     sequences = _sequences(trajectories)
     if not sequences:
         raise ValueError("no demonstration has sampled tokens to train on")
@@ -295,7 +296,8 @@ def sft_steps(model: Any, trajectories: Sequence[Trajectory], steps: int, lr: fl
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()
             losses.append(float(loss.detach()))
-            log(f"warm-start step {step + 1}/{steps}: loss {losses[-1]:.4f}")
+            if step == 0 or (step + 1) % log_every == 0 or step + 1 == steps:
+                log(f"warm-start step {step + 1}/{steps}: loss {losses[-1]:.4f}")
     finally:
         model.train(was_training)
     return losses

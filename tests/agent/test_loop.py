@@ -10,7 +10,6 @@ conversation, env server, containers, grading — is real.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 

@@ -295,7 +295,7 @@ def test_missing_field_names_file_and_record(tmp_path: Path, fmt: str, record: d
     path = _write(tmp_path, json.dumps([good, good, record]))
     reader = read_trajectories(path, format=fmt)
     assert len([next(reader), next(reader)]) == 2  # the good records before it stream out first
-    with pytest.raises(ReaderError, match=rf"bad\.json: record 2\b.*missing required field") as info:
+    with pytest.raises(ReaderError, match=r"bad\.json: record 2\b.*missing required field") as info:
         next(reader)
     assert str(path) in str(info.value)
 

@@ -354,6 +354,27 @@ def test_ca_gradient_matches_finite_differences_and_is_zero_beyond_the_clip() ->
         assert ca_loss(up, c)[0].item() == ca_loss(down, c)[0].item()
 
 
+def test_ca_upper_clip_keeps_the_gradient_of_wrong_pairs() -> None:
+    """clip_mode="upper": −log σ(min(Δ, c)) — the value and gradient of the formula, zero gradient only above +c."""
+    c = 2.0
+    deltas = [-50.0, -3.0, -0.5, 0.1, 2.5, 50.0]
+    margin = torch.tensor(deltas, dtype=torch.float64, requires_grad=True)
+    loss, metrics = ca_loss(margin, c, clip_mode="upper")
+    expected = sum(-math.log(1 / (1 + math.exp(-min(d, c)))) for d in deltas) / len(deltas)
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+    assert metrics["ca_clip_frac"] == pytest.approx(2 / 6)  # only Δ > c: 2.5, 50
+    loss.backward()
+    d = margin.detach()
+    analytic = torch.where(d <= c, -(1 - torch.sigmoid(d)) / len(d), torch.zeros_like(d))
+    torch.testing.assert_close(margin.grad, analytic, rtol=0, atol=1e-15)
+    assert (margin.grad[d < -c] < 0).all()  # confidently wrong pairs are still pushed (symmetric: exactly 0)
+    assert torch.autograd.gradcheck(lambda x: ca_loss(x, c, clip_mode="upper")[0],
+                                    (torch.tensor([-3.0, -0.5, 0.1, 1.7, 2.5], dtype=torch.float64,
+                                                  requires_grad=True),))
+    with pytest.raises(ValueError, match="clip_mode"):
+        ca_loss(margin, c, clip_mode="lower")
+
+
 def test_ca_gradient_through_the_margin_to_the_logits() -> None:
     torch.manual_seed(0)
     logits = (torch.randn(6, 10, dtype=torch.float64) * 2).requires_grad_(True)

@@ -21,7 +21,7 @@ def _config(tmp_path, name: str, steps: int) -> TrainerConfig:  # type: ignore[n
                                        negative=f"other {i + 10}", funnel_stage="synthetic") for i in range(4)])
     return TrainerConfig(steps=steps, tasks_per_step=2, group_size=2, max_turns=1, max_tokens_per_turn=16,
                          pairs_per_step=2, pairs=pairs, heldout_pairs=pairs, checkpoint_every=1,
-                         output_dir=tmp_path / name, concurrency=4)
+                         output_dir=tmp_path / name, concurrency=4, warm_start_steps=0)
 
 
 def test_short_run_then_resume_matches_uninterrupted(sample_images, tmp_path):  # type: ignore[no-untyped-def]
@@ -30,9 +30,18 @@ def test_short_run_then_resume_matches_uninterrupted(sample_images, tmp_path):  
     out = tmp_path / "straight"
     assert (out / "metrics.png").stat().st_size > 10_000 and (out / "checkpoints" / "latest").exists()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3]
-    assert all("grpo/clip_frac_low" in r or r["batch/sequences_trained"] == 0 for r in rows)
-    assert all("ca/ca_loss" in r and 0.0 <= r["heldout_ca_accuracy"] <= 1.0 for r in rows)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]  # step 0: before any update
+    assert 0.0 <= rows[0]["heldout_ca_accuracy"] <= 1.0 and "loss" not in rows[0]
+    assert all("grpo/clip_frac_low" in r or r["batch/sequences_trained"] == 0 for r in rows[1:])
+    assert all("ca/ca_loss" in r and 0.0 <= r["heldout_ca_accuracy"] <= 1.0 for r in rows[1:])
+    assert [r["weights_version"] for r in rows[1:]] == [1, 2, 3]
+    # Every rollout is kept, and step k sampled with the weights after step k-1 (2 tasks × 2 rollouts a step).
+    versions = [json.loads(line)["weights_version"] for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert versions == [0] * 4 + [1] * 4 + [2] * 4
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3 and set(summary["heldout_ca_accuracy"]) == {"start", "end"}
 
     train(_config(tmp_path, "resumed", 2), log=lambda *_: None)
     resumed = train(_config(tmp_path, "resumed", 3), resume=True, log=lambda *_: None)
@@ -73,7 +82,7 @@ def test_kill_9_then_resume_finishes(sample_images, tmp_path):  # type: ignore[n
     resumed = subprocess.run([*command, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     steps = [json.loads(line)["step"] for line in (config.output_dir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
+    assert steps == [0, 1, 2, 3, 4]
     name = local_server_name(config.output_dir)
     orphans = subprocess.run(["pgrep", "-f", f"--server-name {name}"], capture_output=True, text=True).stdout
     assert not orphans.strip(), f"the killed run's env server survived: {orphans}"

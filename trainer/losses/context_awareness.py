@@ -8,7 +8,10 @@ position; the margin is
     L_CA(z) = −log σ(clip(Δθ(z), −c, c))
 
 The clip stops the gradient once a pair is separated by more than c (either way: a pair the model gets badly wrong
-is not pushed on without bound either). Each pair is meant to be shown in both orders in balance (the data's job);
+is not pushed on without bound either). That lower side has a cost, measured on the tiny model: a step too large
+can carry the model into a pure position bias (Δ > c in one order, Δ < −c in the other), where every pair sits
+beyond the clip and L_CA has no gradient left to undo it. `clip_mode="upper"` (−log σ(min(Δ, c))) keeps the
+paper's stop for separated pairs and a gradient for wrong ones; the paper's symmetric form is the default. Each pair is meant to be shown in both orders in balance (the data's job);
 `ca_loss` reports accuracy by the positive option's position so a position bias shows.
 
 Normalizer: the number of pairs (mean over pairs), never the number of GRPO tokens or sequences, so that in
@@ -52,23 +55,28 @@ def ca_loss(
     positive_is_first: Tensor | None = None,
     *,
     normalizer: float | None = None,
+    clip_mode: str = "symmetric",
 ) -> tuple[Tensor, dict[str, float]]:
-    """L_CA: the mean over pairs of −log σ(clip(Δ, −c, c)), and its metrics.
+    """L_CA: the mean over pairs of −log σ(clip(Δ, −c, c)) (`clip_mode="symmetric"`, the paper's) or of
+    −log σ(min(Δ, c)) (`"upper"`), and its metrics.
 
     ``torch.clamp`` passes the gradient for −c ≤ Δ ≤ c and gives exactly 0 beyond; ``F.logsigmoid`` is stable for
     any Δ. ``normalizer`` replaces the number of pairs N when a step's pairs are split into micro-batches (pass the
     step's total number of pairs; the micro-batch losses then sum to the step's mean). N = 0 gives a loss of 0.
 
     Metrics: ``ca_margin_mean``, ``ca_accuracy`` (share with Δ > 0: the supporting context selected),
-    ``ca_clip_frac`` (share with |Δ| > c: no gradient), ``ca_num_pairs``, ``ca_loss``; with ``positive_is_first``,
+    ``ca_clip_frac`` (share beyond the clip: no gradient), ``ca_num_pairs``, ``ca_loss``; with ``positive_is_first``,
     ``ca_accuracy_pos_first`` / ``ca_accuracy_pos_second`` (NaN when no pair has that order).
     """
     if not clip_c > 0:
         raise ValueError(f"clip_c must be positive, got {clip_c}")
     if margin.dim() != 1:
         raise ValueError(f"margin must be [N], got {tuple(margin.shape)}")
+    if clip_mode not in ("symmetric", "upper"):
+        raise ValueError(f"clip_mode must be 'symmetric' or 'upper', got {clip_mode!r}")
     n = margin.shape[0]
-    clipped = torch.clamp(margin, min=-clip_c, max=clip_c)
+    lower = -clip_c if clip_mode == "symmetric" else None
+    clipped = torch.clamp(margin, min=lower, max=clip_c)
     per_pair = -F.logsigmoid(clipped)
     denom = n if normalizer is None else normalizer
     loss = per_pair.sum() / max(float(denom), 1.0)
@@ -83,7 +91,7 @@ def ca_loss(
         metrics = {
             "ca_margin_mean": share(m),
             "ca_accuracy": share(correct),
-            "ca_clip_frac": share(m.abs() > clip_c),
+            "ca_clip_frac": share((m.abs() if clip_mode == "symmetric" else m) > clip_c),
             "ca_num_pairs": float(n),
             "ca_loss": float(loss),
         }
