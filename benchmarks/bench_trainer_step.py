@@ -11,8 +11,8 @@
    : pairs = 8 : 1), each pair shown in both orders (trainer.pairs.balanced_presentations → present →
    collate_presentations, with max_context_tokens=1024 as trainer.run passes). The pairs are PairRecords whose two
    contexts are agent-trajectory-like renderings of different source files of this repository, long enough to be
-   truncated to the budget. Steps with and without pairs alternate (one warm-up each), the median of each is taken;
-   share = (t_with − t_without) / t_with. Target: < 15%.
+   truncated to the budget. Rounds of one step without and one with pairs (order alternating; one warm-up each);
+   share = median over rounds of (t_with − t_without) / median t_with. Target: < 15%.
 3. Peak memory of the logprob computation (trainer.logprobs, chunked) vs the naive full float32 log-softmax at 8,192
    tokens × 151,669 vocabulary, forward + backward, measured by benchmarks/bench_logprobs.py's subprocess workers
    (imported, not copied). Target: chunked ≤ 1/8 of naive.
@@ -21,7 +21,7 @@ Then one table with all three, targets and PASS/FAIL, and a JSON of everything a
 benchmarks/results/, which git ignores). Also: where a step's time goes (the warm-up step without pairs, profiled),
 and L_CA's forward + backward timed on its own as a cross-check of the with − without difference.
 
-    python benchmarks/bench_trainer_step.py [--threads 1]   # full sizes (see --help), ~10 min on 2 cores
+    python benchmarks/bench_trainer_step.py [--threads 1]   # full sizes (see --help), 7–10 min on 2 cores
     python benchmarks/bench_trainer_step.py --quick         # smoke run, ~1.5 min; its verdicts are not the acceptance
 
 On a machine another process keeps busy, use --threads 1: with torch's default threads each of the decoder's many
