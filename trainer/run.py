@@ -269,6 +269,10 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
                         raise ValueError("warm_start_steps > 0 needs task_file (the tasks' gold patches)")
                     if main:
                         start_row.update(warm_start(model, tokenizer, env_urls[0], tasks, config, runner, log))
+                        # The policy RL starts from: other runs (a λ = 0 control, another seed) can start here too
+                        # with `model: <output_dir>/warm-start-model` and warm_start_steps: 0.
+                        model.save_pretrained(output_dir / "warm-start-model")
+                        tokenizer.save_pretrained(output_dir / "warm-start-model")
                 broadcast_parameters(model, ctx)  # every rank starts RL from rank 0's (warm-started) weights
                 if config.grpo.kl_coef > 0 and main:  # the reference is the policy RL starts from (for --resume)
                     model.save_pretrained(reference_dir)
@@ -315,8 +319,8 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
                     metrics.write(row)  # type: ignore[union-attr]
                     if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
                         save_checkpoint(output_dir / "checkpoints", model, optimizer, scheduler, step + 1, position)
-            if engine is not None and config.engine != "hf":
-                runner.run(engine.aclose())
+            if engine is not None:
+                runner.run(engine.close())
     finally:
         if metrics is not None:
             metrics.close()
@@ -390,11 +394,12 @@ def _train_step(state: _RunState, step: int) -> dict[str, Any]:
            "weights_version": step + 1, "grad_norm": out.grad_norm, "lr": state.scheduler.get_last_lr()[0],
            "rollout_s": rollout_s, "update_s": update_s, "sync_s": sync_s, "tasks": task_ids,
            "world_size": state.ctx.world_size, **{f"batch/{k}": v for k, v in batch.stats.items()}, **out.metrics}
-    if state.heldout and main:
+    if state.heldout and main and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
         row["heldout_ca_accuracy"] = selection_accuracy(state.model, state.tokenizer, state.heldout)
     row["step_s"] = time.perf_counter() - started
     state.log(f"step {step + 1}/{config.steps}: reward {row['reward']:.3f} success {row['success_rate']:.2f} "
-              f"loss {row['loss']:.4f}" + (f" heldout-acc {row['heldout_ca_accuracy']:.2f}" if state.heldout else "")
+              f"loss {row['loss']:.4f}" + (f" heldout-acc {row['heldout_ca_accuracy']:.2f}"
+                                           if "heldout_ca_accuracy" in row else "")
               + f" ({row['step_s']:.1f} s)")
     return row
 
@@ -424,6 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="Override the number of steps.")
     parser.add_argument("--output-dir", type=Path, help="Override the output folder.")
     args = parser.parse_args(argv)
+    import signal
+    import sys
+
+    # `kill PID` (SIGTERM) unwinds like Ctrl-C: the local env server and its containers are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     config = TrainerConfig.from_yaml(args.config) if args.config else TrainerConfig()
     if args.steps is not None:
         config.steps = args.steps

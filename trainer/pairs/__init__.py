@@ -1,4 +1,5 @@
-"""Contrastive trajectory pairs: the record and its presentation to the model (the miner will live here too)."""
+"""Contrastive trajectory pairs: the record and its presentation to the model (record.py), the miner (mine.py,
+`python -m trainer.pairs mine`) and the synthetic pairs of the embedded default (synthetic.py)."""
 
 from trainer.pairs.record import (
     PairRecord,
