@@ -100,11 +100,16 @@ def selection_accuracy(model: Any, tokenizer: Any, pairs: list[Any], max_context
     return sum(answer.correct for answer in answers) / len(answers)
 
 
-def load_model_and_tokenizer(config: TrainerConfig, output_dir: Path, resume_from: Path | None) -> tuple[Any, Any]:
+def load_model_and_tokenizer(config: TrainerConfig, output_dir: Path, resume_from: Path | None,
+                             build: bool = True) -> tuple[Any, Any]:
+    """The policy and its tokenizer: from the checkpoint resumed from, else the configured model (`tiny`: built into
+    `<output_dir>/base-model`, or read from there when `build` is False — the other ranks under torchrun)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if resume_from is not None:
         path = resume_from / "model"
+    elif config.model == "tiny" and not build:
+        path = output_dir / "base-model"
     elif config.model == "tiny":
         from agent.tiny import build_tiny_model
 
@@ -250,7 +255,7 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
         model, tokenizer = load_model_and_tokenizer(config, output_dir, checkpoint)
     broadcast_object(None, ctx)  # rank 0 built the tiny model before the others read it
     if not main and checkpoint is None:
-        model, tokenizer = load_model_and_tokenizer(config, output_dir, checkpoint)
+        model, tokenizer = load_model_and_tokenizer(config, output_dir, checkpoint, build=False)
     model.train()
     # In the trainer's process group: a kill -9 of the run takes its env server with it.
     local = LocalServer(output_dir, "--max-sessions", "64", name=local_server_name(output_dir),
@@ -440,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.output_dir is not None:
         config.output_dir = args.output_dir
     result = train(config, resume=args.resume, log=lambda line: print(line, flush=True))
-    print_summary(result["summary"], config.output_dir)
+    if result:  # rank 0 (the other ranks of a torchrun return nothing to report)
+        print_summary(result["summary"], config.output_dir)
     return 0
 
 
