@@ -170,7 +170,7 @@ def warm_start(model: Any, tokenizer: Any, env_url: str, tasks: list[Any], confi
     demos = runner.run(demonstrations(env_url, tasks, tokenizer, settings, log=log))
     if not demos:
         raise RuntimeError("warm start: no demonstration earned reward 1; check the task file and the env server")
-    write_jsonl(config.output_dir / "demonstrations.jsonl", demos)
+    write_jsonl(config.output_dir / "demonstrations.jsonl", demos, append=False)
     log(f"warm start: {len(demos)}/{len(tasks)} tasks demonstrated; {config.warm_start_steps} SFT steps "
         f"at lr {config.warm_start_lr:g}")
     losses = sft_steps(model, demos, config.warm_start_steps, lr=config.warm_start_lr, seed=config.seed,
@@ -290,6 +290,8 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
             if main:
                 metrics = MetricsLog(output_dir, resume_step=None if checkpoint is None else start_step,
                                      tensorboard=config.tensorboard)
+                if checkpoint is None:  # a fresh run in a used folder starts its rollout record afresh too
+                    (output_dir / "rollouts.jsonl").unlink(missing_ok=True)
             ref_model = None
             if config.grpo.kl_coef > 0:
                 import copy
