@@ -44,6 +44,8 @@ def serve(
                                                        "(repeatable; default: every task)."),
     session_ttl_s: Optional[float] = typer.Option(None, help="Idle seconds before a session is closed."),
     default_max_steps: Optional[int] = typer.Option(None, help="Steps per episode before it is truncated."),
+    grade_cache_size: Optional[int] = typer.Option(None, help="Grades kept so identical patches of a task are "
+                                                   "graded once (0: grade every episode)."),
     network: Optional[bool] = typer.Option(None, "--network/--no-network", help="Give episode containers a "
                                            "network (off by default)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with ServerConfig fields."),
@@ -59,8 +61,8 @@ def serve(
     overrides: dict[str, Any] = dict(
         tasks=tasks or None, host=host, port=port, server_name=server_name, auth_token=auth_token,
         allow_unauthenticated=allow_unauthenticated,
-        max_sessions=max_sessions, warm_pool_size=warm_pool_size, warm_pool_tasks=warm_pool_task or None, session_ttl_s=session_ttl_s,
-        default_max_steps=default_max_steps,
+        max_sessions=max_sessions, warm_pool_size=warm_pool_size, warm_pool_tasks=warm_pool_task or None,
+        session_ttl_s=session_ttl_s, default_max_steps=default_max_steps, grade_cache_size=grade_cache_size,
     )
     cfg = load_config(config, overrides)
     if network is not None:

@@ -75,6 +75,9 @@ class ServerConfig(BaseModel):
     """Observation budget for one tool call; longer output keeps its head and tail with a note."""
     grade_timeout_s: float = 900.0
     """Upper bound on a grading run (container start + tests); past it the grade is an infra failure."""
+    grade_cache_size: int = 4096
+    """Grades kept per (task, image, patch) so identical patches are graded once (envserver/grade_cache.py); 0 grades
+    every episode afresh (for tasks with flaky tests)."""
     max_body_bytes: int = 10 * 2**20
     """Largest request body accepted (413 beyond)."""
     sandbox: DockerSandboxConfig = Field(default_factory=DockerSandboxConfig)

@@ -28,6 +28,10 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self.grades = Counter("envserver_grades", "Grading outcomes", ["outcome"], registry=r)
+        self.grade_cache_hits = Counter(
+            "envserver_grade_cache_hits", "Grades answered from the grade cache (identical patch of the same task)",
+            registry=r,
+        )
         self.grade_latency = Histogram(
             "envserver_grade_latency_seconds", "Grading wall time", buckets=LATENCY_BUCKETS, registry=r
         )

@@ -13,6 +13,7 @@ from typing import Any
 
 from envserver import grading, tools
 from envserver.config import ServerConfig
+from envserver.grade_cache import GradeCache, grade_key
 from envserver.image_names import candidate_images
 from envserver.metrics import Metrics
 from envserver.pool import PoolKey, WarmPool
@@ -231,6 +232,7 @@ class SessionManager:
         self._starting = 0
         self._cleanup: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
+        self.grade_cache = GradeCache(config.grade_cache_size)
         self.pool: WarmPool[Prepared] = WarmPool(
             config.warm_pool_size, self._prepare, self._discard,
             on_change=lambda key, ready: metrics.pool_ready.labels(image=key[0]).set(ready),
@@ -373,9 +375,13 @@ class SessionManager:
         except SandboxError as exc:
             report = GradeReport(resolved=False, reward=0.0, infra_failure=True, infra_reason=f"{exc.reason}: {exc}")
         else:
-            report = await grading.grade(self.backend, session.task, session.image, patch,
-                                         self._spec(session.image, "grade"), self.config.grade_timeout_s,
-                                         self.labels("grade", session.task.instance_id))
+            task, image = session.task, session.image
+            report = await self.grade_cache.get_or_grade(
+                grade_key(task.instance_id, image, patch),
+                lambda: grading.grade(self.backend, task, image, patch, self._spec(image, "grade"),
+                                      self.config.grade_timeout_s, self.labels("grade", task.instance_id)))
+            if report.cached:
+                self.metrics.grade_cache_hits.inc()
         if report.infra_failure:
             self.metrics.infra(report.infra_reason or "unknown")
             outcome = "infra_failure"

@@ -128,6 +128,10 @@ class GradeReport(BaseModel):
     test_output_tail: str = ""
     """The end of the test run's output, for debugging."""
     duration_s: float = 0.0
+    """Wall time of the grading run (of the original run, for a cached grade)."""
+    cached: bool = False
+    """This grade was computed for an identical patch of the same task earlier (the server's grade cache), not by a
+    run of its own."""
 
 
 class StepInfo(BaseModel):

@@ -44,8 +44,14 @@ def _masked(trajectory: Trajectory, mask_truncated: bool) -> str | None:
 
 
 def build_batch(trajectories: list[Trajectory], pad_token_id: int, mode: str = "grpo", scale_by_std: bool = True,
-                mask_truncated: bool = False) -> RolloutBatch:
-    """Group episodes by task, compute advantages, and pad every sequence of every episode into one batch."""
+                mask_truncated: bool = False, drop_zero_variance: bool = True) -> RolloutBatch:
+    """Group episodes by task, compute advantages, and pad every sequence of every episode into one batch.
+
+    drop_zero_variance: groups whose rewards are all equal (or with under 2 rewards) leave the loss entirely (their
+        tokens are in no normalizer; DAPO's filter). False keeps them with advantage 0, as TRL does: they add nothing
+        to the policy-gradient term but count in its token normalizer, and their tokens carry the KL term — without
+        them a run whose groups all succeed (or all fail) would get no KL anchor at all. Either way they are counted
+        (`num_groups_zero_std`, `num_groups_too_few`)."""
     groups: dict[str, list[Trajectory]] = defaultdict(list)
     for trajectory in trajectories:
         groups[trajectory.task_id].append(trajectory)
@@ -63,7 +69,7 @@ def build_batch(trajectories: list[Trajectory], pad_token_id: int, mode: str = "
     rows: list[tuple[Any, float, bool]] = []
     for row, members in enumerate(groups.values()):
         for col, trajectory in enumerate(members):
-            trains = bool(keep[row]) and not math.isnan(float(rewards[row, col]))
+            trains = (bool(keep[row]) or not drop_zero_variance) and not math.isnan(float(rewards[row, col]))
             for sequence in trajectory.sequences:
                 rows.append((sequence, float(advantages[row, col]), trains))
     if not rows:

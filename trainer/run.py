@@ -382,7 +382,8 @@ def _train_step(state: _RunState, step: int) -> dict[str, Any]:
     trajectories = broadcast_object(trajectories, state.ctx)
     rollout_s = time.perf_counter() - started
     batch = build_batch(trajectories, state.tokenizer.pad_token_id, mode=config.grpo.advantage,
-                        scale_by_std=config.grpo.scale_by_std, mask_truncated=config.grpo.mask_truncated)
+                        scale_by_std=config.grpo.scale_by_std, mask_truncated=config.grpo.mask_truncated,
+                        drop_zero_variance=config.grpo.drop_zero_variance)
     pair_batch = _pair_batch(state, step)
     # All-zero advantages with no KL term give a zero GRPO gradient: skip its forward and backward.
     has_tokens = bool(batch.loss_mask.sum() > 0) and (bool((batch.advantages != 0).any()) or config.grpo.kl_coef > 0)
@@ -411,13 +412,24 @@ def _train_step(state: _RunState, step: int) -> dict[str, Any]:
     return row
 
 
-def start_end_summary(rows: list[dict[str, Any]], window: int = 3) -> dict[str, Any]:
+def start_end_summary(rows: list[dict[str, Any]], window: int | None = None) -> dict[str, Any]:
     """Start vs end of the curves that show learning: the success rate (mean of the first and of the last `window`
-    steps' rollouts: one step's is noisy) and the held-out selection accuracy (before RL, i.e. the step-0 row, and
-    after the last step)."""
+    steps' rollouts) and the held-out selection accuracy (before RL, i.e. the step-0 row, and after the last step).
+
+    window: None takes one pass over the task set — the steps until the first step's tasks come up again (tasks are
+    drawn in epoch order, `tasks_per_step` at a time) — so both ends average over the same tasks: one step's success
+    says more about which tasks it drew than about the policy. At most half the steps."""
     steps = [row for row in rows if row["step"] > 0]
     out: dict[str, Any] = {"steps": len(steps)}
     if steps:
+        if window is None:
+            seen: set[str] = set()
+            window = 0
+            for row in steps:
+                if set(row.get("tasks") or []) <= seen and window:
+                    break
+                seen |= set(row.get("tasks") or [])
+                window += 1
         window = max(1, min(window, len(steps) // 2 or 1))
         out["success_rate"] = {"start": statistics.fmean(r["success_rate"] for r in steps[:window]),
                                "end": statistics.fmean(r["success_rate"] for r in steps[-window:]),
@@ -429,19 +441,47 @@ def start_end_summary(rows: list[dict[str, Any]], window: int = 3) -> dict[str, 
     return out
 
 
+def config_from_args(config_file: Path | None, overrides: list[str]) -> TrainerConfig:
+    """The YAML file's fields (none: the embedded default), then each `key=value` override in order: a dotted key
+    reaches into a section (`grpo.kl_coef=0`), the value is read as YAML (`0.5`, `true`, `[a, b]`, `null`)."""
+    import yaml
+
+    data: dict[str, Any] = (yaml.safe_load(config_file.read_text()) or {}) if config_file else {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        *sections, leaf = key.strip().split(".")
+        target = data
+        for section in sections:
+            target = target.setdefault(section, {})
+            if not isinstance(target, dict):
+                raise SystemExit(f"--set {item!r}: {section!r} is not a section")
+        target[leaf] = yaml.safe_load(raw)
+    from pydantic import ValidationError
+
+    try:
+        return TrainerConfig.model_validate(data)
+    except ValidationError as exc:
+        raise SystemExit(f"invalid configuration:\n{exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="YAML file with TrainerConfig fields (default: embedded).")
     parser.add_argument("--resume", action="store_true", help="Continue from the output folder's last checkpoint.")
     parser.add_argument("--steps", type=int, help="Override the number of steps.")
     parser.add_argument("--output-dir", type=Path, help="Override the output folder.")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="Override one config field (repeatable; dotted keys for sections), e.g. the λ = 0 "
+                             "control: --set ca_weight=0 --output-dir runs/lambda0.")
     args = parser.parse_args(argv)
     import signal
     import sys
 
     # `kill PID` (SIGTERM) unwinds like Ctrl-C: the local env server and its containers are stopped, not orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    config = TrainerConfig.from_yaml(args.config) if args.config else TrainerConfig()
+    config = config_from_args(args.config, args.overrides)
     if args.steps is not None:
         config.steps = args.steps
     if args.output_dir is not None:

@@ -139,3 +139,31 @@ def test_metrics_exposed(server, client, sample_tasks):  # type: ignore[no-untyp
     for name in ("envserver_sessions_active", "envserver_steps_total", "envserver_step_latency_seconds_bucket",
                  "envserver_grades_total", "envserver_reset_latency_seconds_bucket"):
         assert name in text, name
+
+
+def test_identical_patches_are_graded_once(client, server, sample_tasks):  # type: ignore[no-untyped-def]
+    """The grade cache: a repeat of a patch (same task) is answered without a grading run — sequentially and when
+    the repeats finish at once — with the same outcome; a different patch is graded for real."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    task = sample_tasks[0]
+
+    def play(command: str):  # type: ignore[no-untyped-def]
+        with EnvClient(server.url) as own:
+            reset = own.reset(task.instance_id)
+            own.step(reset.session_id, "execute_bash", {"command": command})
+            return _finish(own, reset.session_id).info.grade
+
+    edit = "echo '# grade cache probe' >> README.md"
+    first, second = play(edit), play(edit)
+    assert not first.cached and second.cached
+    assert first.model_patch == second.model_patch and "grade cache probe" in first.model_patch
+    assert (second.reward, second.tests) == (first.reward, first.tests) and not second.infra_failure
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(play, ["echo '# grade cache probe 2' >> README.md"] * 3))
+    assert sorted(grade.cached for grade in together) == [False, True, True]
+    assert len({grade.model_patch for grade in together}) == 1
+    assert not play("echo '# grade cache probe 3' >> README.md").cached
+    metrics = httpx.get(f"{server.url}/metrics").text
+    hits = [line for line in metrics.splitlines() if line.startswith("envserver_grade_cache_hits_total")]
+    assert hits and float(hits[0].split()[-1]) >= 3, hits

@@ -57,6 +57,37 @@ def test_batch_masks_infra_failures_truncation_and_flat_groups(tokenizer):  # ty
     assert batch.stats["num_groups_zero_std"] >= 1
     kept = build_batch(trajectories, pad_token_id=tokenizer.pad_token_id, mask_truncated=False)
     assert (kept.loss_mask.sum(dim=1) > 0).tolist()[5:] == [True, True]
+    # TRL's way: the flat group "b" and the one-reward group "c" stay in the loss with advantage 0 (still counted);
+    # masked episodes (infra failure, truncation) stay out.
+    flat = build_batch(trajectories, pad_token_id=tokenizer.pad_token_id, mask_truncated=True,
+                       drop_zero_variance=False)
+    assert (flat.loss_mask.sum(dim=1) > 0).tolist() == [True, True, False, True, True, False, True]
+    assert flat.advantages[3:].tolist() == [0.0] * 4
+    assert flat.stats["num_groups_zero_std"] == 1 and flat.stats["num_groups_too_few"] == 1
+
+
+def test_kept_flat_groups_carry_only_the_kl_term(model, tokenizer):  # type: ignore[no-untyped-def]
+    """A batch of one all-success group: dropped, it has no loss at all; kept (drop_zero_variance=False), its
+    tokens give exactly the k3 KL term — 0 at the reference, a gradient pulling back once the policy has moved."""
+    import copy
+
+    from trainer.losses import GRPOLossConfig
+
+    trajectories = [episode(tokenizer, "a", g, "same fix", 1.0) for g in range(3)]
+    assert build_batch(trajectories, pad_token_id=tokenizer.pad_token_id).loss_mask.sum() == 0
+    batch = build_batch(trajectories, pad_token_id=tokenizer.pad_token_id, drop_zero_variance=False)
+    assert batch.loss_mask.sum() > 0 and batch.advantages.abs().sum() == 0
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    config = ObjectiveConfig(grpo=GRPOLossConfig(kl_coef=0.5, tis_cap=None))
+    loss, _ = objective(model, batch, None, config, ref_model=reference)
+    assert abs(float(loss)) < 1e-6  # the policy is the reference: KL 0, advantage 0
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    loss, metrics = objective(model, batch, None, config, ref_model=reference)
+    assert float(loss) > 0 and metrics["grpo/kl"] > 0
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
 def test_grpo_steps_raise_the_rewarded_completion(model, tokenizer):  # type: ignore[no-untyped-def]
