@@ -85,6 +85,9 @@ class TrainerConfig(BaseModel):
     """AdamW learning rate."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    adam_eps: float = 1e-8
+    """AdamW ε (added to √v). Adam moves every parameter by ~lr whatever the size of its gradient; a larger ε keeps
+    parameters whose gradients are tiny noise (the output-head rows of tokens the policy never samples) still."""
     warmup_steps: int = 5
     """Linear learning-rate warm-up."""
     max_grad_norm: float = 1.0

@@ -281,7 +281,8 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
                 broadcast_parameters(model, ctx)  # every rank starts RL from rank 0's (warm-started) weights
                 if config.grpo.kl_coef > 0 and main:  # the reference is the policy RL starts from (for --resume)
                     model.save_pretrained(reference_dir)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                          eps=config.adam_eps)
             scheduler = torch.optim.lr_scheduler.LambdaLR(
                 optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) if config.warmup_steps else 1.0)
             if checkpoint is not None:
