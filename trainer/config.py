@@ -112,6 +112,10 @@ class TrainerConfig(BaseModel):
     """Episode context limit."""
     temperature: float = 1.0
     """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling: sample from the smallest set of tokens whose probability reaches top_p (1: off)."""
+    top_k: int = -1
+    """Sample from the k most likely tokens only (-1: off)."""
     logprob_chunk_size: int = 1024
     """Tokens per chunk of the memory-lean logprob computation."""
     gradient_checkpointing: bool = False

@@ -125,7 +125,8 @@ def load_model_and_tokenizer(config: TrainerConfig, output_dir: Path, resume_fro
 def agent_config(config: TrainerConfig, seed: int | None = None) -> AgentConfig:
     """The agent loop's settings of this run (rollouts and demonstrations share the prompt and limits)."""
     return AgentConfig(max_turns=config.max_turns, max_tokens_per_turn=config.max_tokens_per_turn,
-                       max_context_tokens=config.max_context_tokens, temperature=config.temperature, seed=seed,
+                       max_context_tokens=config.max_context_tokens, temperature=config.temperature,
+                       top_p=config.top_p, top_k=config.top_k, seed=seed,
                        tools=tuple(config.agent_tools) if config.agent_tools is not None else None)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from trainer.compare import main as compare_main
-from trainer.run import config_from_args, start_end_summary
+from trainer.run import agent_config, config_from_args, start_end_summary
 
 
 def _run(folder: Path, ca_weight: float, success: list[float], accuracy: list[float]) -> Path:
@@ -55,6 +55,8 @@ def test_config_overrides(tmp_path):  # type: ignore[no-untyped-def]
                                      "engine_url=null"])
     assert config.ca_weight == 0.0 and config.grpo.kl_coef == 0.25 and config.agent_tools == ["execute_bash"]
     assert config.grpo.clip_high == 0.28  # the rest of the section keeps its defaults
+    sampling = agent_config(config_from_args(None, ["top_p=0.8", "top_k=20", "temperature=0.5"]), seed=3)
+    assert (sampling.top_p, sampling.top_k, sampling.temperature, sampling.seed) == (0.8, 20, 0.5, 3)
     path = tmp_path / "c.yaml"
     path.write_text("steps: 5\ngrpo:\n  clip_low: 0.1\n")
     config = config_from_args(path, ["steps=7", "grpo.clip_high=0.3"])
