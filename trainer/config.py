@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -136,5 +137,20 @@ class TrainerConfig(BaseModel):
     """Seeds task order, pair order, sampling and initialisation."""
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainerConfig":
-        return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+    def from_yaml(cls, path: str | Path | None, overrides: Sequence[str] = ()) -> "TrainerConfig":
+        """The YAML file's fields (None: the embedded default), then each `key=value` override in order: a dotted key
+        reaches into a section (`grpo.kl_coef=0`), the value is read as YAML (`0.5`, `true`, `[a, b]`, `null`).
+        A malformed override raises ValueError; invalid fields raise pydantic's ValidationError."""
+        data: dict[str, Any] = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            *sections, leaf = key.strip().split(".")
+            target = data
+            for section in sections:
+                target = target.setdefault(section, {})
+                if not isinstance(target, dict):
+                    raise ValueError(f"--set {item!r}: {section!r} is not a section")
+            target[leaf] = yaml.safe_load(raw)
+        return cls.model_validate(data)

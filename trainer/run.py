@@ -444,28 +444,15 @@ def start_end_summary(rows: list[dict[str, Any]], window: int | None = None) -> 
 
 
 def config_from_args(config_file: Path | None, overrides: list[str]) -> TrainerConfig:
-    """The YAML file's fields (none: the embedded default), then each `key=value` override in order: a dotted key
-    reaches into a section (`grpo.kl_coef=0`), the value is read as YAML (`0.5`, `true`, `[a, b]`, `null`)."""
-    import yaml
-
-    data: dict[str, Any] = (yaml.safe_load(config_file.read_text()) or {}) if config_file else {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        *sections, leaf = key.strip().split(".")
-        target = data
-        for section in sections:
-            target = target.setdefault(section, {})
-            if not isinstance(target, dict):
-                raise SystemExit(f"--set {item!r}: {section!r} is not a section")
-        target[leaf] = yaml.safe_load(raw)
+    """`TrainerConfig.from_yaml(config_file, overrides)`, its errors as a message for the command line."""
     from pydantic import ValidationError
 
     try:
-        return TrainerConfig.model_validate(data)
+        return TrainerConfig.from_yaml(config_file, overrides)
     except ValidationError as exc:
         raise SystemExit(f"invalid configuration:\n{exc}") from None
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
