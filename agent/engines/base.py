@@ -40,8 +40,9 @@ class Generation:
     token_ids: list[int]
     """Exactly the sampled ids, the stop token included when the turn ended on one."""
     logprobs: list[float]
-    """Log-probability of each sampled id under the sampling distribution's model (before temperature: the
-    raw model logprob, as vLLM reports it by default)."""
+    """Log-probability of each sampled id: by default the raw model's (before temperature / top-k / top-p, as vLLM
+    reports it by default); under an engine set to `processed_logprobs`, that of the processed distribution the id
+    was drawn from."""
     finish_reason: Literal["stop", "length"]
     """`stop`: a stop token ended the turn; `length`: `max_tokens` did."""
     engine_s: float = 0.0

@@ -3,8 +3,10 @@ tests and tiny runs, and the engine the trainer samples from when it holds the p
 a training step is visible to the next sample, `weights_version` tells which).
 
 Sampling is a hand-written loop over the KV cache rather than `model.generate`, because the logprob we must report
-is the raw model's (log-softmax before temperature / top-p / top-k, as vLLM reports by default), per sampled token,
-exactly — `generate`'s scores are the processed ones.
+is, per sampled token, exactly vLLM's: by default the raw model's (log-softmax before temperature / top-k / top-p,
+vLLM's `--logprobs-mode raw_logprobs`), or with `logprobs_mode="processed_logprobs"` that of the distribution the
+token was drawn from (after them, as vLLM's `processed_logprobs`) — the behaviour policy a trainer that samples
+with a temperature compares itself with.
 
 Requests are batched: a worker thread takes every request waiting (up to `max_batch_size`), left-pads the prompts
 and samples all rows in one forward pass per token, each row with its own seed, limits and stop tokens; requests
@@ -16,11 +18,12 @@ padded row computes what it would alone, up to float rounding of the batched mat
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -43,7 +46,8 @@ class HFEngine(Engine):
     name = "hf"
 
     def __init__(self, model: Any, model_name: str = "", eos_token_ids: list[int] | None = None,
-                 decode_threads: int | None = 1, max_batch_size: int = 16):
+                 decode_threads: int | None = 1, max_batch_size: int = 16,
+                 logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = "raw_logprobs"):
         """`model`: a transformers causal LM (kept in eval mode for sampling; the trainer may train it in between).
 
         decode_threads: torch intra-op threads while sampling (None: leave torch's setting). One decode step of a
@@ -51,7 +55,13 @@ class HFEngine(Engine):
         processes (graders, env containers) hold the cores, the threads wait on each other: measured on 2 busy
         cores, 11 ms a token with 1 thread vs 80 ms with 2. torch's thread count is per process, so it is set for
         the duration of each request and restored after (the trainer never trains while it samples).
-        max_batch_size: most requests sampled together in one batch."""
+        max_batch_size: most requests sampled together in one batch.
+        logprobs_mode: what `Generation.logprobs` holds, as vLLM's option of that name: `raw_logprobs`, the model's
+            log-softmax; `processed_logprobs`, the log-probability under the temperature / top-k / top-p processed
+            distribution the token was sampled from (greedy: 0)."""
+        if logprobs_mode not in ("raw_logprobs", "processed_logprobs"):
+            raise ValueError(f"logprobs_mode must be raw_logprobs or processed_logprobs, got {logprobs_mode!r}")
+        self.logprobs_mode = logprobs_mode
         self.model = model
         self.decode_threads = decode_threads
         self.model_name = model_name or getattr(model.config, "_name_or_path", "") or "hf-model"
@@ -66,13 +76,14 @@ class HFEngine(Engine):
         """Batches sampled so far (requests / batches is the mean batch size)."""
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> "HFEngine":
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, **options: Any) -> HFEngine:
+        """The model and tokenizer saved in `path`; `options`: the constructor's (decode_threads, logprobs_mode…)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        return cls(model, model_name=Path(path).name, eos_token_ids=eos)
+        return cls(model, model_name=Path(path).name, eos_token_ids=eos, **options)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
         if not prompt_ids:
@@ -97,7 +108,7 @@ class HFEngine(Engine):
             self.batches += 1
             try:
                 results: list[Any] = self._generate_batch([(prompt, params) for prompt, params, _ in batch])
-            except Exception as exc:  # every request of the batch sees the error
+            except Exception as exc:  # noqa: BLE001 - every request of the batch sees the error
                 results = [exc] * len(batch)
             for (_, _, future), result in zip(batch, results):
                 loop = future.get_loop()
@@ -143,14 +154,17 @@ class HFEngine(Engine):
                                      use_cache=True, logits_to_keep=1, **{_CACHE_KWARG: cache})
                     cache = getattr(out, "cache", None) or out.past_key_values
                     logits = out.logits[:, -1].float()
-                    raw_logprobs = torch.log_softmax(logits, dim=-1)
+                    raw = self.logprobs_mode == "raw_logprobs"
+                    raw_logprobs = torch.log_softmax(logits, dim=-1) if raw else None
                     next_ids = torch.full((rows, 1), pad, dtype=torch.long)
-                    for row, (_, params) in enumerate(requests):
-                        if done[row]:
-                            continue
-                        token = _sample(logits[row], params, generators[row])
+                    active = [row for row in range(rows) if not done[row]]
+                    drawn = _sample_rows(logits if len(active) == rows else logits[active], [requests[row][1] for row in active],
+                                         [generators[row] for row in active])
+                    for row, (token, processed_logprob) in zip(active, drawn):
+                        params = requests[row][1]
                         token_ids[row].append(token)
-                        logprobs[row].append(float(raw_logprobs[row, token]))
+                        logprobs[row].append(float(raw_logprobs[row, token]) if raw_logprobs is not None
+                                             else processed_logprob)
                         next_ids[row, 0] = token
                         if token in stops[row]:
                             finish[row], done[row] = "stop", True
@@ -175,11 +189,14 @@ def _settle(future: asyncio.Future[Any], setter: Any, result: Any) -> None:
         setter(result)
 
 
-def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """One token from temperature / top-k / top-p processed logits (vLLM's order: temperature, then top-k, top-p)."""
-    if params.temperature <= 0:
-        return int(torch.argmax(logits))
-    scores = logits / params.temperature
+def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> tuple[int, float]:
+    """One token from temperature / top-k / top-p processed logits (vLLM's order: temperature, then top-k, top-p),
+    and its log-probability under that processed distribution (greedy: 0, the token is certain)."""
+    return _sample_rows(logits[None], [params], [generator])[0]
+
+
+def _processed_scores(scores: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """One row's tempered scores with top-k / top-p applied (removed tokens at -inf)."""
     if params.top_k and params.top_k > 0:
         kth = torch.topk(scores, min(params.top_k, scores.numel())).values[-1]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -188,9 +205,64 @@ def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Gener
         cumulative = torch.softmax(sorted_scores, dim=-1).cumsum(-1)
         drop = cumulative - torch.softmax(sorted_scores, dim=-1) >= params.top_p  # keep the token that crosses p
         scores = scores.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-    # Inverse-CDF sampling: one uniform draw against the cumulative distribution. The same distribution as
-    # torch.multinomial, which draws an exponential per vocabulary entry (151k of them: ~5 ms a token on CPU, most of
-    # a tiny model's decode step). `right=True` never lands on a zero-probability token.
-    cdf = torch.softmax(scores, dim=-1).double().cumsum(0)
-    target = torch.rand((), generator=generator, dtype=torch.float64) * cdf[-1]
-    return min(int(torch.searchsorted(cdf, target, right=True)), cdf.numel() - 1)
+    return scores
+
+
+def _sample_rows(logits: torch.Tensor, params: list[SamplingParams],
+                 generators: list[torch.Generator]) -> list[tuple[int, float]]:
+    """`_sample` for each row of `logits` [R, V] with its own settings and generator, in batched tensor ops: at a
+    151k vocabulary the per-row softmax / cumsum / search are most of a tiny model's decode step, and one [R, V]
+    op costs little more than one row's."""
+    results: list[tuple[int, float] | None] = [None] * len(params)
+    sampled = [row for row, p in enumerate(params) if p.temperature > 0]
+    for row, p in enumerate(params):
+        if p.temperature <= 0:
+            results[row] = (int(torch.argmax(logits[row])), 0.0)
+    if sampled:
+        temperatures = torch.tensor([params[row].temperature for row in sampled], dtype=logits.dtype)
+        scores = (logits if len(sampled) == len(params) else logits[sampled]) / temperatures[:, None]
+        for index, row in enumerate(sampled):  # top-k / top-p are per row; most rows use neither
+            if (params[row].top_k and params[row].top_k > 0) or params[row].top_p < 1.0:
+                scores[index] = _processed_scores(scores[index], params[row])
+        probs = torch.softmax(scores, dim=-1)
+        uniforms = [float(torch.rand((), generator=generators[row], dtype=torch.float64)) for row in sampled]
+        tokens = _inverse_cdf(probs, uniforms)
+        for index, row in enumerate(sampled):
+            results[row] = (tokens[index], math.log(float(probs[index, tokens[index]])))
+    return results  # type: ignore[return-value]
+
+
+_BLOCK = 1024
+"""Vocabulary entries per block of the two-level inverse-CDF search."""
+
+
+def _inverse_cdf(probs: torch.Tensor, uniforms: list[float]) -> list[int]:
+    """Per row of `probs` [R, V], the token where that row's cumulative distribution first exceeds u × its total.
+
+    Inverse-CDF sampling draws from exactly the distribution torch.multinomial does, with one uniform per row
+    instead of an exponential per vocabulary entry (151k of them: ~5 ms a token on CPU). It runs in two levels —
+    block sums, then a cumulative sum inside the one block the draw falls in — because a float64 cumulative sum
+    over [R, 151k] costs ~10 ms a decode step, more than the tiny model's forward. The search is right-sided, so a
+    zero-probability token is never chosen (within a block, float rounding falls back to its last nonzero one)."""
+    rows, vocab = probs.shape
+    full = vocab // _BLOCK * _BLOCK
+    sums = probs[:, :full].reshape(rows, -1, _BLOCK).sum(-1)  # float32 is exact enough per block; the cdf is float64
+    if full < vocab:
+        sums = torch.cat([sums, probs[:, full:].sum(-1, keepdim=True)], dim=1)
+    sums = sums.double()
+    block_cdf = sums.cumsum(-1)
+    tokens = []
+    for row, uniform in enumerate(uniforms):
+        target = uniform * float(block_cdf[row, -1])
+        block = min(int(torch.searchsorted(block_cdf[row], torch.tensor(target, dtype=torch.float64), right=True)),
+                    block_cdf.shape[1] - 1)
+        while float(sums[row, block]) <= 0.0:  # rounding at the very top: step back to a block with mass
+            block -= 1
+        before = float(block_cdf[row, block - 1]) if block else 0.0
+        inside = probs[row, block * _BLOCK:(block + 1) * _BLOCK].double()
+        offset = torch.searchsorted(inside.cumsum(0), torch.tensor(target - before, dtype=torch.float64), right=True)
+        index = int(offset)
+        if index >= inside.numel() or float(inside[index]) <= 0.0:
+            index = int(torch.nonzero(inside > 0)[-1])
+        tokens.append(block * _BLOCK + index)
+    return tokens
