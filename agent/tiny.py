@@ -1,4 +1,5 @@
-"""A tiny, randomly initialised Qwen3-architecture model with the real Qwen3 tokenizer, for tests without weights.
+"""A tiny, randomly initialised Qwen3-architecture model with the real Qwen3 tokenizer (or, for CPU training runs,
+the 8k code BPE of agent/code_tokenizer.py: same special tokens and template), for tests and runs without weights.
 
 Why: the agent loop, the engines and the trainer need a model that speaks Qwen3's vocabulary and chat template, that
 transformers and a vLLM server both load from a directory, and that builds offline in seconds (DESIGN.md, "Tiny
@@ -24,18 +25,40 @@ MARKER = "contextrl_tiny.json"
 """Written last: its presence with matching arguments means the directory is complete and current."""
 
 
-def _build_args(**kwargs: object) -> dict[str, object]:
+def _build_args(tokenizer: str, bpe_tokens: int, **kwargs: object) -> dict[str, object]:
     from .chat_template import CHAT_TEMPLATE
-    from .tokenizer import FORMAT_VERSION, VOCAB_SIZE
+    from .tokenizer import FORMAT_VERSION, QWEN3_ADDED_TOKENS, VOCAB_SIZE
 
-    return {**kwargs, "vocab_size": VOCAB_SIZE, "tokenizer_format": FORMAT_VERSION,
-            "chat_template_sha256": hashlib.sha256(CHAT_TEMPLATE.encode()).hexdigest(), "marker_version": 1}
+    if tokenizer == "qwen3":
+        vocab: dict[str, object] = {"vocab_size": VOCAB_SIZE, "tokenizer_format": FORMAT_VERSION}
+    else:
+        from .code_tokenizer import FORMAT_VERSION as CODE_FORMAT_VERSION
+
+        vocab = {"tokenizer": tokenizer, "vocab_size": bpe_tokens + len(QWEN3_ADDED_TOKENS),
+                 "tokenizer_format": CODE_FORMAT_VERSION}
+    return {**kwargs, **vocab, "chat_template_sha256": hashlib.sha256(CHAT_TEMPLATE.encode()).hexdigest(),
+            "marker_version": 1}
+
+
+def _tokenizer(kind: str, bpe_tokens: int, cache_dir: Path | None):  # type: ignore[no-untyped-def]
+    if kind == "qwen3":
+        from .tokenizer import VOCAB_SIZE, build_qwen3_tokenizer
+
+        tokenizer = build_qwen3_tokenizer(cache_dir)
+        assert len(tokenizer) == VOCAB_SIZE, (len(tokenizer), VOCAB_SIZE)
+        return tokenizer
+    if kind == "code-bpe":
+        from .code_tokenizer import build_code_tokenizer
+
+        return build_code_tokenizer(bpe_tokens, cache_dir)
+    raise ValueError(f"tokenizer must be qwen3 or code-bpe, got {kind!r}")
 
 
 def build_tiny_model(out_dir: Path, *, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
                      num_kv_heads: int = 2, head_dim: int = 32, intermediate_size: int = 128, init_std: float = 0.3,
                      seed: int = 0, max_position_embeddings: int = 4096,
-                     tokenizer_cache_dir: Path | None = None) -> Path:
+                     tokenizer_cache_dir: Path | None = None, tokenizer: str = "qwen3",
+                     bpe_tokens: int = 8192) -> Path:
     """Build (or reuse) the model directory and return it.
 
     hidden_size: model width. The embedding (vocab × hidden_size float32: 151,669 × 64 ≈ 39 MB) is most of the
@@ -48,12 +71,16 @@ def build_tiny_model(out_dir: Path, *, hidden_size: int = 64, num_layers: int = 
     init_std: std of the normal init of every 2-D weight (norms stay 1); see the module docstring.
     seed: the init's RNG seed: same arguments, same weights.
     max_position_embeddings: the longest context servers accept.
-    tokenizer_cache_dir: where the converted tokenizer is cached (agent.tokenizer's default when None).
+    tokenizer_cache_dir: where the tokenizer is cached (its module's default when None).
+    tokenizer: `qwen3`, the real Qwen3 vocabulary (151,669 ids); or `code-bpe`, a byte-level BPE of `bpe_tokens`
+        tokens trained on Python source with Qwen3's added tokens (agent/code_tokenizer.py): the same pipeline at a
+        fraction of the output head's cost.
+    bpe_tokens: the code BPE's size before the 26 added tokens (`code-bpe` only).
     """
     out_dir = Path(out_dir)
     if num_heads % num_kv_heads:
         raise ValueError("num_heads must be a multiple of num_kv_heads")
-    args = _build_args(hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+    args = _build_args(tokenizer, bpe_tokens, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
                        num_kv_heads=num_kv_heads, head_dim=head_dim, intermediate_size=intermediate_size,
                        init_std=init_std, seed=seed, max_position_embeddings=max_position_embeddings)
     marker = out_dir / MARKER
@@ -65,14 +92,15 @@ def build_tiny_model(out_dir: Path, *, hidden_size: int = 64, num_layers: int = 
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
-    from .tokenizer import PAD_TOKEN, VOCAB_SIZE, build_qwen3_tokenizer, save_tokenizer
+    from .tokenizer import PAD_TOKEN, save_tokenizer
 
-    tokenizer = build_qwen3_tokenizer(tokenizer_cache_dir)
-    assert len(tokenizer) == VOCAB_SIZE, (len(tokenizer), VOCAB_SIZE)
+    vocab_size = int(args["vocab_size"])  # type: ignore[call-overload]
+    tokenizer = _tokenizer(tokenizer, bpe_tokens, tokenizer_cache_dir)
+    assert len(tokenizer) == vocab_size, (len(tokenizer), vocab_size)
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     config = Qwen3Config(
-        vocab_size=VOCAB_SIZE, hidden_size=hidden_size, intermediate_size=intermediate_size,
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
         head_dim=head_dim, max_position_embeddings=max_position_embeddings,
         max_window_layers=num_layers, tie_word_embeddings=True, initializer_range=init_std,

@@ -18,6 +18,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedTokenizerFast
 
@@ -111,7 +112,8 @@ def _convert(vocab_path: Path):  # type: ignore[no-untyped-def]
     return backend
 
 
-def _wrap(tokenizer_file: Path) -> PreTrainedTokenizerFast:
+def wrap_tokenizer(tokenizer_file: Path) -> PreTrainedTokenizerFast:
+    """A transformers tokenizer over `tokenizer_file` with Qwen3's eos / pad / special tokens and our chat template."""
     from .chat_template import CHAT_TEMPLATE
 
     tokenizer = PreTrainedTokenizerFast(
@@ -142,11 +144,17 @@ def build_qwen3_tokenizer(cache_dir: Path | None = None) -> PreTrainedTokenizerF
     vocab_path = qwen_tiktoken_path()
     key = _cache_key(vocab_path)
     key_json = json.dumps(key, sort_keys=True)
+    return wrap_tokenizer(cached_tokenizer_file(cache_dir, key_json, lambda: _convert(vocab_path)))
+
+
+def cached_tokenizer_file(cache_dir: Path, key_json: str, build: Any) -> Path:
+    """`cache_dir`/tokenizer.json, rebuilt with `build()` (a `tokenizers.Tokenizer`) unless it was written for the
+    same `key_json`. Concurrent builders are safe: each writes to a temporary file and renames it into place."""
     tokenizer_file = cache_dir / "tokenizer.json"
     key_file = cache_dir / "cache_key.json"
     if not (tokenizer_file.is_file() and key_file.is_file() and key_file.read_text() == key_json):
         cache_dir.mkdir(parents=True, exist_ok=True)
-        backend = _convert(vocab_path)
+        backend = build()
         # Compact UTF-8 JSON: tokenizers' own writer escapes every byte-level character (18.7 MB vs 9.6 MB).
         compact = json.dumps(json.loads(backend.to_str()), ensure_ascii=False, separators=(",", ":"))
         for path, text in ((tokenizer_file, compact), (key_file, key_json)):
@@ -154,7 +162,7 @@ def build_qwen3_tokenizer(cache_dir: Path | None = None) -> PreTrainedTokenizerF
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
             os.replace(tmp, path)
-    return _wrap(tokenizer_file)
+    return tokenizer_file
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: Path) -> None:

@@ -23,15 +23,16 @@ class GRPOSettings(BaseModel):
     """Upper ratio clip ε_high (clip-higher)."""
     aggregation: Literal["token_mean", "seq_mean_token_sum", "seq_mean_token_mean"] = "token_mean"
     """How token losses become the batch loss."""
-    kl_coef: float = 1.0
-    """Weight of the k3 KL to a frozen reference, the policy RL starts from (0: no reference model is kept). The
-    embedded default's 1.0 is what keeps the tiny model's warm-started policy while L_CA trains the same few
-    parameters (measured: without it L_CA alone triples the demonstrations' NLL in 60 steps; with it the NLL stays
-    flat and L_CA learns as fast)."""
+    kl_coef: float = 0.05
+    """Weight of the k3 KL to a frozen reference, the policy RL starts from (0: no reference model is kept)."""
     tis_cap: float | None = 2.0
     """Truncated importance sampling cap for the engine/trainer logprob mismatch (None: off)."""
     mask_truncated: bool = False
     """Leave episodes that hit a limit out of the loss (they are counted either way)."""
+    updates_per_step: int = 4
+    """Optimizer updates on each step's rollouts (TRL's num_iterations, the GRPO paper's μ). Beyond the first, the
+    ratio to the sampling policy (recomputed by the trainer before the first) is what the clips bound: a trust
+    region that lets several small updates use one batch of rollouts. Each update draws its own pair batch."""
     drop_zero_variance: bool = False
     """Leave groups with equal rewards out of the loss (DAPO); False keeps them with advantage 0 (TRL), so that the
     KL term anchors their tokens too (see trainer/batch.py build_batch)."""
@@ -46,12 +47,20 @@ class TrainerConfig(BaseModel):
 
     model: str = "tiny"
     """A local model directory, or `tiny` to build the tiny Qwen3-architecture model offline."""
+    tiny_tokenizer: Literal["qwen3", "code-bpe"] = "code-bpe"
+    """With `model: tiny`: `code-bpe`, an 8k byte-level BPE trained offline on Python source (a twentieth of the
+    output head's cost, agent/code_tokenizer.py), or `qwen3`, the real 151,669-token Qwen3 vocabulary."""
+    tiny_hidden_size: int = 64
+    """With `model: tiny`: the model width."""
+    tiny_layers: int = 2
+    """With `model: tiny`: decoder layers."""
     tokenizer: str | None = None
     """Tokenizer directory (default: the model's own)."""
     engine: Literal["hf", "vllm"] = "hf"
     """Sampler: the in-process policy (`hf`) or a vLLM server reloaded from a checkpoint after each step."""
     engine_url: str | None = None
-    """vLLM server URL when engine is `vllm`."""
+    """vLLM server URL when engine is `vllm`. Start it with `--logprobs-mode processed_logprobs` when sampling with a
+    temperature ≠ 1 or top-k / top-p, so that the logprobs it reports are the sampling distribution's."""
     engine_reload_method: str = "reload_weights"
     """The vLLM worker method that loads new weights (`reload_weights_repacked` for a CPU server started by
     agent/engines/vllm_server.py, which also refreshes a tied LM head)."""
@@ -68,7 +77,7 @@ class TrainerConfig(BaseModel):
     task_file: Path | None = None
     """Task instances (with gold patches and test lists) for the warm start and synthetic pairs; None: the sample
     tasks when the env server is local, else neither is made."""
-    warm_start_steps: int = 60
+    warm_start_steps: int = 50
     """SFT steps on scripted successful demonstrations before RL (0: none); needs the task file."""
     warm_start_lr: float = 3e-3
     """AdamW learning rate of the warm start (its own optimizer; the RL one starts fresh)."""
@@ -82,7 +91,7 @@ class TrainerConfig(BaseModel):
     """Pairs per step (each presented in both orders)."""
     concurrency: int = 8
     """Episodes in flight while collecting."""
-    lr: float = 2e-3
+    lr: float = 5e-4
     """AdamW learning rate."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
@@ -107,12 +116,12 @@ class TrainerConfig(BaseModel):
     ~3× shorter than with the file editor's long schema, which is most of a tiny CPU run's cost."""
     max_turns: int = 2
     """Agent turns per episode."""
-    max_tokens_per_turn: int = 128
+    max_tokens_per_turn: int = 192
     """Tokens sampled per turn."""
     max_context_tokens: int = 4096
     """Episode context limit."""
-    temperature: float = 1.0
-    """Sampling temperature."""
+    temperature: float = 0.7
+    """Sampling temperature; the GRPO loss trains softmax(logits / temperature), the policy that sampled."""
     top_p: float = 1.0
     """Nucleus sampling: sample from the smallest set of tokens whose probability reaches top_p (1: off)."""
     top_k: int = -1

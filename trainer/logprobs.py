@@ -219,7 +219,7 @@ def model_token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: to
 
 def masked_model_token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                                 mask: torch.Tensor, chunk_size: int = 1024, return_entropy: bool = False,
-                                gradient_checkpointing: bool = False,
+                                gradient_checkpointing: bool = False, temperature: float = 1.0,
                                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """`model_token_logprobs`, but the output head runs only where `mask` [B, T] is set (the sampled tokens).
 
@@ -236,7 +236,7 @@ def masked_model_token_logprobs(model: Any, input_ids: torch.Tensor, attention_m
     rows, cols = wanted.nonzero(as_tuple=True)
     predicting = hidden[rows, cols - 1]  # the hidden state at t − 1 predicts token t
     result = token_logprobs(predicting[None], model.get_output_embeddings().weight, input_ids[rows, cols][None],
-                            chunk_size=chunk_size, return_entropy=return_entropy)
+                            chunk_size=chunk_size, return_entropy=return_entropy, temperature=temperature)
     values, entropy = result if return_entropy else (result, None)
     zeros = torch.zeros(input_ids.shape, dtype=torch.float32, device=values.device)
     logprobs = zeros.index_put((rows, cols), values[0])

@@ -31,6 +31,9 @@ class ObjectiveConfig:
     """Tokens per chunk in the memory-lean logprob computation."""
     gradient_checkpointing: bool = False
     """Recompute decoder activations in backward (long sequences)."""
+    temperature: float = 1.0
+    """The sampling temperature: GRPO's policy, reference and entropy are those of softmax(logits / temperature),
+    the distribution the rollouts were drawn from (as verl and TRL do). L_CA's margin stays on the raw logits."""
 
 
 def grpo_component(model: Any, batch: RolloutBatch, config: ObjectiveConfig, ref_model: Any = None,
@@ -42,12 +45,14 @@ def grpo_component(model: Any, batch: RolloutBatch, config: ObjectiveConfig, ref
     shard or micro-batch of a step (None: this batch's own count)."""
     logprobs, entropy = masked_model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.loss_mask,
                                                     chunk_size=config.logprob_chunk_size, return_entropy=True,
-                                                    gradient_checkpointing=config.gradient_checkpointing)
+                                                    gradient_checkpointing=config.gradient_checkpointing,
+                                                    temperature=config.temperature)
     ref_logprobs = None
     if ref_model is not None:
         with torch.no_grad():
             ref_logprobs = masked_model_token_logprobs(ref_model, batch.input_ids, batch.attention_mask,
-                                                       batch.loss_mask, chunk_size=config.logprob_chunk_size)
+                                                       batch.loss_mask, chunk_size=config.logprob_chunk_size,
+                                                       temperature=config.temperature)
     old = old_logprobs if old_logprobs is not None else logprobs.detach()
     loss, metrics = grpo_loss(logprobs, old, batch.advantages, batch.loss_mask, ref_logprobs=ref_logprobs,
                               engine_logprobs=batch.engine_logprobs, config=config.grpo, normalizer=normalizer)

@@ -32,7 +32,7 @@ from trainer.batch import build_batch
 from trainer.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from trainer.config import TrainerConfig
 from trainer.distributed import (DistContext, broadcast_object, broadcast_parameters, destroy_distributed,
-                                 distributed_step, init_distributed)
+                                 StepOutput, distributed_step, init_distributed)
 from trainer.losses import GRPOLossConfig
 from trainer.objective import ObjectiveConfig
 from trainer.metrics import MetricsLog
@@ -113,7 +113,9 @@ def load_model_and_tokenizer(config: TrainerConfig, output_dir: Path, resume_fro
     elif config.model == "tiny":
         from agent.tiny import build_tiny_model
 
-        path = build_tiny_model(output_dir / "base-model", seed=config.seed)
+        path = build_tiny_model(output_dir / "base-model", seed=config.seed, tokenizer=config.tiny_tokenizer,
+                                hidden_size=config.tiny_hidden_size, num_layers=config.tiny_layers,
+                                intermediate_size=2 * config.tiny_hidden_size)
     else:
         path = Path(config.model)
     torch.manual_seed(config.seed)
@@ -184,7 +186,10 @@ def warm_start(model: Any, tokenizer: Any, env_url: str, tasks: list[Any], confi
 def make_engine(config: TrainerConfig, model: Any, tokenizer: Any, version: int) -> Any:
     """The sampler: the policy module itself (`hf`), or a vLLM server that reloads the weights after each step."""
     if config.engine == "hf":
-        engine: Any = HFEngine(model, model_name=config.model, eos_token_ids=[tokenizer.eos_token_id])
+        # processed logprobs: the behaviour policy (after temperature / top-k / top-p) that truncated importance
+        # sampling compares the trainer's tempered logprobs with.
+        engine: Any = HFEngine(model, model_name=config.model, eos_token_ids=[tokenizer.eos_token_id],
+                               logprobs_mode="processed_logprobs")
     else:
         from agent.engines.vllm import VLLMEngine
 
@@ -354,17 +359,29 @@ def objective_config(config: TrainerConfig) -> ObjectiveConfig:
                             tis_cap=config.grpo.tis_cap),
         ca_weight=config.ca_weight, ca_clip=config.ca_clip, ca_clip_mode=config.ca_clip_mode,
         logprob_chunk_size=config.logprob_chunk_size,
-        gradient_checkpointing=config.gradient_checkpointing)
+        gradient_checkpointing=config.gradient_checkpointing, temperature=config.temperature)
 
 
-def _pair_batch(state: _RunState, step: int) -> dict[str, Any] | None:
-    """This step's pairs, each in both orders (collated); None without pairs or with λ = 0."""
+def _sampling_logprobs(state: _RunState, batch: Any) -> torch.Tensor:
+    """The sampling policy's logprobs of the batch, recomputed by the trainer before the step's first update: the
+    denominator of the importance ratio in every later update (`grpo.updates_per_step` > 1)."""
+    from trainer.logprobs import masked_model_token_logprobs
+
+    with torch.no_grad():
+        return masked_model_token_logprobs(state.model, batch.input_ids, batch.attention_mask, batch.loss_mask,
+                                           chunk_size=state.config.logprob_chunk_size,
+                                           temperature=state.config.temperature)
+
+
+def _pair_batch(state: _RunState, step: int, update: int = 0) -> dict[str, Any] | None:
+    """This update's pairs, each in both orders (collated); None without pairs or with λ = 0."""
     config = state.config
     if not state.pairs or config.ca_weight <= 0:
         return None
     chosen = take(state.pairs, config.pairs_per_step, config.seed + 1, state.position, "pair")
     presentations = [present(p, state.tokenizer, first, max_context_tokens=1024)
-                     for p, first in balanced_presentations(chosen, random.Random(step))]
+                     for p, first in balanced_presentations(chosen, random.Random(
+                         step if not update else f"{step}:{update}"))]
     batch = collate_presentations(presentations, state.tokenizer.pad_token_id)
     batch["positive_is_first"] = torch.tensor([p.positive_is_first for p in presentations])
     return batch
@@ -386,13 +403,23 @@ def _train_step(state: _RunState, step: int) -> dict[str, Any]:
     batch = build_batch(trajectories, state.tokenizer.pad_token_id, mode=config.grpo.advantage,
                         scale_by_std=config.grpo.scale_by_std, mask_truncated=config.grpo.mask_truncated,
                         drop_zero_variance=config.grpo.drop_zero_variance)
-    pair_batch = _pair_batch(state, step)
     # All-zero advantages with no KL term give a zero GRPO gradient: skip its forward and backward.
     has_tokens = bool(batch.loss_mask.sum() > 0) and (bool((batch.advantages != 0).any()) or config.grpo.kl_coef > 0)
     update_started = time.perf_counter()
-    out = distributed_step(state.model, state.optimizer, batch if has_tokens else None, pair_batch,
-                           state.objective_config, state.ctx, ref_model=state.ref_model,
-                           max_grad_norm=config.max_grad_norm)
+    updates = config.grpo.updates_per_step
+    old_logprobs = _sampling_logprobs(state, batch) if has_tokens and updates > 1 else None
+    outputs = []
+    for update in range(updates):
+        pair_batch = _pair_batch(state, step, update)
+        outputs.append(distributed_step(state.model, state.optimizer, batch if has_tokens else None, pair_batch,
+                                        state.objective_config, state.ctx, ref_model=state.ref_model,
+                                        max_grad_norm=config.max_grad_norm, old_logprobs=old_logprobs))
+    out = outputs[-1]
+    if updates > 1:  # the mean over the updates (the last one's loss and ratios alone would hide the first's)
+        out = StepOutput(statistics.fmean(o.loss for o in outputs),
+                         {key: statistics.fmean(o.metrics[key] for o in outputs if key in o.metrics)
+                          for key in outputs[0].metrics},
+                         statistics.fmean(o.grad_norm for o in outputs))
     state.scheduler.step()
     update_s = time.perf_counter() - update_started
     sync_s = sync_weights(state.engine, state.model, config, step + 1, state.runner) if main else 0.0

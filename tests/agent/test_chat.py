@@ -23,13 +23,20 @@ TOOLS = [{"type": "function", "function": {
                                        "parameters": {"type": "object", "properties": {}}}}]
 START = [{"role": "system", "content": "You are a careful agent."},
          {"role": "user", "content": "Fix the ünïcode bug in a.py 🐛"}]
-IM_END = 151645
-THINK, END_THINK = 151667, 151668
 
 
-@pytest.fixture(scope="module")
-def tok():  # type: ignore[no-untyped-def]
-    return build_qwen3_tokenizer()
+@pytest.fixture(scope="module", params=["qwen3", "code-bpe"])
+def tok(request):  # type: ignore[no-untyped-def]
+    """Both tokenizers the agent ships: the real Qwen3 one and the code BPE of the CPU trainer's tiny model."""
+    if request.param == "qwen3":
+        return build_qwen3_tokenizer()
+    from agent.code_tokenizer import build_code_tokenizer
+
+    return build_code_tokenizer()
+
+
+def im_end(tok) -> int:  # type: ignore[no-untyped-def]
+    return tok.convert_tokens_to_ids("<|im_end|>")
 
 
 def tool_call(name: str, **arguments: object) -> str:
@@ -37,7 +44,7 @@ def tool_call(name: str, **arguments: object) -> str:
 
 
 def sampled(tok, text: str, finished: bool = True) -> list[int]:  # type: ignore[no-untyped-def]
-    return tok.encode(text, add_special_tokens=False) + ([IM_END] if finished else [])
+    return tok.encode(text, add_special_tokens=False) + ([im_end(tok)] if finished else [])
 
 
 def logprobs_for(ids: list[int], turn: int) -> list[float]:
@@ -101,7 +108,7 @@ def test_engine_input_is_prefix_of_training_sequence(tok, think_mode, enable_thi
         (seq,) = sequences
         assert sum(seq.loss_mask) == sum(len(ids) for _, ids, _ in turns)  # only sampled ids carry loss
         assert all(lp == 0.0 for lp, m in zip(seq.logprobs, seq.loss_mask) if m == 0)
-        assert seq.token_ids[-1] == IM_END and seq.loss_mask[-1] == 1  # ends with the last sampled id
+        assert seq.token_ids[-1] == im_end(tok) and seq.loss_mask[-1] == 1  # ends with the last sampled id
 
 
 @pytest.mark.parametrize("enable_thinking", [True, False])
@@ -116,9 +123,9 @@ def test_truncated_turn_gets_end_of_turn_with_no_loss(tok) -> None:  # type: ign
     conv, turns = play(tok, "keep", True)
     (seq,) = conv.sequences()
     prompt, ids, _ = turns[2]  # cut by max_tokens
-    assert ids[-1] != IM_END
+    assert ids[-1] != im_end(tok)
     position = len(prompt) + len(ids)
-    assert seq.token_ids[position] == IM_END and seq.loss_mask[position] == 0 and seq.logprobs[position] == 0.0
+    assert seq.token_ids[position] == im_end(tok) and seq.loss_mask[position] == 0 and seq.logprobs[position] == 0.0
     assert tok.decode(seq.token_ids[position:position + 4]) == "<|im_end|>\n<|im_start|>user"
 
 
@@ -128,8 +135,8 @@ def test_drop_mode_cuts_think_spans_and_keeps_the_rest(tok) -> None:  # type: ig
     assert "<think>" not in last_prompt and "</think>" not in last_prompt
     # the rest of an earlier turn's sampled ids is in the later input exactly, right after its role line
     _, first_ids, _ = turns[0]
-    rest = first_ids[first_ids.index(END_THINK) + 2:]  # </think>, "\n\n"
-    assert tok.decode(first_ids[first_ids.index(END_THINK) + 1:][:1]) == "\n\n"
+    rest = first_ids[first_ids.index(tok.convert_tokens_to_ids("</think>")) + 2:]  # </think>, "\n\n"
+    assert tok.decode(first_ids[first_ids.index(tok.convert_tokens_to_ids("</think>")) + 1:][:1]) == "\n\n"
     header = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
     later = turns[1][0]
     assert any(later[i:i + len(header) + len(rest)] == header + rest for i in range(len(later)))
@@ -254,7 +261,7 @@ def test_empty_generation_is_a_truncated_turn(tok) -> None:  # type: ignore[no-u
     parsed = conv.add_assistant([], [])
     assert parsed.content == "" and parsed.tool_calls == []
     conv.add_user("say something")
-    assert conv.engine_input()[len(prompt)] == IM_END
+    assert conv.engine_input()[len(prompt)] == im_end(tok)
     (seq,) = conv.sequences()
     assert seq.token_ids == prompt and sum(seq.loss_mask) == 0
 
@@ -263,10 +270,10 @@ def test_other_stop_token_is_kept_and_turn_closed(tok) -> None:  # type: ignore[
     """A turn that stopped on <|endoftext|> keeps it (it was sampled) and gets <|im_end|> appended."""
     conv = TokenConversation(tok, START, TOOLS)
     prompt = conv.engine_input()
-    ids = tok.encode("bye", add_special_tokens=False) + [151643]
+    ids = tok.encode("bye", add_special_tokens=False) + [tok.convert_tokens_to_ids("<|endoftext|>")]
     assert conv.add_assistant(ids).content == "bye"
     conv.add_user("more")
-    assert conv.engine_input()[len(prompt):len(prompt) + len(ids) + 2] == ids + [IM_END, 198]
+    assert conv.engine_input()[len(prompt):len(prompt) + len(ids) + 2] == ids + [im_end(tok), *tok.encode("\n", add_special_tokens=False)]
 
 
 def test_late_think_is_content_not_cut(tok) -> None:  # type: ignore[no-untyped-def]

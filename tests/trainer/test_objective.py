@@ -12,7 +12,12 @@ from agent.trajectory import TokenSequence, Trajectory
 from trainer.batch import build_batch
 from trainer.logprobs import model_token_logprobs
 from trainer.objective import ObjectiveConfig, objective
-from trainer.pairs import PairRecord, balanced_presentations, collate_presentations, present
+from trainer.pairs import (
+    PairRecord,
+    balanced_presentations,
+    collate_presentations,
+    present,
+)
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +137,31 @@ def test_ca_steps_learn_selection_in_both_orders(model, tokenizer):  # type: ign
     assert metrics["ca/ca_accuracy_pos_first"] == 1.0 and metrics["ca/ca_accuracy_pos_second"] == 1.0
     # Past the clip the loss stops pushing: at margin > c every pair's gradient is 0.
     assert metrics["ca/ca_clip_frac"] > 0
+
+
+def test_grpo_trains_the_tempered_policy_that_sampled(model, tokenizer):  # type: ignore[no-untyped-def]
+    """At temperature T the GRPO component's logprobs (and the reference's, and the entropy) are those of
+    softmax(logits / T): engine logprobs of that distribution give no mismatch, raw ones a large one."""
+    from trainer.config import TrainerConfig
+    from trainer.losses import GRPOLossConfig
+    from trainer.run import objective_config
+
+    assert objective_config(TrainerConfig(temperature=0.6)).temperature == 0.6
+    trajectories = [episode(tokenizer, "a", 0, "good answer", 1.0), episode(tokenizer, "a", 1, "bad answer", 0.0)]
+    batch = build_batch(trajectories, pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+    targets = batch.input_ids[:, 1:, None]
+    mask = batch.loss_mask[:, 1:].bool()
+    for temperature in (0.6, 1.0):
+        expected = torch.log_softmax(logits[:, :-1] / temperature, dim=-1).gather(2, targets)[..., 0]
+        batch.engine_logprobs = torch.nn.functional.pad(expected, (1, 0)) * batch.loss_mask
+        config = ObjectiveConfig(grpo=GRPOLossConfig(tis_cap=2.0), temperature=0.6)
+        _, metrics = objective(model, batch, None, config)
+        if temperature == 0.6:
+            assert metrics["grpo/mismatch_abs_mean"] < 1e-4
+        else:
+            assert metrics["grpo/mismatch_abs_mean"] > 0.05
+    probs = torch.softmax(logits[:, :-1] / 0.6, dim=-1)
+    entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
+    assert abs(metrics["grpo/entropy"] - float(entropy[mask].mean())) < 1e-3

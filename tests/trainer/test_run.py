@@ -52,6 +52,28 @@ def test_short_run_then_resume_matches_uninterrupted(sample_images, tmp_path):  
         resumed["last"]["reward"] != resumed["last"]["reward"])  # both NaN when nothing was graded
 
 
+def test_several_updates_per_step_measure_the_ratio_to_the_sampling_policy(sample_images, tmp_path):  # type: ignore[no-untyped-def]
+    """`grpo.updates_per_step: 3`: three optimizer updates on one step's rollouts, each with its own pair batch; the
+    first is on-policy (ratio 1), the later ones see the policy moved away from the sampler's (the ratio the clips
+    bound). With one update per step the ratio is exactly 1."""
+    config = _config(tmp_path, "mu3", 1)
+    config.grpo.updates_per_step = 3
+    config.lr = 1e-2  # large enough that the pair updates visibly move the policy between updates
+    train(config, log=lambda *_: None)
+    step = [json.loads(line) for line in (tmp_path / "mu3" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert step["batch/sequences_trained"] > 0
+    assert step["grpo/ratio_max"] > 1.0 + 1e-4  # the mean over updates of each update's max ratio
+    import torch
+
+    data = torch.load(tmp_path / "mu3" / "checkpoints" / "latest" / "trainer_state.pt", weights_only=False)["data"]
+    assert (data["pair_epoch"], data["pair_cursor"]) == (1, 2)  # 2 pairs an update × 3 updates, 4 pairs in the file
+    once = _config(tmp_path, "mu1", 1)
+    once.lr, once.grpo.updates_per_step = 1e-2, 1
+    train(once, log=lambda *_: None)
+    row = [json.loads(line) for line in (tmp_path / "mu1" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert row["grpo/ratio_max"] == pytest.approx(1.0, abs=1e-6)
+
+
 def test_kill_9_then_resume_finishes(sample_images, tmp_path):  # type: ignore[no-untyped-def]
     """SIGKILL the trainer (and its local env server) mid-run; `--resume` continues from the last checkpoint and
     finishes with one metrics row per step; no container of the killed run survives."""
