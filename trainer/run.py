@@ -367,10 +367,11 @@ def _sampling_logprobs(state: _RunState, batch: Any) -> torch.Tensor:
     denominator of the importance ratio in every later update (`grpo.updates_per_step` > 1)."""
     from trainer.logprobs import masked_model_token_logprobs
 
+    device = state.ctx.device
     with torch.no_grad():
-        return masked_model_token_logprobs(state.model, batch.input_ids, batch.attention_mask, batch.loss_mask,
-                                           chunk_size=state.config.logprob_chunk_size,
-                                           temperature=state.config.temperature)
+        return masked_model_token_logprobs(state.model, batch.input_ids.to(device), batch.attention_mask.to(device),
+                                           batch.loss_mask.to(device), chunk_size=state.config.logprob_chunk_size,
+                                           temperature=state.config.temperature).cpu()
 
 
 def _pair_batch(state: _RunState, step: int, update: int = 0) -> dict[str, Any] | None:
