@@ -88,7 +88,7 @@ class TrainerConfig(BaseModel):
     group_size: int = 4
     """G: rollouts per task."""
     pairs_per_step: int = 16
-    """Pairs per step (each presented in both orders)."""
+    """Pairs per optimizer update (each presented in both orders): `grpo.updates_per_step` batches a step."""
     concurrency: int = 8
     """Episodes in flight while collecting."""
     lr: float = 5e-4
