@@ -36,6 +36,17 @@ class ObjectiveConfig:
     the distribution the rollouts were drawn from (as verl and TRL do). L_CA's margin stays on the raw logits."""
 
 
+def rollout_logprobs(model: Any, batch: RolloutBatch, config: ObjectiveConfig, *, return_entropy: bool = False,
+                     gradient_checkpointing: bool = False) -> Any:
+    """Logprobs [B, T] of the batch's sampled (loss-mask 1) tokens under `model`, at the sampling temperature and in
+    the config's chunks (0 elsewhere); with `return_entropy`, (logprobs, entropy). The policy, the reference and the
+    trainer's recomputation of the sampling policy all go through here."""
+    return masked_model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.loss_mask,
+                                       chunk_size=config.logprob_chunk_size, return_entropy=return_entropy,
+                                       gradient_checkpointing=gradient_checkpointing,
+                                       temperature=config.temperature)
+
+
 def grpo_component(model: Any, batch: RolloutBatch, config: ObjectiveConfig, ref_model: Any = None,
                    old_logprobs: torch.Tensor | None = None, *, normalizer: float | None = None,
                    ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -43,16 +54,12 @@ def grpo_component(model: Any, batch: RolloutBatch, config: ObjectiveConfig, ref
     current policy detached — one update per batch, ratio 1 — with the engine's logprobs used for truncated
     importance sampling of the engine/trainer mismatch). `normalizer`: `grpo_loss`'s, for a batch that is one
     shard or micro-batch of a step (None: this batch's own count)."""
-    logprobs, entropy = masked_model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.loss_mask,
-                                                    chunk_size=config.logprob_chunk_size, return_entropy=True,
-                                                    gradient_checkpointing=config.gradient_checkpointing,
-                                                    temperature=config.temperature)
+    logprobs, entropy = rollout_logprobs(model, batch, config, return_entropy=True,
+                                         gradient_checkpointing=config.gradient_checkpointing)
     ref_logprobs = None
     if ref_model is not None:
         with torch.no_grad():
-            ref_logprobs = masked_model_token_logprobs(ref_model, batch.input_ids, batch.attention_mask,
-                                                       batch.loss_mask, chunk_size=config.logprob_chunk_size,
-                                                       temperature=config.temperature)
+            ref_logprobs = rollout_logprobs(ref_model, batch, config)
     old = old_logprobs if old_logprobs is not None else logprobs.detach()
     loss, metrics = grpo_loss(logprobs, old, batch.advantages, batch.loss_mask, ref_logprobs=ref_logprobs,
                               engine_logprobs=batch.engine_logprobs, config=config.grpo, normalizer=normalizer)

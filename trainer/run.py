@@ -365,13 +365,12 @@ def objective_config(config: TrainerConfig) -> ObjectiveConfig:
 def _sampling_logprobs(state: _RunState, batch: Any) -> torch.Tensor:
     """The sampling policy's logprobs of the batch, recomputed by the trainer before the step's first update: the
     denominator of the importance ratio in every later update (`grpo.updates_per_step` > 1)."""
-    from trainer.logprobs import masked_model_token_logprobs
+    from trainer.distributed import shard_rollouts
+    from trainer.objective import rollout_logprobs
 
-    device = state.ctx.device
+    on_device = shard_rollouts(batch, list(range(batch.input_ids.shape[0])), state.ctx.device)
     with torch.no_grad():
-        return masked_model_token_logprobs(state.model, batch.input_ids.to(device), batch.attention_mask.to(device),
-                                           batch.loss_mask.to(device), chunk_size=state.config.logprob_chunk_size,
-                                           temperature=state.config.temperature).cpu()
+        return rollout_logprobs(state.model, on_device, state.objective_config).cpu()
 
 
 def _pair_batch(state: _RunState, step: int, update: int = 0) -> dict[str, Any] | None:

@@ -140,6 +140,7 @@ class HFEngine(Engine):
             inputs[row, longest - len(prompt):] = torch.tensor(prompt)
             attention[row, longest - len(prompt):] = 1
         positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+        report_raw = self.logprobs_mode == "raw_logprobs"
         with self._lock, torch.inference_mode():
             was_training = self.model.training
             self.model.eval()
@@ -154,12 +155,11 @@ class HFEngine(Engine):
                                      use_cache=True, logits_to_keep=1, **{_CACHE_KWARG: cache})
                     cache = getattr(out, "cache", None) or out.past_key_values
                     logits = out.logits[:, -1].float()
-                    raw = self.logprobs_mode == "raw_logprobs"
-                    raw_logprobs = torch.log_softmax(logits, dim=-1) if raw else None
+                    raw_logprobs = torch.log_softmax(logits, dim=-1) if report_raw else None
                     next_ids = torch.full((rows, 1), pad, dtype=torch.long)
                     active = [row for row in range(rows) if not done[row]]
-                    drawn = _sample_rows(logits if len(active) == rows else logits[active], [requests[row][1] for row in active],
-                                         [generators[row] for row in active])
+                    drawn = _sample_rows(logits if len(active) == rows else logits[active],
+                                         [requests[row][1] for row in active], [generators[row] for row in active])
                     for row, (token, processed_logprob) in zip(active, drawn):
                         params = requests[row][1]
                         token_ids[row].append(token)
