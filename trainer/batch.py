@@ -44,14 +44,16 @@ def _masked(trajectory: Trajectory, mask_truncated: bool) -> str | None:
 
 
 def build_batch(trajectories: list[Trajectory], pad_token_id: int, mode: str = "grpo", scale_by_std: bool = True,
-                mask_truncated: bool = False, drop_zero_variance: bool = True) -> RolloutBatch:
+                mask_truncated: bool = False, drop_zero_variance: bool = True, negative_scale: float = 1.0,
+                ) -> RolloutBatch:
     """Group episodes by task, compute advantages, and pad every sequence of every episode into one batch.
 
     drop_zero_variance: groups whose rewards are all equal (or with under 2 rewards) leave the loss entirely (their
         tokens are in no normalizer; DAPO's filter). False keeps them with advantage 0, as TRL does: they add nothing
         to the policy-gradient term but count in its token normalizer, and their tokens carry the KL term — without
         them a run whose groups all succeed (or all fail) would get no KL anchor at all. Either way they are counted
-        (`num_groups_zero_std`, `num_groups_too_few`)."""
+        (`num_groups_zero_std`, `num_groups_too_few`).
+    negative_scale: the weight of negative advantages (`compute_advantages`)."""
     groups: dict[str, list[Trajectory]] = defaultdict(list)
     for trajectory in trajectories:
         groups[trajectory.task_id].append(trajectory)
@@ -65,7 +67,8 @@ def build_batch(trajectories: list[Trajectory], pad_token_id: int, mode: str = "
                 masked[reason] += 1
             else:
                 rewards[row, col] = float(trajectory.reward)  # type: ignore[arg-type]
-    advantages, keep, stats = compute_advantages(rewards, mode=mode, scale_by_std=scale_by_std)
+    advantages, keep, stats = compute_advantages(rewards, mode=mode, scale_by_std=scale_by_std,
+                                                 negative_scale=negative_scale)
     rows: list[tuple[Any, float, bool]] = []
     for row, members in enumerate(groups.values()):
         for col, trajectory in enumerate(members):

@@ -25,7 +25,7 @@ import torch
 
 from agent.engines.hf import HFEngine
 from agent.loop import AgentConfig, run_episode
-from agent.trajectory import Trajectory, write_jsonl
+from agent.trajectory import Trajectory, read_jsonl, write_jsonl
 from envserver.client import AsyncEnvClient, EnvClient
 from envserver.local import LocalServer
 from trainer.batch import build_batch
@@ -200,6 +200,17 @@ def make_engine(config: TrainerConfig, model: Any, tokenizer: Any, version: int)
     return engine
 
 
+def keep_rollouts_before(path: Path, step: int) -> None:
+    """On resume from the checkpoint after `step` steps: drop the rollouts of the steps that will be redone (sampled
+    with weights version ≥ step) and a line half-written by a killed run, so that the record holds each step's
+    rollouts once — as the metrics log does with its rows."""
+    if path.exists():
+        kept = [trajectory for trajectory in read_jsonl(path) if (trajectory.weights_version or 0) < step]
+        partial = path.with_name(path.name + ".partial")  # replaced in one rename: a kill now loses nothing
+        write_jsonl(partial, kept, append=False)
+        partial.replace(path)
+
+
 def sync_weights(engine: Any, model: Any, config: TrainerConfig, version: int, runner: asyncio.Runner) -> float:
     """Make the sampler use the current weights; returns the seconds it took. `hf` shares the module (nothing to
     move); vLLM reloads them from `weights_dir`, written atomically (a server never reads a half-written file)."""
@@ -299,6 +310,8 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
                                      tensorboard=config.tensorboard)
                 if checkpoint is None:  # a fresh run in a used folder starts its rollout record afresh too
                     (output_dir / "rollouts.jsonl").unlink(missing_ok=True)
+                else:
+                    keep_rollouts_before(output_dir / "rollouts.jsonl", start_step)
             ref_model = None
             if config.grpo.kl_coef > 0:
                 import copy
@@ -402,7 +415,8 @@ def _train_step(state: _RunState, step: int) -> dict[str, Any]:
     rollout_s = time.perf_counter() - started
     batch = build_batch(trajectories, state.tokenizer.pad_token_id, mode=config.grpo.advantage,
                         scale_by_std=config.grpo.scale_by_std, mask_truncated=config.grpo.mask_truncated,
-                        drop_zero_variance=config.grpo.drop_zero_variance)
+                        drop_zero_variance=config.grpo.drop_zero_variance,
+                        negative_scale=config.grpo.negative_advantage_scale)
     # All-zero advantages with no KL term give a zero GRPO gradient: skip its forward and backward.
     has_tokens = bool(batch.loss_mask.sum() > 0) and (bool((batch.advantages != 0).any()) or config.grpo.kl_coef > 0)
     update_started = time.perf_counter()

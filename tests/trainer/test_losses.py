@@ -73,6 +73,24 @@ def test_missing_rewards_left_out_of_the_group() -> None:
     torch.testing.assert_close(rloo[0], torch.tensor([1.0, 0.0, -0.5, -0.5]), rtol=0, atol=1e-6)
 
 
+def test_negative_scale_weighs_only_negative_advantages() -> None:
+    nan = float("nan")
+    rewards = torch.tensor([[0.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [1.0, nan, 0.0, 1.0]])
+    full, keep, _ = compute_advantages(rewards, "grpo", scale_by_std=True)
+    half, keep_half, _ = compute_advantages(rewards, "grpo", scale_by_std=True, negative_scale=0.25)
+    assert keep_half.tolist() == keep.tolist() == [True, False, True]
+    # positives and zeros (dropped group, missing reward) unchanged; each negative a quarter of its standard value
+    expected = torch.where(full < 0, 0.25 * full, full)
+    torch.testing.assert_close(half, expected, rtol=0, atol=0)
+    assert (half[0, [0, 2, 3]] < 0).all() and half[0, 1] == full[0, 1] > 0
+    assert half[2, 2] == pytest.approx(0.25 * float(full[2, 2]))
+    # 0: positives only (rejection-sampling fine-tuning on the group's successes, weighted by their advantage)
+    positives_only, _, _ = compute_advantages(rewards, "rloo", scale_by_std=False, negative_scale=0.0)
+    assert (positives_only >= 0).all() and positives_only[0, 1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="negative_scale"):
+        compute_advantages(rewards, "grpo", True, negative_scale=1.5)
+
+
 def test_advantages_reject_bad_input() -> None:
     with pytest.raises(ValueError):
         compute_advantages(torch.zeros(4), "grpo", True)

@@ -69,6 +69,10 @@ def test_batch_masks_infra_failures_truncation_and_flat_groups(tokenizer):  # ty
     assert (flat.loss_mask.sum(dim=1) > 0).tolist() == [True, True, False, True, True, False, True]
     assert flat.advantages[3:].tolist() == [0.0] * 4
     assert flat.stats["num_groups_zero_std"] == 1 and flat.stats["num_groups_too_few"] == 1
+    # negative_scale reaches the batch: the failure's advantage shrinks, the success's does not
+    leaning = build_batch(trajectories, pad_token_id=tokenizer.pad_token_id, mask_truncated=True, negative_scale=0.5)
+    assert float(leaning.advantages[0]) == float(batch.advantages[0])
+    assert float(leaning.advantages[1]) == pytest.approx(0.5 * float(batch.advantages[1]))
 
 
 def test_kept_flat_groups_carry_only_the_kl_term(model, tokenizer):  # type: ignore[no-untyped-def]

@@ -50,6 +50,10 @@ def test_short_run_then_resume_matches_uninterrupted(sample_images, tmp_path):  
     assert resumed["last"]["loss"] == pytest.approx(straight["last"]["loss"], rel=1e-4, abs=1e-6)
     assert resumed["last"]["reward"] == straight["last"]["reward"] or (
         resumed["last"]["reward"] != resumed["last"]["reward"])  # both NaN when nothing was graded
+    # The rollout record holds each step once, as the uninterrupted run's does.
+    versions = [json.loads(line)["weights_version"]
+                for line in (tmp_path / "resumed" / "rollouts.jsonl").read_text().splitlines()]
+    assert versions == [0] * 4 + [1] * 4 + [2] * 4
 
 
 def test_several_updates_per_step_measure_the_ratio_to_the_sampling_policy(sample_images, tmp_path):  # type: ignore[no-untyped-def]
@@ -72,6 +76,24 @@ def test_several_updates_per_step_measure_the_ratio_to_the_sampling_policy(sampl
     train(once, log=lambda *_: None)
     row = [json.loads(line) for line in (tmp_path / "mu1" / "metrics.jsonl").read_text().splitlines()][-1]
     assert row["grpo/ratio_max"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_resume_keeps_each_steps_rollouts_once(tmp_path):  # type: ignore[no-untyped-def]
+    """The rollouts of the steps a resumed run redoes (weights version ≥ the checkpoint's step) leave the record, and
+    so does a last line cut short by the kill; those before stay, in order."""
+    from agent.trajectory import Trajectory, write_jsonl
+    from trainer.run import keep_rollouts_before
+
+    path = tmp_path / "rollouts.jsonl"
+    write_jsonl(path, [Trajectory(task_id=f"t{i}", group=i % 2, weights_version=i // 2, reward=1.0) for i in range(8)])
+    with open(path, "a") as handle:
+        handle.write('{"version": 1, "task_id": "cut sh')
+    keep_rollouts_before(path, 2)
+    kept = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["task_id"], r["weights_version"]) for r in kept] == [("t0", 0), ("t1", 0), ("t2", 1), ("t3", 1)]
+    assert not path.with_name("rollouts.jsonl.partial").exists()
+    keep_rollouts_before(tmp_path / "absent.jsonl", 2)  # a run killed before its first rollout: nothing to do
+    assert not (tmp_path / "absent.jsonl").exists()
 
 
 def test_kill_9_then_resume_finishes(sample_images, tmp_path):  # type: ignore[no-untyped-def]
@@ -105,6 +127,10 @@ def test_kill_9_then_resume_finishes(sample_images, tmp_path):  # type: ignore[n
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     steps = [json.loads(line)["step"] for line in (config.output_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3, 4]
+    # The rollouts of the steps redone after the kill (and a line it may have cut short) are not kept twice.
+    versions = [json.loads(line)["weights_version"]
+                for line in (config.output_dir / "rollouts.jsonl").read_text().splitlines()]
+    assert versions == sorted(versions) and versions == [v for v in range(4) for _ in range(4)]
     name = local_server_name(config.output_dir)
     orphans = subprocess.run(["pgrep", "-f", f"--server-name {name}"], capture_output=True, text=True).stdout
     assert not orphans.strip(), f"the killed run's env server survived: {orphans}"

@@ -34,6 +34,7 @@ def compute_advantages(
     eps: float = 1e-4,
     *,
     zero_std_atol: float = 1e-6,
+    negative_scale: float = 1.0,
 ) -> tuple[Tensor, Tensor, dict[str, float]]:
     """Group-relative advantages for rewards of shape (num_groups, G): G samples of the same task per row.
 
@@ -42,6 +43,12 @@ def compute_advantages(
 
     With ``scale_by_std`` the advantage is divided by (std(r) + eps), std being the group's sample standard deviation
     (Bessel-corrected, as TRL's ``nanstd``), in either mode.
+
+    ``negative_scale`` then multiplies the negative advantages only (1: the standard estimator). Below 1 it weighs
+    pushing sampled failures down less than pulling successes up — the asymmetric REINFORCE of Arnal et al. (2025),
+    who show that an off-policy learner should lean on its positive samples; its gradient is biased toward the
+    policy's own successes (a partial SFT on them), which keeps a small model from spending its update on the
+    large-gradient, low-probability tokens of failed samples.
 
     NaN marks a missing reward (an infrastructure failure the trainer masks): it is left out of its group's mean,
     baseline and std, and its advantage is 0. A group is dropped when fewer than 2 of its rewards are present or its
@@ -57,6 +64,8 @@ def compute_advantages(
         raise ValueError(f"rewards must have shape (num_groups, G), got {tuple(rewards.shape)}")
     if mode not in ("grpo", "rloo"):
         raise ValueError(f"unknown advantage mode {mode!r}: 'grpo' or 'rloo'")
+    if not 0.0 <= negative_scale <= 1.0:
+        raise ValueError(f"negative_scale must be in [0, 1], got {negative_scale}")
     r = rewards.detach().to(torch.promote_types(rewards.dtype, torch.float32))
     present = ~torch.isnan(r)
     n = present.sum(dim=1)  # (num_groups,)
@@ -77,6 +86,8 @@ def compute_advantages(
         adv = r0 - baseline
     if scale_by_std:
         adv = adv / (std + eps)
+    if negative_scale != 1.0:
+        adv = torch.where(adv < 0, adv * negative_scale, adv)
     adv = torch.where(present & keep.unsqueeze(1), adv, torch.zeros_like(adv))
 
     num_groups = r.shape[0]
