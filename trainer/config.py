@@ -19,8 +19,8 @@ class GRPOSettings(BaseModel):
     """Divide advantages by the group's reward std."""
     negative_advantage_scale: float = Field(default=0.25, ge=0.0, le=1.0)
     """Weight of negative advantages (1: standard GRPO; below 1 leans on the sampled successes, asymmetric
-    REINFORCE — see trainer/losses/grpo.py compute_advantages). The embedded default's 0.25 keeps the tiny model's
-    success rate from decaying under the push on its failures (README)."""
+    REINFORCE — see trainer/losses/grpo.py compute_advantages). The embedded default's 0.25 slows the decay of the tiny
+    model's success rate under the push on its failures (README)."""
     clip_low: float = 0.2
     """Lower ratio clip ε_low."""
     clip_high: float = 0.28
