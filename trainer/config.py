@@ -17,10 +17,11 @@ class GRPOSettings(BaseModel):
     """Group baseline: the group mean (GRPO) or the leave-one-out mean (RLOO)."""
     scale_by_std: bool = True
     """Divide advantages by the group's reward std."""
-    negative_advantage_scale: float = Field(default=0.25, ge=0.0, le=1.0)
+    negative_advantage_scale: float = Field(default=0.0, ge=0.0, le=1.0)
     """Weight of negative advantages (1: standard GRPO; below 1 leans on the sampled successes, asymmetric
-    REINFORCE — see trainer/losses/grpo.py compute_advantages). The embedded default's 0.25 slows the decay of the tiny
-    model's success rate under the push on its failures (README)."""
+    REINFORCE — see trainer/losses/grpo.py compute_advantages). The embedded default's 0 trains the tiny model on its
+    own successes only: the push on its failures reaches the tokens the 8 tasks' commands share and unlearns the
+    tasks it already solves (README)."""
     clip_low: float = 0.2
     """Lower ratio clip ε_low."""
     clip_high: float = 0.28
@@ -33,7 +34,7 @@ class GRPOSettings(BaseModel):
     """Truncated importance sampling cap for the engine/trainer logprob mismatch (None: off)."""
     mask_truncated: bool = False
     """Leave episodes that hit a limit out of the loss (they are counted either way)."""
-    updates_per_step: int = 4
+    updates_per_step: int = 3
     """Optimizer updates on each step's rollouts (TRL's num_iterations, the GRPO paper's μ). Beyond the first, the
     ratio to the sampling policy (recomputed by the trainer before the first) is what the clips bound: a trust
     region that lets several small updates use one batch of rollouts. Each update draws its own pair batch."""
@@ -84,18 +85,23 @@ class TrainerConfig(BaseModel):
     warm_start_steps: int = 50
     """SFT steps on scripted successful demonstrations before RL (0: none); needs the task file."""
     warm_start_lr: float = 3e-3
-    """AdamW learning rate of the warm start (its own optimizer; the RL one starts fresh)."""
+    """AdamW learning rate of the warm start (its own optimizer)."""
+    inherit_warm_start_moments: bool = True
+    """RL's AdamW starts from the warm start's second-moment estimates (first moments zero) instead of fresh: a fresh
+    Adam's first updates move every parameter by ~lr whatever its gradient, which on the tiny model lowers even the
+    sampled successes' logprob (trainer/warmstart.py adopt_second_moments). Also read from a `model` directory that
+    a warm start saved (`<output_dir>/warm-start-model`)."""
     steps: int = 40
     """Optimizer steps."""
     tasks_per_step: int = 2
     """B: tasks per step."""
     group_size: int = 4
     """G: rollouts per task."""
-    pairs_per_step: int = 16
+    pairs_per_step: int = 8
     """Pairs per optimizer update (each presented in both orders): `grpo.updates_per_step` batches a step."""
     concurrency: int = 8
     """Episodes in flight while collecting."""
-    lr: float = 5e-4
+    lr: float = 7e-4
     """AdamW learning rate."""
     weight_decay: float = 0.0
     """AdamW weight decay."""

@@ -161,10 +161,11 @@ def training_pairs(config: TrainerConfig, tasks: list[Any], output_dir: Path | N
 
 
 def warm_start(model: Any, tokenizer: Any, env_url: str, tasks: list[Any], config: TrainerConfig,
-               runner: asyncio.Runner, log: Any) -> dict[str, float]:
+               runner: asyncio.Runner, log: Any) -> tuple[dict[str, float], dict[str, Any]]:
     """Demonstrations through the env server, then `warm_start_steps` SFT steps on them (DESIGN: a random policy
-    never earns a reward, so GRPO would have no signal)."""
-    from trainer.warmstart import demonstrations, sft_steps
+    never earns a reward, so GRPO would have no signal). Returns the metrics and the SFT optimizer's second moments
+    (`trainer.warmstart.second_moments`)."""
+    from trainer.warmstart import demonstrations, second_moments, sft_steps
 
     started = time.perf_counter()
     # The run's prompt and limits, with room for the scripted turns (a command, then `finish`).
@@ -176,11 +177,31 @@ def warm_start(model: Any, tokenizer: Any, env_url: str, tasks: list[Any], confi
     write_jsonl(config.output_dir / "demonstrations.jsonl", demos, append=False)
     log(f"warm start: {len(demos)}/{len(tasks)} tasks demonstrated; {config.warm_start_steps} SFT steps "
         f"at lr {config.warm_start_lr:g}")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.warm_start_lr, weight_decay=0.0)
     losses = sft_steps(model, demos, config.warm_start_steps, lr=config.warm_start_lr, seed=config.seed,
-                       chunk_size=config.logprob_chunk_size, log=log, log_every=max(1, config.warm_start_steps // 10))
-    return {"warm_start/demonstrations": len(demos), "warm_start/first_loss": losses[0] if losses else float("nan"),
-            "warm_start/last_loss": losses[-1] if losses else float("nan"),
-            "warm_start/seconds": time.perf_counter() - started}
+                       chunk_size=config.logprob_chunk_size, optimizer=optimizer, log=log,
+                       log_every=max(1, config.warm_start_steps // 10))
+    return ({"warm_start/demonstrations": len(demos), "warm_start/first_loss": losses[0] if losses else float("nan"),
+             "warm_start/last_loss": losses[-1] if losses else float("nan"),
+             "warm_start/seconds": time.perf_counter() - started}, second_moments(model, optimizer))
+
+
+def save_warm_start(model: Any, tokenizer: Any, moments: dict[str, Any], folder: Path) -> None:
+    """The warm-started policy, its tokenizer and the SFT optimizer's second moments: another run (a λ = 0 control,
+    another seed) can start RL here with `model: <folder>` and warm_start_steps: 0."""
+    from trainer.warmstart import SECOND_MOMENTS_FILE
+
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    torch.save(moments, folder / SECOND_MOMENTS_FILE)
+
+
+def saved_second_moments(config: TrainerConfig) -> dict[str, Any] | None:
+    """The second moments a warm start saved beside the configured model (`save_warm_start`), if any."""
+    from trainer.warmstart import SECOND_MOMENTS_FILE
+
+    path = Path(config.model) / SECOND_MOMENTS_FILE
+    return torch.load(path, weights_only=True) if config.model != "tiny" and path.is_file() else None
 
 
 def make_engine(config: TrainerConfig, model: Any, tokenizer: Any, version: int) -> Any:
@@ -285,21 +306,29 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
             pairs, heldout = training_pairs(config, tasks, output_dir if main else None)
             reference_dir = output_dir / "reference-model"
             start_step, position, start_row = 0, {}, {"step": 0}
+            moments = None  # the second moments RL's optimizer starts from (config.inherit_warm_start_moments)
             if checkpoint is None:
                 if config.warm_start_steps > 0:
                     if not tasks:
                         raise ValueError("warm_start_steps > 0 needs task_file (the tasks' gold patches)")
                     if main:
-                        start_row.update(warm_start(model, tokenizer, env_urls[0], tasks, config, runner, log))
-                        # The policy RL starts from: other runs (a λ = 0 control, another seed) can start here too
-                        # with `model: <output_dir>/warm-start-model` and warm_start_steps: 0.
-                        model.save_pretrained(output_dir / "warm-start-model")
-                        tokenizer.save_pretrained(output_dir / "warm-start-model")
+                        warm_row, moments = warm_start(model, tokenizer, env_urls[0], tasks, config, runner, log)
+                        start_row.update(warm_row)
+                        save_warm_start(model, tokenizer, moments, output_dir / "warm-start-model")
+                elif main:
+                    moments = saved_second_moments(config)
                 broadcast_parameters(model, ctx)  # every rank starts RL from rank 0's (warm-started) weights
+                if config.inherit_warm_start_moments:
+                    moments = broadcast_object(moments, ctx)
                 if config.grpo.kl_coef > 0 and main:  # the reference is the policy RL starts from (for --resume)
                     model.save_pretrained(reference_dir)
             optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                           eps=config.adam_eps)
+            if checkpoint is None and moments and config.inherit_warm_start_moments:
+                from trainer.warmstart import adopt_second_moments
+
+                adopt_second_moments(model, optimizer, moments)
+                log(f"RL optimizer: the warm start's second moments ({len(moments)} tensors), first moments zero")
             scheduler = torch.optim.lr_scheduler.LambdaLR(
                 optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) if config.warmup_steps else 1.0)
             if checkpoint is not None:

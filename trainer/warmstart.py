@@ -267,8 +267,8 @@ def sft_steps(model: Any, trajectories: Sequence[Trajectory], steps: int, lr: fl
               batch_size: int | None = None, weight_decay: float = 0.0, max_grad_norm: float = 1.0,
               seed: int = 0, chunk_size: int = 1024, optimizer: torch.optim.Optimizer | None = None,
               log: Callable[[str], Any] = lambda _: None, log_every: int = 1) -> list[float]:
-    """`steps` AdamW steps (its own optimizer, so the RL optimizer starts fresh) on −mean logprob of the
-    demonstrations' sampled (loss-mask-1) tokens; returns the loss of each step (before its update).
+    """`steps` AdamW steps on −mean logprob of the demonstrations' sampled (loss-mask-1) tokens; returns the loss of
+    each step (before its update).
 
     batch_size: sequences per step (None: all of them every step), drawn in a fixed shuffled order by `seed`.
     optimizer: an optimizer over the model's parameters to use instead (e.g. to continue across calls).
@@ -301,3 +301,49 @@ def sft_steps(model: Any, trajectories: Sequence[Trajectory], steps: int, lr: fl
     finally:
         model.train(was_training)
     return losses
+
+
+# ------------------------------------------------------------------------------------ the optimizer state RL inherits
+
+SECOND_MOMENTS_FILE = "adam-second-moments.pt"
+
+
+def second_moments(model: Any, optimizer: torch.optim.Optimizer) -> dict[str, dict[str, torch.Tensor]]:
+    """The AdamW second-moment estimates (and step counts) `optimizer` holds for `model`, by parameter name: what RL's
+    optimizer starts from (`adopt_second_moments`), and what `warm-start-model/` keeps for runs started from it."""
+    moments = {}
+    for name, parameter in model.named_parameters():
+        state = optimizer.state.get(parameter, {})
+        if "exp_avg_sq" in state:
+            moments[name] = {"step": torch.as_tensor(state["step"]).detach().clone(),
+                             "exp_avg_sq": state["exp_avg_sq"].detach().clone()}
+    return moments
+
+
+def adopt_second_moments(model: Any, optimizer: torch.optim.Optimizer,
+                         moments: dict[str, dict[str, torch.Tensor]]) -> int:
+    """Start a fresh Adam-family `optimizer` over `model`'s parameters from `moments` (`second_moments` of another
+    optimizer over a model of the same shapes): second moments and step counts copied, first moments zero. Returns
+    how many parameters took them.
+
+    Why: a fresh Adam's first updates are sign steps — every parameter moves by ~lr, whatever its gradient — and on
+    the warm-started tiny model one such update at the RL learning rate lowers even the policy's own successes'
+    logprob. Dividing RL's gradients by the warm start's running scale instead makes a noisy GRPO gradient take a
+    small step and a consistent one a large step. The first moments start at zero, so the warm start's direction
+    does not carry on into RL."""
+    if any(optimizer.state.values()):
+        raise ValueError("adopt_second_moments: the optimizer has already stepped")
+    parameters = dict(model.named_parameters())
+    unknown = sorted(set(moments) - set(parameters))
+    if unknown:
+        raise ValueError(f"second moments for parameters the model does not have: {unknown[:3]}")
+    for name, moment in moments.items():
+        parameter = parameters[name]
+        if moment["exp_avg_sq"].shape != parameter.shape:
+            raise ValueError(f"second moments of {name} have shape {tuple(moment['exp_avg_sq'].shape)}, "
+                             f"the parameter {tuple(parameter.shape)}")
+        optimizer.state[parameter] = {
+            "step": moment["step"].detach().clone().to(torch.float32),
+            "exp_avg": torch.zeros_like(parameter, memory_format=torch.preserve_format),
+            "exp_avg_sq": moment["exp_avg_sq"].detach().clone().to(parameter.device, parameter.dtype)}
+    return len(moments)

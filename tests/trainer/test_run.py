@@ -169,10 +169,22 @@ def test_embedded_default_shortened(sample_images, tmp_path):  # type: ignore[no
     assert rows[0]["warm_start/demonstrations"] == 8
     assert rows[0]["warm_start/last_loss"] < rows[0]["warm_start/first_loss"]
     assert all(0.0 <= r["heldout_ca_accuracy"] <= 1.0 for r in (rows[0], rows[-1]))  # before and after
-    assert all(r["ca/ca_num_pairs"] == 32 for r in rows[1:])  # 16 pairs a step, each in both orders
+    pairs = TrainerConfig().pairs_per_step
+    assert all(r["ca/ca_num_pairs"] == 2 * pairs for r in rows[1:])  # each update's pairs, each in both orders
     summary = json.loads((out / "summary.json").read_text())
     assert summary["heldout_ca_accuracy"]["start"] == rows[0]["heldout_ca_accuracy"]
     assert (out / "metrics.png").stat().st_size > 10_000
+    # RL's AdamW went on from the warm start's second moments: its step count is 4 SFT + 2 × μ RL updates, and the
+    # moments are saved beside the warm-started model for runs that start from it.
+    import torch
+
+    from trainer.warmstart import SECOND_MOMENTS_FILE
+
+    saved = torch.load(out / "warm-start-model" / SECOND_MOMENTS_FILE, weights_only=True)
+    assert saved and all(float(m["step"]) == 4.0 for m in saved.values())
+    state = torch.load(out / "checkpoints" / "latest" / "trainer_state.pt", weights_only=False)["optimizer"]["state"]
+    updates = TrainerConfig().grpo.updates_per_step
+    assert {float(s["step"]) for s in state.values()} == {4.0 + 2 * updates}
 
 
 def test_sigterm_stops_the_local_env_server_and_its_containers(sample_images, tmp_path):  # type: ignore[no-untyped-def]

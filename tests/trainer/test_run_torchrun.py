@@ -2,8 +2,9 @@
 rank 0 samples the rollouts and broadcasts them, each rank trains on its shard with global normalizers, so the run
 draws the same tasks, samples the same episodes and reports the same losses as `python -m trainer.run` on one
 process. (trainer/distributed.py's own test checks GRPO and L_CA weights after a step to 1e-5 with real torchrun
-processes; this one checks the trainer's wiring — an untrained tiny model earns no reward, so here the loss is
-mostly L_CA.)"""
+processes; this one checks the trainer's wiring — a tiny model after 2 warm-start steps earns no reward, so here the
+loss is mostly L_CA. The warm start runs on rank 0 only; every rank's RL optimizer must start from its second
+moments, or the ranks' weights part after the first update and the second step's loss differs.)"""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.docker
 def _run(tmp_path, name: str, launcher: list[str]) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
     out = tmp_path / name
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"steps": 2, "warm_start_steps": 0, "tasks_per_step": 2, "group_size": 2,
+    path.write_text(yaml.safe_dump({"steps": 2, "warm_start_steps": 2, "tasks_per_step": 2, "group_size": 2,
                                     "max_turns": 1, "max_tokens_per_turn": 16, "pairs_per_step": 3,
                                     "eval_every": 1, "tensorboard": False, "output_dir": str(out)}))
     proc = subprocess.run([*launcher, "-m", "trainer.run", "--config", str(path)], cwd=ROOT, capture_output=True,
