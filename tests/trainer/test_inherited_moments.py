@@ -96,3 +96,20 @@ def test_wrong_model_or_used_optimizer_is_refused():
         adopt_second_moments(renamed, torch.optim.AdamW(renamed.parameters()), moments)
     with pytest.raises(ValueError, match="already stepped"):
         adopt_second_moments(model, warm, moments)
+
+
+def test_moments_saved_beside_a_warm_started_model_are_found_by_runs_started_from_it(tmp_path):
+    """`model: <output_dir>/warm-start-model` with warm_start_steps 0 (the λ = 0 control's recipe) reads the second
+    moments the warm start saved there; a model folder without them, or the built tiny model, gives none."""
+    from trainer.config import TrainerConfig
+    from trainer.run import saved_second_moments
+    from trainer.warmstart import SECOND_MOMENTS_FILE
+
+    model, warm = _warm_started(steps=2)
+    moments = second_moments(model, warm)
+    torch.save(moments, tmp_path / SECOND_MOMENTS_FILE)
+    found = saved_second_moments(TrainerConfig(model=str(tmp_path), warm_start_steps=0))
+    assert found is not None and set(found) == set(moments)
+    assert all(torch.equal(found[name]["exp_avg_sq"], moments[name]["exp_avg_sq"]) for name in moments)
+    assert saved_second_moments(TrainerConfig(model=str(tmp_path / "elsewhere"))) is None
+    assert saved_second_moments(TrainerConfig()) is None
