@@ -315,7 +315,7 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
                         warm_row, moments = warm_start(model, tokenizer, env_urls[0], tasks, config, runner, log)
                         start_row.update(warm_row)
                         save_warm_start(model, tokenizer, moments, output_dir / "warm-start-model")
-                elif main:
+                elif main and config.inherit_warm_start_moments:
                     moments = saved_second_moments(config)
                 broadcast_parameters(model, ctx)  # every rank starts RL from rank 0's (warm-started) weights
                 if config.inherit_warm_start_moments:

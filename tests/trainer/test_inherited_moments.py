@@ -53,7 +53,7 @@ def test_first_update_divides_by_the_inherited_scale_not_its_own():
     start = [p.detach().clone() for p in model.parameters()]
     lr, (beta1, beta2), eps = 1e-3, (0.9, 0.999), 1e-8
 
-    def one_update(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    def one_update(optimizer: torch.optim.Optimizer) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         with torch.no_grad():
             for p, p0 in zip(model.parameters(), start):
                 p.copy_(p0)
