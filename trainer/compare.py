@@ -36,13 +36,13 @@ def label(run_dir: Path) -> str:
 
 
 def table(runs: dict[str, list[dict[str, Any]]]) -> str:
-    lines = [f"{'run':<36} {'steps':>5}  {'success start → end':>20}  {'held-out accuracy start → end':>30}"]
+    lines = [f"{'run':<36} {'steps':>5}  {'success (evaluation)':>20}  {'success (rollouts)':>20}  "
+             f"{'held-out accuracy':>18}"]
     for name, rows in runs.items():
         summary = start_end_summary(rows)
-        s, a = summary.get("success_rate"), summary.get("heldout_ca_accuracy")
-        success = f"{s['start']:.2f} → {s['end']:.2f}" if s else "-"
-        accuracy = f"{a['start']:.2f} → {a['end']:.2f}" if a else "-"
-        lines.append(f"{name:<36} {summary['steps']:>5}  {success:>20}  {accuracy:>30}")
+        cells = [f"{c['start']:.2f} → {c['end']:.2f}" if c else "-"
+                 for c in (summary.get("success_eval"), summary.get("success_rate"), summary.get("heldout_ca_accuracy"))]
+        lines.append(f"{name:<36} {summary['steps']:>5}  {cells[0]:>20}  {cells[1]:>20}  {cells[2]:>18}")
     return "\n".join(lines)
 
 

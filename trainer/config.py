@@ -30,6 +30,10 @@ class GRPOSettings(BaseModel):
     """How token losses become the batch loss."""
     kl_coef: float = 0.05
     """Weight of the k3 KL to a frozen reference, the policy RL starts from (0: no reference model is kept)."""
+    kl_clamp: float | None = 10.0
+    """Upper bound on each token's k3 KL, no gradient beyond (verl's low_var_kl; None: off, as TRL). Without it one
+    sampled token the policy has come to find far less likely than the reference (e^-11 vs e^-1) weighs e^10 and
+    its gradient is the whole update."""
     tis_cap: float | None = 2.0
     """Truncated importance sampling cap for the engine/trainer logprob mismatch (None: off)."""
     mask_truncated: bool = False
@@ -140,6 +144,14 @@ class TrainerConfig(BaseModel):
     """Tokens per chunk of the memory-lean logprob computation."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward."""
+    success_eval_episodes: int = Field(default=4, ge=0)
+    """Episodes per task of the success evaluation before the first step and after the last: every task of the pool,
+    with the same sampling seeds at both ends, so that the two are a paired comparison (a task whose policy did not
+    change scores the same, up to the sampler's rounding) instead of two draws a pass's noise apart. Written to `eval-rollouts.jsonl`; the printed start vs end success rate is theirs. 0: none, and
+    start vs end averages the first and the last pass of training rollouts."""
+    success_eval_tasks: int | None = Field(default=None, ge=1)
+    """At most this many tasks in the success evaluation: a fixed sample of the pool (drawn with `seed`, the same at
+    both ends); None: every task."""
     eval_every: int = 5
     """Steps between held-out context-selection accuracy measurements (also before the first step and after the
     last)."""

@@ -17,6 +17,10 @@ PANELS = [
     ("grpo/clip_frac_high", "clip fraction (high)"),
 ]
 
+OVERLAYS = {"success_rate": [("success_eval", "evaluation: every task, fixed seeds")]}
+"""Sparser curves drawn on a panel's axis, with a legend: the success evaluation (before the first step and after
+the last) beside the per-step success rate of the rollouts trained on."""
+
 
 def plot_metrics(metrics_path: Path, out_path: Path) -> Path:
     import matplotlib
@@ -32,7 +36,14 @@ def plot_metrics(metrics_path: Path, out_path: Path) -> Path:
     for axis, (key, title) in zip(axes.flat, panels):
         points = [(row["step"], row[key]) for row in rows if key in row and row[key] == row[key]]
         if points:
-            axis.plot(*zip(*points), marker="o", markersize=3)
+            axis.plot(*zip(*points), marker="o", markersize=3, label="training rollouts")
+        overlays = [(k, label, [(row["step"], row[k]) for row in rows if k in row and row[k] == row[k]])
+                    for k, label in OVERLAYS.get(key, [])]
+        for _, label, overlay in overlays:
+            if overlay:
+                axis.plot(*zip(*overlay), marker="s", markersize=6, linestyle="--", label=label)
+        if any(overlay for _, _, overlay in overlays):
+            axis.legend(fontsize=7)
         axis.set_title(title, fontsize=9)
         axis.set_xlabel("step", fontsize=8)
         axis.grid(alpha=0.3)

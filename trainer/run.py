@@ -2,7 +2,8 @@
 
 Each step: B tasks × G rollouts through the agent loop (the sampler is the policy itself for `hf`, or a vLLM server
 that reloads the new weights after every step), group-relative advantages, a pair batch presented in both orders,
-one optimizer step on L = L_GRPO + λ·L_CA; then the held-out context-selection accuracy. Metrics go to
+one optimizer step on L = L_GRPO + λ·L_CA; then the held-out context-selection accuracy. Before the first step and
+after the last, a success evaluation plays every task with the same fixed seeds (`eval-rollouts.jsonl`). Metrics go to
 `metrics.jsonl` (and TensorBoard when installed) and `metrics.png`; checkpoints let `--resume` draw the same next
 batches as an uninterrupted run.
 
@@ -69,9 +70,15 @@ def local_server_name(output_dir: Path) -> str:
     return "trainer-" + hashlib.sha1(str(output_dir.resolve()).encode()).hexdigest()[:12]
 
 
+EVAL_STEP = -1
+"""The `step` of the success evaluation's sampling seeds: the same at both ends of a run, never a training step's."""
+
+
 async def collect_rollouts(engine: Any, env_urls: list[str], task_ids: list[str], config: TrainerConfig,
-                           tokenizer: Any, step: int) -> list[Trajectory]:
-    """B × G episodes, spread over the env servers; sampling seeds depend only on (seed, step, task, group)."""
+                           tokenizer: Any, step: int, group_size: int | None = None) -> list[Trajectory]:
+    """B × G episodes (G: `group_size`, default the config's), spread over the env servers; sampling seeds depend
+    only on (seed, step, task's place in `task_ids`, group)."""
+    group_size = config.group_size if group_size is None else group_size
     clients = [AsyncEnvClient(url) for url in env_urls]
     semaphore = asyncio.Semaphore(config.concurrency)
 
@@ -83,9 +90,38 @@ async def collect_rollouts(engine: Any, env_urls: list[str], task_ids: list[str]
 
     try:
         return list(await asyncio.gather(*(one(i, task_id, g) for i, task_id in enumerate(task_ids)
-                                           for g in range(config.group_size))))
+                                           for g in range(group_size))))
     finally:
         await asyncio.gather(*(client.aclose() for client in clients))
+
+
+def success_eval_tasks(task_pool: list[str], config: TrainerConfig) -> list[str]:
+    """The success evaluation's tasks: the pool, or a sample of `success_eval_tasks` of it fixed by the seed (in the
+    pool's order)."""
+    if config.success_eval_tasks is None or config.success_eval_tasks >= len(task_pool):
+        return list(task_pool)
+    chosen = set(random.Random(config.seed).sample(range(len(task_pool)), config.success_eval_tasks))
+    return [task_id for index, task_id in enumerate(task_pool) if index in chosen]
+
+
+def evaluate_success(engine: Any, env_urls: list[str], task_ids: list[str], config: TrainerConfig, tokenizer: Any,
+                     runner: asyncio.Runner, log: Any) -> dict[str, Any]:
+    """`success_eval_episodes` episodes of every task with the evaluation's fixed seeds (EVAL_STEP); appended to
+    `eval-rollouts.jsonl`. Returns the metrics row's `success_eval` (the share resolved), its infrastructure
+    failures and each task's share (`success_eval/<task id>`)."""
+    started = time.perf_counter()
+    trajectories = runner.run(collect_rollouts(engine, env_urls, task_ids, config, tokenizer, EVAL_STEP,
+                                               group_size=config.success_eval_episodes))
+    write_jsonl(config.output_dir / "eval-rollouts.jsonl", trajectories)
+    by_task: dict[str, list[bool]] = {task_id: [] for task_id in task_ids}
+    for trajectory in trajectories:
+        by_task[trajectory.task_id].append(bool(trajectory.resolved))
+    row: dict[str, Any] = {"success_eval": sum(map(sum, by_task.values())) / len(trajectories),
+                           "success_eval/infra_failures": sum(t.infra_failure for t in trajectories),
+                           **{f"success_eval/{task_id}": sum(v) / len(v) for task_id, v in by_task.items()}}
+    log(f"success eval ({len(task_ids)} tasks × {config.success_eval_episodes} episodes, fixed seeds): "
+        f"{row['success_eval']:.2f} ({time.perf_counter() - started:.0f} s)")
+    return row
 
 
 def selection_accuracy(model: Any, tokenizer: Any, pairs: list[Any], max_context_tokens: int = 1024) -> float:
@@ -263,6 +299,7 @@ class _RunState:
     """The sampler (rank 0 only; None elsewhere)."""
     env_urls: list[str]
     task_pool: list[str]
+    eval_tasks: list[str]
     pairs: list[Any]
     heldout: list[Any]
     position: dict[str, int]
@@ -350,22 +387,31 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
                 broadcast_object(None, ctx)  # rank 0 has written the reference
                 ref_model = (AutoModelForCausalLM.from_pretrained(str(reference_dir), dtype=torch.float32)
                              if reference_dir.exists() else copy.deepcopy(model)).eval().requires_grad_(False)
-            engine = None
-            if main:
-                engine = make_engine(config, model, tokenizer, start_step)
-                if config.engine != "hf":
-                    sync_weights(engine, model, config, start_step, runner)
-                if checkpoint is None:
-                    if heldout:
-                        start_row["heldout_ca_accuracy"] = selection_accuracy(model, tokenizer, heldout)
-                    metrics.write(start_row)  # type: ignore[union-attr]
             all_tasks = None
             if main:
                 with EnvClient(env_urls[0]) as client:
                     all_tasks = sorted(t.instance_id for t in client.list_tasks().tasks)
             all_tasks = broadcast_object(all_tasks, ctx)
+            task_pool = all_tasks if config.tasks == "all" else list(config.tasks)
+            eval_tasks = success_eval_tasks(task_pool, config)
+            engine = None
+            if main:
+                engine = make_engine(config, model, tokenizer, start_step)
+                if config.engine != "hf":
+                    sync_weights(engine, model, config, start_step, runner)
+                eval_rollouts = output_dir / "eval-rollouts.jsonl"
+                if checkpoint is None:
+                    eval_rollouts.unlink(missing_ok=True)
+                    if heldout:
+                        start_row["heldout_ca_accuracy"] = selection_accuracy(model, tokenizer, heldout)
+                    if config.success_eval_episodes > 0:
+                        start_row.update(evaluate_success(engine, env_urls, eval_tasks, config, tokenizer, runner,
+                                                          log))
+                    metrics.write(start_row)  # type: ignore[union-attr]
+                else:  # an evaluation after the checkpoint (the end's, cut short by the kill) is redone
+                    keep_rollouts_before(eval_rollouts, start_step + 1)
             state = _RunState(config=config, ctx=ctx, model=model, tokenizer=tokenizer, engine=engine,
-                              env_urls=env_urls, task_pool=all_tasks if config.tasks == "all" else list(config.tasks),
+                              env_urls=env_urls, task_pool=task_pool, eval_tasks=eval_tasks,
                               pairs=pairs, heldout=heldout, position=position, optimizer=optimizer,
                               scheduler=scheduler, objective_config=objective_config(config), ref_model=ref_model,
                               runner=runner, log=log)
@@ -398,7 +444,7 @@ def objective_config(config: TrainerConfig) -> ObjectiveConfig:
     return ObjectiveConfig(
         grpo=GRPOLossConfig(clip_low=config.grpo.clip_low, clip_high=config.grpo.clip_high,
                             aggregation=config.grpo.aggregation, kl_coef=config.grpo.kl_coef,
-                            tis_cap=config.grpo.tis_cap),
+                            kl_clamp=config.grpo.kl_clamp, tis_cap=config.grpo.tis_cap),
         ca_weight=config.ca_weight, ca_clip=config.ca_clip, ca_clip_mode=config.ca_clip_mode,
         logprob_chunk_size=config.logprob_chunk_size,
         gradient_checkpointing=config.gradient_checkpointing, temperature=config.temperature)
@@ -476,6 +522,9 @@ def _train_step(state: _RunState, step: int) -> dict[str, Any]:
            "world_size": state.ctx.world_size, **{f"batch/{k}": v for k, v in batch.stats.items()}, **out.metrics}
     if state.heldout and main and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
         row["heldout_ca_accuracy"] = selection_accuracy(state.model, state.tokenizer, state.heldout)
+    if main and config.success_eval_episodes > 0 and step + 1 == config.steps:
+        row.update(evaluate_success(state.engine, state.env_urls, state.eval_tasks, config, state.tokenizer,
+                                    state.runner, state.log))
     row["step_s"] = time.perf_counter() - started
     state.log(f"step {step + 1}/{config.steps}: reward {row['reward']:.3f} success {row['success_rate']:.2f} "
               f"loss {row['loss']:.4f}" + (f" heldout-acc {row['heldout_ca_accuracy']:.2f}"
@@ -485,8 +534,10 @@ def _train_step(state: _RunState, step: int) -> dict[str, Any]:
 
 
 def start_end_summary(rows: list[dict[str, Any]], window: int | None = None) -> dict[str, Any]:
-    """Start vs end of the curves that show learning: the success rate (mean of the first and of the last `window`
-    steps' rollouts) and the held-out selection accuracy (before RL, i.e. the step-0 row, and after the last step).
+    """Start vs end of the curves that show learning: the success rate — the success evaluation's before the first
+    step and after the last when the run made both (`success_eval_episodes`), else the mean of the first and of the
+    last `window` steps' rollouts — and the held-out selection accuracy (before RL, i.e. the step-0 row, and after
+    the last step).
 
     window: None takes one pass over the task set — the steps until the first step's tasks come up again (tasks are
     drawn in epoch order, `tasks_per_step` at a time) — so both ends average over the same tasks: one step's success
@@ -506,11 +557,21 @@ def start_end_summary(rows: list[dict[str, Any]], window: int | None = None) -> 
         out["success_rate"] = {"start": statistics.fmean(r["success_rate"] for r in steps[:window]),
                                "end": statistics.fmean(r["success_rate"] for r in steps[-window:]),
                                "window_steps": window}
+    evaluations = [row for row in rows if "success_eval" in row]
+    if len(evaluations) >= 2 and evaluations[0]["step"] == 0:
+        out["success_eval"] = {"start": evaluations[0]["success_eval"], "end": evaluations[-1]["success_eval"],
+                               "start_by_task": _by_task(evaluations[0]), "end_by_task": _by_task(evaluations[-1])}
     accuracy = [row["heldout_ca_accuracy"] for row in rows if row.get("heldout_ca_accuracy") == row.get(
         "heldout_ca_accuracy") and "heldout_ca_accuracy" in row]
     if accuracy:
         out["heldout_ca_accuracy"] = {"start": accuracy[0], "end": accuracy[-1]}
     return out
+
+
+def _by_task(row: dict[str, Any]) -> dict[str, float]:
+    prefix = "success_eval/"
+    return {key[len(prefix):]: value for key, value in row.items()
+            if key.startswith(prefix) and key != prefix + "infra_failures"}
 
 
 def config_from_args(config_file: Path | None, overrides: list[str]) -> TrainerConfig:
@@ -554,9 +615,16 @@ def main(argv: list[str] | None = None) -> int:
 def print_summary(summary: dict[str, Any], output_dir: Path) -> None:
     """Start vs end, the numbers that say whether the run learned."""
     lines = [f"after {summary.get('steps', 0)} steps:"]
+    if "success_eval" in summary:
+        e = summary["success_eval"]
+        lines.append(f"  success rate (evaluation of {len(e['start_by_task'])} tasks, fixed seeds): start {e['start']:.2f} "
+                     f"-> end {e['end']:.2f}")
+        lines.extend(f"    {task}: {e['start_by_task'][task]:.2f} -> {e['end_by_task'].get(task, float('nan')):.2f}"
+                     for task in e["start_by_task"])
     if "success_rate" in summary:
         s = summary["success_rate"]
-        lines.append(f"  success rate (mean of {s['window_steps']} steps): start {s['start']:.2f} -> end {s['end']:.2f}")
+        lines.append(f"  success rate (training rollouts, mean of {s['window_steps']} steps): start {s['start']:.2f} "
+                     f"-> end {s['end']:.2f}")
     if "heldout_ca_accuracy" in summary:
         a = summary["heldout_ca_accuracy"]
         lines.append(f"  held-out context-selection accuracy: start {a['start']:.2f} -> end {a['end']:.2f}")

@@ -12,15 +12,18 @@ from trainer.compare import main as compare_main
 from trainer.run import agent_config, config_from_args, start_end_summary
 
 
-def _run(folder: Path, ca_weight: float, success: list[float], accuracy: list[float]) -> Path:
+def _run(folder: Path, ca_weight: float, success: list[float], accuracy: list[float],
+         evaluation: tuple[float, float] | None = None) -> Path:
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"ca_weight": ca_weight}))
     tasks = [["a", "b"], ["c", "d"]]
-    rows = [{"step": 0, "heldout_ca_accuracy": accuracy[0]}]
+    rows = [{"step": 0, "heldout_ca_accuracy": accuracy[0]} | ({"success_eval": evaluation[0]} if evaluation else {})]
     for step, rate in enumerate(success, start=1):
         row = {"step": step, "success_rate": rate, "tasks": tasks[(step - 1) % 2], "ca/ca_loss": 0.7}
         if step == len(success):
             row["heldout_ca_accuracy"] = accuracy[-1]
+            if evaluation:
+                row["success_eval"] = evaluation[-1]
         rows.append(row)
     (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return folder
@@ -37,14 +40,17 @@ def test_summary_windows_are_one_pass_over_the_tasks():  # type: ignore[no-untyp
 
 
 def test_compare_prints_start_and_end_and_plots(tmp_path, capsys):  # type: ignore[no-untyped-def]
-    main_run = _run(tmp_path / "default", 1.0, [0.25, 0.25, 0.5, 0.75], [0.5, 0.8])
+    main_run = _run(tmp_path / "default", 1.0, [0.25, 0.25, 0.5, 0.75], [0.5, 0.8], evaluation=(0.375, 0.875))
     control = _run(tmp_path / "lambda0", 0.0, [0.25, 0.25, 0.5, 0.5], [0.5, 0.5])
     out = tmp_path / "compare.png"
     assert compare_main([str(main_run), str(control), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     lines = {line.split()[0]: line for line in printed.splitlines() if line.startswith(("default", "lambda0"))}
-    assert "(λ = 1)" in lines["default"] and "0.25 → 0.62" in lines["default"] and "0.50 → 0.80" in lines["default"]
+    cells = lines["default"].split("  ")
+    assert "(λ = 1)" in lines["default"] and [c.strip() for c in cells if "→" in c] == [
+        "0.38 → 0.88", "0.25 → 0.62", "0.50 → 0.80"]  # evaluation, rollouts, held-out
     assert "(λ = 0)" in lines["lambda0"] and "0.50 → 0.50" in lines["lambda0"]
+    assert [c.strip() for c in lines["lambda0"].split("  ") if c.strip()][2] == "-"  # no evaluation in that run
     assert out.stat().st_size > 10_000
     with pytest.raises(SystemExit, match="no metrics.jsonl"):
         compare_main([str(tmp_path), "--out", str(out)])

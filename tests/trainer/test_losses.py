@@ -189,6 +189,39 @@ def test_grpo_kl_k3_on_and_off() -> None:
         grpo_loss(logp, old, adv, mask, config=GRPOLossConfig(kl_coef=0.1))
 
 
+def test_grpo_kl_clamp_bounds_the_value_and_stops_the_gradient() -> None:
+    """verl's low_var_kl bound: a token whose k3 exceeds K contributes K and no gradient; the others are untouched."""
+    logp, old, adv, mask = batch()
+    # ref − logp per token: row 0 → ln 100 (k3 = 100 − ln 100 − 1 ≈ 94.4, clamped), −ln 2 (k3 ≈ 0.193);
+    # row 1 → 0 (k3 0), ln 30 (k3 ≈ 25.6, clamped), −ln 1.5 (k3 ≈ 0.072).
+    lp = torch.tensor([[LN(1.5), LN(0.5), 0.0], [LN(0.7), LN(1.3), LN(0.9)]], dtype=torch.float64)
+    ref = lp + torch.tensor([[LN(100), -LN(2), 0.0], [0.0, LN(30), -LN(1.5)]], dtype=torch.float64)
+
+    def k3(x: float) -> float:
+        return math.exp(x) - x - 1
+
+    raw = [k3(LN(100)), k3(-LN(2)), 0.0, k3(LN(30)), k3(-LN(1.5))]
+    clamp = 10.0
+    kept = [min(v, clamp) for v in raw]
+    beta = 0.1
+    loss, m = grpo_loss(logp, old, adv, mask, ref_logprobs=ref, config=GRPOLossConfig(kl_coef=beta, kl_clamp=clamp))
+    assert loss.item() == pytest.approx(0.844 + beta * sum(kept) / 5, abs=1e-12)
+    assert m["kl"] == pytest.approx(sum(kept) / 5, abs=1e-12)
+    assert m["kl_clamp_frac"] == pytest.approx(2 / 5)
+    loss.backward()
+    pg = torch.tensor([[0.0, -0.1, 0.0], [0.0, 0.52, 0.36]], dtype=torch.float64)
+    kl_grad = beta * (1 - torch.exp(ref - lp)) / 5 * mask
+    kl_grad[0, 0] = 0.0  # beyond the clamp: no gradient
+    kl_grad[1, 1] = 0.0
+    torch.testing.assert_close(logp.grad, pg + kl_grad, rtol=0, atol=1e-12)
+    # without the clamp the same token's gradient is β(1 − 100)/5: the bound is what removes it
+    logp2, _, _, _ = batch()
+    grpo_loss(logp2, old, adv, mask, ref_logprobs=ref, config=GRPOLossConfig(kl_coef=beta))[0].backward()
+    assert logp2.grad[0, 0].item() == pytest.approx(beta * (1 - 100) / 5, abs=1e-9)
+    with pytest.raises(ValueError, match="kl_clamp"):
+        GRPOLossConfig(kl_clamp=0.0)
+
+
 def test_grpo_truncated_importance_sampling_on_and_off() -> None:
     logp, old, adv, mask = batch()
     # old − engine per token: ln 3 → weight 3, capped at 2;  −ln 2 → 0.5;  pad;  0 → 1;  ln 1.5 → 1.5;  ln 4 → capped 2

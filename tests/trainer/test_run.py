@@ -21,7 +21,8 @@ def _config(tmp_path, name: str, steps: int) -> TrainerConfig:  # type: ignore[n
                                        negative=f"other {i + 10}", funnel_stage="synthetic") for i in range(4)])
     return TrainerConfig(steps=steps, tasks_per_step=2, group_size=2, max_turns=1, max_tokens_per_turn=16,
                          pairs_per_step=2, pairs=pairs, heldout_pairs=pairs, checkpoint_every=1,
-                         output_dir=tmp_path / name, concurrency=4, warm_start_steps=0, eval_every=1)
+                         output_dir=tmp_path / name, concurrency=4, warm_start_steps=0, eval_every=1,
+                         success_eval_episodes=1)
 
 
 def test_short_run_then_resume_matches_uninterrupted(sample_images, tmp_path):  # type: ignore[no-untyped-def]
@@ -42,6 +43,16 @@ def test_short_run_then_resume_matches_uninterrupted(sample_images, tmp_path):  
     assert events, "no TensorBoard event file"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 and set(summary["heldout_ca_accuracy"]) == {"start", "end"}
+    # The success evaluation: every task once before the first step and once after the last, kept apart from the
+    # rollouts trained on; the summary's start and end are those rows'.
+    evaluated = [json.loads(line) for line in (out / "eval-rollouts.jsonl").read_text().splitlines()]
+    tasks = sorted({t["task_id"] for t in evaluated})
+    assert len(tasks) == 8 and [t["weights_version"] for t in evaluated] == [0] * 8 + [3] * 8
+    assert [t["task_id"] for t in evaluated[:8]] == [t["task_id"] for t in evaluated[8:]] == tasks
+    assert [i for i, r in enumerate(rows) if "success_eval" in r] == [0, 3]
+    assert summary["success_eval"]["start"] == rows[0]["success_eval"] == sum(
+        bool(t["resolved"]) for t in evaluated[:8]) / 8
+    assert set(summary["success_eval"]["end_by_task"]) == set(tasks)
 
     train(_config(tmp_path, "resumed", 2), log=lambda *_: None)
     resumed = train(_config(tmp_path, "resumed", 3), resume=True, log=lambda *_: None)
@@ -54,6 +65,55 @@ def test_short_run_then_resume_matches_uninterrupted(sample_images, tmp_path):  
     versions = [json.loads(line)["weights_version"]
                 for line in (tmp_path / "resumed" / "rollouts.jsonl").read_text().splitlines()]
     assert versions == [0] * 4 + [1] * 4 + [2] * 4
+    # The evaluations: the start's, the 2-step run's end, the extended run's end (after step 3).
+    versions = [json.loads(line)["weights_version"]
+                for line in (tmp_path / "resumed" / "eval-rollouts.jsonl").read_text().splitlines()]
+    assert versions == [0] * 8 + [2] * 8 + [3] * 8
+
+
+def test_success_evaluation_samples_with_the_same_seeds_at_both_ends(server, tmp_path):  # type: ignore[no-untyped-def]
+    """`evaluate_success` against a real env server: every task × `success_eval_episodes`, and the sampling seeds
+    are the same each time it runs (a paired comparison of the policy before and after) and none of a training
+    step's. The engine is the replay engine wrapped to record the seeds it was given: what is tested is which seeds
+    the trainer asks for, not what a model samples with them."""
+    import asyncio
+
+    from agent.engines.replay import ReplayEngine, tool_call_text
+    from agent.tokenizer import build_qwen3_tokenizer
+    from trainer.run import collect_rollouts, evaluate_success
+
+    tokenizer = build_qwen3_tokenizer()
+
+    class SeedRecorder(ReplayEngine):
+        def __init__(self) -> None:
+            super().__init__(tokenizer, [tool_call_text("finish")])
+            self.seeds: list[int | None] = []
+
+        async def generate(self, prompt_ids, params):  # type: ignore[no-untyped-def]
+            self.seeds.append(params.seed)
+            return await super().generate(prompt_ids, params)
+
+    config = TrainerConfig(output_dir=tmp_path, success_eval_episodes=3, group_size=3, max_turns=1,
+                           concurrency=8)
+    task_ids = ["contextrl-samples__minicalc-1", "contextrl-samples__textkit-2"]
+    lines: list[str] = []
+    seen = []
+    with asyncio.Runner() as runner:
+        for version in (0, 7):
+            engine = SeedRecorder()
+            engine.weights_version = version
+            row = evaluate_success(engine, [server.url], task_ids, config, tokenizer, runner, lines.append)
+            assert row["success_eval"] == 0.0 and row["success_eval/infra_failures"] == 0
+            assert {k for k in row if k.startswith("success_eval/contextrl")} == {f"success_eval/{t}" for t in task_ids}
+            seen.append(sorted(engine.seeds))
+        training = SeedRecorder()
+        runner.run(collect_rollouts(training, [server.url], task_ids, config, tokenizer, step=0))
+    assert len(seen[0]) == 6 and len(set(seen[0])) == 6 and seen[0] == seen[1]
+    assert not set(training.seeds) & set(seen[0])
+    assert "2 tasks × 3 episodes, fixed seeds): 0.00" in lines[0]
+    evaluated = [json.loads(line) for line in (tmp_path / "eval-rollouts.jsonl").read_text().splitlines()]
+    assert [t["weights_version"] for t in evaluated] == [0] * 6 + [7] * 6
+    assert all(not t["resolved"] and t["num_tool_calls"] == 1 for t in evaluated)
 
 
 def test_several_updates_per_step_measure_the_ratio_to_the_sampling_policy(sample_images, tmp_path):  # type: ignore[no-untyped-def]
@@ -151,11 +211,14 @@ def test_embedded_default_shortened(sample_images, tmp_path):  # type: ignore[no
 
     out = tmp_path / "default"
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({"steps": 2, "warm_start_steps": 4, "output_dir": str(out)}))
+    path.write_text(yaml.safe_dump({"steps": 2, "warm_start_steps": 4, "output_dir": str(out),
+                                    "success_eval_episodes": 1}))
     proc = subprocess.run([sys.executable, "-m", "trainer.run", "--config", str(path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "success rate (mean of 1 steps): start" in proc.stdout
+    assert "success rate (evaluation of 8 tasks, fixed seeds): start" in proc.stdout
+    assert "contextrl-samples__minicalc-1: " in proc.stdout  # and each task's
+    assert "success rate (training rollouts, mean of 1 steps): start" in proc.stdout
     assert "held-out context-selection accuracy: start" in proc.stdout
     demos = [json.loads(line) for line in (out / "demonstrations.jsonl").read_text().splitlines()]
     assert len(demos) == 8 and all(d["reward"] == 1.0 for d in demos)

@@ -9,6 +9,7 @@ Per token, with r = exp(logp − logp_old) and the sequence's advantage A:
     pg    = −min(r·A, clip(r, 1 − ε_low, 1 + ε_high)·A)         (PPO clipped objective, DAPO clip-higher)
     pg    = pg · min(exp(logp_old − logp_engine), C)              (truncated importance sampling, when `tis_cap` = C)
     loss  = pg + β · (exp(ref − logp) − (ref − logp) − 1)         (k3 KL to the reference, when `kl_coef` = β ≠ 0)
+    k3    = min(k3, K)                                            (when `kl_clamp` = K: verl's low_var_kl bound)
 
 then aggregated over the batch by `GRPOLossConfig.aggregation`. This is TRL's GRPOTrainer loss (token-level
 importance sampling, vLLM "token_truncate" correction) term for term; tests/trainer/test_losses_trl.py checks it.
@@ -122,6 +123,10 @@ class GRPOLossConfig:
     """β: weight of the k3 KL estimate to the frozen reference, added per token (0 = off, no reference needed)."""
     tis_cap: float | None = None
     """C: truncated importance sampling weight min(exp(old − engine logprob), C) per token, e.g. 2.0 (None = off)."""
+    kl_clamp: float | None = None
+    """K: each token's k3 KL is clamped to at most K, with no gradient beyond (verl's low_var_kl uses 10; None = off,
+    as TRL). k3's gradient in log π is 1 − exp(ref − logp): unbounded for a sampled token the policy now finds far
+    less likely than the reference does, and one such token can outweigh the rest of the batch."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.clip_low < 1.0 or self.clip_high < 0.0:
@@ -132,6 +137,8 @@ class GRPOLossConfig:
             raise ValueError(f"max_tokens must be positive, got {self.max_tokens}")
         if self.tis_cap is not None and self.tis_cap <= 0.0:
             raise ValueError(f"tis_cap must be positive, got {self.tis_cap}")
+        if self.kl_clamp is not None and self.kl_clamp <= 0.0:
+            raise ValueError(f"kl_clamp must be positive, got {self.kl_clamp}")
 
 
 def grpo_loss(
@@ -174,7 +181,8 @@ def grpo_loss(
 
     Metrics (means over mask-1 tokens; floats): ``clip_frac_low`` (ratio < 1 − ε_low with A < 0: the low clip is
     active), ``clip_frac_high`` (ratio > 1 + ε_high with A > 0), ``ratio_mean``, ``ratio_max``, ``kl`` (k3, when a
-    reference is given), ``mismatch_abs_mean`` / ``mismatch_abs_max`` (|old − engine|), ``tis_weight_mean`` and
+    reference is given; after the clamp), ``kl_clamp_frac`` (the share of tokens whose k3 hit ``kl_clamp``),
+    ``mismatch_abs_mean`` / ``mismatch_abs_max`` (|old − engine|), ``tis_weight_mean`` and
     ``tis_clip_frac`` (the share of tokens whose TIS weight hit the cap), ``num_tokens``, ``num_sequences``, ``loss``.
     """
     cfg = config if config is not None else GRPOLossConfig()
@@ -214,6 +222,10 @@ def grpo_loss(
     if ref_logprobs is not None:
         d = torch.where(mask, ref_logprobs.detach().to(dtype) - logp, zero)
         per_token_kl = torch.exp(d) - d - 1.0
+        if cfg.kl_clamp is not None:
+            with torch.no_grad():
+                kl_clamp_frac = (mask & (per_token_kl > cfg.kl_clamp)).sum() / mask.sum().clamp(min=1)
+            per_token_kl = torch.clamp(per_token_kl, max=cfg.kl_clamp)
         if cfg.kl_coef != 0.0:
             per_token = per_token + cfg.kl_coef * per_token_kl
     per_token = torch.where(mask, per_token, zero)
@@ -245,6 +257,8 @@ def grpo_loss(
         metrics["ratio_max"] = float(torch.where(mask, ratio, zero).max()) if n_tok > 0 else math.nan
         if per_token_kl is not None:
             metrics["kl"] = masked_mean(per_token_kl)
+            if cfg.kl_clamp is not None:
+                metrics["kl_clamp_frac"] = float(kl_clamp_frac)
         if engine_logprobs is not None:
             metrics["mismatch_abs_mean"] = masked_mean(mismatch.abs())
             metrics["mismatch_abs_max"] = float(mismatch.abs().max()) if n_tok > 0 else math.nan
