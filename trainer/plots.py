@@ -17,7 +17,7 @@ PANELS = [
     ("grpo/clip_frac_high", "clip fraction (high)"),
 ]
 
-OVERLAYS = {"success_rate": [("success_eval", "evaluation: every task, fixed seeds")]}
+OVERLAYS = {"success_rate": [("success_eval", "evaluation (fixed seeds)")]}
 """Sparser curves drawn on a panel's axis, with a legend: the success evaluation (before the first step and after
 the last) beside the per-step success rate of the rollouts trained on."""
 
