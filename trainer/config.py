@@ -147,8 +147,9 @@ class TrainerConfig(BaseModel):
     success_eval_episodes: int = Field(default=4, ge=0)
     """Episodes per task of the success evaluation before the first step and after the last: every task of the pool,
     with the same sampling seeds at both ends, so that the two are a paired comparison (a task whose policy did not
-    change scores the same, up to the sampler's rounding) instead of two draws a pass's noise apart. Written to `eval-rollouts.jsonl`; the printed start vs end success rate is theirs. 0: none, and
-    start vs end averages the first and the last pass of training rollouts."""
+    change scores the same, up to the sampler's rounding) instead of two draws a pass's noise apart. Written to
+    `eval-rollouts.jsonl`; the printed start vs end success rate is theirs. 0: none, and start vs end averages the
+    first and the last pass of training rollouts."""
     success_eval_tasks: int | None = Field(default=None, ge=1)
     """At most this many tasks in the success evaluation: a fixed sample of the pool (drawn with `seed`, the same at
     both ends); None: every task."""
