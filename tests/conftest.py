@@ -59,7 +59,9 @@ class ServerProcess(LocalServer):
     """A local env server (envserver.local) that can also list the containers carrying its name."""
 
     def containers(self) -> list:  # type: ignore[type-arg]
-        return docker_client().containers.list(all=True, filters={"label": f"envserver.server={self.name}"})
+        # ignore_removed: a container the server removes between docker's list and inspect is simply gone, not an error
+        return docker_client().containers.list(all=True, ignore_removed=True,
+                                               filters={"label": f"envserver.server={self.name}"})
 
 
 def start_server(tmp_path: Path, *args: str, name: str | None = None, port: int | None = None,

@@ -240,8 +240,13 @@ class DockerBackend(SandboxBackend):
     def _label_filter(self, labels: dict[str, str]) -> dict[str, Any]:
         return {"label": [f"{key}={value}" for key, value in labels.items()]}
 
+    def _list_labelled(self, labels: dict[str, str]) -> list[Any]:
+        # sparse: no per-container inspect, so a container removed between the list and the inspect (another session
+        # closing) cannot fail the call with NotFound; the id is all remove() needs.
+        return self.client.containers.list(all=True, sparse=True, filters=self._label_filter(labels))
+
     async def remove_labelled(self, labels: dict[str, str]) -> int:
-        containers = await self.call(self.client.containers.list, all=True, filters=self._label_filter(labels))
+        containers = await self.call(self._list_labelled, labels)
         removed = 0
         for container in containers:
             try:
@@ -252,7 +257,7 @@ class DockerBackend(SandboxBackend):
         return removed
 
     async def count_labelled(self, labels: dict[str, str]) -> int:
-        return len(await self.call(self.client.containers.list, all=True, filters=self._label_filter(labels)))
+        return len(await self.call(self._list_labelled, labels))
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

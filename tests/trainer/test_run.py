@@ -194,7 +194,7 @@ def test_kill_9_then_resume_finishes(sample_images, tmp_path):  # type: ignore[n
     name = local_server_name(config.output_dir)
     orphans = subprocess.run(["pgrep", "-f", f"--server-name {name}"], capture_output=True, text=True).stdout
     assert not orphans.strip(), f"the killed run's env server survived: {orphans}"
-    assert docker_client().containers.list(all=True, filters={"label": f"envserver.server={name}"}) == []
+    assert docker_client().containers.list(all=True, ignore_removed=True, filters={"label": f"envserver.server={name}"}) == []
 
 
 def test_embedded_default_shortened(sample_images, tmp_path):  # type: ignore[no-untyped-def]
@@ -273,7 +273,7 @@ def test_sigterm_stops_the_local_env_server_and_its_containers(sample_images, tm
     deadline = time.monotonic() + 300
     # terminated mid-rollout, once step 1 is done and episode containers of a later step are running
     while not ((config.output_dir / "checkpoints" / "step-000001").exists()
-               and docker_client().containers.list(all=True, filters=label)):
+               and docker_client().containers.list(all=True, ignore_removed=True, filters=label)):
         assert process.poll() is None, "the trainer exited before it was terminated"
         assert time.monotonic() < deadline, "no checkpoint and running episode within 300 s"
         time.sleep(0.2)
@@ -281,4 +281,4 @@ def test_sigterm_stops_the_local_env_server_and_its_containers(sample_images, tm
     assert process.wait(timeout=120) == 143
     leftover = subprocess.run(["pgrep", "-f", f"--server-name {name}"], capture_output=True, text=True).stdout
     assert not leftover.strip(), f"the env server outlived the trainer: {leftover}"
-    assert docker_client().containers.list(all=True, filters={"label": f"envserver.server={name}"}) == []
+    assert docker_client().containers.list(all=True, ignore_removed=True, filters={"label": f"envserver.server={name}"}) == []
