@@ -72,6 +72,8 @@ def local_server_name(output_dir: Path) -> str:
 
 EVAL_STEP = -1
 """The `step` of the success evaluation's sampling seeds: the same at both ends of a run, never a training step's."""
+SUCCESS_EVAL_TASK_PREFIX = "success_eval_by_task/"
+"""Metrics-row key prefix of one task's share resolved in the success evaluation (the rest of the key: its id)."""
 
 
 async def collect_rollouts(engine: Any, env_urls: list[str], task_ids: list[str], config: TrainerConfig,
@@ -108,7 +110,8 @@ def evaluate_success(engine: Any, env_urls: list[str], task_ids: list[str], conf
                      runner: asyncio.Runner, log: Any) -> dict[str, Any]:
     """`success_eval_episodes` episodes of every task with the evaluation's fixed seeds (EVAL_STEP); appended to
     `eval-rollouts.jsonl`. Returns the metrics row's `success_eval` (the share resolved), its infrastructure
-    failures and each task's share (`success_eval/<task id>`)."""
+    failures (`success_eval_infra_failures`), its seconds (`success_eval_s`) and each task's share
+    (`SUCCESS_EVAL_TASK_PREFIX` + task id)."""
     started = time.perf_counter()
     trajectories = runner.run(collect_rollouts(engine, env_urls, task_ids, config, tokenizer, EVAL_STEP,
                                                group_size=config.success_eval_episodes))
@@ -117,10 +120,11 @@ def evaluate_success(engine: Any, env_urls: list[str], task_ids: list[str], conf
     for trajectory in trajectories:
         by_task[trajectory.task_id].append(bool(trajectory.resolved))
     row: dict[str, Any] = {"success_eval": sum(map(sum, by_task.values())) / len(trajectories),
-                           "success_eval/infra_failures": sum(t.infra_failure for t in trajectories),
-                           **{f"success_eval/{task_id}": sum(v) / len(v) for task_id, v in by_task.items()}}
+                           "success_eval_infra_failures": sum(t.infra_failure for t in trajectories),
+                           "success_eval_s": time.perf_counter() - started,
+                           **{SUCCESS_EVAL_TASK_PREFIX + task_id: sum(v) / len(v) for task_id, v in by_task.items()}}
     log(f"success eval ({len(task_ids)} tasks × {config.success_eval_episodes} episodes, fixed seeds): "
-        f"{row['success_eval']:.2f} ({time.perf_counter() - started:.0f} s)")
+        f"{row['success_eval']:.2f} ({row['success_eval_s']:.0f} s)")
     return row
 
 
@@ -522,10 +526,10 @@ def _train_step(state: _RunState, step: int) -> dict[str, Any]:
            "world_size": state.ctx.world_size, **{f"batch/{k}": v for k, v in batch.stats.items()}, **out.metrics}
     if state.heldout and main and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
         row["heldout_ca_accuracy"] = selection_accuracy(state.model, state.tokenizer, state.heldout)
+    row["step_s"] = time.perf_counter() - started  # the step itself: the end evaluation has its own success_eval_s
     if main and config.success_eval_episodes > 0 and step + 1 == config.steps:
         row.update(evaluate_success(state.engine, state.env_urls, state.eval_tasks, config, state.tokenizer,
                                     state.runner, state.log))
-    row["step_s"] = time.perf_counter() - started
     state.log(f"step {step + 1}/{config.steps}: reward {row['reward']:.3f} success {row['success_rate']:.2f} "
               f"loss {row['loss']:.4f}" + (f" heldout-acc {row['heldout_ca_accuracy']:.2f}"
                                            if "heldout_ca_accuracy" in row else "")
@@ -569,9 +573,8 @@ def start_end_summary(rows: list[dict[str, Any]], window: int | None = None) -> 
 
 
 def _by_task(row: dict[str, Any]) -> dict[str, float]:
-    prefix = "success_eval/"
-    return {key[len(prefix):]: value for key, value in row.items()
-            if key.startswith(prefix) and key != prefix + "infra_failures"}
+    return {key[len(SUCCESS_EVAL_TASK_PREFIX):]: value for key, value in row.items()
+            if key.startswith(SUCCESS_EVAL_TASK_PREFIX)}
 
 
 def config_from_args(config_file: Path | None, overrides: list[str]) -> TrainerConfig:

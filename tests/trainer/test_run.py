@@ -103,8 +103,8 @@ def test_success_evaluation_samples_with_the_same_seeds_at_both_ends(server, tmp
             engine = SeedRecorder()
             engine.weights_version = version
             row = evaluate_success(engine, [server.url], task_ids, config, tokenizer, runner, lines.append)
-            assert row["success_eval"] == 0.0 and row["success_eval/infra_failures"] == 0
-            assert {k for k in row if k.startswith("success_eval/contextrl")} == {f"success_eval/{t}" for t in task_ids}
+            assert row["success_eval"] == 0.0 and row["success_eval_infra_failures"] == 0
+            assert {k for k in row if k.startswith("success_eval_by_task/")} == {f"success_eval_by_task/{t}" for t in task_ids}
             seen.append(sorted(engine.seeds))
         training = SeedRecorder()
         runner.run(collect_rollouts(training, [server.url], task_ids, config, tokenizer, step=0))

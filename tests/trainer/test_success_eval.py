@@ -30,10 +30,10 @@ def _rows(with_eval: bool) -> list[dict]:
     steps = [{"step": s, "success_rate": rate, "tasks": [f"t{(2 * s) % 4}", f"t{(2 * s + 1) % 4}"]}
              for s, rate in enumerate([0.25, 0.5, 0.5, 0.75], start=1)]
     if with_eval:
-        start |= {"success_eval": 0.5, "success_eval/infra_failures": 0, "success_eval/a": 0.25,
-                  "success_eval/b": 0.75}
-        steps[-1] |= {"success_eval": 0.625, "success_eval/infra_failures": 1, "success_eval/a": 0.5,
-                      "success_eval/b": 0.75}
+        start |= {"success_eval": 0.5, "success_eval_infra_failures": 0, "success_eval_by_task/a": 0.25,
+                  "success_eval_by_task/b": 0.75}
+        steps[-1] |= {"success_eval": 0.625, "success_eval_infra_failures": 1, "success_eval_by_task/a": 0.5,
+                      "success_eval_by_task/b": 0.75}
     return [start, *steps]
 
 
