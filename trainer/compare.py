@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trainer.run import start_end_summary
+from trainer.summary import start_end_summary
 
 CURVES = [
     ("success_rate", "success rate (sample tasks)"),

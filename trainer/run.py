@@ -38,6 +38,7 @@ from trainer.losses import GRPOLossConfig
 from trainer.objective import ObjectiveConfig
 from trainer.metrics import MetricsLog
 from trainer.pairs import balanced_presentations, collate_presentations, load_pairs, present
+from trainer.summary import SUCCESS_EVAL_TASK_PREFIX, print_summary, start_end_summary
 
 
 def epoch_order(items: list[Any], seed: int, epoch: int) -> list[Any]:
@@ -72,8 +73,6 @@ def local_server_name(output_dir: Path) -> str:
 
 EVAL_STEP = -1
 """The `step` of the success evaluation's sampling seeds: the same at both ends of a run, never a training step's."""
-SUCCESS_EVAL_TASK_PREFIX = "success_eval_by_task/"
-"""Metrics-row key prefix of one task's share resolved in the success evaluation (the rest of the key: its id)."""
 
 
 async def collect_rollouts(engine: Any, env_urls: list[str], task_ids: list[str], config: TrainerConfig,
@@ -537,46 +536,6 @@ def _train_step(state: _RunState, step: int) -> dict[str, Any]:
     return row
 
 
-def start_end_summary(rows: list[dict[str, Any]], window: int | None = None) -> dict[str, Any]:
-    """Start vs end of the curves that show learning: the success rate — the success evaluation's before the first
-    step and after the last when the run made both (`success_eval_episodes`), else the mean of the first and of the
-    last `window` steps' rollouts — and the held-out selection accuracy (before RL, i.e. the step-0 row, and after
-    the last step).
-
-    window: None takes one pass over the task set — the steps until the first step's tasks come up again (tasks are
-    drawn in epoch order, `tasks_per_step` at a time) — so both ends average over the same tasks: one step's success
-    says more about which tasks it drew than about the policy. At most half the steps."""
-    steps = [row for row in rows if row["step"] > 0]
-    out: dict[str, Any] = {"steps": len(steps)}
-    if steps:
-        if window is None:
-            seen: set[str] = set()
-            window = 0
-            for row in steps:
-                if set(row.get("tasks") or []) <= seen and window:
-                    break
-                seen |= set(row.get("tasks") or [])
-                window += 1
-        window = max(1, min(window, len(steps) // 2 or 1))
-        out["success_rate"] = {"start": statistics.fmean(r["success_rate"] for r in steps[:window]),
-                               "end": statistics.fmean(r["success_rate"] for r in steps[-window:]),
-                               "window_steps": window}
-    evaluations = [row for row in rows if "success_eval" in row]
-    if len(evaluations) >= 2 and evaluations[0]["step"] == 0:
-        out["success_eval"] = {"start": evaluations[0]["success_eval"], "end": evaluations[-1]["success_eval"],
-                               "start_by_task": _by_task(evaluations[0]), "end_by_task": _by_task(evaluations[-1])}
-    accuracy = [row["heldout_ca_accuracy"] for row in rows if row.get("heldout_ca_accuracy") == row.get(
-        "heldout_ca_accuracy") and "heldout_ca_accuracy" in row]
-    if accuracy:
-        out["heldout_ca_accuracy"] = {"start": accuracy[0], "end": accuracy[-1]}
-    return out
-
-
-def _by_task(row: dict[str, Any]) -> dict[str, float]:
-    return {key[len(SUCCESS_EVAL_TASK_PREFIX):]: value for key, value in row.items()
-            if key.startswith(SUCCESS_EVAL_TASK_PREFIX)}
-
-
 def config_from_args(config_file: Path | None, overrides: list[str]) -> TrainerConfig:
     """`TrainerConfig.from_yaml(config_file, overrides)`, its errors as a message for the command line."""
     from pydantic import ValidationError
@@ -613,26 +572,6 @@ def main(argv: list[str] | None = None) -> int:
     if result:  # rank 0 (the other ranks of a torchrun return nothing to report)
         print_summary(result["summary"], config.output_dir)
     return 0
-
-
-def print_summary(summary: dict[str, Any], output_dir: Path) -> None:
-    """Start vs end, the numbers that say whether the run learned."""
-    lines = [f"after {summary.get('steps', 0)} steps:"]
-    if "success_eval" in summary:
-        e = summary["success_eval"]
-        lines.append(f"  success rate (evaluation of {len(e['start_by_task'])} tasks, fixed seeds): start {e['start']:.2f} "
-                     f"-> end {e['end']:.2f}")
-        lines.extend(f"    {task}: {e['start_by_task'][task]:.2f} -> {e['end_by_task'].get(task, float('nan')):.2f}"
-                     for task in e["start_by_task"])
-    if "success_rate" in summary:
-        s = summary["success_rate"]
-        lines.append(f"  success rate (training rollouts, mean of {s['window_steps']} steps): start {s['start']:.2f} "
-                     f"-> end {s['end']:.2f}")
-    if "heldout_ca_accuracy" in summary:
-        a = summary["heldout_ca_accuracy"]
-        lines.append(f"  held-out context-selection accuracy: start {a['start']:.2f} -> end {a['end']:.2f}")
-    lines.append(f"  metrics: {output_dir / 'metrics.jsonl'}  plot: {output_dir / 'metrics.png'}")
-    print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from trainer.compare import main as compare_main
-from trainer.run import agent_config, config_from_args, start_end_summary
+from trainer.run import agent_config, config_from_args
+from trainer.summary import start_end_summary
 
 
 def _run(folder: Path, ca_weight: float, success: list[float], accuracy: list[float],
@@ -75,3 +76,14 @@ def test_config_overrides(tmp_path):  # type: ignore[no-untyped-def]
         config_from_args(path, ["steps.x=1"])
     with pytest.raises(SystemExit, match="steps"):  # a section where a number belongs: pydantic says which field
         config_from_args(None, ["steps.x=1"])
+
+
+def test_compare_runs_without_torch():  # type: ignore[no-untyped-def]
+    """Comparing runs reads metrics files: a laptop without torch can do it (trainer.summary holds no torch)."""
+    import subprocess
+    import sys
+
+    probe = "import sys, trainer.compare; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.stdout.strip() == "False"
