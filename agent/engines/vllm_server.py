@@ -140,6 +140,7 @@ def start_vllm_server(
     kv_cache_memory: str = "64M",
     served_model_name: str | None = None,
     extra_args: Sequence[str] = (),
+    logprobs_mode: str | None = "processed_logprobs",
     env: dict[str, str] | None = None,
     log_path: Path | None = None,
     timeout_s: float = 240.0,
@@ -149,7 +150,9 @@ def start_vllm_server(
     """Start a vLLM server for `model_dir` and return once it answers `/v1/models` (raises `VLLMServerError`
     with the log's tail if it exits or is not ready within `timeout_s`). `progress` gets a line every ~10 s while
     waiting (default: this module's logger at INFO). `cpu`: the venv holds the CPU build (check the model's head size
-    against what its attention supports)."""
+    against what its attention supports). `logprobs_mode`: which logprobs the server returns — by default those of the
+    distribution it sampled from (after temperature), which is what the trainer's importance ratios compare with;
+    vLLM's own default (None here) returns the model's T = 1 logprobs whatever the temperature."""
     model_dir = Path(model_dir).resolve()
     python = vllm_python(venv)
     if cpu:
@@ -168,6 +171,7 @@ def start_vllm_server(
         "--dtype", dtype, "--enforce-eager", "--max-model-len", str(max_model_len),
         "--kv-cache-memory-bytes", kv_cache_memory,
         *(["--worker-extension-cls", CPU_WORKER_EXTENSION] if cpu else []),
+        *(["--logprobs-mode", logprobs_mode] if logprobs_mode else []),
         *extra_args,
     ]
     child_env = {

@@ -89,12 +89,19 @@ def prompts(tokenizer) -> list[list[int]]:  # type: ignore[no-untyped-def]
 # ------------------------------------------------------------------------------------------------ reference
 
 
-def hf_logprobs(model, prompt: list[int], completion: list[int]) -> list[float]:  # type: ignore[no-untyped-def]
-    """Teacher-force prompt + completion; the log-probability of each completion token under `model`."""
+def hf_logprobs(model, prompt: list[int], completion: list[int],  # type: ignore[no-untyped-def]
+                params: SamplingParams | None = None) -> list[float]:
+    """Teacher-force prompt + completion; the log-probability of each completion token under `model`, or, given
+    sampling `params` (temperature > 0), under the distribution they make of it: tempered, then top-k / top-p
+    (the hf engine's `_processed_scores`, vLLM's order) — what a server started with processed logprobs reports."""
     ids = torch.tensor([prompt + completion])
     with torch.no_grad():
-        logits = model(ids).logits[0].float()
-    logp = torch.log_softmax(logits[len(prompt) - 1: -1], dim=-1)
+        logits = model(ids).logits[0].float()[len(prompt) - 1: -1]
+    if params is not None and params.temperature > 0:
+        from agent.engines.hf import _processed_scores
+
+        logits = torch.stack([_processed_scores(row / params.temperature, params) for row in logits])
+    logp = torch.log_softmax(logits, dim=-1)
     return logp.gather(1, torch.tensor(completion)[:, None])[:, 0].tolist()
 
 
@@ -111,8 +118,8 @@ def hf_greedy(model, prompt: list[int], max_tokens: int, stop: set[int]) -> list
     return out
 
 
-def max_delta(model, prompt: list[int], gen) -> float:  # type: ignore[no-untyped-def]
-    ref = hf_logprobs(model, prompt, gen.token_ids)
+def max_delta(model, prompt: list[int], gen, params: SamplingParams | None = None) -> float:  # type: ignore
+    ref = hf_logprobs(model, prompt, gen.token_ids, params)
     return max(abs(a - b) for a, b in zip(gen.logprobs, ref, strict=True))
 
 
@@ -127,7 +134,8 @@ async def test_sampled_ids_and_logprobs_match_transformers(server, hf_model, pro
         # many requests in flight at once, as the agent runs them (the server batches them)
         jobs = [(prompt, SamplingParams(max_tokens=24, temperature=1.0, seed=seed))
                 for seed, prompt in enumerate(prompts * 3)]
-        # logprobs are the raw model's even when temperature / top-k / top-p reshape the sampling distribution
+        # logprobs are those of the distribution the token was drawn from (the launcher asks for processed logprobs):
+        # temperature, top-k and top-p reshape them as they reshape the sampling
         jobs.append((prompts[0], SamplingParams(max_tokens=24, temperature=0.7, top_k=20, top_p=0.9, seed=7)))
         gens = await asyncio.gather(*(engine.generate(p, sp) for p, sp in jobs))
         worst = 0.0
@@ -137,7 +145,7 @@ async def test_sampled_ids_and_logprobs_match_transformers(server, hf_model, pro
             assert gen.engine_s > 0
             if gen.finish_reason == "length":
                 assert len(gen.token_ids) == sp.max_tokens
-            worst = max(worst, max_delta(hf_model, prompt, gen))
+            worst = max(worst, max_delta(hf_model, prompt, gen, sp))
         assert len({tuple(g.token_ids) for g in gens}) > len(gens) // 2, "sampling should vary across seeds"
         # the top-k request sampled only among transformers' 20 most likely tokens
         prompt, top = jobs[-1][0], gens[-1]

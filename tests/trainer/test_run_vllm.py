@@ -21,10 +21,11 @@ from trainer.run import train
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
-def _logprobs(model, prompt: list[int], completion: list[int]) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def _logprobs(model, prompt: list[int], completion: list[int],  # type: ignore[no-untyped-def]
+              temperature: float = 1.0) -> torch.Tensor:
     with torch.no_grad():
         logits = model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1:-1].float()
-    return torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(completion)[:, None])[:, 0]
+    return torch.log_softmax(logits / temperature, dim=-1).gather(1, torch.tensor(completion)[:, None])[:, 0]
 
 
 @pytest.mark.timeout(900)
@@ -49,6 +50,8 @@ def test_vllm_engine_follows_every_step(vllm_venv, sample_images, tmp_path):  # 
                                output_dir=tmp_path / "run", concurrency=2)
         result = train(config, log=lambda *_: None)
         assert result["last"]["step"] == 2 and result["last"]["sync_s"] > 0
+        # sampled at T = 0.7 by vLLM, scored by the trainer: the logprobs agree up to rounding (processed logprobs)
+        assert result["last"]["grpo/mismatch_abs_mean"] < 1e-3, result["last"]["grpo/mismatch_abs_mean"]
         rollouts = [json.loads(line) for line in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
         assert [r["weights_version"] for r in rollouts] == [0, 0, 1, 1]
         assert all(r["model"] and r["sequences"] for r in rollouts)
@@ -58,14 +61,19 @@ def test_vllm_engine_follows_every_step(vllm_venv, sample_images, tmp_path):  # 
         start = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
         prompt = rollouts[0]["sequences"][0]["token_ids"][:64]
 
-        async def sample():  # type: ignore[no-untyped-def]
+        async def sample(temperature: float):  # type: ignore[no-untyped-def]
             engine = VLLMEngine(server.base_url)
             try:
-                return await engine.generate(prompt, SamplingParams(max_tokens=8, temperature=1.0, seed=5))
+                return await engine.generate(prompt, SamplingParams(max_tokens=8, temperature=temperature, seed=5))
             finally:
                 await engine.close()
 
-        generation = asyncio.run(sample())
+        generation = asyncio.run(sample(1.0))
+        tempered = asyncio.run(sample(0.5))
     served = torch.tensor(generation.logprobs)
     assert torch.allclose(served, _logprobs(trained, prompt, generation.token_ids), atol=1e-3)
     assert not torch.allclose(served, _logprobs(start, prompt, generation.token_ids), atol=1e-3)
+    # the launcher asks for processed logprobs: those of the tempered distribution vLLM sampled from, as the trainer's
+    # ratios use them (vLLM's default would return the T = 1 ones)
+    assert torch.allclose(torch.tensor(tempered.logprobs),
+                          _logprobs(trained, prompt, tempered.token_ids, temperature=0.5), atol=1e-3)
