@@ -94,7 +94,9 @@ class TrainerConfig(BaseModel):
     """RL's AdamW starts from the warm start's second-moment estimates (first moments zero) instead of fresh: a fresh
     Adam's first updates move every parameter by ~lr whatever its gradient, which on the tiny model lowers even the
     sampled successes' logprob (trainer/warmstart.py adopt_second_moments). Also read from a `model` directory that
-    a warm start saved (`<output_dir>/warm-start-model`)."""
+    a warm start saved (`<output_dir>/warm-start-model`). The price: GRPO's steps are scaled by its gradient over
+    the SFT's (~1/20 on the tiny model) and, while the first moments build up, by ~1/10 more — the embedded
+    default's GRPO barely moves the policy (README, "the trainer"); L_CA's larger gradient still learns."""
     steps: int = 40
     """Optimizer steps."""
     tasks_per_step: int = 2
