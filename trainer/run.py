@@ -228,19 +228,30 @@ def warm_start(model: Any, tokenizer: Any, env_url: str, tasks: list[Any], confi
 def save_warm_start(model: Any, tokenizer: Any, moments: dict[str, Any], folder: Path) -> None:
     """The warm-started policy, its tokenizer and the SFT optimizer's second moments: another run (a λ = 0 control,
     another seed) can start RL here with `model: <folder>` and warm_start_steps: 0."""
-    from trainer.warmstart import SECOND_MOMENTS_FILE
+    from trainer.warmstart import MOMENTS_WEIGHTS_FILE, SECOND_MOMENTS_FILE, weights_fingerprint
 
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     torch.save(moments, folder / SECOND_MOMENTS_FILE)
+    (folder / MOMENTS_WEIGHTS_FILE).write_text(json.dumps(weights_fingerprint(model)))
 
 
-def saved_second_moments(config: TrainerConfig) -> dict[str, Any] | None:
-    """The second moments a warm start saved beside the configured model (`save_warm_start`), if any."""
-    from trainer.warmstart import SECOND_MOMENTS_FILE
+def saved_second_moments(config: TrainerConfig, model: Any, log: Any = print) -> dict[str, Any] | None:
+    """The second moments a warm start saved beside the configured model (`save_warm_start`), if any — and only if
+    `model` (loaded from that folder) still holds the weights they were taken with: weights saved over the folder
+    later (another fine-tune) make them some other model's scale, and they are left out with a message."""
+    from trainer.warmstart import MOMENTS_WEIGHTS_FILE, SECOND_MOMENTS_FILE, same_weights
 
-    path = Path(config.model) / SECOND_MOMENTS_FILE
-    return torch.load(path, weights_only=True) if config.model != "tiny" and path.is_file() else None
+    folder = Path(config.model)
+    path = folder / SECOND_MOMENTS_FILE
+    if config.model == "tiny" or not path.is_file():
+        return None
+    fingerprint = folder / MOMENTS_WEIGHTS_FILE
+    if not fingerprint.is_file() or not same_weights(json.loads(fingerprint.read_text()), model):
+        log(f"{path}: not used — the weights in {folder} are not the ones these moments were saved with "
+            f"(no {MOMENTS_WEIGHTS_FILE}, or it does not match); RL's AdamW starts fresh")
+        return None
+    return torch.load(path, weights_only=True)
 
 
 def make_engine(config: TrainerConfig, model: Any, tokenizer: Any, version: int) -> Any:
@@ -356,7 +367,7 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
                         start_row.update(warm_row)
                         save_warm_start(model, tokenizer, moments, output_dir / "warm-start-model")
                 elif main and config.inherit_warm_start_moments:
-                    moments = saved_second_moments(config)
+                    moments = saved_second_moments(config, model, log)
                 broadcast_parameters(model, ctx)  # every rank starts RL from rank 0's (warm-started) weights
                 if config.inherit_warm_start_moments:
                     moments = broadcast_object(moments, ctx)

@@ -306,6 +306,24 @@ def sft_steps(model: Any, trajectories: Sequence[Trajectory], steps: int, lr: fl
 # ------------------------------------------------------------------------------------ the optimizer state RL inherits
 
 SECOND_MOMENTS_FILE = "adam-second-moments.pt"
+MOMENTS_WEIGHTS_FILE = "adam-second-moments.weights.json"
+"""Beside SECOND_MOMENTS_FILE: the fingerprint of the weights the moments were taken with (`weights_fingerprint`)."""
+
+
+def weights_fingerprint(model: Any) -> dict[str, float]:
+    """Each parameter's sum (float64), by name: cheap to take from weights in memory (a second for 8B parameters),
+    and enough to tell the weights the moments belong to from weights saved over them later."""
+    with torch.no_grad():
+        return {name: float(parameter.detach().double().sum()) for name, parameter in model.named_parameters()}
+
+
+def same_weights(fingerprint: dict[str, float], model: Any, rel_tol: float = 1e-6) -> bool:
+    """Whether `model` holds the weights `fingerprint` was taken of (up to the rounding of a save/load round trip)."""
+    import math
+
+    current = weights_fingerprint(model)
+    return set(current) == set(fingerprint) and all(
+        math.isclose(current[name], fingerprint[name], rel_tol=rel_tol, abs_tol=1e-6) for name in current)
 
 
 def second_moments(model: Any, optimizer: torch.optim.Optimizer) -> dict[str, dict[str, torch.Tensor]]:

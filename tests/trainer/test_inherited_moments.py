@@ -100,16 +100,37 @@ def test_wrong_model_or_used_optimizer_is_refused():
 
 def test_moments_saved_beside_a_warm_started_model_are_found_by_runs_started_from_it(tmp_path):
     """`model: <output_dir>/warm-start-model` with warm_start_steps 0 (the λ = 0 control's recipe) reads the second
-    moments the warm start saved there; a model folder without them, or the built tiny model, gives none."""
-    from trainer.config import TrainerConfig
-    from trainer.run import saved_second_moments
-    from trainer.warmstart import SECOND_MOMENTS_FILE
+    moments the warm start saved there; a model folder without them, or the built tiny model, gives none; weights
+    saved over the folder afterwards (or moments without their weights' fingerprint) are refused with a message."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model, warm = _warm_started(steps=2)
+    from trainer.config import TrainerConfig
+    from trainer.run import save_warm_start, saved_second_moments
+
+    from agent.tiny import build_tiny_model
+
+    built = build_tiny_model(tmp_path / "tiny", tokenizer="code-bpe")
+    model = AutoModelForCausalLM.from_pretrained(built, dtype=torch.float32)
+    warm = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(2):
+        warm.zero_grad()
+        model(torch.arange(1, 9)[None]).logits.square().mean().backward()
+        warm.step()
     moments = second_moments(model, warm)
-    torch.save(moments, tmp_path / SECOND_MOMENTS_FILE)
-    found = saved_second_moments(TrainerConfig(model=str(tmp_path), warm_start_steps=0))
+    folder = tmp_path / "warm-start-model"
+    save_warm_start(model, AutoTokenizer.from_pretrained(built), moments, folder)
+    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    config = TrainerConfig(model=str(folder), warm_start_steps=0)
+    found = saved_second_moments(config, reloaded)
     assert found is not None and set(found) == set(moments)
     assert all(torch.equal(found[name]["exp_avg_sq"], moments[name]["exp_avg_sq"]) for name in moments)
-    assert saved_second_moments(TrainerConfig(model=str(tmp_path / "elsewhere"))) is None
-    assert saved_second_moments(TrainerConfig()) is None
+    assert saved_second_moments(TrainerConfig(model=str(built)), reloaded) is None  # a folder without moments
+    assert saved_second_moments(TrainerConfig(), reloaded) is None
+
+    with torch.no_grad():  # another fine-tune saved over the folder: the moments are not this model's
+        next(reloaded.parameters()).add_(1e-2)
+    messages: list[str] = []
+    assert saved_second_moments(config, reloaded, messages.append) is None
+    assert "not the ones these moments were saved with" in messages[0]
+    (folder / "adam-second-moments.weights.json").unlink()
+    assert saved_second_moments(config, model, messages.append) is None and len(messages) == 2
