@@ -37,12 +37,12 @@ def plot_metrics(metrics_path: Path, out_path: Path) -> Path:
         points = [(row["step"], row[key]) for row in rows if key in row and row[key] == row[key]]
         if points:
             axis.plot(*zip(*points), marker="o", markersize=3, label="training rollouts")
-        overlays = [(k, label, [(row["step"], row[k]) for row in rows if k in row and row[k] == row[k]])
+        overlays = [(label, [(row["step"], row[k]) for row in rows if k in row and row[k] == row[k]])
                     for k, label in OVERLAYS.get(key, [])]
-        for _, label, overlay in overlays:
-            if overlay:
-                axis.plot(*zip(*overlay), marker="s", markersize=6, linestyle="--", label=label)
-        if any(overlay for _, _, overlay in overlays):
+        overlays = [(label, points) for label, points in overlays if points]
+        for label, overlay in overlays:
+            axis.plot(*zip(*overlay), marker="s", markersize=6, linestyle="--", label=label)
+        if overlays:
             axis.legend(fontsize=7)
         axis.set_title(title, fontsize=9)
         axis.set_xlabel("step", fontsize=8)

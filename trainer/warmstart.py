@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -313,14 +314,12 @@ MOMENTS_WEIGHTS_FILE = "adam-second-moments.weights.json"
 def weights_fingerprint(model: Any) -> dict[str, float]:
     """Each parameter's sum (float64), by name: cheap to take from weights in memory (a second for 8B parameters),
     and enough to tell the weights the moments belong to from weights saved over them later."""
-    with torch.no_grad():
-        return {name: float(parameter.detach().double().sum()) for name, parameter in model.named_parameters()}
+    with torch.no_grad():  # accumulate in float64 without a float64 copy of each parameter
+        return {name: float(parameter.sum(dtype=torch.float64)) for name, parameter in model.named_parameters()}
 
 
 def same_weights(fingerprint: dict[str, float], model: Any, rel_tol: float = 1e-6) -> bool:
     """Whether `model` holds the weights `fingerprint` was taken of (up to the rounding of a save/load round trip)."""
-    import math
-
     current = weights_fingerprint(model)
     return set(current) == set(fingerprint) and all(
         math.isclose(current[name], fingerprint[name], rel_tol=rel_tol, abs_tol=1e-6) for name in current)
