@@ -43,9 +43,19 @@ def _masked(trajectory: Trajectory, mask_truncated: bool) -> str | None:
     return None
 
 
+def training_reward(trajectory: Trajectory, malformed_penalty: float = 0.0) -> float:
+    """The reward the advantages see: the env server's (the instance's tests), less `malformed_penalty` when the
+    agent emitted a tool call the parser rejected. The tests only see the final repository, so an episode that
+    solved the task and also wrote garbage calls (`{"name": "finish", "finish", ...}`) earns 1 like a clean one, and
+    reinforcing it teaches the garbage: in the embedded default's runs without the penalty the share of successful
+    rollouts with a malformed call grew from under 10 % to over half, and repetitions spread into the commands."""
+    reward = float(trajectory.reward)  # type: ignore[arg-type]
+    return reward - malformed_penalty if trajectory.malformed_tool_calls else reward
+
+
 def build_batch(trajectories: list[Trajectory], pad_token_id: int, mode: str = "grpo", scale_by_std: bool = True,
                 mask_truncated: bool = False, drop_zero_variance: bool = True, negative_scale: float = 1.0,
-                ) -> RolloutBatch:
+                malformed_penalty: float = 0.0) -> RolloutBatch:
     """Group episodes by task, compute advantages, and pad every sequence of every episode into one batch.
 
     drop_zero_variance: groups whose rewards are all equal (or with under 2 rewards) leave the loss entirely (their
@@ -53,7 +63,9 @@ def build_batch(trajectories: list[Trajectory], pad_token_id: int, mode: str = "
         to the policy-gradient term but count in its token normalizer, and their tokens carry the KL term — without
         them a run whose groups all succeed (or all fail) would get no KL anchor at all. Either way they are counted
         (`num_groups_zero_std`, `num_groups_too_few`).
-    negative_scale: the weight of negative advantages (`compute_advantages`)."""
+    negative_scale: the weight of negative advantages (`compute_advantages`).
+    malformed_penalty: subtracted from the reward of an episode with any malformed tool call before the advantages
+        (`training_reward`)."""
     groups: dict[str, list[Trajectory]] = defaultdict(list)
     for trajectory in trajectories:
         groups[trajectory.task_id].append(trajectory)
@@ -66,7 +78,7 @@ def build_batch(trajectories: list[Trajectory], pad_token_id: int, mode: str = "
             if reason:
                 masked[reason] += 1
             else:
-                rewards[row, col] = float(trajectory.reward)  # type: ignore[arg-type]
+                rewards[row, col] = training_reward(trajectory, malformed_penalty)
     advantages, keep, stats = compute_advantages(rewards, mode=mode, scale_by_std=scale_by_std,
                                                  negative_scale=negative_scale)
     rows: list[tuple[Any, float, bool]] = []

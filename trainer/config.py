@@ -13,10 +13,16 @@ from pydantic import BaseModel, ConfigDict, Field
 class GRPOSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    advantage: Literal["grpo", "rloo"] = "grpo"
-    """Group baseline: the group mean (GRPO) or the leave-one-out mean (RLOO)."""
+    advantage: Literal["grpo", "rloo", "batch"] = "batch"
+    """Baseline: the group mean (GRPO), the leave-one-out mean (RLOO) or the whole batch's mean (REINFORCE++). The
+    embedded default's `batch` keeps training the tasks the policy already solves in every episode (a group
+    baseline gives them advantage 0, and the other tasks' updates unlearn them: see compute_advantages)."""
+    malformed_call_penalty: float = 1.0
+    """Subtracted from the reward of an episode with a malformed tool call, for the advantages only (success and the
+    logged rewards stay the tests'). Without it successes that also wrote garbage calls are reinforced and the
+    garbage spreads (trainer/batch.py training_reward); the paper config sets 0."""
     scale_by_std: bool = True
-    """Divide advantages by the group's reward std."""
+    """Divide advantages by the reward std (the group's; the batch's in `batch` mode)."""
     negative_advantage_scale: float = Field(default=0.0, ge=0.0, le=1.0)
     """Weight of negative advantages (1: standard GRPO; below 1 leans on the sampled successes, asymmetric
     REINFORCE — see trainer/losses/grpo.py compute_advantages). The embedded default's 0 trains the tiny model on its
@@ -38,10 +44,16 @@ class GRPOSettings(BaseModel):
     """Truncated importance sampling cap for the engine/trainer logprob mismatch (None: off)."""
     mask_truncated: bool = False
     """Leave episodes that hit a limit out of the loss (they are counted either way)."""
-    updates_per_step: int = 3
+    updates_per_step: int = 1
     """Optimizer updates on each step's rollouts (TRL's num_iterations, the GRPO paper's μ). Beyond the first, the
     ratio to the sampling policy (recomputed by the trainer before the first) is what the clips bound: a trust
     region that lets several small updates use one batch of rollouts. Each update draws its own pair batch."""
+    minibatches: int = Field(default=6, ge=1)
+    """Mini-batches each pass over a step's rollouts is split into, one optimizer update each (verl's
+    ppo_mini_batch_size, TRL's steps_per_generation): `updates_per_step` × `minibatches` updates per step, each rollout
+    trained on `updates_per_step` times. Rows go to mini-batches balanced by length; advantages are the whole
+    batch's. Every update draws its own pair batch, so L_CA gets as many updates as there are mini-batches: the
+    embedded default's 6 give L_CA the ~100 updates it needs within 15 minutes at one rollout pass a step."""
     drop_zero_variance: bool = False
     """Leave groups with equal rewards out of the loss (DAPO); False keeps them with advantage 0 (TRL), so that the
     KL term anchors their tokens too (see trainer/batch.py build_batch)."""
@@ -90,24 +102,24 @@ class TrainerConfig(BaseModel):
     """SFT steps on scripted successful demonstrations before RL (0: none); needs the task file."""
     warm_start_lr: float = 3e-3
     """AdamW learning rate of the warm start (its own optimizer)."""
-    inherit_warm_start_moments: bool = True
-    """RL's AdamW starts from the warm start's second-moment estimates (first moments zero) instead of fresh: a fresh
-    Adam's first updates move every parameter by ~lr whatever its gradient, which on the tiny model lowers even the
-    sampled successes' logprob (trainer/warmstart.py adopt_second_moments). Also read from a `model` directory that
-    a warm start saved (`<output_dir>/warm-start-model`). The price: GRPO's steps are scaled by its gradient over
-    the SFT's (~1/20 on the tiny model) and, while the first moments build up, by ~1/10 more — the embedded
-    default's GRPO barely moves the policy (README, "the trainer"); L_CA's larger gradient still learns."""
-    steps: int = 40
+    inherit_warm_start_moments: bool = False
+    """RL's AdamW starts from the warm start's second-moment estimates (first moments zero) instead of fresh
+    (trainer/warmstart.py adopt_second_moments; also read from a `model` directory that a warm start saved,
+    `<output_dir>/warm-start-model`). Off by default: GRPO's steps are then scaled by its gradient over the SFT's
+    (~1/20 on the tiny model) and, while the first moments build up, by ~1/10 more, so GRPO barely moves the
+    policy (README, "the trainer")."""
+    steps: int = 28
     """Optimizer steps."""
-    tasks_per_step: int = 2
+    tasks_per_step: int = 8
     """B: tasks per step."""
-    group_size: int = 4
+    group_size: int = 2
     """G: rollouts per task."""
     pairs_per_step: int = 8
-    """Pairs per optimizer update (each presented in both orders): `grpo.updates_per_step` batches a step."""
+    """Pairs per optimizer update (each presented in both orders): `grpo.updates_per_step` × `grpo.minibatches`
+    batches a step."""
     concurrency: int = 8
     """Episodes in flight while collecting."""
-    lr: float = 7e-4
+    lr: float = 1e-3
     """AdamW learning rate."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
@@ -118,8 +130,10 @@ class TrainerConfig(BaseModel):
     """Linear learning-rate warm-up."""
     max_grad_norm: float = 1.0
     """Gradient clipping."""
-    ca_weight: float = 1.0
-    """λ: weight of L_CA."""
+    ca_weight: float = 0.3
+    """λ: weight of L_CA. With one AdamW for both losses λ sets L_CA's share of each update, not its step size: at 1
+    its early gradient (norm ~1, GRPO's ~0.1–0.3) dominates the shared weights for the ~100 updates before it
+    learns; 0.3 learns in as many updates and leaves GRPO more of them (README)."""
     ca_clip: float = 5.0
     """c: L_CA's margin clip."""
     ca_clip_mode: Literal["symmetric", "upper"] = "upper"
@@ -146,7 +160,7 @@ class TrainerConfig(BaseModel):
     """Tokens per chunk of the memory-lean logprob computation."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward."""
-    success_eval_episodes: int = Field(default=4, ge=0)
+    success_eval_episodes: int = Field(default=8, ge=0)
     """Episodes per task of the success evaluation before the first step and after the last: every task of the pool,
     with the same sampling seeds at both ends, so that the two are a paired comparison (a task whose policy did not
     change scores the same, up to the sampler's rounding) instead of two draws a pass's noise apart. Written to

@@ -15,6 +15,7 @@ PANELS = [
     ("grpo/entropy", "entropy"),
     ("grpo/clip_frac_low", "clip fraction (low)"),
     ("grpo/clip_frac_high", "clip fraction (high)"),
+    ("malformed_episodes", "episodes with a malformed tool call"),
 ]
 
 OVERLAYS = {"success_rate": [("success_eval", "evaluation (fixed seeds)")]}

@@ -32,8 +32,9 @@ from envserver.local import LocalServer
 from trainer.batch import build_batch
 from trainer.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from trainer.config import TrainerConfig
-from trainer.distributed import (DistContext, broadcast_object, broadcast_parameters, destroy_distributed,
-                                 StepOutput, distributed_step, init_distributed)
+from trainer.distributed import (DistContext, StepOutput, broadcast_object, broadcast_parameters,
+                                 destroy_distributed, distributed_step, init_distributed, shard_indices,
+                                 shard_rollouts)
 from trainer.losses import GRPOLossConfig
 from trainer.objective import ObjectiveConfig
 from trainer.metrics import MetricsLog
@@ -466,13 +467,21 @@ def objective_config(config: TrainerConfig) -> ObjectiveConfig:
 
 def _sampling_logprobs(state: _RunState, batch: Any) -> torch.Tensor:
     """The sampling policy's logprobs of the batch, recomputed by the trainer before the step's first update: the
-    denominator of the importance ratio in every later update (`grpo.updates_per_step` > 1)."""
-    from trainer.distributed import shard_rollouts
+    denominator of the importance ratio in every later update (a step with more than one: `grpo.updates_per_step`
+    passes × `grpo.minibatches`)."""
     from trainer.objective import rollout_logprobs
 
     on_device = shard_rollouts(batch, list(range(batch.input_ids.shape[0])), state.ctx.device)
     with torch.no_grad():
         return rollout_logprobs(state.model, on_device, state.objective_config).cpu()
+
+
+def minibatch_indices(batch: Any, count: int) -> list[list[int]]:
+    """The batch's rows in `count` mini-batches (fewer when it has fewer rows), balanced by length like the ranks'
+    shards so that each update costs about the same."""
+    lengths = batch.attention_mask.sum(dim=1).tolist()
+    parts = min(count, len(lengths))
+    return [shard_indices(lengths, part, parts, "balanced") for part in range(parts)]
 
 
 def _pair_batch(state: _RunState, step: int, update: int = 0) -> dict[str, Any] | None:
@@ -505,18 +514,25 @@ def _train_step(state: _RunState, step: int) -> dict[str, Any]:
     batch = build_batch(trajectories, state.tokenizer.pad_token_id, mode=config.grpo.advantage,
                         scale_by_std=config.grpo.scale_by_std, mask_truncated=config.grpo.mask_truncated,
                         drop_zero_variance=config.grpo.drop_zero_variance,
-                        negative_scale=config.grpo.negative_advantage_scale)
+                        negative_scale=config.grpo.negative_advantage_scale,
+                        malformed_penalty=config.grpo.malformed_call_penalty)
     # All-zero advantages with no KL term give a zero GRPO gradient: skip its forward and backward.
     has_tokens = bool(batch.loss_mask.sum() > 0) and (bool((batch.advantages != 0).any()) or config.grpo.kl_coef > 0)
     update_started = time.perf_counter()
-    updates = config.grpo.updates_per_step
+    minibatches = minibatch_indices(batch, config.grpo.minibatches)
+    updates = config.grpo.updates_per_step * len(minibatches)
     old_logprobs = _sampling_logprobs(state, batch) if has_tokens and updates > 1 else None
     outputs = []
     for update in range(updates):
+        rows = minibatches[update % len(minibatches)]
+        part, part_old = batch, old_logprobs
+        if len(minibatches) > 1:
+            part = shard_rollouts(batch, rows)
+            part_old = None if old_logprobs is None else old_logprobs[torch.tensor(rows)][:, :part.input_ids.shape[1]]
         pair_batch = _pair_batch(state, step, update)
-        outputs.append(distributed_step(state.model, state.optimizer, batch if has_tokens else None, pair_batch,
+        outputs.append(distributed_step(state.model, state.optimizer, part if has_tokens else None, pair_batch,
                                         state.objective_config, state.ctx, ref_model=state.ref_model,
-                                        max_grad_norm=config.max_grad_norm, old_logprobs=old_logprobs))
+                                        max_grad_norm=config.max_grad_norm, old_logprobs=part_old))
     out = outputs[-1]
     if updates > 1:  # the mean over the updates (the last one's loss and ratios alone would hide the first's)
         out = StepOutput(statistics.fmean(o.loss for o in outputs),
@@ -531,6 +547,8 @@ def _train_step(state: _RunState, step: int) -> dict[str, Any]:
            "success_rate": sum(bool(t.resolved) for t in trajectories) / len(trajectories),
            "infra_failures": sum(t.infra_failure for t in trajectories),
            "truncated": sum(t.truncation is not None for t in trajectories),
+           "malformed_episodes": sum(bool(t.malformed_tool_calls) for t in trajectories),
+           "malformed_successes": sum(bool(t.malformed_tool_calls and t.resolved) for t in trajectories),
            "weights_version": step + 1, "grad_norm": out.grad_norm, "lr": state.scheduler.get_last_lr()[0],
            "rollout_s": rollout_s, "update_s": update_s, "sync_s": sync_s, "tasks": task_ids,
            "world_size": state.ctx.world_size, **{f"batch/{k}": v for k, v in batch.stats.items()}, **out.metrics}

@@ -91,6 +91,30 @@ def test_negative_scale_weighs_only_negative_advantages() -> None:
         compute_advantages(rewards, "grpo", True, negative_scale=1.5)
 
 
+def test_batch_advantages_use_the_whole_batch_baseline() -> None:
+    nan = float("nan")
+    # present rewards 1 1 | 1 0 | 0 0 | · 1: seven, four of them 1 → mean 4/7, sample std sqrt((4·(3/7)² + 3·(4/7)²)/6)
+    rewards = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [nan, 1.0]])
+    mean = 4 / 7
+    std = math.sqrt((4 * (3 / 7) ** 2 + 3 * (4 / 7) ** 2) / 6)
+    adv, keep, stats = compute_advantages(rewards, "batch", scale_by_std=True, eps=1e-4)
+    # every group trains, the all-success and the all-failure one too (GRPO would drop both)
+    assert keep.tolist() == [True, True, True, True]
+    up, down = (1 - mean) / (std + 1e-4), (0 - mean) / (std + 1e-4)
+    expected = torch.tensor([[up, up], [up, down], [down, down], [0.0, up]], dtype=adv.dtype)
+    torch.testing.assert_close(adv, expected)
+    assert stats["num_groups_zero_std"] == 2 and stats["num_rewards_missing"] == 1  # the groups are still described
+    # unscaled, and positives only: every success gets 1 − mean, every failure 0 (rejection-sampling fine-tuning)
+    plain, _, _ = compute_advantages(rewards, "batch", scale_by_std=False, negative_scale=0.0)
+    assert plain[0].tolist() == pytest.approx([1 - mean] * 2) and plain[2].tolist() == [0.0, 0.0]
+    assert plain[3, 0] == 0.0  # a missing reward stays out
+    # a batch whose rewards all agree carries no signal: nothing kept, all zero
+    flat, keep_flat, _ = compute_advantages(torch.ones(3, 2), "batch", scale_by_std=True)
+    assert not keep_flat.any() and (flat == 0).all()
+    one, keep_one, _ = compute_advantages(torch.tensor([[1.0, nan]]), "batch", scale_by_std=True)
+    assert not keep_one.any() and (one == 0).all()
+
+
 def test_advantages_reject_bad_input() -> None:
     with pytest.raises(ValueError):
         compute_advantages(torch.zeros(4), "grpo", True)

@@ -75,6 +75,30 @@ def test_batch_masks_infra_failures_truncation_and_flat_groups(tokenizer):  # ty
     assert float(leaning.advantages[1]) == pytest.approx(0.5 * float(batch.advantages[1]))
 
 
+def test_malformed_calls_cost_reward_and_batch_baseline_keeps_solved_tasks(tokenizer):  # type: ignore[no-untyped-def]
+    """A success that also wrote a malformed tool call ranks below a clean one once penalised; the `batch`
+    baseline trains the all-success group that GRPO's group baseline leaves at advantage 0."""
+    trajectories = [
+        episode(tokenizer, "a", 0, "fix", 1.0), episode(tokenizer, "a", 1, "fix <bad>", 1.0, malformed_tool_calls=2),
+        episode(tokenizer, "b", 0, "x", 1.0), episode(tokenizer, "b", 1, "y", 1.0),          # solved twice
+        episode(tokenizer, "c", 0, "z", 0.0), episode(tokenizer, "c", 1, "w", 0.0),
+    ]
+    pad = tokenizer.pad_token_id
+    plain = build_batch(trajectories, pad_token_id=pad)
+    assert plain.advantages[:2].tolist() == [0.0, 0.0]  # both "a" episodes earned 1: no signal without the penalty
+    penalised = build_batch(trajectories, pad_token_id=pad, malformed_penalty=1.0)
+    assert penalised.advantages[0] > 0 > penalised.advantages[1]
+    assert penalised.stats["reward_mean"] == pytest.approx(3 / 6)  # the advantages' rewards: 1 0 | 1 1 | 0 0
+    grpo = build_batch(trajectories, pad_token_id=pad, malformed_penalty=1.0, drop_zero_variance=False)
+    assert grpo.advantages[2:4].tolist() == [0.0, 0.0]
+    batch = build_batch(trajectories, pad_token_id=pad, mode="batch", malformed_penalty=1.0, negative_scale=0.0)
+    # the batch mean is 1/2: every clean success gets the same positive advantage, failures (and the penalised
+    # success) 0 with negatives off — the solved group "b" trains like the mixed group's success
+    adv = batch.advantages.tolist()
+    assert adv[0] == adv[2] == adv[3] > 0 and adv[1] == adv[4] == adv[5] == 0.0
+    assert (batch.loss_mask.sum(dim=1) > 0).all()
+
+
 def test_kept_flat_groups_carry_only_the_kl_term(model, tokenizer):  # type: ignore[no-untyped-def]
     """A batch of one all-success group: dropped, it has no loss at all; kept (drop_zero_variance=False), its
     tokens give exactly the k3 KL term — 0 at the reference, a gradient pulling back once the policy has moved."""

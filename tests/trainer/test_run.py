@@ -19,10 +19,12 @@ def _config(tmp_path, name: str, steps: int) -> TrainerConfig:  # type: ignore[n
     if not pairs.exists():
         write_pairs(pairs, [PairRecord(pair_id=f"p{i}", query=f"q{i}", answer=f"answer {i}", positive=f"ctx {i}",
                                        negative=f"other {i + 10}", funnel_stage="synthetic") for i in range(4)])
-    return TrainerConfig(steps=steps, tasks_per_step=2, group_size=2, max_turns=1, max_tokens_per_turn=16,
-                         pairs_per_step=2, pairs=pairs, heldout_pairs=pairs, checkpoint_every=1,
-                         output_dir=tmp_path / name, concurrency=4, warm_start_steps=0, eval_every=1,
-                         success_eval_episodes=1)
+    config = TrainerConfig(steps=steps, tasks_per_step=2, group_size=2, max_turns=1, max_tokens_per_turn=16,
+                           pairs_per_step=2, pairs=pairs, heldout_pairs=pairs, checkpoint_every=1,
+                           output_dir=tmp_path / name, concurrency=4, warm_start_steps=0, eval_every=1,
+                           success_eval_episodes=1)
+    config.grpo.minibatches = 1  # one update per step unless a test asks for more
+    return config
 
 
 def test_short_run_then_resume_matches_uninterrupted(sample_images, tmp_path):  # type: ignore[no-untyped-def]
@@ -136,6 +138,32 @@ def test_several_updates_per_step_measure_the_ratio_to_the_sampling_policy(sampl
     train(once, log=lambda *_: None)
     row = [json.loads(line) for line in (tmp_path / "mu1" / "metrics.jsonl").read_text().splitlines()][-1]
     assert row["grpo/ratio_max"] == pytest.approx(1.0, abs=1e-6)
+    # `grpo.minibatches: 2`: one pass in two updates, each on half the rollouts with its own pair batch; the second
+    # half is trained on after the first half's update, so its ratio to the sampler is no longer 1.
+    halves = _config(tmp_path, "mb2", 1)
+    halves.lr, halves.grpo.updates_per_step, halves.grpo.minibatches = 1e-2, 1, 2
+    train(halves, log=lambda *_: None)
+    row = [json.loads(line) for line in (tmp_path / "mb2" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert row["batch/sequences_trained"] > 0 and row["grpo/ratio_max"] > 1.0 + 1e-4
+    data = torch.load(tmp_path / "mb2" / "checkpoints" / "latest" / "trainer_state.pt", weights_only=False)["data"]
+    assert (data["pair_epoch"], data["pair_cursor"]) == (1, 0)  # 2 pairs an update × 2 updates
+
+
+def test_minibatches_partition_the_rows_balanced_by_length() -> None:
+    import torch
+
+    from trainer.batch import RolloutBatch
+    from trainer.run import minibatch_indices
+
+    lengths = [9, 1, 8, 2, 7, 3, 6, 4]
+    mask = torch.tensor([[1] * n + [0] * (10 - n) for n in lengths])
+    zeros = torch.zeros(8, 10)
+    batch = RolloutBatch(mask.clone(), mask, zeros, zeros, torch.zeros(8), {})
+    parts = minibatch_indices(batch, 2)
+    assert sorted(i for part in parts for i in part) == list(range(8)) and all(len(p) == 4 for p in parts)
+    assert [sum(lengths[i] for i in part) for part in parts] == [20, 20]
+    assert minibatch_indices(batch, 1) == [list(range(8))]
+    assert len(minibatch_indices(batch, 20)) == 8  # never an empty mini-batch
 
 
 def test_resume_keeps_each_steps_rollouts_once(tmp_path):  # type: ignore[no-untyped-def]
@@ -237,8 +265,8 @@ def test_embedded_default_shortened(sample_images, tmp_path):  # type: ignore[no
     summary = json.loads((out / "summary.json").read_text())
     assert summary["heldout_ca_accuracy"]["start"] == rows[0]["heldout_ca_accuracy"]
     assert (out / "metrics.png").stat().st_size > 10_000
-    # RL's AdamW went on from the warm start's second moments: its step count is 4 SFT + 2 × μ RL updates, and the
-    # moments are saved beside the warm-started model for runs that start from it.
+    # RL's AdamW started fresh (the warm start's moments are saved beside its model for runs that opt in): its step
+    # count is 2 steps × μ passes × the mini-batches of a pass, each of which drew its own pairs.
     import torch
 
     from trainer.warmstart import SECOND_MOMENTS_FILE
@@ -246,8 +274,9 @@ def test_embedded_default_shortened(sample_images, tmp_path):  # type: ignore[no
     saved = torch.load(out / "warm-start-model" / SECOND_MOMENTS_FILE, weights_only=True)
     assert saved and all(float(m["step"]) == 4.0 for m in saved.values())
     state = torch.load(out / "checkpoints" / "latest" / "trainer_state.pt", weights_only=False)["optimizer"]["state"]
-    updates = TrainerConfig().grpo.updates_per_step
-    assert {float(s["step"]) for s in state.values()} == {4.0 + 2 * updates}
+    default = TrainerConfig().grpo
+    updates = default.updates_per_step * default.minibatches
+    assert updates > 1 and {float(s["step"]) for s in state.values()} == {2.0 * updates}
 
 
 def test_sigterm_stops_the_local_env_server_and_its_containers(sample_images, tmp_path):  # type: ignore[no-untyped-def]

@@ -25,7 +25,8 @@ def _run(tmp_path, name: str, launcher: list[str]) -> list[dict]:  # type: ignor
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"steps": 2, "warm_start_steps": 2, "tasks_per_step": 2, "group_size": 2,
                                     "max_turns": 1, "max_tokens_per_turn": 16, "pairs_per_step": 3,
-                                    "eval_every": 1, "tensorboard": False, "output_dir": str(out)}))
+                                    "eval_every": 1, "tensorboard": False, "output_dir": str(out),
+                                    "success_eval_episodes": 1, "inherit_warm_start_moments": True}))
     proc = subprocess.run([*launcher, "-m", "trainer.run", "--config", str(path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-AdvantageMode = Literal["grpo", "rloo"]
+AdvantageMode = Literal["grpo", "rloo", "batch"]
 Aggregation = Literal["token_mean", "seq_mean_token_sum", "seq_mean_token_mean"]
 
 
@@ -41,9 +41,14 @@ def compute_advantages(
 
     - ``"grpo"``: A_i = r_i − mean(r), over the group.
     - ``"rloo"``: A_i = r_i − mean_{j≠i}(r_j), the leave-one-out baseline (= G/(G−1) · (r_i − mean(r))).
+    - ``"batch"``: A_i = r_i − mean of every present reward of the batch, all groups together (REINFORCE++'s global
+      baseline and normalization, Hu et al. 2025). A group whose samples all succeed still trains: its successes
+      beat the batch's mean. Group-relative baselines give such a group advantage 0, so nothing holds the tasks the
+      policy already solves while the other tasks' updates move the shared weights — on a small model that
+      forgetting outweighs what the mixed groups teach.
 
     With ``scale_by_std`` the advantage is divided by (std(r) + eps), std being the group's sample standard deviation
-    (Bessel-corrected, as TRL's ``nanstd``), in either mode.
+    (Bessel-corrected, as TRL's ``nanstd``) — in ``"batch"`` mode the batch's.
 
     ``negative_scale`` then multiplies the negative advantages only (1: the standard estimator). Below 1 it weighs
     pushing sampled failures down less than pulling successes up — the asymmetric REINFORCE of Arnal et al. (2025),
@@ -54,7 +59,9 @@ def compute_advantages(
     NaN marks a missing reward (an infrastructure failure the trainer masks): it is left out of its group's mean,
     baseline and std, and its advantage is 0. A group is dropped when fewer than 2 of its rewards are present or its
     present rewards all agree (std ≤ ``zero_std_atol``): it carries no learning signal, its advantages are 0, and the
-    trainer should leave its sequences out of the batch (so they do not dilute the token-mean normalizer).
+    trainer should leave its sequences out of the batch (so they do not dilute the token-mean normalizer). In
+    ``"batch"`` mode the same holds for the batch as a whole: every group with a present reward is kept unless the
+    batch has under 2 present rewards or they all agree (the per-group counts still describe the groups).
 
     Returns ``(advantages (num_groups, G), keep (num_groups,) bool, stats)``; flatten ``advantages`` row-major for
     the [B] input of `grpo_loss`. ``stats`` counts: ``num_groups``, ``num_groups_kept``, ``num_groups_zero_std``
@@ -63,8 +70,8 @@ def compute_advantages(
     """
     if rewards.dim() != 2:
         raise ValueError(f"rewards must have shape (num_groups, G), got {tuple(rewards.shape)}")
-    if mode not in ("grpo", "rloo"):
-        raise ValueError(f"unknown advantage mode {mode!r}: 'grpo' or 'rloo'")
+    if mode not in ("grpo", "rloo", "batch"):
+        raise ValueError(f"unknown advantage mode {mode!r}: 'grpo', 'rloo' or 'batch'")
     if not 0.0 <= negative_scale <= 1.0:
         raise ValueError(f"negative_scale must be in [0, 1], got {negative_scale}")
     r = rewards.detach().to(torch.promote_types(rewards.dtype, torch.float32))
@@ -80,7 +87,14 @@ def compute_advantages(
     zero_std = ~too_few & (std.squeeze(1) <= zero_std_atol)
     keep = ~too_few & ~zero_std
 
-    if mode == "grpo":
+    if mode == "batch":
+        values = r[present]
+        batch_varies = values.numel() >= 2 and float(values.std()) > zero_std_atol
+        keep = (n > 0) & batch_varies
+        mean = values.mean() if values.numel() else torch.zeros((), dtype=r.dtype)
+        std = values.std() if values.numel() >= 2 else torch.zeros((), dtype=r.dtype)
+        adv = r0 - mean
+    elif mode == "grpo":
         adv = r0 - mean
     else:
         baseline = (total - r0) / (n - 1).clamp(min=1).unsqueeze(1)
