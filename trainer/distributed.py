@@ -198,6 +198,17 @@ def shard_rollouts(batch: RolloutBatch, indices: list[int], device: torch.device
                         take(batch.engine_logprobs), take(batch.advantages), dict(batch.stats))
 
 
+def shard_rollouts_with_old(batch: RolloutBatch, old_logprobs: torch.Tensor | None, indices: list[int],
+                            device: torch.device | None = None) -> tuple[RolloutBatch, torch.Tensor | None]:
+    """`shard_rollouts`, and the same rows of the batch's [B, T] old logprobs cut to the shard's length (None stays
+    None): a rank's shard, or one mini-batch of a step."""
+    shard = shard_rollouts(batch, indices, device)
+    if old_logprobs is None:
+        return shard, None
+    old = old_logprobs[torch.tensor(indices, dtype=torch.long)][:, :shard.input_ids.shape[1]]
+    return shard, old.to(device) if device is not None else old
+
+
 def shard_pairs(pairs: dict[str, Any], indices: list[int], device: torch.device | None = None) -> dict[str, Any]:
     """The presentations `indices` of a collated pair batch (every tensor with one row per presentation is cut; the
     [N, T] ones lose their common trailing padding)."""
@@ -405,9 +416,7 @@ def distributed_step(model: Any, optimizer: torch.optim.Optimizer, global_batch:
     if global_batch is not None:
         lengths = global_batch.attention_mask.sum(dim=1).tolist()
         indices = shard_indices(lengths, ctx.rank, ctx.world_size, strategy)
-        shard = shard_rollouts(global_batch, indices, device)
-        if old_logprobs is not None:
-            local_old = old_logprobs[torch.tensor(indices, dtype=torch.long)][:, :shard.input_ids.shape[1]].to(device)
+        shard, local_old = shard_rollouts_with_old(global_batch, old_logprobs, indices, device)
     if global_pairs is not None:
         lengths = global_pairs["attention_mask"].sum(dim=1).tolist()
         pair_shard = shard_pairs(global_pairs, shard_indices(lengths, ctx.rank, ctx.world_size, strategy), device)

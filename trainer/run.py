@@ -34,7 +34,7 @@ from trainer.checkpoint import latest_checkpoint, load_trainer_state, save_check
 from trainer.config import TrainerConfig
 from trainer.distributed import (DistContext, StepOutput, broadcast_object, broadcast_parameters,
                                  destroy_distributed, distributed_step, init_distributed, shard_indices,
-                                 shard_rollouts)
+                                 shard_rollouts, shard_rollouts_with_old)
 from trainer.losses import GRPOLossConfig
 from trainer.objective import ObjectiveConfig
 from trainer.metrics import MetricsLog
@@ -524,11 +524,7 @@ def _train_step(state: _RunState, step: int) -> dict[str, Any]:
     old_logprobs = _sampling_logprobs(state, batch) if has_tokens and updates > 1 else None
     outputs = []
     for update in range(updates):
-        rows = minibatches[update % len(minibatches)]
-        part, part_old = batch, old_logprobs
-        if len(minibatches) > 1:
-            part = shard_rollouts(batch, rows)
-            part_old = None if old_logprobs is None else old_logprobs[torch.tensor(rows)][:, :part.input_ids.shape[1]]
+        part, part_old = shard_rollouts_with_old(batch, old_logprobs, minibatches[update % len(minibatches)])
         pair_batch = _pair_batch(state, step, update)
         outputs.append(distributed_step(state.model, state.optimizer, part if has_tokens else None, pair_batch,
                                         state.objective_config, state.ctx, ref_model=state.ref_model,

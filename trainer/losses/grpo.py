@@ -89,10 +89,9 @@ def compute_advantages(
 
     if mode == "batch":
         values = r[present]
-        batch_varies = values.numel() >= 2 and float(values.std()) > zero_std_atol
-        keep = (n > 0) & batch_varies
         mean = values.mean() if values.numel() else torch.zeros((), dtype=r.dtype)
         std = values.std() if values.numel() >= 2 else torch.zeros((), dtype=r.dtype)
+        keep = (n > 0) & (float(std) > zero_std_atol)  # a batch under 2 rewards has std 0: nothing kept
         adv = r0 - mean
     elif mode == "grpo":
         adv = r0 - mean
