@@ -48,7 +48,7 @@ class GRPOSettings(BaseModel):
     """Optimizer updates on each step's rollouts (TRL's num_iterations, the GRPO paper's μ). Beyond the first, the
     ratio to the sampling policy (recomputed by the trainer before the first) is what the clips bound: a trust
     region that lets several small updates use one batch of rollouts. Each update draws its own pair batch."""
-    minibatches: int = Field(default=6, ge=1)
+    minibatches: int = Field(default=1, ge=1)
     """Mini-batches each pass over a step's rollouts is split into, one optimizer update each (verl's
     ppo_mini_batch_size, TRL's steps_per_generation): `updates_per_step` × `minibatches` updates per step, each rollout
     trained on `updates_per_step` times. Rows go to mini-batches balanced by length; advantages are the whole
@@ -108,15 +108,15 @@ class TrainerConfig(BaseModel):
     `<output_dir>/warm-start-model`). Off by default: GRPO's steps are then scaled by its gradient over the SFT's
     (~1/20 on the tiny model) and, while the first moments build up, by ~1/10 more, so GRPO barely moves the
     policy (README, "the trainer")."""
-    steps: int = 28
+    steps: int = 48
     """Optimizer steps."""
     tasks_per_step: int = 8
     """B: tasks per step."""
     group_size: int = 2
     """G: rollouts per task."""
     pairs_per_step: int = 8
-    """Pairs per optimizer update (each presented in both orders): `grpo.updates_per_step` × `grpo.minibatches`
-    batches a step."""
+    """Pairs per L_CA update (each presented in both orders): `ca_updates_per_step` batches a step, or one with each
+    GRPO update (`grpo.updates_per_step` × `grpo.minibatches`) when that is 0."""
     concurrency: int = 8
     """Episodes in flight while collecting."""
     lr: float = 1e-3
@@ -130,10 +130,22 @@ class TrainerConfig(BaseModel):
     """Linear learning-rate warm-up."""
     max_grad_norm: float = 1.0
     """Gradient clipping."""
-    ca_weight: float = 0.3
-    """λ: weight of L_CA. With one AdamW for both losses λ sets L_CA's share of each update, not its step size: at 1
-    its early gradient (norm ~1, GRPO's ~0.1–0.3) dominates the shared weights for the ~100 updates before it
-    learns; 0.3 learns in as many updates and leaves GRPO more of them (README)."""
+    ca_weight: float = 1.0
+    """λ: weight of L_CA. With L_CA's own updates (`ca_updates_per_step` > 0, the default) it scales their learning
+    rate, λ·lr. With one AdamW for both losses it is L_CA's weight in the loss, which sets its share of each update,
+    not its step size (Adam divides by the gradient's scale)."""
+    ca_updates_per_step: int = Field(default=6, ge=0)
+    """0: L_CA joins the loss of every GRPO update, one AdamW for L = L_GRPO + λ·L_CA (the paper's; the paper config
+    runs so). N > 0: L_CA takes N updates a step of its own, each on its own pair batch, after the step's GRPO updates
+    (which then carry no pairs), with its own AdamW at learning rate λ·lr: λ weighs L_CA's steps against GRPO's. In
+    one Adam, L_CA's gradient (norm ~1, GRPO's ~0.05–0.1) fills the shared second moments and shrinks GRPO's steps
+    about tenfold, and L_CA needs ~100 updates where GRPO is best served by one a step (README, "the trainer"). The
+    embedded default's 6 give L_CA 288 updates in 48 steps next to GRPO's one full-batch update a step."""
+    ca_trains_embeddings: bool = False
+    """With `ca_updates_per_step` > 0: whether L_CA's own updates also move the token embeddings and the output head.
+    False (the decoder layers only) keeps the tiny default's solutions: every run that also trained the embeddings
+    lost minicalc-3 as L_CA learned (`sed -i -e '222i…` for `'22i…`: P('2' after `'22`) 0.09 → 0.94), where the
+    layers-only runs kept it (README)."""
     ca_clip: float = 5.0
     """c: L_CA's margin clip."""
     ca_clip_mode: Literal["symmetric", "upper"] = "upper"

@@ -1,8 +1,9 @@
 """`python -m trainer.run [--config FILE] [--resume]`: GRPO + λ·L_CA against env servers.
 
 Each step: B tasks × G rollouts through the agent loop (the sampler is the policy itself for `hf`, or a vLLM server
-that reloads the new weights after every step), group-relative advantages, a pair batch presented in both orders,
-one optimizer step on L = L_GRPO + λ·L_CA; then the held-out context-selection accuracy. Before the first step and
+that reloads the new weights after every step), group-relative advantages, pair batches presented in both orders,
+optimizer updates on L = L_GRPO + λ·L_CA (or, with `ca_updates_per_step`, GRPO's updates and then L_CA's own, each
+loss with its own AdamW); then the held-out context-selection accuracy. Before the first step and
 after the last, a success evaluation plays every task with the same fixed seeds (`eval-rollouts.jsonl`). Metrics go to
 `metrics.jsonl` (and TensorBoard when installed) and `metrics.png`; checkpoints let `--resume` draw the same next
 batches as an uninterrupted run.
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import json
 import random
 import statistics
@@ -321,6 +324,9 @@ class _RunState:
     """Data position (epoch, cursor per stream): what a checkpoint needs to draw the same next batches."""
     optimizer: Any
     scheduler: Any
+    ca_optimizer: Any
+    """L_CA's own AdamW (`ca_updates_per_step` > 0), None when L_CA shares `optimizer`."""
+    ca_scheduler: Any
     objective_config: ObjectiveConfig
     ref_model: Any
     runner: asyncio.Runner
@@ -381,10 +387,17 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
 
                 adopt_second_moments(model, optimizer, moments)
                 log(f"RL optimizer: the warm start's second moments ({len(moments)} tensors), first moments zero")
-            scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) if config.warmup_steps else 1.0)
+            scheduler = warmup_scheduler(optimizer, config)
+            ca_optimizer = ca_scheduler = None
+            if separate_ca_updates(config, pairs):
+                ca_params = [p for p in model.parameters() if config.ca_trains_embeddings
+                             or all(p is not q for q in token_embeddings(model))]
+                ca_optimizer = torch.optim.AdamW(ca_params, lr=config.ca_weight * config.lr,
+                                                 weight_decay=config.weight_decay, eps=config.adam_eps)
+                ca_scheduler = warmup_scheduler(ca_optimizer, config)
             if checkpoint is not None:
-                start_step, position = load_trainer_state(checkpoint, optimizer, scheduler)
+                start_step, position = load_trainer_state(checkpoint, optimizer, scheduler, ca_optimizer,
+                                                          ca_scheduler)
                 log(f"resumed from {checkpoint.name} (step {start_step})")
             if main:
                 metrics = MetricsLog(output_dir, resume_step=None if checkpoint is None else start_step,
@@ -428,14 +441,16 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
             state = _RunState(config=config, ctx=ctx, model=model, tokenizer=tokenizer, engine=engine,
                               env_urls=env_urls, task_pool=task_pool, eval_tasks=eval_tasks,
                               pairs=pairs, heldout=heldout, position=position, optimizer=optimizer,
-                              scheduler=scheduler, objective_config=objective_config(config), ref_model=ref_model,
+                              scheduler=scheduler, ca_optimizer=ca_optimizer, ca_scheduler=ca_scheduler,
+                              objective_config=objective_config(config), ref_model=ref_model,
                               runner=runner, log=log)
             for step in range(start_step, config.steps):
                 row = _train_step(state, step)
                 if main:
                     metrics.write(row)  # type: ignore[union-attr]
                     if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                        save_checkpoint(output_dir / "checkpoints", model, optimizer, scheduler, step + 1, position)
+                        save_checkpoint(output_dir / "checkpoints", model, optimizer, scheduler, step + 1, position,
+                                        ca_optimizer, ca_scheduler)
             if engine is not None:
                 runner.run(engine.close())
     finally:
@@ -453,6 +468,17 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
     summary = start_end_summary(rows)
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return {"first": rows[0] if rows else {}, "last": rows[-1] if rows else {}, "summary": summary}
+
+
+def separate_ca_updates(config: TrainerConfig, pairs: list[Any]) -> bool:
+    """Whether L_CA takes its own updates with its own AdamW (`ca_updates_per_step` > 0 and L_CA on)."""
+    return bool(pairs) and config.ca_weight > 0 and config.ca_updates_per_step > 0
+
+
+def warmup_scheduler(optimizer: Any, config: TrainerConfig) -> Any:
+    """The linear learning-rate warm-up over `warmup_steps` steps, then constant."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) if config.warmup_steps else 1.0)
 
 
 def objective_config(config: TrainerConfig) -> ObjectiveConfig:
@@ -482,6 +508,57 @@ def minibatch_indices(batch: Any, count: int) -> list[list[int]]:
     lengths = batch.attention_mask.sum(dim=1).tolist()
     parts = min(count, len(lengths))
     return [shard_indices(lengths, part, parts, "balanced") for part in range(parts)]
+
+
+def _ca_updates(state: _RunState, step: int, first_update: int) -> list[StepOutput]:
+    """L_CA's own updates of a step (`ca_updates_per_step`): its AdamW at λ·lr, each update on its own pair batch,
+    the token embeddings and output head left as they are unless `ca_trains_embeddings`."""
+    config = state.config
+    ca_config = dataclasses.replace(state.objective_config, ca_weight=1.0)  # λ is in L_CA's learning rate
+    outputs = []
+    with frozen(token_embeddings(state.model) if not config.ca_trains_embeddings else []):
+        for update in range(config.ca_updates_per_step):
+            outputs.append(distributed_step(state.model, state.ca_optimizer, None,
+                                            _pair_batch(state, step, first_update + update), ca_config, state.ctx,
+                                            max_grad_norm=config.max_grad_norm))
+    state.ca_scheduler.step()
+    return outputs
+
+
+def token_embeddings(model: Any) -> list[Any]:
+    """The token embedding matrix and the output head (one tensor when tied)."""
+    return list({id(p): p for p in (model.get_input_embeddings().weight,
+                                     model.get_output_embeddings().weight)}.values())
+
+
+@contextlib.contextmanager
+def frozen(params: list[Any]) -> Any:
+    """`params` take no gradient inside the block (so no optimizer step moves them, and no stale gradient of theirs
+    enters a clipped norm), and train again after it."""
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+def merge_step_outputs(outputs: list[StepOutput], ca_outputs: list[StepOutput], ca_weight: float) -> StepOutput:
+    """One metrics row from a step's updates: each metric's mean over the updates that report it (the last update's
+    alone would hide the first's) and the GRPO updates' gradient norm. L_CA's own updates (`ca_outputs`) add their
+    `ca/` metrics and their gradient norm as `ca/grad_norm`; the loss is then L = L_GRPO + λ·L_CA of those means."""
+    everything = [o.metrics for o in outputs + ca_outputs]
+    keys = dict.fromkeys(key for m in everything for key in m if key != "loss")
+    metrics = {key: statistics.fmean(m[key] for m in everything if key in m) for key in keys}
+    grpo_loss = statistics.fmean(o.loss for o in outputs) if outputs else 0.0
+    grad_norm = statistics.fmean(o.grad_norm for o in outputs) if outputs else 0.0
+    metrics["loss"] = grpo_loss
+    if ca_outputs:
+        metrics["ca/grad_norm"] = statistics.fmean(o.grad_norm for o in ca_outputs)
+        metrics["loss"] = grpo_loss + ca_weight * metrics["ca/ca_loss"]
+    return StepOutput(metrics["loss"], metrics, grad_norm)
 
 
 def _pair_batch(state: _RunState, step: int, update: int = 0) -> dict[str, Any] | None:
@@ -522,19 +599,16 @@ def _train_step(state: _RunState, step: int) -> dict[str, Any]:
     minibatches = minibatch_indices(batch, config.grpo.minibatches)
     updates = config.grpo.updates_per_step * len(minibatches)
     old_logprobs = _sampling_logprobs(state, batch) if has_tokens and updates > 1 else None
+    separate = state.ca_optimizer is not None
     outputs = []
     for update in range(updates):
         part, part_old = shard_rollouts_with_old(batch, old_logprobs, minibatches[update % len(minibatches)])
-        pair_batch = _pair_batch(state, step, update)
+        pair_batch = None if separate else _pair_batch(state, step, update)
         outputs.append(distributed_step(state.model, state.optimizer, part if has_tokens else None, pair_batch,
                                         state.objective_config, state.ctx, ref_model=state.ref_model,
                                         max_grad_norm=config.max_grad_norm, old_logprobs=part_old))
-    out = outputs[-1]
-    if updates > 1:  # the mean over the updates (the last one's loss and ratios alone would hide the first's)
-        out = StepOutput(statistics.fmean(o.loss for o in outputs),
-                         {key: statistics.fmean(o.metrics[key] for o in outputs if key in o.metrics)
-                          for key in outputs[0].metrics},
-                         statistics.fmean(o.grad_norm for o in outputs))
+    ca_outputs = _ca_updates(state, step, first_update=updates) if separate else []
+    out = merge_step_outputs(outputs, ca_outputs, config.ca_weight)
     state.scheduler.step()
     update_s = time.perf_counter() - update_started
     sync_s = sync_weights(state.engine, state.model, config, step + 1, state.runner) if main else 0.0

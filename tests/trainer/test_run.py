@@ -24,6 +24,7 @@ def _config(tmp_path, name: str, steps: int) -> TrainerConfig:  # type: ignore[n
                            output_dir=tmp_path / name, concurrency=4, warm_start_steps=0, eval_every=1,
                            success_eval_episodes=1)
     config.grpo.minibatches = 1  # one update per step unless a test asks for more
+    config.ca_updates_per_step = 0  # L_CA in each GRPO update's loss (one optimizer) unless a test asks otherwise
     return config
 
 
@@ -149,6 +150,73 @@ def test_several_updates_per_step_measure_the_ratio_to_the_sampling_policy(sampl
     assert (data["pair_epoch"], data["pair_cursor"]) == (1, 0)  # 2 pairs an update × 2 updates
 
 
+def test_separate_ca_updates_take_their_own_optimizer_and_resume_exactly(sample_images, tmp_path):  # type: ignore[no-untyped-def]
+    """`ca_updates_per_step: 3`: each step one GRPO update (no pairs in its loss) with the main AdamW, then three
+    L_CA-only updates, each on its own pair batch, with L_CA's own AdamW at λ·lr on the decoder layers; both
+    optimizers' states are checkpointed, so a run resumed after step 1 ends on the same metrics and optimizer state as
+    an uninterrupted one."""
+    import torch
+
+    def separate(name: str, steps: int) -> TrainerConfig:
+        config = _config(tmp_path, name, steps)
+        config.ca_updates_per_step, config.ca_weight, config.lr = 3, 0.5, 1e-2
+        return config
+
+    straight = train(separate("ca3", 2), log=lambda *_: None)
+    state = torch.load(tmp_path / "ca3" / "checkpoints" / "latest" / "trainer_state.pt", weights_only=False)
+    assert {float(s["step"]) for s in state["optimizer"]["state"].values()} <= {2.0}  # one GRPO update a step
+    assert {float(s["step"]) for s in state["ca_optimizer"]["state"].values()} == {6.0}
+    # λ·lr after the warm-up's two steps of five; the pairs cursor moved 2 pairs × 3 updates × 2 steps (4 pairs).
+    assert state["ca_optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.5 * 1e-2 * 3 / 5)
+    assert (state["data"]["pair_epoch"], state["data"]["pair_cursor"]) == (3, 0)
+    row = straight["last"]
+    assert row["ca/ca_num_pairs"] == 4 and row["ca/grad_norm"] > 0
+    assert row["loss"] == pytest.approx(row.get("grpo/loss", 0.0) + 0.5 * row["ca/ca_loss"], rel=1e-6)
+
+    train(separate("ca3-resumed", 1), log=lambda *_: None)
+    resumed = train(separate("ca3-resumed", 2), resume=True, log=lambda *_: None)
+    assert resumed["last"]["loss"] == pytest.approx(row["loss"], rel=1e-5, abs=1e-7)
+    weights = [torch.load(tmp_path / name / "checkpoints" / "latest" / "trainer_state.pt", weights_only=False)
+               for name in ("ca3", "ca3-resumed")]
+    for a, b in zip(weights[0]["ca_optimizer"]["state"].values(), weights[1]["ca_optimizer"]["state"].values()):
+        assert torch.allclose(a["exp_avg_sq"], b["exp_avg_sq"], rtol=1e-4, atol=1e-12)
+    # L_CA's optimizer holds every parameter but the (tied) token embeddings.
+    assert len(state["ca_optimizer"]["param_groups"][0]["params"]) == len(
+        state["optimizer"]["param_groups"][0]["params"]) - 1
+    # With GRPO silent (no reward varies, no KL), only L_CA's updates move the weights: the decoder layers do, the
+    # token embeddings do not — and with `ca_trains_embeddings` they do.
+    from safetensors.torch import load_file
+
+    for name, trains in (("ca-only", False), ("ca-only-embeddings", True)):
+        config = separate(name, 1)
+        config.grpo.kl_coef, config.grpo.malformed_call_penalty, config.ca_trains_embeddings = 0.0, 0.0, trains
+        train(config, log=lambda *_: None)
+        base = load_file(tmp_path / name / "base-model" / "model.safetensors")
+        after = load_file(tmp_path / name / "checkpoints" / "latest" / "model" / "model.safetensors")
+        assert not torch.equal(base["model.layers.0.self_attn.q_proj.weight"],
+                               after["model.layers.0.self_attn.q_proj.weight"])
+        assert torch.equal(base["model.embed_tokens.weight"], after["model.embed_tokens.weight"]) is not trains
+    # A checkpoint of a shared-optimizer run cannot be resumed as a separate one: said, not silently mixed.
+    train(_config(tmp_path, "shared", 1), log=lambda *_: None)
+    with pytest.raises(ValueError, match="no L_CA optimizer state"):
+        train(separate("shared", 2), resume=True, log=lambda *_: None)
+
+
+def test_merge_step_outputs_reports_each_losss_updates() -> None:
+    from trainer.distributed import StepOutput
+    from trainer.run import merge_step_outputs
+
+    grpo = [StepOutput(0.2, {"grpo/loss": 0.2, "grpo/entropy": 1.0, "loss": 0.2}, 0.1),
+            StepOutput(0.4, {"grpo/loss": 0.4, "grpo/entropy": 3.0, "loss": 0.4}, 0.3)]
+    ca = [StepOutput(0.6, {"ca/ca_loss": 0.6, "loss": 0.6}, 1.0), StepOutput(0.8, {"ca/ca_loss": 0.8, "loss": 0.8}, 2.0)]
+    out = merge_step_outputs(grpo, ca, ca_weight=0.5)
+    assert out.metrics["grpo/entropy"] == pytest.approx(2.0) and out.metrics["ca/ca_loss"] == pytest.approx(0.7)
+    assert out.loss == out.metrics["loss"] == pytest.approx(0.3 + 0.5 * 0.7)
+    assert out.grad_norm == pytest.approx(0.2) and out.metrics["ca/grad_norm"] == pytest.approx(1.5)
+    shared = merge_step_outputs(grpo, [], ca_weight=0.5)
+    assert shared.loss == pytest.approx(0.3) and "ca/grad_norm" not in shared.metrics
+
+
 def test_minibatches_partition_the_rows_balanced_by_length() -> None:
     import torch
 
@@ -266,17 +334,20 @@ def test_embedded_default_shortened(sample_images, tmp_path):  # type: ignore[no
     assert summary["heldout_ca_accuracy"]["start"] == rows[0]["heldout_ca_accuracy"]
     assert (out / "metrics.png").stat().st_size > 10_000
     # RL's AdamW started fresh (the warm start's moments are saved beside its model for runs that opt in): its step
-    # count is 2 steps × μ passes × the mini-batches of a pass, each of which drew its own pairs.
+    # count is 2 steps × μ passes × the mini-batches of a pass.
     import torch
 
     from trainer.warmstart import SECOND_MOMENTS_FILE
 
     saved = torch.load(out / "warm-start-model" / SECOND_MOMENTS_FILE, weights_only=True)
     assert saved and all(float(m["step"]) == 4.0 for m in saved.values())
-    state = torch.load(out / "checkpoints" / "latest" / "trainer_state.pt", weights_only=False)["optimizer"]["state"]
-    default = TrainerConfig().grpo
-    updates = default.updates_per_step * default.minibatches
-    assert updates > 1 and {float(s["step"]) for s in state.values()} == {2.0 * updates}
+    state = torch.load(out / "checkpoints" / "latest" / "trainer_state.pt", weights_only=False)
+    default = TrainerConfig()
+    updates = default.grpo.updates_per_step * default.grpo.minibatches
+    assert {float(s["step"]) for s in state["optimizer"]["state"].values()} == {2.0 * updates}
+    # L_CA's own AdamW took its updates (each with its own pairs) besides GRPO's.
+    assert default.ca_updates_per_step > 1
+    assert {float(s["step"]) for s in state["ca_optimizer"]["state"].values()} == {2.0 * default.ca_updates_per_step}
 
 
 def test_sigterm_stops_the_local_env_server_and_its_containers(sample_images, tmp_path):  # type: ignore[no-untyped-def]
