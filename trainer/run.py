@@ -390,8 +390,8 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
             scheduler = warmup_scheduler(optimizer, config)
             ca_optimizer = ca_scheduler = None
             if separate_ca_updates(config, pairs):
-                ca_params = [p for p in model.parameters() if config.ca_trains_embeddings
-                             or all(p is not q for q in token_embeddings(model))]
+                embeddings = {id(p) for p in token_embeddings(model)}
+                ca_params = [p for p in model.parameters() if config.ca_trains_embeddings or id(p) not in embeddings]
                 ca_optimizer = torch.optim.AdamW(ca_params, lr=config.ca_weight * config.lr,
                                                  weight_decay=config.weight_decay, eps=config.adam_eps)
                 ca_scheduler = warmup_scheduler(ca_optimizer, config)
