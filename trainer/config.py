@@ -47,13 +47,14 @@ class GRPOSettings(BaseModel):
     updates_per_step: int = 1
     """Optimizer updates on each step's rollouts (TRL's num_iterations, the GRPO paper's μ). Beyond the first, the
     ratio to the sampling policy (recomputed by the trainer before the first) is what the clips bound: a trust
-    region that lets several small updates use one batch of rollouts. Each update draws its own pair batch."""
+    region that lets several small updates use one batch of rollouts. With `ca_updates_per_step: 0` each update
+    draws its own pair batch."""
     minibatches: int = Field(default=1, ge=1)
     """Mini-batches each pass over a step's rollouts is split into, one optimizer update each (verl's
     ppo_mini_batch_size, TRL's steps_per_generation): `updates_per_step` × `minibatches` updates per step, each rollout
     trained on `updates_per_step` times. Rows go to mini-batches balanced by length; advantages are the whole
-    batch's. Every update draws its own pair batch, so L_CA gets as many updates as there are mini-batches: the
-    embedded default's 6 give L_CA the ~100 updates it needs within 15 minutes at one rollout pass a step."""
+    batch's. With `ca_updates_per_step: 0` every update draws its own pair batch. The embedded default's 1: six
+    GRPO updates a step on ~3 rollouts each collapsed its λ = 0 control (README)."""
     drop_zero_variance: bool = False
     """Leave groups with equal rewards out of the loss (DAPO); False keeps them with advantage 0 (TRL), so that the
     KL term anchors their tokens too (see trainer/batch.py build_batch)."""
