@@ -154,7 +154,7 @@ def resolve_task_ids(tasks: str, env_url: str, token: str | None = None) -> list
         from envserver.client import EnvClient
 
         with EnvClient(env_url, token=token) as client:
-            return [task.instance_id for task in client.list_tasks().tasks]
+            return [task.instance_id for task in client.list_tasks().tasks if task.playable]
     path = Path(tasks)
     if path.is_file():
         if path.suffix in {".json", ".jsonl", ".parquet"}:

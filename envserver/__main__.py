@@ -30,6 +30,9 @@ def load_config(config_file: Path | None, overrides: dict[str, Any]) -> ServerCo
 def serve(
     tasks: Optional[list[Path]] = typer.Option(None, "--tasks", help="Task file(s): JSON, JSONL or parquet. "
                                                 "Default: the bundled sample tasks."),
+    specs: Optional[list[Path]] = typer.Option(None, "--specs", help="Spec file(s), YAML or JSON (repeatable): "
+                                               "repositories/versions for classic rows, read after the bundled "
+                                               "SWE-bench and SWE-Gym tables (format: envserver/specs/__init__.py)."),
     host: Optional[str] = typer.Option(None, help="Listen address (default 127.0.0.1; others need a token)."),
     port: Optional[int] = typer.Option(None, help="TCP port (default 8000)."),
     server_name: Optional[str] = typer.Option(None, help="Name on this server's containers; a restart with the "
@@ -48,6 +51,8 @@ def serve(
                                                    "graded once (0: grade every episode)."),
     network: Optional[bool] = typer.Option(None, "--network/--no-network", help="Give episode containers a "
                                            "network (off by default)."),
+    validated: Optional[Path] = typer.Option(None, "--validated", help="Validation file from `validate --out`: "
+                                             "serve only its valid tasks (the others are listed and refused)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with ServerConfig fields."),
     log_level: str = typer.Option("info", help="Logging level."),
 ) -> None:
@@ -56,13 +61,15 @@ def serve(
 
     from envserver.api import create_app
     from envserver.sandbox.docker_backend import DockerBackend
+    from envserver.specs import SpecFileError, SpecTable
     from envserver.tasks import TaskFileError, load_task_sets
 
     overrides: dict[str, Any] = dict(
-        tasks=tasks or None, host=host, port=port, server_name=server_name, auth_token=auth_token,
+        tasks=tasks or None, specs=specs or None, host=host, port=port, server_name=server_name, auth_token=auth_token,
         allow_unauthenticated=allow_unauthenticated,
         max_sessions=max_sessions, warm_pool_size=warm_pool_size, warm_pool_tasks=warm_pool_task or None,
         session_ttl_s=session_ttl_s, default_max_steps=default_max_steps, grade_cache_size=grade_cache_size,
+        validated=validated,
     )
     cfg = load_config(config, overrides)
     if network is not None:
@@ -72,13 +79,65 @@ def serve(
                                  "ENVSERVER_AUTH_TOKEN", param_hint="--host")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        task_map = load_task_sets(cfg.tasks)
-    except TaskFileError as exc:
+        task_map = load_task_sets(cfg.tasks, SpecTable.load(cfg.specs))
+    except (TaskFileError, SpecFileError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    validation = None
+    if cfg.validated is not None:
+        from envserver.validate import ValidationFileError, load_validation
+
+        try:
+            validation = load_validation(cfg.validated)
+        except ValidationFileError as exc:
+            typer.echo(f"error: --validated {exc}", err=True)
+            raise typer.Exit(2) from None
     backend = DockerBackend(cfg.sandbox.docker_url, max_workers=cfg.sandbox.max_workers)
-    uvicorn.run(create_app(cfg, backend, task_map), host=cfg.host, port=cfg.port, log_level=log_level,
+    uvicorn.run(create_app(cfg, backend, task_map, validation), host=cfg.host, port=cfg.port, log_level=log_level,
                 timeout_graceful_shutdown=30)
+
+
+@app.command()
+def validate(
+    tasks: Optional[list[Path]] = typer.Option(None, "--tasks", help="Task file(s): JSON, JSONL or parquet. "
+                                                "Default: the bundled sample tasks."),
+    specs: Optional[list[Path]] = typer.Option(None, "--specs", help="Spec table file(s) for repositories the "
+                                                "bundled tables do not know (as for `serve`)."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Instances validated concurrently."),
+    repeat: int = typer.Option(1, "--repeat", min=1, help="Grading runs per patch (gold and empty); outcomes that "
+                               "differ across runs make an instance `flaky`."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON report here (rewritten as instances "
+                                       "finish); `serve --validated` reads it."),
+    instance: Optional[list[str]] = typer.Option(None, "--instance", help="Validate only these instance ids "
+                                                 "(repeatable)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds one grading run may take (default: "
+                                            "the server's grade_timeout_s)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file with ServerConfig fields (the "
+                                          "server's: same limits and image templates)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
+) -> None:
+    """Grade every instance's gold patch and an empty patch through the server's own grading path and report
+    which instances are valid (gold resolves, empty does not) and why the others are not."""
+    from envserver.specs import SpecFileError, SpecTable
+    from envserver.tasks import TaskFileError, load_task_sets
+    from envserver.validate import validate_command
+
+    cfg = load_config(config, dict(tasks=tasks or None, specs=specs or None, grade_timeout_s=timeout))
+    try:
+        # Loaded exactly as `serve` loads them: a row validated here is the row the server grades.
+        task_map = load_task_sets(cfg.tasks, SpecTable.load(cfg.specs))
+    except (TaskFileError, SpecFileError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    selected = list(task_map.values())
+    if instance:
+        unknown = [i for i in instance if i not in task_map]
+        if unknown:
+            typer.echo(f"error: --instance: not in the task files: {', '.join(unknown)}", err=True)
+            raise typer.Exit(2)
+        wanted = set(instance)
+        selected = [task for task in selected if task.instance_id in wanted]
+    validate_command(cfg, selected, jobs=jobs, repeat=repeat, out=out, progress=progress)
 
 
 @app.command()

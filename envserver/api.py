@@ -20,16 +20,19 @@ from envserver.metrics import Metrics
 from envserver.sandbox.base import SandboxBackend
 from envserver.sessions import SessionError, SessionManager
 from envserver.tasks import TaskInstance
+from envserver.validate import load_validation
 from envserver.wire import (
     ErrorResponse,
     Health,
     ResetRequest,
     ResetResponse,
+    SessionPatch,
     SessionState,
     StepRequest,
     StepResponse,
     TaskList,
     TaskSummary,
+    ValidationReport,
 )
 
 log = logging.getLogger(__name__)
@@ -88,9 +91,14 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, TaskInstance]) -> FastAPI:
+def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, TaskInstance],
+               validation: ValidationReport | None = None) -> FastAPI:
+    """`validation`: the report of `python -m envserver validate`; read from `config.validated` when not given
+    (a malformed file raises `ValidationFileError`)."""
+    if validation is None and config.validated is not None:
+        validation = load_validation(config.validated)
     metrics = Metrics()
-    manager = SessionManager(config, backend, tasks, metrics)
+    manager = SessionManager(config, backend, tasks, metrics, validation)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -162,14 +170,21 @@ def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, T
 
     @app.get("/v1/tasks", response_model=TaskList, dependencies=guarded)
     async def list_tasks() -> TaskList:
-        return TaskList(tasks=[
-            TaskSummary(instance_id=t.instance_id, repo=t.repo, base_commit=t.base_commit, version=t.version,
-                        image=manager.images.get(t.instance_id))
-            for t in tasks.values()
-        ])
+        summaries = []
+        for t in tasks.values():
+            status, reason, playable = manager.task_status(t.instance_id)
+            summaries.append(TaskSummary(instance_id=t.instance_id, repo=t.repo, base_commit=t.base_commit,
+                                         version=t.version, image=manager.images.get(t.instance_id), status=status,
+                                         reason=reason, playable=playable))
+        return TaskList(tasks=summaries)
 
     @app.post("/v1/sessions", response_model=ResetResponse, status_code=201, dependencies=guarded,
-              responses={404: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
+              responses={404: {"model": ErrorResponse, "description": "`unknown_task`: no such task on this server"},
+                         409: {"model": ErrorResponse, "description": "`instance_not_valid`: the server was started "
+                               "with `--validated` and this task's validation status is not `valid` (the message "
+                               "names the status and the reason; `GET /v1/tasks` lists them)"},
+                         429: {"model": ErrorResponse, "description": "`capacity`: retry after `Retry-After`"},
+                         503: {"model": ErrorResponse, "description": "`image_missing` or the sandbox did not start"}})
     async def reset(body: ResetRequest) -> ResetResponse:
         return await manager.create(body.task_id, body.max_steps)
 
@@ -182,6 +197,13 @@ def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, T
     @app.get("/v1/sessions/{session_id}", response_model=SessionState, dependencies=guarded)
     async def session_state(session_id: str) -> SessionState:
         return manager.get(session_id).state()
+
+    @app.get("/v1/sessions/{session_id}/patch", response_model=SessionPatch, dependencies=guarded,
+             responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse, "description": "`not_graded`: "
+                        "the episode has not ended yet"}})
+    async def session_patch(session_id: str) -> SessionPatch:
+        """The whole graded patch of an ended episode (a grade carries only the head of a large one)."""
+        return manager.get(session_id).patch_view()
 
     @app.delete("/v1/sessions/{session_id}", response_model=SessionState, dependencies=guarded)
     async def close(session_id: str) -> SessionState:

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from envserver.image_names import DEFAULT_TEMPLATES
+from envserver.patch_policy import PatchPolicy
 from envserver.tasks import SAMPLE_TASKS_PATH
 
 
@@ -43,6 +44,12 @@ class ServerConfig(BaseModel):
     """TCP port."""
     tasks: list[Path] = Field(default_factory=lambda: [SAMPLE_TASKS_PATH])
     """Task files (JSON, JSONL or parquet) in the SWE-bench / SWE-Gym schema."""
+    specs: list[Path] = Field(default_factory=list)
+    """Spec files (YAML or JSON, format in envserver/specs/__init__.py) read after the bundled SWE-bench / SWE-Gym
+    tables: repositories and versions that classic rows (no `eval`, no `eval_script`) are graded with."""
+    validated: Path | None = None
+    """Validation file written by `python -m envserver validate --out`: when set, only its `valid` tasks are served
+    (the others are listed with their status and refused at reset) and their grades count the environment verified."""
     server_name: str = "envserver"
     """Name written on every container this server starts; at start-up, containers with the same name left by a
     crashed predecessor are removed. Replicas sharing one Docker engine need distinct names."""
@@ -80,6 +87,16 @@ class ServerConfig(BaseModel):
     every episode afresh (for tasks with flaky tests)."""
     max_body_bytes: int = 10 * 2**20
     """Largest request body accepted (413 beyond)."""
+    patch_policy: PatchPolicy = "strip"
+    """What grading does with changes to test infrastructure (conftest.py, pytest / tox configuration, sitecustomize,
+    .pth; envserver/patch_policy.py): `strip` leaves them out, `keep` grades them as the SWE-bench harness does,
+    `reject` grades 0 without a test run. A task row's own `patch_policy` field overrides it."""
+    max_patch_bytes: int = Field(default=2 * 2**20, ge=1)
+    """Largest diff graded, in bytes, measured in the episode container; a bigger one grades 0 as `patch_too_large`
+    and is never read."""
+    inline_patch_bytes: int = Field(default=64 * 2**10, ge=0)
+    """Largest patch a grade carries whole in `model_patch` (the finish answer); beyond it the head, and the whole
+    patch at `GET /v1/sessions/{id}/patch`."""
     sandbox: DockerSandboxConfig = Field(default_factory=DockerSandboxConfig)
     """Sandbox backend and per-container limits."""
 

@@ -2,15 +2,33 @@
 the task image, the instance's test command runs there with networking off, and the swebench package's own log
 parsers and report functions (`get_logs_eval`, `get_eval_tests_report`, `get_resolution_status`) decide.
 
-Two sources of the test script:
+Three sources of the test script:
 - instances from swebench 5.x datasets carry `eval_script` / `log_parser` / `eval_type`: used as they are, through
-  `swebench.harness.utils.make_test_spec`;
+  `swebench.harness.utils.make_test_spec` (a row without `log_parser` gets its repository's parser from the spec
+  tables, never pytest's by default);
 - instances with our `eval` field (the sample tasks, any custom set) get a script of the same shape built here:
   reset the test files, apply the test_patch, run the test command on the files it touches between swebench's
-  output markers, record the exit status.
+  output markers, record the exit status;
+- classic SWE-bench / SWE-Gym rows (neither field) get the harness's own eval script and log parser from the spec
+  tables (envserver/specs, envserver/eval_script.py).
 
 A grade that could not be computed for a reason that is not the agent's (image missing, engine error, the test
 run timed out or its container died, no test output at all) is an `infra_failure` with its reason, never a 0.
+
+A test run that failed to collect or start (a missing dependency: `ImportError while loading conftest`, pytest exit
+4; `ERROR collecting`; `no tests ran`; a usage error; django's and sympy's import failures) carries `env_error`, the
+log line that says why (envserver/env_errors.py) — never a silent 0. Who is to blame:
+- some FAIL_TO_PASS / PASS_TO_PASS test got a result: the tests ran; a plain grade (`env_error` may still name,
+  say, the one test file that failed to collect);
+- no test got a result, and the log shows the patch did it — the traceback runs through a file the patch changed,
+  or the repository's own code lacks a name or module the fix adds (`cannot import name 'x' from 'pkg.mod'
+  (/testbed/pkg/mod.py)`: the common case of a test_patch that imports what the fix adds, graded with no fix), or
+  the missing module is one the patch imports: reward 0, not an infra failure;
+- no test got a result otherwise: `infra_failure`, `infra_reason: "env_error: <line>"` (a trainer masks it; the
+  grade cache never keeps it) — unless the task's environment is known to work (`environment_verified`: it passed
+  validation, gold 1 / empty 0), in which case the failure is the patch's doing: reward 0, not infra.
+With a verified environment the hidden test patch is known to apply too, so a test patch that fails to apply after
+the model patch is the patch's doing as well (it rewrote what the test patch needs): reward 0, not infra.
 """
 
 from __future__ import annotations
@@ -28,6 +46,7 @@ from swebench.harness.constants import (
     FAIL_TO_PASS,
     PASS_TO_PASS,
     START_TEST_OUTPUT,
+    TEST_EXIT_CODE_VAR,
     ResolvedStatus,
 )
 from swebench.harness.grading import get_eval_tests_report, get_logs_eval, get_resolution_status
@@ -35,6 +54,10 @@ from swebench.harness.log_parsers import PARSER_REGISTRY
 from swebench.harness.utils import make_test_spec
 from swebench.types import TestSpec
 
+from envserver import log_parsers  # noqa: F401 - registers our parsers in swebench's PARSER_REGISTRY
+from envserver.env_errors import find_env_error, patch_caused
+from envserver.eval_script import make_eval_script, parser_name
+from envserver.patch_policy import command_paths, split_patch
 from envserver.sandbox.base import SandboxBackend, SandboxError, SandboxSpec
 from envserver.tasks import TaskInstance
 from envserver.wire import GradeReport
@@ -43,6 +66,9 @@ GRADE_DIR = "/.envserver/grade"
 HEREDOC = "EOF_ENVSERVER_114329324912"
 TEST_PATCH_FAIL = ">>>>> Test Patch Apply Failed"
 OUTPUT_TAIL_CHARS = 4000
+GRADE_LOG_BYTES = 32 * 2**20
+"""How much of a test run's output is read: all of any real one (a verbose suite prints MBs, and a cut that drops
+the start marker would turn a run into `no_test_output`)."""
 
 
 class GradingConfigError(ValueError):
@@ -64,10 +90,10 @@ def build_eval_script(task: TaskInstance) -> str:
     quoted_files = " ".join(shlex.quote(path) for path in test_files)
     lines = [f"cd {shlex.quote(task.workdir)}", *task.eval.pre_test]
     if test_files:
-        # Undo anything the agent did to the hidden test files (missing files at base make git complain; harmless).
-        lines.append(f"git checkout -q {task.base_commit} -- {quoted_files} 2>/dev/null || true")
-        lines.append(f"rm -f -- {quoted_files}")
-        lines.append(f"git checkout -q {task.base_commit} -- {quoted_files} 2>/dev/null || true")
+        # Undo anything the agent did to the hidden test files. One checkout per file: a single `git checkout` of
+        # several paths restores none of them when one (a file the test_patch creates) is missing at base.
+        restore = f'for f in {quoted_files}; do git checkout -q {task.base_commit} -- "$f" 2>/dev/null || true; done'
+        lines += [restore, f"rm -f -- {quoted_files}", restore]
     if task.test_patch.strip():
         lines += [
             f"git apply -v - <<'{HEREDOC}' || {{ echo '{TEST_PATCH_FAIL}'; exit 3; }}",
@@ -88,13 +114,10 @@ def test_spec_for(task: TaskInstance, image: str) -> TestSpec:
     if extra.get("eval_script"):
         instance = task.model_dump()
         instance.update(image=image, version=task.version or "", eval_type=extra.get("eval_type", "pass_and_fail"))
-        instance["log_parser"] = parser_key(str(extra.get("log_parser", "parse_log_pytest")))
+        instance["log_parser"] = parser_key(str(extra["log_parser"]) if extra.get("log_parser") else _repo_parser(task))
         return make_test_spec(instance)
     if task.eval is None:
-        raise GradingConfigError(
-            f"task {task.instance_id} has neither `eval_script` (swebench 5 datasets) nor `eval` (test_cmd + "
-            "log_parser): the server cannot know how to run its tests"
-        )
+        return _classic_test_spec(task, image)
     return make_test_spec(
         {
             "instance_id": task.instance_id,
@@ -108,6 +131,62 @@ def test_spec_for(task: TaskInstance, image: str) -> TestSpec:
             "eval_script": build_eval_script(task),
         }
     )
+
+
+def _repo_parser(task: TaskInstance) -> str:
+    """The log parser the spec tables name for the task's repository (for swebench-5 rows without `log_parser`)."""
+    repo_spec = task.spec_table.repo(task.repo)
+    if repo_spec is None or repo_spec.parser is None:
+        raise GradingConfigError(
+            f"task {task.instance_id} has an `eval_script` but no `log_parser`, and no spec table knows repo "
+            f"{task.repo!r}: the server cannot know how to read its test output"
+        )
+    return repo_spec.parser
+
+
+def _classic_test_spec(task: TaskInstance, image: str) -> TestSpec:
+    """A classic row: the harness's eval script and parser from the task's spec table."""
+    spec = task.spec()
+    if spec is None:
+        raise GradingConfigError(
+            f"task {task.instance_id} has neither `eval_script` (swebench 5 datasets) nor `eval` (test_cmd + "
+            f"log_parser), and no spec table knows repo {task.repo!r} version {task.version!r}: the server cannot "
+            "know how to run its tests"
+        )
+    return make_test_spec(
+        {
+            "instance_id": task.instance_id,
+            "image": image,
+            "repo": task.repo,
+            "version": task.version or "",
+            "FAIL_TO_PASS": task.FAIL_TO_PASS,
+            "PASS_TO_PASS": task.PASS_TO_PASS,
+            "log_parser": parser_key(parser_name(spec)),
+            "eval_type": "pass_and_fail",
+            "eval_script": make_eval_script(task, spec),
+        }
+    )
+
+
+def test_command(eval_script: str) -> str:
+    """The lines of an eval script between swebench's output markers: the test command."""
+    lines = eval_script.split("\n")
+    start = next((i for i, line in enumerate(lines) if START_TEST_OUTPUT in line), None)
+    end = next((i for i, line in enumerate(lines) if END_TEST_OUTPUT in line), None)
+    if start is None or end is None:
+        return ""
+    return "\n".join(line for line in lines[start + 1 : end] if not line.startswith(TEST_EXIT_CODE_VAR))
+
+
+def runner_files(task: TaskInstance, image: str | None) -> list[str]:
+    """Repository files the task's test command runs as its program (django's tests/runtests.py, sympy's bin/test):
+    test infrastructure for the patch policy. [] when the task has no eval script."""
+    try:
+        script = test_spec_for(task, image or "").eval_script
+    except GradingConfigError:
+        return []
+    hidden = set(task.test_files())
+    return [path for path in command_paths(test_command(script)) if path not in hidden]
 
 
 def runner_script(workdir: str) -> str:
@@ -134,6 +213,12 @@ def runner_script(workdir: str) -> str:
 
 def evaluate_log(test_spec: TestSpec, log: str) -> tuple[dict[str, dict[str, list[str]]], bool, bool]:
     """(per-test report, resolved, the log had usable results) via swebench's own functions."""
+    tests, resolved, found, _ = _evaluate(test_spec, log)
+    return tests, resolved, found
+
+
+def _evaluate(test_spec: TestSpec, log: str) -> tuple[dict[str, dict[str, list[str]]], bool, bool, dict[str, str]]:
+    """`evaluate_log` and the parser's status map (test → status) it was computed from."""
     with tempfile.NamedTemporaryFile("w", suffix=".log", encoding="utf-8", delete=False) as handle:
         handle.write(log)
         log_path = handle.name
@@ -145,10 +230,11 @@ def evaluate_log(test_spec: TestSpec, log: str) -> tuple[dict[str, dict[str, lis
     report = get_eval_tests_report(status_map, gold)
     tests = {key: report[key] for key in (FAIL_TO_PASS, PASS_TO_PASS)}
     resolved = found and get_resolution_status(report) == ResolvedStatus.FULL.value
-    return tests, resolved, found
+    return tests, resolved, found, status_map
 
 
-def _infra(reason: str, started: float, model_patch: str, tail: str = "", applied: bool | None = None) -> GradeReport:
+def _infra(reason: str, started: float, model_patch: str, tail: str = "", applied: bool | None = None,
+           **fields: object) -> GradeReport:
     return GradeReport(
         resolved=False,
         reward=0.0,
@@ -158,7 +244,18 @@ def _infra(reason: str, started: float, model_patch: str, tail: str = "", applie
         model_patch=model_patch,
         test_output_tail=tail[-OUTPUT_TAIL_CHARS:],
         duration_s=time.monotonic() - started,
+        **fields,  # type: ignore[arg-type]
     )
+
+
+def parsed_tests(test_spec: TestSpec, log: str) -> set[str]:
+    """FAIL_TO_PASS / PASS_TO_PASS tests the log parser finds a status for, whatever swebench then makes of the log
+    (it drops every result of a run whose exit status contradicts them)."""
+    parser = PARSER_REGISTRY[test_spec.log_parser]
+    output = log.split(START_TEST_OUTPUT, 1)[-1].split(END_TEST_OUTPUT, 1)[0]
+    # Like get_logs_eval: some runners print their results outside the markers.
+    status_map = parser(output, test_spec) or parser(log, test_spec) or {}
+    return set(status_map) & {*test_spec.FAIL_TO_PASS, *test_spec.PASS_TO_PASS}
 
 
 async def grade(
@@ -169,17 +266,23 @@ async def grade(
     limits: SandboxSpec,
     timeout_s: float,
     labels: dict[str, str],
+    *,
+    environment_verified: bool = False,
 ) -> GradeReport:
-    """Grade `model_patch` for `task` in a fresh container of `image` (networking off, same limits as episodes)."""
+    """Grade `model_patch` for `task` in a fresh container of `image` (networking off, same limits as episodes).
+
+    `environment_verified`: the task's environment is known to work (it passed validation): a run that fails to
+    collect or start is then the patch's doing, never an infra failure (module docstring)."""
     started = time.monotonic()
+    verified = {"environment_verified": environment_verified}
     if task.eval is not None:
         timeout_s = min(timeout_s, task.eval.timeout_s)
     if image is None:
-        return _infra("image_missing: no image for this task on the docker host", started, model_patch)
+        return _infra("image_missing: no image for this task on the docker host", started, model_patch, **verified)
     try:
         test_spec = test_spec_for(task, image)
     except GradingConfigError as exc:
-        return _infra(f"no_eval_spec: {exc}", started, model_patch)
+        return _infra(f"no_eval_spec: {exc}", started, model_patch, **verified)
     spec = SandboxSpec(
         image=image,
         labels=labels,
@@ -197,35 +300,46 @@ async def grade(
     try:
         sandbox = await backend.create(spec)
     except SandboxError as exc:
-        return _infra(f"{exc.reason}: {exc}", started, model_patch)
+        return _infra(f"{exc.reason}: {exc}", started, model_patch, **verified)
     try:
         exit_code = await sandbox.wait(timeout=timeout_s)
-        log = await sandbox.logs()
+        log = await sandbox.logs(tail_bytes=GRADE_LOG_BYTES)
     except SandboxError as exc:
-        return _infra(f"{exc.reason}: {exc}", started, model_patch)
+        return _infra(f"{exc.reason}: {exc}", started, model_patch, **verified)
     finally:
         await asyncio.shield(sandbox.remove())
     if exit_code is None:
-        return _infra(f"test_timeout: the test run exceeded {timeout_s:.0f} s", started, model_patch, log)
+        return _infra(f"test_timeout: the test run exceeded {timeout_s:.0f} s", started, model_patch, log, **verified)
+
+    def plain(**fields: object) -> GradeReport:
+        """A grade that counts (not an infra failure)."""
+        values: dict[str, object] = dict(resolved=False, reward=0.0, infra_failure=False, patch_applied=True,
+                                         model_patch=model_patch, test_output_tail=log[-OUTPUT_TAIL_CHARS:],
+                                         duration_s=time.monotonic() - started, **verified)
+        return GradeReport(**{**values, **fields})  # type: ignore[arg-type]
+
     if APPLY_PATCH_FAIL in log:
-        return GradeReport(
-            resolved=False, reward=0.0, infra_failure=False, patch_applied=False, model_patch=model_patch,
-            test_output_tail=log[-OUTPUT_TAIL_CHARS:], duration_s=time.monotonic() - started,
-        )
+        return plain(patch_applied=False)
     if TEST_PATCH_FAIL in log:
-        return _infra("test_patch_failed: the hidden test patch did not apply", started, model_patch, log, True)
+        if environment_verified:
+            return plain()
+        return _infra("test_patch_failed: the hidden test patch did not apply", started, model_patch, log, True,
+                      **verified)
     if exit_code in (137, 139) and END_TEST_OUTPUT not in log:
-        return _infra(f"container_died: the test container exited with {exit_code}", started, model_patch, log, True)
+        return _infra(f"container_died: the test container exited with {exit_code}", started, model_patch, log, True,
+                      **verified)
     if START_TEST_OUTPUT not in log:
-        return _infra(f"no_test_output: the tests never started (exit {exit_code})", started, model_patch, log, True)
-    tests, resolved, _ = evaluate_log(test_spec, log)
-    return GradeReport(
-        resolved=resolved,
-        reward=1.0 if resolved else 0.0,
-        infra_failure=False,
-        patch_applied=True,
-        model_patch=model_patch,
-        tests=tests,
-        test_output_tail=log[-OUTPUT_TAIL_CHARS:],
-        duration_s=time.monotonic() - started,
-    )
+        return _infra(f"no_test_output: the tests never started (exit {exit_code})", started, model_patch, log, True,
+                      **verified)
+    tests, resolved, _, _ = _evaluate(test_spec, log)
+    wanted = [*test_spec.FAIL_TO_PASS, *test_spec.PASS_TO_PASS]
+    ran = bool(parsed_tests(test_spec, log)) or not wanted
+    error = find_env_error(log, parsed_any=ran)
+    env_error = error.line if error else None
+    if error is not None and not ran and not environment_verified:
+        patch_paths = [path for file_patch in split_patch(model_patch)[1] for path in file_patch.paths]
+        fix_paths = [path for file_patch in split_patch(task.patch)[1] for path in file_patch.paths]
+        if not patch_caused(error, patch_paths, model_patch, fix_paths, task.workdir):
+            return _infra(f"env_error: {error.line}", started, model_patch, log, True, env_error=env_error, tests=tests,
+                          **verified)
+    return plain(resolved=resolved, reward=1.0 if resolved else 0.0, tests=tests, env_error=env_error)

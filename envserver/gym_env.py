@@ -46,7 +46,8 @@ class SWEEnv(gymnasium.Env[str, Any]):
         if self.task_id:
             return self.task_id
         if self._task_ids is None:
-            self._task_ids = sorted(task.instance_id for task in self.client.list_tasks().tasks)
+            # Only tasks the server accepts (a server started with --validated refuses the others at reset).
+            self._task_ids = sorted(task.instance_id for task in self.client.list_tasks().tasks if task.playable)
         return self._task_ids[int(self.np_random.integers(len(self._task_ids)))]
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:

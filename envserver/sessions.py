@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shlex
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from envserver import grading, tools
+from envserver import grading, patch_policy, submission, tools
 from envserver.config import ServerConfig
 from envserver.grade_cache import GradeCache, grade_key
 from envserver.image_names import candidate_images
 from envserver.metrics import Metrics
+from envserver.patch_policy import FileVersions
 from envserver.pool import PoolKey, WarmPool
 from envserver.runtime_client import (
     DEFAULT_INIT_SCRIPT,
@@ -26,8 +27,21 @@ from envserver.runtime_client import (
     runtime_files,
 )
 from envserver.sandbox.base import Sandbox, SandboxBackend, SandboxError, SandboxSpec
+from envserver.submission import Submission
 from envserver.tasks import TaskInstance
-from envserver.wire import GradeReport, ResetInfo, ResetResponse, SessionState, StepInfo, StepResponse, ToolSpec
+from envserver.wire import (
+    GradeReport,
+    InstanceValidation,
+    ResetInfo,
+    ResetResponse,
+    SessionPatch,
+    SessionState,
+    StepInfo,
+    StepResponse,
+    TaskStatus,
+    ToolSpec,
+    ValidationReport,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +89,10 @@ class Session:
         self.last_active = time.monotonic()
         self.last_active_wall = self.created_at
         self.grade: GradeReport | None = None
+        self.submission: Submission | None = None
+        """The agent's change as read at the end of the episode (before the patch policy)."""
+        self.graded_patch: str | None = None
+        """The patch that was graded, whole (the grade carries only the head of a large one)."""
         self.lock = asyncio.Lock()
 
     def state(self) -> SessionState:
@@ -181,6 +199,12 @@ class Session:
         await self.manager.release(self, reason=status)
         if report.infra_failure:
             observation = f"Episode ended. Grading could not be completed ({report.infra_reason})."
+        elif report.patch_too_large:
+            observation = (f"Episode ended. The change was not graded: its diff is {report.patch_bytes} bytes, over "
+                           f"the limit of {self.manager.config.max_patch_bytes}.")
+        elif report.hack_attempt and report.patch_policy == "reject":
+            observation = ("Episode ended. The change was not graded: it modifies test infrastructure "
+                           f"({', '.join(report.excluded_paths)}).")
         else:
             observation = "Episode ended. " + ("The hidden tests pass." if report.resolved
                                                else "The hidden tests do not pass.")
@@ -189,27 +213,41 @@ class Session:
         return StepResponse(observation=observation, reward=report.reward, terminated=status == "finished",
                             truncated=False, info=info)
 
-    async def extract_patch(self) -> str:
-        """`git diff` of everything the agent changed against base_commit, minus the hidden tests' files."""
+    async def extract_patch(self) -> Submission:
+        """`git diff` of everything the agent changed against base_commit, minus the hidden tests' files, measured
+        in the container first: over the server's `max_patch_bytes` it is not read (envserver/submission.py)."""
         assert self.sandbox is not None
-        task = self.task
-        excludes = " ".join(shlex.quote(f":(exclude){path}") for path in task.test_files())
-        script = (f"cd {shlex.quote(task.workdir)} && git add -A >/dev/null 2>&1; "
-                  f"git -c core.fileMode=false diff --cached --binary --no-color {task.base_commit} -- . {excludes}")
-        argv = ["bash", "-c", script]
-        if self.runtime is not None and self.runtime.alive:
-            try:
-                result = await self.runtime.request("exec", {"argv": argv, "timeout": PATCH_TIMEOUT_S},
-                                                    timeout=PATCH_TIMEOUT_S + RUNTIME_SLACK_S)
-                if result.get("exit_code") == 0:
-                    return result.get("stdout", "")
-            except (RuntimeDied, RuntimeRequestError, asyncio.TimeoutError):
-                pass
-        outcome = await self.sandbox.exec(argv, timeout=PATCH_TIMEOUT_S)
-        if outcome.exit_code != 0:
-            raise PatchError(f"git diff failed in the episode container (exit {outcome.exit_code}): "
-                             f"{outcome.output[-500:]}")
-        return outcome.output
+        try:
+            return await submission.read_submission(self.exec, self.task, self.manager.config.max_patch_bytes,
+                                                    PATCH_TIMEOUT_S)
+        except submission.SubmissionError as exc:
+            raise PatchError(str(exc)) from None
+
+    @property
+    def exec(self) -> submission.Exec:
+        """Runs a host command in the episode container (the runtime's `exec`, else `docker exec`)."""
+        assert self.sandbox is not None
+        return submission.session_exec(self.runtime, self.sandbox, RUNTIME_SLACK_S)
+
+    async def read_versions(self, paths: list[str]) -> dict[str, FileVersions]:
+        """Base and submitted contents of `paths` (the patch policy's setup.cfg / pyproject.toml), while the episode
+        container still exists."""
+        return await submission.read_file_versions(self.exec, self.task, paths, PATCH_TIMEOUT_S,
+                                                   self.manager.config.max_patch_bytes)
+
+    def patch_view(self) -> SessionPatch:
+        """`GET /v1/sessions/{id}/patch`: the whole graded patch of an ended episode."""
+        if self.grade is None or self.submission is None:
+            raise SessionError(409, "not_graded", f"session {self.id} has no graded patch yet: the patch is read "
+                               "when the episode ends (`finish`, or its step limit)")
+        submitted = self.submission.patch
+        return SessionPatch(
+            session_id=self.id, task_id=self.task.instance_id, patch=self.graded_patch,
+            submitted_patch=submitted if submitted != self.graded_patch else None,
+            patch_bytes=self.grade.patch_bytes, patch_sha256=self.grade.patch_sha256,
+            patch_too_large=self.grade.patch_too_large, excluded_paths=self.grade.excluded_paths,
+            hack_attempt=self.grade.hack_attempt,
+        )
 
 
 class ToolFailure(RuntimeError):
@@ -222,11 +260,16 @@ class PatchError(RuntimeError):
 
 class SessionManager:
     def __init__(self, config: ServerConfig, backend: SandboxBackend, tasks: dict[str, TaskInstance],
-                 metrics: Metrics):
+                 metrics: Metrics, validation: ValidationReport | None = None):
+        """`validation`: a validation report (`python -m envserver validate`); when given, only its valid tasks are
+        served and their grades count the environment verified."""
         self.config = config
         self.backend = backend
         self.tasks = tasks
         self.metrics = metrics
+        self.validation: dict[str, InstanceValidation] | None = None
+        if validation is not None:
+            self.validation = {entry.instance_id: entry for entry in validation.instances}
         self.sessions: dict[str, Session] = {}
         self.images: dict[str, str | None] = {}
         self._starting = 0
@@ -237,6 +280,20 @@ class SessionManager:
             config.warm_pool_size, self._prepare, self._discard,
             on_change=lambda key, ready: metrics.pool_ready.labels(image=key[0]).set(ready),
         )
+
+    def task_status(self, task_id: str) -> tuple[TaskStatus, str | None, bool]:
+        """(status, reason, playable) of a task: without a validation report every task is `unvalidated` and
+        playable; with one, only a task validated `valid` on the image this server runs for it is playable."""
+        if self.validation is None:
+            return "unvalidated", None, True
+        entry = self.validation.get(task_id)
+        if entry is None:
+            return "unvalidated", "not in the validation file", False
+        image = self.images.get(task_id)
+        if entry.status == "valid" and entry.image and image and image != entry.image:
+            # A grade proves something about one image only; a different image is a different environment.
+            return "unvalidated", f"validated on image {entry.image}, but this server runs {image}", False
+        return entry.status, entry.reason, entry.status == "valid"
 
     @property
     def owner_labels(self) -> dict[str, str]:
@@ -253,9 +310,17 @@ class SessionManager:
                         self.config.server_name)
         for task in self.tasks.values():
             self.images[task.instance_id] = await self.resolve_image(task)
+        if self.validation is not None:
+            unknown = sorted(set(self.validation) - set(self.tasks))
+            if unknown:
+                log.warning("the validation file names %d instance(s) that are not in the task files: %s%s",
+                            len(unknown), ", ".join(unknown[:10]), ", …" if len(unknown) > 10 else "")
+            valid = sum(1 for task_id in self.tasks if self.task_status(task_id)[2])
+            log.info("serving %d valid task(s) of %d; the others are listed with their status and refused at reset",
+                     valid, len(self.tasks))
         if self.config.warm_pool_size > 0:
             wanted = set(self.config.warm_pool_tasks) or set(self.tasks)
-            for task_id in sorted(wanted):
+            for task_id in sorted(task_id for task_id in wanted if self.task_status(task_id)[2]):
                 task = self.tasks.get(task_id)
                 image = self.images.get(task_id)
                 if task is not None and image is not None:
@@ -310,6 +375,11 @@ class SessionManager:
         if task is None:
             raise SessionError(404, "unknown_task", f"no task {task_id!r} on this server; GET /v1/tasks lists "
                                f"the {len(self.tasks)} it serves")
+        status, reason, playable = self.task_status(task_id)
+        if not playable:
+            raise SessionError(409, "instance_not_valid", f"task {task_id} is not served: its validation status is "
+                               f"{status}{f' ({reason})' if reason else ''}; this server serves only valid tasks "
+                               "(GET /v1/tasks lists each task's status)")
         if max_steps is not None and max_steps > self.config.max_steps_cap:
             raise SessionError(422, "invalid_request", f"max_steps {max_steps} is above this server's cap of "
                                f"{self.config.max_steps_cap}")
@@ -366,7 +436,7 @@ class SessionManager:
     async def grade_session(self, session: Session) -> GradeReport:
         started = time.monotonic()
         try:
-            patch = await session.extract_patch()
+            session.submission = await session.extract_patch()
         except PatchError as exc:
             report = GradeReport(resolved=False, reward=0.0, infra_failure=False, patch_applied=False,
                                  test_output_tail=str(exc))
@@ -375,11 +445,8 @@ class SessionManager:
         except SandboxError as exc:
             report = GradeReport(resolved=False, reward=0.0, infra_failure=True, infra_reason=f"{exc.reason}: {exc}")
         else:
-            task, image = session.task, session.image
-            report = await self.grade_cache.get_or_grade(
-                grade_key(task.instance_id, image, patch),
-                lambda: grading.grade(self.backend, task, image, patch, self._spec(image, "grade"),
-                                      self.config.grade_timeout_s, self.labels("grade", task.instance_id)))
+            report, session.graded_patch = await self.grade_submission(
+                session.task, session.image, session.submission, session.read_versions)
             if report.cached:
                 self.metrics.grade_cache_hits.inc()
         if report.infra_failure:
@@ -390,6 +457,77 @@ class SessionManager:
         self.metrics.grades.labels(outcome=outcome).inc()
         self.metrics.grade_latency.observe(time.monotonic() - started)
         return report
+
+    async def grade_patch(self, task: TaskInstance, image: str | None, patch: str) -> GradeReport:
+        """Grade `patch` for `task` on `image` the way every episode is graded (patch policy and size cap, limits,
+        labels, grade cache); `python -m envserver validate` grades through here too, with the cache off."""
+        return (await self.grade_submission(task, image, Submission.of(patch)))[0]
+
+    async def grade_submission(
+        self,
+        task: TaskInstance,
+        image: str | None,
+        change: Submission,
+        read_versions: Callable[[list[str]], Awaitable[dict[str, FileVersions]]] | None = None,
+    ) -> tuple[GradeReport, str | None]:
+        """(the grade, the whole graded patch) of a change: the size cap, then the patch policy
+        (envserver/patch_policy.py), then the grade cache keyed by the patch that is graded.
+
+        `read_versions`: base and new contents of files, from the episode container; without it (validation) a
+        container of the task image is started when the policy needs them."""
+        config = self.config
+        # A validated task's environment is known to work: a broken test run is then the patch's doing.
+        verified = self.task_status(task.instance_id)[0] == "valid"
+        try:
+            policy = patch_policy.resolve_policy((task.model_extra or {}).get("patch_policy"), config.patch_policy)
+        except ValueError as exc:
+            return GradeReport(resolved=False, reward=0.0, infra_failure=True,
+                               infra_reason=f"bad_task: task {task.instance_id}: {exc}"), None
+        if change.patch is None or change.size > config.max_patch_bytes:
+            return GradeReport(
+                resolved=False, reward=0.0, infra_failure=False, patch_too_large=True, patch_bytes=change.size,
+                patch_sha256=change.sha256, patch_policy=policy, environment_verified=verified,
+                test_output_tail=f"not graded: the patch is {change.size} bytes, over this server's max_patch_bytes "
+                                 f"of {config.max_patch_bytes}",
+            ), None
+        raw = change.patch
+        versions: dict[str, FileVersions] = {}
+        needed = patch_policy.needs_versions(raw)
+        if needed:
+            try:
+                if read_versions is not None:
+                    versions = await read_versions(needed)
+                elif image is not None:
+                    versions = await submission.image_file_versions(
+                        self.backend, self._spec(image, "grade", task.instance_id), task, raw, needed,
+                        PATCH_TIMEOUT_S, config.max_patch_bytes)
+            except (SandboxError, PatchError) as exc:
+                # Unread files lose their whole change (the policy's safe side); the grade goes on.
+                log.warning("could not read %s of task %s for the patch policy: %s", needed, task.instance_id, exc)
+        outcome = patch_policy.apply_policy(raw, policy, hidden_tests=task.test_files(), versions=versions,
+                                            runner_files=grading.runner_files(task, image))
+        policy_fields: dict[str, Any] = {
+            "excluded_paths": list(dict.fromkeys([*change.hidden_paths, *outcome.excluded_paths])),
+            "hack_attempt": outcome.hack_attempt, "patch_policy": policy,
+        }
+        if outcome.rejected:
+            return GradeReport(
+                resolved=False, reward=0.0, infra_failure=False, environment_verified=verified,
+                test_output_tail="not graded: the patch changes test infrastructure "
+                                 f"({', '.join(outcome.excluded_paths)}) and the patch policy is `reject`",
+                **policy_fields, **submission.patch_fields("", config.inline_patch_bytes),
+            ), ""
+        graded = outcome.patch
+
+        async def run() -> GradeReport:
+            report = await grading.grade(self.backend, task, image, graded, self._spec(image or "", "grade"),
+                                         config.grade_timeout_s, self.labels("grade", task.instance_id),
+                                         environment_verified=verified)
+            # What the cache keeps and the finish answer carries: never a multi-MB patch.
+            return report.model_copy(update=submission.patch_fields(graded, config.inline_patch_bytes))
+
+        report = await self.grade_cache.get_or_grade(grade_key(task.instance_id, image, graded), run)
+        return report.model_copy(update=policy_fields), graded
 
     async def release(self, session: Session, reason: str) -> None:
         """Remove the session's container (the session's state stays readable until deleted or expired)."""

@@ -12,7 +12,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from envserver.specs import ResolvedSpec, SpecTable
 
 SAMPLE_TASKS_PATH = Path(__file__).parent / "samples" / "tasks.jsonl"
 """The sample tasks that ship with the project (two small repositories the project wrote itself)."""
@@ -24,8 +26,8 @@ DEFAULT_WORKDIR = "/testbed"
 class EvalSpec(BaseModel):
     """How to run an instance's tests, for instances that the swebench package's spec tables do not know.
 
-    Real SWE-bench / SWE-Gym instances leave this out: their test command and log parser come from
-    `swebench.harness.constants.MAP_REPO_VERSION_TO_SPECS` and `swebench.harness.log_parsers.MAP_REPO_TO_PARSER`.
+    Real SWE-bench / SWE-Gym instances leave this out: their test command and log parser come from the spec tables
+    (envserver/specs: the harnesses' MAP_REPO_VERSION_TO_SPECS and MAP_REPO_TO_PARSER, as data).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -76,6 +78,9 @@ class TaskInstance(BaseModel):
     eval: EvalSpec | None = None
     """How to run the tests, for instances outside swebench's spec tables (our sample tasks)."""
 
+    _spec_table: SpecTable | None = PrivateAttr(default=None)
+    """The spec table the task was loaded with (`--specs` files included); None: the bundled tables."""
+
     @field_validator("FAIL_TO_PASS", "PASS_TO_PASS", mode="before")
     @classmethod
     def _parse_test_list(cls, value: Any) -> Any:
@@ -94,6 +99,15 @@ class TaskInstance(BaseModel):
     def _version_as_text(cls, value: Any) -> Any:
         # Some dumps store versions as floats (0.2 → "0.2"); swebench's tables key them by string.
         return None if value is None else str(value)
+
+    @property
+    def spec_table(self) -> SpecTable:
+        """The spec table this task was loaded with, else the bundled one."""
+        return self._spec_table if self._spec_table is not None else SpecTable.bundled()
+
+    def spec(self) -> ResolvedSpec | None:
+        """This row's repository/version spec (envserver/specs), or None when the table has none."""
+        return self.spec_table.lookup(self.repo, self.version)
 
     def test_files(self) -> list[str]:
         """Paths of the files the hidden test_patch creates or modifies (repo-relative)."""
@@ -148,8 +162,33 @@ def _read_records(path: Path) -> Iterable[tuple[str, Any]]:
         yield f"record {index}", record
 
 
-def load_tasks(path: str | Path) -> list[TaskInstance]:
-    """Load and validate every task of a file; the first bad record raises TaskFileError naming file/record/field."""
+def _check_runnable(task: TaskInstance) -> str | None:
+    """Why the server could not write this task's eval script or choose its log parser, or None."""
+    extra = task.model_extra or {}
+    if task.eval is not None:
+        return None
+    if extra.get("eval_script"):
+        if extra.get("log_parser") or task.spec_table.repo(task.repo) is not None:
+            return None
+        return (
+            f"the record has an `eval_script` but no `log_parser`, and no spec names a parser for repo "
+            f"{task.repo!r}: add `log_parser` to the record, or a `--specs` file entry for the repo"
+        )
+    if task.spec() is not None:
+        return None
+    return (
+        f"repo {task.repo!r} version {task.version!r} has no spec, and the record has neither `eval` nor "
+        "`eval_script`: add an entry for this repo/version to a `--specs` file (format: envserver/specs/__init__.py), "
+        "or give the record an `eval` object (test_cmd, log_parser)"
+    )
+
+
+def load_tasks(path: str | Path, specs: SpecTable | None = None) -> list[TaskInstance]:
+    """Load and validate every task of a file; the first bad record raises TaskFileError naming file/record/field.
+
+    `specs`: the spec table (bundled + `--specs` files; default: the bundled tables). A classic row (no `eval`, no
+    `eval_script`) whose repo/version it does not know is rejected here, not when its episode is graded.
+    """
     path = Path(path)
     if not path.is_file():
         raise TaskFileError(f"{path}: no such task file")
@@ -168,6 +207,10 @@ def load_tasks(path: str | Path) -> list[TaskInstance]:
             raise TaskFileError(f"{path}: {label}: {problems}") from None
         if task.instance_id in seen:
             raise TaskFileError(f"{path}: {label}: field 'instance_id': duplicate id {task.instance_id!r}")
+        task._spec_table = specs
+        problem = _check_runnable(task)
+        if problem:
+            raise TaskFileError(f"{path}: {label}: {problem}")
         seen.add(task.instance_id)
         tasks.append(task)
     if not tasks:
@@ -175,11 +218,11 @@ def load_tasks(path: str | Path) -> list[TaskInstance]:
     return tasks
 
 
-def load_task_sets(paths: Iterable[str | Path]) -> dict[str, TaskInstance]:
+def load_task_sets(paths: Iterable[str | Path], specs: SpecTable | None = None) -> dict[str, TaskInstance]:
     """Load several task files into one id → task map; an id in two files is an error."""
     merged: dict[str, TaskInstance] = {}
     for path in paths:
-        for task in load_tasks(path):
+        for task in load_tasks(path, specs):
             if task.instance_id in merged:
                 raise TaskFileError(f"{path}: instance_id {task.instance_id!r} is also defined in an earlier file")
             merged[task.instance_id] = task

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from envserver.patch_policy import PatchPolicy
+
 API_VERSION = "v1"
 
 
@@ -26,6 +28,13 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+ValidationStatus = Literal["valid", "gold_fails", "empty_passes", "env_broken", "flaky", "no_image"]
+"""Outcome of validating one instance (gold patch and empty patch graded K times each)."""
+
+TaskStatus = Literal["valid", "gold_fails", "empty_passes", "env_broken", "flaky", "no_image", "unvalidated"]
+"""A task's status in `GET /v1/tasks`: its validation status, or `unvalidated`."""
+
+
 class TaskSummary(BaseModel):
     """What `GET /v1/tasks` lists for each task: enough to choose one, nothing that leaks the answer."""
 
@@ -35,6 +44,13 @@ class TaskSummary(BaseModel):
     version: str | None = None
     image: str | None = None
     """Image the server will start for this task; null when no candidate image exists on the server."""
+    status: TaskStatus = "unvalidated"
+    """Validation status (`python -m envserver validate`): `valid`, `gold_fails`, `empty_passes`, `env_broken`,
+    `flaky`, `no_image`, or `unvalidated` when the server's validation file does not cover the task (or it has none)."""
+    reason: str | None = None
+    """Why the task is not `valid` (failing tests, the broken environment's log line, ...)."""
+    playable: bool = True
+    """Whether `POST /v1/sessions` accepts this task: a server started with `--validated` serves only valid tasks."""
 
 
 class TaskList(BaseModel):
@@ -122,7 +138,8 @@ class GradeReport(BaseModel):
     patch_applied: bool | None = None
     """Whether the agent's patch applied in the grading container (null when not reached)."""
     model_patch: str = ""
-    """The agent's change as a git diff against base_commit, without the files the hidden tests touch."""
+    """The graded patch: the agent's change as a git diff against base_commit, without the files the hidden tests
+    touch and what the patch policy left out (`excluded_paths`); only its head when `model_patch_truncated`."""
     tests: dict[str, TestStatus] = Field(default_factory=dict)
     """`{"FAIL_TO_PASS": {"success": [...], "failure": [...]}, "PASS_TO_PASS": {...}}` (swebench's report)."""
     test_output_tail: str = ""
@@ -132,6 +149,33 @@ class GradeReport(BaseModel):
     cached: bool = False
     """This grade was computed for an identical patch of the same task earlier (the server's grade cache), not by a
     run of its own."""
+    env_error: str | None = None
+    """The log line that shows the test run failed to collect or start (`ImportError while loading conftest … —
+    ModuleNotFoundError: …`, `ERROR collecting …`, `no tests ran`, a pytest usage error; when no test got a result at
+    all, also weaker evidence, or the output's last line). Set whoever caused it: `infra_failure` says whether the
+    grade blames the environment (envserver/grading.py explains the rule)."""
+    environment_verified: bool = False
+    """The task's environment was known to work when graded (validated): a run broken by anything but the
+    infrastructure is then the patch's doing, never an infra failure."""
+    patch_policy: PatchPolicy | None = None
+    """How changes to test infrastructure were treated (envserver/patch_policy.py): `strip`, `keep` or `reject`."""
+    excluded_paths: list[str] = Field(default_factory=list)
+    """Files whose change the graded patch leaves out: hidden test files, test infrastructure (conftest.py, pytest /
+    tox configuration, sitecustomize, .pth, …) and generated files (bytecode). A setup.cfg / pyproject.toml listed
+    here lost only its pytest sections unless its whole change had to go."""
+    hack_attempt: bool = False
+    """The change touched test infrastructure. Under `reject` the grade is 0 with no test run; under `strip` those
+    changes were left out and the rest graded; under `keep` it was graded as it is."""
+    patch_too_large: bool = False
+    """The diff was over the server's `max_patch_bytes` (`patch_bytes` says by how much): reward 0, not an infra
+    failure, not graded — never a truncated patch."""
+    patch_bytes: int | None = None
+    """Size in bytes of the whole graded patch (of the submitted diff when `patch_too_large`)."""
+    patch_sha256: str | None = None
+    """sha256 of the whole graded patch (of the submitted diff when `patch_too_large`, as its container computed it)."""
+    model_patch_truncated: bool = False
+    """`model_patch` is only the head of the graded patch (it is over the server's `inline_patch_bytes`); the whole
+    patch: `GET /v1/sessions/{id}/patch`."""
 
 
 class StepInfo(BaseModel):
@@ -179,6 +223,29 @@ class SessionState(BaseModel):
     grade: GradeReport | None = None
 
 
+class SessionPatch(BaseModel):
+    """`GET /v1/sessions/{id}/patch`: the whole patch of a graded episode (the finish answer carries only the head of
+    a large one)."""
+
+    session_id: str
+    task_id: str
+    patch: str | None = None
+    """The graded patch, whole; null when nothing was graded (`patch_too_large`)."""
+    submitted_patch: str | None = None
+    """The agent's diff as read from its container, before the patch policy; null when it is the same as `patch`
+    or was not read (`patch_too_large`)."""
+    patch_bytes: int | None = None
+    """Size in bytes of `patch` (of the submitted diff when `patch_too_large`)."""
+    patch_sha256: str | None = None
+    """sha256 of `patch` (of the submitted diff when `patch_too_large`)."""
+    patch_too_large: bool = False
+    """The diff was over the server's `max_patch_bytes` and was never read."""
+    excluded_paths: list[str] = Field(default_factory=list)
+    """Files whose change `patch` leaves out (as in the grade)."""
+    hack_attempt: bool = False
+    """The change touched test infrastructure (as in the grade)."""
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     server_name: str
@@ -186,3 +253,66 @@ class Health(BaseModel):
     max_sessions: int
     tasks: int
     version: str = API_VERSION
+
+
+VALIDATION_FORMAT_VERSION = 1
+"""Version of the validation file format (`ValidationReport`). Fields are only ever added; a change of meaning bumps
+it, and a reader refuses a version it does not know."""
+
+
+class PatchValidation(BaseModel):
+    """The K grading runs of one patch (the instance's gold patch, or the empty patch) during validation."""
+
+    resolved: list[bool]
+    """Whether each run resolved the instance, in run order (fewer than K when validation stopped early)."""
+    failed_tests: list[str] = Field(default_factory=list)
+    """FAIL_TO_PASS and PASS_TO_PASS tests that did not pass in at least one run."""
+    durations_s: list[float] = Field(default_factory=list)
+    """Wall time of each grading run."""
+    patch_applied: bool | None = None
+    """Whether the patch applied in every run that got that far (null when none did)."""
+    env_error: str | None = None
+    """The log line that shows the environment is broken (collection error, ImportError, …), from the first run that
+    reported one."""
+    infra_reason: str | None = None
+    """The first infrastructure failure of these runs (`test_timeout: …`, `no_test_output: …`)."""
+
+
+class InstanceValidation(BaseModel):
+    """One instance's validation outcome."""
+
+    instance_id: str
+    repo: str
+    version: str | None = None
+    image: str | None = None
+    """The image that was graded; null when no candidate image exists on the docker host."""
+    status: ValidationStatus
+    """`valid`: the gold patch resolved in every run and the empty patch in none. Otherwise why not."""
+    reason: str | None = None
+    """Why the status is not `valid`, for people: the failing tests, the log line, the infrastructure failure."""
+    gold: PatchValidation | None = None
+    """Runs of the gold patch (the row's `patch`); null when never graded (`no_image`)."""
+    empty: PatchValidation | None = None
+    """Runs of the empty patch; null when never graded."""
+    python_version: str | None = None
+    """Python version the tests ran with, when the test log says (pytest's `platform … -- Python X.Y.Z` header)."""
+
+
+class ValidationReport(BaseModel):
+    """What `python -m envserver validate --out FILE` writes and `serve --validated FILE` reads (a contract: see
+    `VALIDATION_FORMAT_VERSION`)."""
+
+    format_version: Literal[1] = VALIDATION_FORMAT_VERSION
+    """Version of this format."""
+    created_at: str
+    """When validation started (ISO 8601, UTC)."""
+    task_files: list[str] = Field(default_factory=list)
+    """The task files validated."""
+    repeat: int = 1
+    """Grading runs per patch (K)."""
+    complete: bool = True
+    """False while validation is still running (the file is rewritten as instances finish) or was interrupted."""
+    counts: dict[str, int] = Field(default_factory=dict)
+    """Instances per status."""
+    instances: list[InstanceValidation] = Field(default_factory=list)
+    """One entry per validated instance, in task-file order."""

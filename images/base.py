@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import docker
@@ -101,8 +101,17 @@ def _tar_chunks(rootfs: Path) -> Iterator[bytes]:
             raise BaseImageError(f"tar of {rootfs} failed with exit status {proc.returncode}")
 
 
-def bootstrap(client: docker.DockerClient, tag: str, mirror: str, log: Log) -> None:
-    """debootstrap a minimal bookworm, clean its caches and `docker import` it as `tag`."""
+def bootstrap(
+    client: docker.DockerClient,
+    tag: str,
+    mirror: str,
+    log: Log,
+    *,
+    suite: str = SUITE,
+    packages: Sequence[str] = tuple(PACKAGES),
+    labels: Mapping[str, str] | None = None,
+) -> None:
+    """debootstrap a minimal Debian `suite` with `packages`, clean its caches and `docker import` it as `tag`."""
     if os.geteuid() != 0:
         raise BaseImageError("no registry answers, and bootstrapping the base image with debootstrap needs root")
     if shutil.which("debootstrap") is None:
@@ -111,7 +120,7 @@ def bootstrap(client: docker.DockerClient, tag: str, mirror: str, log: Log) -> N
         )
     with tempfile.TemporaryDirectory(prefix="envserver-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
-        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(rootfs), mirror]
+        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, str(rootfs), mirror]
         log(f"$ {' '.join(cmd)}")
         tail: list[str] = []
         if _stream(cmd, log, tail) != 0:
@@ -127,7 +136,7 @@ def bootstrap(client: docker.DockerClient, tag: str, mirror: str, log: Log) -> N
             src=_tar_chunks(rootfs),
             repository=repository,
             tag=version,
-            changes=["ENV LANG=C.UTF-8", f"LABEL {LABEL}=base"],
+            changes=["ENV LANG=C.UTF-8", *(f"LABEL {k}={v}" for k, v in {LABEL: "base", **(labels or {})}.items())],
             stream_src=True,
         )
 

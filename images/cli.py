@@ -76,39 +76,92 @@ def build(
         Optional[list[str]],
         typer.Option(help="Shell line run in /testbed for tasks without an 'install' field; repeatable."),
     ] = None,
-    base_image: Annotated[str, typer.Option(help="Image to build on; built first when missing.")] = DEFAULT_BASE_TAG,
+    base_image: Annotated[
+        str, typer.Option(help="Image to build rows with an 'install' or 'eval' field on; built first when missing.")
+    ] = DEFAULT_BASE_TAG,
+    specs: Annotated[
+        Optional[list[Path]], typer.Option(help="Extra spec-table file (YAML/JSON, see envserver/specs); repeatable.")
+    ] = None,
+    python_fallback: Annotated[
+        bool,
+        typer.Option(
+            help="Build rows whose spec asks for a Python that is not available offline with the nearest one "
+            "(recorded in the image's labels); without it such rows are refused with the version named."
+        ),
+    ] = False,
     force: Annotated[bool, typer.Option(help="Rebuild (without layer cache) even when the tags are current.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show the whole build output, not only the steps.")] = False,
 ) -> None:
-    """Build one image per task instance (tag envserver/sweb.eval.<instance_id>:latest) with the repo in /testbed."""
+    """Build one image per task instance (tag envserver/sweb.eval.<instance_id>:latest) with the repo in /testbed.
+
+    Classic SWE-bench / SWE-Gym rows (no 'install' or 'eval' field) get the official layered layout from their
+    repository/version spec: base (Python) → env (dependencies, shared) → instance. For those the CA bundle is
+    mounted during the build only (default: the host's pip CA, $PIP_CERT, when set), never copied into the image.
+    """
+    from envserver.specs import SpecFileError, SpecTable
     from images.base import ensure_base
     from images.builder import build_groups, group_tasks, parse_repo_sources
     from images.docker_util import connect
+    from images.official import build_official
 
     try:
-        selected = load_tasks(tasks)
+        table = SpecTable.load(specs or [])
+        selected = load_tasks(tasks, table)
         if instance:
             unknown = set(instance) - {t.instance_id for t in selected}
             if unknown:
                 raise _fail(f"not in {tasks}: {', '.join(sorted(unknown))}")
             selected = [t for t in selected if t.instance_id in instance]
-        groups = group_tasks(selected, install or ())
+        own = [t for t in selected if t.eval is not None or (t.model_extra or {}).get("install") is not None]
+        classic = [t for t in selected if t not in own]
         sources = parse_repo_sources(repo_source or [])
         client = connect()
-        ensure_base(client, base_image, log=typer.echo)
-        build_groups(
-            client,
-            groups,
-            sources=sources,
-            source_template=source_template,
-            base_image=base_image,
-            ca_bundle=ca_bundle,
-            force=force,
-            verbose=verbose,
-            log=typer.echo,
-        )
+        if own:
+            ensure_base(client, base_image, log=typer.echo)
+            build_groups(
+                client,
+                group_tasks(own, install or ()),
+                sources=sources,
+                source_template=source_template,
+                base_image=base_image,
+                ca_bundle=ca_bundle,
+                force=force,
+                verbose=verbose,
+                log=typer.echo,
+            )
+        if classic:
+            build_ca = ca_bundle or _host_pip_ca()
+            results = build_official(
+                client,
+                classic,
+                table,
+                sources,
+                source_template=source_template,
+                ca_bundle=build_ca,
+                python_fallback=python_fallback,
+                force=force,
+                verbose=verbose,
+                log=typer.echo,
+            )
+            failed = [r for r in results if r.action == "failed"]
+            built = sum(len(r.instance_ids) for r in results if r.action != "failed")
+            typer.echo(f"{built} instance(s) ready, {sum(len(r.instance_ids) for r in failed)} failed")
+            for result in failed:
+                typer.echo(f"  FAILED {', '.join(result.instance_ids)}: {(result.error or '').splitlines()[0]}")
+            if failed:
+                raise typer.Exit(1)
+    except SpecFileError as exc:
+        raise _fail(str(exc)) from None
     except _builder_errors() as exc:
         raise _fail(str(exc)) from None
+
+
+def _host_pip_ca() -> Path | None:
+    """The CA bundle the host's pip uses ($PIP_CERT), if any: mounted into build runs only."""
+    import os
+
+    value = os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE")
+    return Path(value) if value and Path(value).is_file() else None
 
 
 @app.command("build-samples")

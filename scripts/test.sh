@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # The editor conformance reference (openhands-aci) lives in its own venv; its absence skips that test with a reason.
 bash tests/conformance/setup_aci_venv.sh || echo "[test] could not build the openhands-aci venv; conformance will be skipped"
+bash tests/conformance/setup_swebench4_venv.sh || echo "[test] could not build the swebench 4.1.0 venv; the eval-script oracle will be skipped (fails under CI)"
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

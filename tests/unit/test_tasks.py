@@ -15,6 +15,7 @@ RECORD = {
     "problem_statement": "it breaks", "FAIL_TO_PASS": '["tests/test_a.py::test_x"]', "PASS_TO_PASS": [],
     "version": 1.2, "test_patch": "diff --git a/tests/test_a.py b/tests/test_a.py\n--- a/tests/test_a.py\n",
     "created_at": "2024-01-01", "some_swe_gym_field": {"kept": True},
+    "eval": {"test_cmd": "pytest -rA"},  # owner/repo is in no spec table: without it the row is rejected at load
 }
 
 

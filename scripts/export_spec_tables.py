@@ -1,0 +1,152 @@
+"""Write envserver/specs/swebench.yaml and envserver/specs/swegym.yaml from the harnesses that hold the facts.
+
+How the bundled spec tables were made (run once; nothing imports this at run time):
+
+    bash tests/conformance/setup_swebench4_venv.sh          # .venv-swebench4 with swebench 4.1.0
+    .venv-swebench4/bin/python scripts/export_spec_tables.py --fork DIR
+
+- SWE-bench: swebench 4.1.0's `swebench.harness.constants.python` (MAP_REPO_VERSION_TO_SPECS_PY,
+  MAP_REPO_TO_REQS_PATHS, MAP_REPO_TO_ENV_YML_PATHS, MAP_REPO_TO_INSTALL_PY) and `swebench.harness.log_parsers`
+  (MAP_REPO_TO_PARSER, written as the parser function's name). Only the repositories with a log parser are kept:
+  the 18 of SWE-bench's test and dev splits (4.1.0 also lists dbt-labs/dbt-core and swe-bench/humaneval, which
+  have none).
+- SWE-Gym: SWE-Gym's fork of the harness (the public repository SWE-Gym/SWE-Bench-Fork); DIR holds its
+  `swebench/harness/constants.py` and `log_parsers.py` (or the two files flat). Its log parsers import
+  `swebench.harness.constants.TestStatus`, which the 4.1.0 venv provides.
+
+The directive style of each repository (how the test patch becomes command-line arguments) is what the harness
+code does, not a table: django's test files become dotted module names, mypy's `[case NAME]` keys one `-k`
+expression, every other repository's test files are passed as paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT_DIR = ROOT / "envserver" / "specs"
+
+# The fork's SPECS_* tables and the repository each belongs to (the fork lower-cases its keys; these are the names
+# as the datasets spell them).
+SWEGYM_TABLES = {
+    "getmoto/moto": "SPECS_MOTO",
+    "python/mypy": "SPECS_MYPY",
+    "pandas-dev/pandas": "SPECS_PANDAS",
+    "pydantic/pydantic": "SPECS_PYDANTIC",
+    "conan-io/conan": "SPECS_CONAN",
+    "iterative/dvc": "SPECS_DVC",
+    "dask/dask": "SPECS_DASK",
+    "bokeh/bokeh": "SPECS_BOKEH",
+    "modin-project/modin": "SPECS_MODIN",
+    "facebookresearch/hydra": "SPECS_HYDRA",
+    "Project-MONAI/MONAI": "SPECS_MONAI",
+    "spyder-ide/spyder": "SPECS_SPYDER",
+    "HypothesisWorks/hypothesis": "SPECS_HYPOTHESIS",
+}
+DIRECTIVE_STYLES = {"django/django": "django_modules", "python/mypy": "mypy_cases"}
+
+
+def _load(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fork_file(fork: Path, name: str) -> Path:
+    for candidate in (fork / "swebench" / "harness" / name, fork / name):
+        if candidate.is_file():
+            return candidate
+    raise SystemExit(f"{fork}: no {name} (expected swebench/harness/{name} or {name})")
+
+
+def _repo_entry(
+    repo: str, parser: str, versions: dict[str, dict[str, Any]], reqs: dict, env_ymls: dict, installs: dict
+) -> dict[str, Any]:
+    lower = {key.lower(): value for key, value in reqs.items()}
+    lower_env = {key.lower(): value for key, value in env_ymls.items()}
+    entry: dict[str, Any] = {"parser": parser, "directives": DIRECTIVE_STYLES.get(repo, "paths")}
+    if lower.get(repo.lower()):
+        entry["requirements_paths"] = list(lower[repo.lower()])
+    if lower_env.get(repo.lower()):
+        entry["environment_yml_paths"] = list(lower_env[repo.lower()])
+    if installs.get(repo):
+        entry["install"] = installs[repo]
+    # Keys exactly as the harness has them; only present keys are written (the harness tests `"key" in specs`).
+    entry["versions"] = {str(version): dict(spec) for version, spec in versions.items()}
+    return entry
+
+
+def _dump(path: Path, header: str, repos: dict[str, Any]) -> None:
+    text = yaml.safe_dump({"repos": repos}, sort_keys=False, width=1_000_000, allow_unicode=True)
+    path.write_text(header + text, encoding="utf-8")
+    print(f"wrote {path} ({len(repos)} repositories, {sum(len(r['versions']) for r in repos.values())} versions)")
+
+
+def export_swebench() -> None:
+    import swebench
+    from swebench.harness.constants import python as constants
+    from swebench.harness.log_parsers import MAP_REPO_TO_PARSER
+
+    repos = {
+        repo: _repo_entry(
+            repo,
+            MAP_REPO_TO_PARSER[repo].__name__,
+            versions,
+            constants.MAP_REPO_TO_REQS_PATHS,
+            constants.MAP_REPO_TO_ENV_YML_PATHS,
+            constants.MAP_REPO_TO_INSTALL_PY,
+        )
+        for repo, versions in constants.MAP_REPO_VERSION_TO_SPECS_PY.items()
+        if repo in MAP_REPO_TO_PARSER
+    }
+    header = (
+        f"# SWE-bench's per-repository spec tables, from swebench {swebench.__version__}\n"
+        "# (swebench/harness/constants/python.py, log_parsers/python.py). Generated by scripts/export_spec_tables.py.\n"
+        "# Format: envserver/specs/__init__.py.\n"
+    )
+    _dump(OUT_DIR / "swebench.yaml", header, repos)
+
+
+def export_swegym(fork: Path) -> None:
+    constants = _load(_fork_file(fork, "constants.py"), "swegym_fork_constants")
+    parsers = _load(_fork_file(fork, "log_parsers.py"), "swegym_fork_log_parsers")
+    parser_map = {key.lower(): value for key, value in parsers.MAP_REPO_TO_PARSER.items()}
+    repos = {
+        repo: _repo_entry(
+            repo,
+            parser_map[repo.lower()].__name__,
+            getattr(constants, table),
+            constants.MAP_REPO_TO_REQS_PATHS,
+            constants.MAP_REPO_TO_ENV_YML_PATHS,
+            constants.MAP_REPO_TO_INSTALL,
+        )
+        for repo, table in SWEGYM_TABLES.items()
+        if getattr(constants, table)  # spyder's table is empty in the fork
+    }
+    header = (
+        "# SWE-Gym's per-repository spec tables, from SWE-Gym's fork of the SWE-bench harness\n"
+        "# (github.com/SWE-Gym/SWE-Bench-Fork: swebench/harness/constants.py, log_parsers.py).\n"
+        "# Generated by scripts/export_spec_tables.py. Format: envserver/specs/__init__.py.\n"
+    )
+    _dump(OUT_DIR / "swegym.yaml", header, repos)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fork", type=Path, required=True, help="checkout (or files) of SWE-Gym/SWE-Bench-Fork")
+    args = parser.parse_args()
+    export_swebench()
+    export_swegym(args.fork)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
