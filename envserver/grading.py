@@ -49,7 +49,11 @@ from swebench.harness.constants import (
     TEST_EXIT_CODE_VAR,
     ResolvedStatus,
 )
-from swebench.harness.grading import get_eval_tests_report, get_logs_eval, get_resolution_status
+from swebench.harness.grading import (
+    get_eval_tests_report,
+    get_logs_eval,
+    get_resolution_status,
+)
 from swebench.harness.log_parsers import PARSER_REGISTRY
 from swebench.harness.utils import make_test_spec
 from swebench.types import TestSpec
@@ -118,6 +122,11 @@ def test_spec_for(task: TaskInstance, image: str) -> TestSpec:
         return make_test_spec(instance)
     if task.eval is None:
         return _classic_test_spec(task, image)
+    return _script_test_spec(task, image, parser_key(task.eval.log_parser), build_eval_script(task))
+
+
+def _script_test_spec(task: TaskInstance, image: str, log_parser: str, eval_script: str) -> TestSpec:
+    """swebench's TestSpec for a task whose eval script and parser the server wrote or looked up."""
     return make_test_spec(
         {
             "instance_id": task.instance_id,
@@ -126,9 +135,9 @@ def test_spec_for(task: TaskInstance, image: str) -> TestSpec:
             "version": task.version or "",
             "FAIL_TO_PASS": task.FAIL_TO_PASS,
             "PASS_TO_PASS": task.PASS_TO_PASS,
-            "log_parser": parser_key(task.eval.log_parser),
+            "log_parser": log_parser,
             "eval_type": "pass_and_fail",
-            "eval_script": build_eval_script(task),
+            "eval_script": eval_script,
         }
     )
 
@@ -153,19 +162,7 @@ def _classic_test_spec(task: TaskInstance, image: str) -> TestSpec:
             f"log_parser), and no spec table knows repo {task.repo!r} version {task.version!r}: the server cannot "
             "know how to run its tests"
         )
-    return make_test_spec(
-        {
-            "instance_id": task.instance_id,
-            "image": image,
-            "repo": task.repo,
-            "version": task.version or "",
-            "FAIL_TO_PASS": task.FAIL_TO_PASS,
-            "PASS_TO_PASS": task.PASS_TO_PASS,
-            "log_parser": parser_key(parser_name(spec)),
-            "eval_type": "pass_and_fail",
-            "eval_script": make_eval_script(task, spec),
-        }
-    )
+    return _script_test_spec(task, image, parser_key(parser_name(spec)), make_eval_script(task, spec))
 
 
 def test_command(eval_script: str) -> str:

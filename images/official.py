@@ -43,9 +43,15 @@ from envserver.image_names import local_image_name
 from envserver.specs import ResolvedSpec, SpecTable
 from envserver.tasks import TaskInstance
 from images.base import LABEL
-from images.builder import BuildError, _tag_all, _image_ids
+from images.builder import BuildError, _git, _image_ids, _tag_all
 from images.docker_util import image_labels, run_and_commit
-from images.python_base import PYTHON_LABEL, PYTHON_REQUESTED_LABEL, choose_python, ensure_python_base, PythonChoice
+from images.python_base import (
+    PYTHON_LABEL,
+    PYTHON_REQUESTED_LABEL,
+    PythonChoice,
+    choose_python,
+    ensure_python_base,
+)
 from images.requirements import (
     PipRequirements,
     RequirementsError,
@@ -298,14 +304,6 @@ def pretend_version(repo_dir: Path, version: str | None) -> str | None:
     if probe.returncode == 0 or not version:
         return None
     return version if version.count(".") >= 2 else f"{version}.0"
-
-
-def _git(args: Sequence[str], cwd: Path | None = None) -> str:
-    cmd = ["git", "-c", "core.autocrlf=false", "-c", "advice.detachedHead=false", *args]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BuildError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout
 
 
 @dataclass
