@@ -8,7 +8,8 @@ makes of it (its module docstring).
 Two strengths of evidence:
 - pytest's own words for a run that failed to collect or start — `ImportError while loading conftest`, `ERROR
   collecting …`, `Interrupted: N errors during collection`, `no tests ran`, `ERROR: usage …` / `ERROR: file or
-  directory not found`, `INTERNALERROR>` — are reported whenever they appear;
+  directory not found`, `INTERNALERROR>` — are reported whenever they appear and some FAIL_TO_PASS / PASS_TO_PASS
+  test has no result (with every one of them reported the run was complete: nothing is);
 - generic ones — `ModuleNotFoundError`, `ImportError`, `SyntaxError`, a traceback, `command not found`, django's
   `ImproperlyConfigured` or `Ran 0 tests`, sympy's import failures — only when no test result was parsed at all
   (a failing test's own traceback often shows them). With nothing recognised and nothing parsed, the line says so
@@ -106,11 +107,15 @@ def _with_cause(lines: list[str], index: int) -> EnvError:
     return EnvError(_cut(headline), "\n".join(lines[index : index + CAUSE_WINDOW]), True)
 
 
-def find_env_error(log: str, parsed_any: bool) -> EnvError | None:
+def find_env_error(log: str, parsed_any: bool, parsed_all: bool = False) -> EnvError | None:
     """The line of the test output that shows the run failed to collect or start, or None.
 
     `parsed_any`: whether any FAIL_TO_PASS / PASS_TO_PASS test got a status from the log parser; without one, weaker
-    evidence counts and the absence of any becomes the reason."""
+    evidence counts and the absence of any becomes the reason. `parsed_all`: every one of them got a status — the run
+    was complete, and pytest's words in the output belong to the tests themselves (pytest's own suite runs pytest
+    inside its tests and prints their `INTERNALERROR>` and `ERROR collecting` lines): None."""
+    if parsed_all:
+        return None
     lines = _clean(test_output(log).split("\n"))
     for pattern in _STRONG:
         for index, line in enumerate(lines):

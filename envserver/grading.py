@@ -18,8 +18,8 @@ run timed out or its container died, no test output at all) is an `infra_failure
 A test run that failed to collect or start (a missing dependency: `ImportError while loading conftest`, pytest exit
 4; `ERROR collecting`; `no tests ran`; a usage error; django's and sympy's import failures) carries `env_error`, the
 log line that says why (envserver/env_errors.py) — never a silent 0. Who is to blame:
-- some FAIL_TO_PASS / PASS_TO_PASS test got a result: the tests ran; a plain grade (`env_error` may still name,
-  say, the one test file that failed to collect);
+- every FAIL_TO_PASS / PASS_TO_PASS test got a result: the run was complete; a plain grade, no `env_error`;
+- some did: the tests ran; a plain grade (`env_error` names, say, the one test file that failed to collect);
 - no test got a result, and the log shows the patch did it — the traceback runs through a file the patch changed,
   or the repository's own code lacks a name or module the fix adds (`cannot import name 'x' from 'pkg.mod'
   (/testbed/pkg/mod.py)`: the common case of a test_patch that imports what the fix adds, graded with no fix), or
@@ -330,8 +330,9 @@ async def grade(
                       **verified)
     tests, resolved, _, _ = _evaluate(test_spec, log)
     wanted = [*test_spec.FAIL_TO_PASS, *test_spec.PASS_TO_PASS]
-    ran = bool(parsed_tests(test_spec, log)) or not wanted
-    error = find_env_error(log, parsed_any=ran)
+    parsed = parsed_tests(test_spec, log)
+    ran = bool(parsed) or not wanted
+    error = find_env_error(log, parsed_any=ran, parsed_all=bool(wanted) and parsed >= set(wanted))
     env_error = error.line if error else None
     if error is not None and not ran and not environment_verified:
         patch_paths = [path for file_patch in split_patch(model_patch)[1] for path in file_patch.paths]

@@ -71,6 +71,8 @@ class Prepared:
 
     sandbox: Sandbox
     runtime: RuntimeClient
+    head: str | None = None
+    """The repository's HEAD when the container started (None: not read), the base the agent's diff is taken from."""
 
 
 class Session:
@@ -82,6 +84,8 @@ class Session:
         self.image = image
         self.sandbox: Sandbox | None = prepared.sandbox
         self.runtime: RuntimeClient | None = prepared.runtime
+        self.start_head = prepared.head
+        """The commit the episode started from: the agent's change is the diff against it (submission_script)."""
         self.max_steps = max_steps
         self.steps = 0
         self.status = "running"
@@ -219,7 +223,7 @@ class Session:
         assert self.sandbox is not None
         try:
             return await submission.read_submission(self.exec, self.task, self.manager.config.max_patch_bytes,
-                                                    PATCH_TIMEOUT_S)
+                                                    PATCH_TIMEOUT_S, self.start_head)
         except submission.SubmissionError as exc:
             raise PatchError(str(exc)) from None
 
@@ -233,7 +237,7 @@ class Session:
         """Base and submitted contents of `paths` (the patch policy's setup.cfg / pyproject.toml), while the episode
         container still exists."""
         return await submission.read_file_versions(self.exec, self.task, paths, PATCH_TIMEOUT_S,
-                                                   self.manager.config.max_patch_bytes)
+                                                   self.manager.config.max_patch_bytes, self.start_head)
 
     def patch_view(self) -> SessionPatch:
         """`GET /v1/sessions/{id}/patch`: the whole graded patch of an ended episode."""
@@ -272,6 +276,8 @@ class SessionManager:
             self.validation = {entry.instance_id: entry for entry in validation.instances}
         self.sessions: dict[str, Session] = {}
         self.images: dict[str, str | None] = {}
+        self.image_heads: dict[str, str | None] = {}
+        """Each image's repository HEAD at container start (Prepared.head)."""
         self._starting = 0
         self._cleanup: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
@@ -361,7 +367,21 @@ class SessionManager:
         except BaseException:
             await asyncio.shield(sandbox.remove())
             raise
-        return Prepared(sandbox, runtime)
+        return Prepared(sandbox, runtime, await self._start_head(image, workdir, runtime))
+
+    async def _start_head(self, image: str, workdir: str, runtime: RuntimeClient) -> str | None:
+        """HEAD of the image's repository, read once per image from a fresh container (before any agent acts)."""
+        if image not in self.image_heads:
+            try:
+                result = await runtime.request(
+                    "exec", {"argv": ["git", "-C", workdir, "rev-parse", "--verify", "HEAD"], "timeout": 30,
+                             "max_output_bytes": 1024}, timeout=30 + RUNTIME_SLACK_S)
+            except (RuntimeDied, RuntimeRequestError, asyncio.TimeoutError):
+                return None  # not cached: the next container tries again
+            head = str(result.get("stdout", "")).strip()
+            # Not a git checkout (or no commit): the diff falls back to base_commit, and says so if that fails.
+            self.image_heads[image] = head if result.get("exit_code") == 0 and head else None
+        return self.image_heads[image]
 
     async def _discard(self, prepared: Prepared) -> None:
         await prepared.runtime.close()

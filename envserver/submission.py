@@ -78,16 +78,21 @@ def _pathspecs(paths: Sequence[str], magic: str) -> str:
     return " ".join(shlex.quote(f":({magic}){path}") for path in paths)
 
 
-def submission_script(task: TaskInstance, max_bytes: int) -> str:
+def submission_script(task: TaskInstance, max_bytes: int, base: str | None = None) -> str:
     """Prints the diff's size, the hidden test files it changes (count, then one per line, git-quoted), then the
-    diff itself when it is at most `max_bytes`, else its sha256."""
+    diff itself when it is at most `max_bytes`, else its sha256.
+
+    `base`: the commit the episode started from (default: the task's base_commit). An official-layout image's HEAD is
+    a setup commit on top of base_commit (the harness's `SWE-bench` commit, holding what install steps edited); the
+    grading container starts there too, so a diff against base_commit would carry those edits and fail to apply."""
+    base = base or task.base_commit
     hidden = task.test_files()
     excludes = _pathspecs(hidden, "exclude,literal")
     diff = (
-        f"git -c core.fileMode=false diff --cached --binary --no-color {shlex.quote(task.base_commit)} -- . {excludes}"
+        f"git -c core.fileMode=false diff --cached --binary --no-color {shlex.quote(base)} -- . {excludes}"
     )
     hidden_names = (
-        f"git diff --cached --name-only --no-renames {shlex.quote(task.base_commit)} -- "
+        f"git diff --cached --name-only --no-renames {shlex.quote(base)} -- "
         f"{_pathspecs(hidden, 'literal')} 2>/dev/null"
         if hidden
         else "true"
@@ -127,10 +132,13 @@ def parse_submission(output: str, max_bytes: int) -> Submission:
     return Submission(patch=body, size=size, sha256=hashlib.sha256(data).hexdigest(), hidden_paths=hidden)
 
 
-async def read_submission(run: Exec, task: TaskInstance, max_bytes: int, timeout: float) -> Submission:
-    """`git add -A` and the diff against base_commit in the episode container, measured before it is read."""
+async def read_submission(
+    run: Exec, task: TaskInstance, max_bytes: int, timeout: float, base: str | None = None
+) -> Submission:
+    """`git add -A` and the diff against `base` (the episode's starting commit; default base_commit) in the episode
+    container, measured before it is read."""
     exit_code, output = await run(
-        ["bash", "-c", submission_script(task, max_bytes)], timeout, max_bytes + READ_SLACK_BYTES
+        ["bash", "-c", submission_script(task, max_bytes, base)], timeout, max_bytes + READ_SLACK_BYTES
     )
     if exit_code != 0:
         raise SubmissionError(f"git diff failed in the episode container (exit {exit_code}): {output[-500:]}")
@@ -138,9 +146,10 @@ async def read_submission(run: Exec, task: TaskInstance, max_bytes: int, timeout
 
 
 async def read_file_versions(
-    run: Exec, task: TaskInstance, paths: Sequence[str], timeout: float, max_bytes: int
+    run: Exec, task: TaskInstance, paths: Sequence[str], timeout: float, max_bytes: int, base: str | None = None
 ) -> dict[str, FileVersions]:
-    """Each path's content at base_commit and in the index (where `git add -A` put the change)."""
+    """Each path's content at `base` (the episode's starting commit; default base_commit) and in the index (where
+    `git add -A` put the change)."""
 
     async def show(revision: str) -> str | None:
         exit_code, output = await run(["git", "-C", task.workdir, "show", revision], timeout, max_bytes)
@@ -148,7 +157,7 @@ async def read_file_versions(
 
     versions = {}
     for path in paths:
-        versions[path] = FileVersions(base=await show(f"{task.base_commit}:{path}"), new=await show(f":{path}"))
+        versions[path] = FileVersions(base=await show(f"{base or task.base_commit}:{path}"), new=await show(f":{path}"))
     return versions
 
 
@@ -175,7 +184,8 @@ async def image_file_versions(
         exit_code, _ = await run(["git", "-C", task.workdir, "apply", "--cached", POLICY_PATCH_PATH], timeout, 0)
         if exit_code != 0:
             return {}
-        return await read_file_versions(run, task, paths, timeout, max_bytes)
+        # The patch went onto the image's HEAD (its setup commit, for an official-layout image).
+        return await read_file_versions(run, task, paths, timeout, max_bytes, base="HEAD")
     finally:
         await asyncio.shield(sandbox.remove())
 

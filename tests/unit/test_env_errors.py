@@ -118,3 +118,26 @@ def test_usage_errors_and_empty_runs_are_reported(tmp_path: Path) -> None:
     error = find_env_error(silent, parsed_any=False)
     assert error is not None and error.line.startswith("no test results") and "exit status 1" in error.line
     assert "something odd" in error.line
+
+
+def test_pytest_words_printed_by_the_tests_themselves_are_not_an_env_error(tmp_path: Path) -> None:
+    """pytest's own suite runs pytest inside its tests (pytester): a failing test prints the inner run's
+    `INTERNALERROR>` and `ERROR collecting` lines in its captured output (pytest-dev__pytest-7168 graded with no fix).
+    With every wanted test reported the run was complete; with one missing the same words are evidence."""
+    root = project(
+        tmp_path,
+        {
+            "tests/test_inner.py": (
+                "def test_inner_run_crashes():\n"
+                "    print('INTERNALERROR> Traceback (most recent call last):')\n"
+                "    print('_____ ERROR collecting test_inner.py _____')\n"
+                "    assert False, 'the inner run crashed'\n\n"
+                "def test_other():\n    assert True\n"
+            )
+        },
+    )
+    log = run_tests(root, *PYTEST, "-s", "tests/test_inner.py")
+    assert "INTERNALERROR> Traceback" in log and "FAILED tests/test_inner.py::test_inner_run_crashes" in log
+    assert find_env_error(log, parsed_any=True, parsed_all=True) is None
+    error = find_env_error(log, parsed_any=True, parsed_all=False)
+    assert error is not None and error.strong
