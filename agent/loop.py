@@ -118,10 +118,10 @@ class _Episode:
                 return f"ERROR: {exc.message}", None
             raise
         if response.terminated or response.truncated:
-            self.record_end(response)
+            await self.record_end(response)
         return response.observation, response
 
-    def record_end(self, response: StepResponse) -> None:
+    async def record_end(self, response: StepResponse) -> None:
         self.ended = True
         grade = response.info.grade
         if response.truncated and self.trajectory.truncation is None:
@@ -130,6 +130,10 @@ class _Episode:
             return
         self.trajectory.test_report = grade.model_dump(exclude={"model_patch", "test_output_tail"})
         self.trajectory.patch = grade.model_patch
+        if grade.model_patch_truncated and self.session_id is not None:
+            # The finish answer carries only the head of a large patch: the trajectory keeps the whole one.
+            whole = await self.env_call(self.env.patch(self.session_id))
+            self.trajectory.patch = whole.patch
         if grade.infra_failure:
             self.trajectory.infra_failure = True
             self.trajectory.infra_reason = f"env: {grade.infra_reason}"
@@ -145,7 +149,7 @@ class _Episode:
             _, response = await self.step("finish", {})
             self.trajectory.num_tool_calls -= 1  # not the agent's call
             if response is not None:
-                self.record_end(response)
+                await self.record_end(response)
 
     async def close(self) -> None:
         if self.session_id is not None:

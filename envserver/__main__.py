@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import typer
 import yaml
+from pydantic import ValidationError
 
 from envserver.config import ServerConfig
 
@@ -51,6 +52,10 @@ def serve(
                                                    "graded once (0: grade every episode)."),
     network: Optional[bool] = typer.Option(None, "--network/--no-network", help="Give episode containers a "
                                            "network (off by default)."),
+    patch_policy: Optional[str] = typer.Option(None, help="Changes to test infrastructure (conftest.py, pytest "
+                                               "configuration, …): strip (default) | keep | reject."),
+    max_patch_bytes: Optional[int] = typer.Option(None, help="Largest diff graded (default 2 MiB); a bigger one "
+                                                  "grades 0 as patch_too_large."),
     validated: Optional[Path] = typer.Option(None, "--validated", help="Validation file from `validate --out`: "
                                              "serve only its valid tasks (the others are listed and refused)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with ServerConfig fields."),
@@ -69,9 +74,13 @@ def serve(
         allow_unauthenticated=allow_unauthenticated,
         max_sessions=max_sessions, warm_pool_size=warm_pool_size, warm_pool_tasks=warm_pool_task or None,
         session_ttl_s=session_ttl_s, default_max_steps=default_max_steps, grade_cache_size=grade_cache_size,
-        validated=validated,
+        patch_policy=patch_policy, max_patch_bytes=max_patch_bytes, validated=validated,
     )
-    cfg = load_config(config, overrides)
+    try:
+        cfg = load_config(config, overrides)
+    except ValidationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     if network is not None:
         cfg.sandbox.network = network
     if not cfg.is_loopback() and not cfg.auth_token and not cfg.allow_unauthenticated:

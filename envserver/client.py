@@ -18,6 +18,7 @@ from envserver.wire import (
     Health,
     ResetRequest,
     ResetResponse,
+    SessionPatch,
     SessionState,
     StepRequest,
     StepResponse,
@@ -128,6 +129,10 @@ class AsyncEnvClient:
     async def state(self, session_id: str) -> SessionState:
         return await self._get(f"/v1/sessions/{session_id}", SessionState)
 
+    async def patch(self, session_id: str) -> SessionPatch:
+        """The whole graded patch of an ended episode (a grade carries only the head of a large one)."""
+        return await self._get(f"/v1/sessions/{session_id}/patch", SessionPatch)
+
     async def close_session(self, session_id: str) -> SessionState | None:
         """Delete a session; None when it was already gone."""
         response = await self._idempotent("DELETE", f"/v1/sessions/{session_id}")
@@ -197,6 +202,10 @@ class EnvClient:
 
     def state(self, session_id: str) -> SessionState:
         return self._get(f"/v1/sessions/{session_id}", SessionState)
+
+    def patch(self, session_id: str) -> SessionPatch:
+        """The whole graded patch of an ended episode (a grade carries only the head of a large one)."""
+        return self._get(f"/v1/sessions/{session_id}/patch", SessionPatch)
 
     def close_session(self, session_id: str) -> SessionState | None:
         response = self._idempotent("DELETE", f"/v1/sessions/{session_id}")

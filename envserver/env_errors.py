@@ -62,6 +62,16 @@ _WEAK = re.compile(
     r"|ImproperlyConfigured"
     r"|^Ran 0 tests"
 )
+NETWORK_SIGNS = (
+    "Failed to establish a new connection",
+    "Temporary failure in name resolution",
+    "Name or service not known",
+    "Network is unreachable",
+    "nodename nor servname",
+    "[Errno -3]",
+    "[Errno 101]",
+)
+"""Log text of a test that tried to reach the network (grading runs with networking off)."""
 _CANNOT_IMPORT = re.compile(r"cannot import name '([^']+)' from '([^']+)' \(([^)]+)\)")
 _NO_MODULE = re.compile(r"No module named '([^']+)'")
 
@@ -136,6 +146,16 @@ def find_env_error(log: str, parsed_any: bool, parsed_all: bool = False) -> EnvE
     last = next((line.strip() for line in reversed(lines) if line.strip()), "")
     status = f" (test command exit status {exit_code})" if exit_code is not None else ""
     return EnvError(_cut(f"no test results in the test output{status}; its last line: {last or '(none)'}"), "", False)
+
+
+def find_network_error(log: str) -> str | None:
+    """The first line of the test output that shows a test tried to reach the network, or None."""
+    lines = [line for line in _clean(test_output(log).split("\n")) if any(sign in line for sign in NETWORK_SIGNS)]
+    # pytest's `E   …` lines are the exceptions; `>   …` lines echo the source that raised them.
+    chosen = next((line for line in lines if line.startswith("E ")), None) or next(
+        (line for line in lines if not line.lstrip().startswith(">")), None
+    )
+    return _cut(re.sub(r"^E\s+", "", chosen.strip())) if chosen else None
 
 
 def _mentions(text: str, path: str) -> bool:

@@ -59,7 +59,7 @@ from swebench.harness.utils import make_test_spec
 from swebench.types import TestSpec
 
 from envserver import log_parsers  # noqa: F401 - registers our parsers in swebench's PARSER_REGISTRY
-from envserver.env_errors import find_env_error, patch_caused
+from envserver.env_errors import find_env_error, find_network_error, patch_caused
 from envserver.eval_script import make_eval_script, parser_name
 from envserver.patch_policy import command_paths, split_patch
 from envserver.sandbox.base import SandboxBackend, SandboxError, SandboxSpec
@@ -340,4 +340,6 @@ async def grade(
         if not patch_caused(error, patch_paths, model_patch, fix_paths, task.workdir):
             return _infra(f"env_error: {error.line}", started, model_patch, log, True, env_error=env_error, tests=tests,
                           **verified)
-    return plain(resolved=resolved, reward=1.0 if resolved else 0.0, tests=tests, env_error=env_error)
+    network_error = None if resolved else find_network_error(log)
+    return plain(resolved=resolved, reward=1.0 if resolved else 0.0, tests=tests, env_error=env_error,
+                 network_error=network_error)

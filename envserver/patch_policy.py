@@ -466,15 +466,6 @@ def file_diff(path: str, base: str | None, new: str, original: FilePatch) -> str
 # --- the policy ----------------------------------------------------------------------------------------------------
 
 
-def resolve_policy(task_value: object, server_default: PatchPolicy) -> PatchPolicy:
-    """The task's own `patch_policy` field when it has one, else the server's; ValueError for an unknown value."""
-    if task_value is None:
-        return server_default
-    if task_value not in POLICIES:
-        raise ValueError(f"patch_policy {task_value!r} is not one of {', '.join(POLICIES)}")
-    return task_value  # type: ignore[return-value]
-
-
 def apply_policy(
     diff: str,
     policy: PatchPolicy,

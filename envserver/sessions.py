@@ -499,7 +499,7 @@ class SessionManager:
         # A validated task's environment is known to work: a broken test run is then the patch's doing.
         verified = self.task_status(task.instance_id)[0] == "valid"
         try:
-            policy = patch_policy.resolve_policy((task.model_extra or {}).get("patch_policy"), config.patch_policy)
+            policy = task.patch_policy or config.patch_policy
         except ValueError as exc:
             return GradeReport(resolved=False, reward=0.0, infra_failure=True,
                                infra_reason=f"bad_task: task {task.instance_id}: {exc}"), None

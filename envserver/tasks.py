@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from envserver.patch_policy import PatchPolicy
 from envserver.specs import ResolvedSpec, SpecTable
 
 SAMPLE_TASKS_PATH = Path(__file__).parent / "samples" / "tasks.jsonl"
@@ -77,6 +78,8 @@ class TaskInstance(BaseModel):
     """Repository directory inside the image."""
     eval: EvalSpec | None = None
     """How to run the tests, for instances outside swebench's spec tables (our sample tasks)."""
+    patch_policy: PatchPolicy | None = None
+    """This task's grading of changes to test infrastructure (strip | keep | reject); None: the server's."""
 
     _spec_table: SpecTable | None = PrivateAttr(default=None)
     """The spec table the task was loaded with (`--specs` files included); None: the bundled tables."""

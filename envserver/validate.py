@@ -153,6 +153,7 @@ def summarize(reports: Sequence[GradeReport]) -> PatchValidation:
         patch_applied=all(applied) if applied else None,
         env_error=next((e for e in map(env_error_of, reports) if e), None),
         infra_reason=next((r.infra_reason for r in reports if r.infra_failure), None),
+        excluded_paths=list(dict.fromkeys(path for r in reports for path in r.excluded_paths)),
     )
 
 
@@ -195,8 +196,14 @@ def classify(gold: Sequence[GradeReport], empty: Sequence[GradeReport]) -> tuple
         if report.infra_failure:
             status = "no_image" if (report.infra_reason or "").startswith("image_missing") else "env_broken"
             return status, f"gold patch: {_infra_reason(report)}"
+    gold_proves_env = bool(gold) and all(r.resolved for r in gold)
     for report in empty:
-        if report.infra_failure and not (report.infra_reason or "").startswith(EMPTY_PATCH_OUTCOMES):
+        reason = report.infra_reason or ""
+        # With the fix the tests ran and passed, so a run that cannot collect without it (pytest-dev__pytest-7168:
+        # the bug is an INTERNALERROR) failed for want of the fix: a 0, as a verified server grades it.
+        if gold_proves_env and reason.startswith("env_error"):
+            continue
+        if report.infra_failure and not reason.startswith(EMPTY_PATCH_OUTCOMES):
             return "env_broken", f"empty patch: {_infra_reason(report)}"
     gold_resolved = [r.resolved for r in gold]
     empty_resolved = [r.resolved for r in empty]
@@ -211,7 +218,11 @@ def classify(gold: Sequence[GradeReport], empty: Sequence[GradeReport]) -> tuple
     if gold and not any(gold_resolved):
         if any(r.patch_applied is False for r in gold):
             return "gold_fails", "the gold patch does not apply"
-        return "gold_fails", f"gold patch does not resolve: {_failing(gold[0])}{_network_hint(gold[0])}"
+        excluded = list(dict.fromkeys(path for r in gold for path in r.excluded_paths))
+        policy_note = (f" — the patch policy left out its change to {', '.join(excluded)} (a row's `patch_policy: "
+                       "keep` grades it as the harness does)") if excluded else ""
+        return "gold_fails", (f"gold patch does not resolve: {_failing(gold[0])}{_network_hint(gold[0])}"
+                              f"{policy_note}")
     if empty and all(empty_resolved):
         f2p = empty[0].tests.get("FAIL_TO_PASS", {})
         if not f2p.get("success") and not f2p.get("failure"):
@@ -228,23 +239,11 @@ def _stops_early(report: GradeReport) -> bool:
     return report.infra_failure or (bool(env_error_of(report)) and not report.resolved)
 
 
-NETWORK_SIGNS = (
-    "Failed to establish a new connection",
-    "Temporary failure in name resolution",
-    "Name or service not known",
-    "Network is unreachable",
-    "nodename nor servname",
-    "[Errno -3]",
-    "[Errno 101]",
-)
-"""Log text of a test that tried to reach the network (grading runs with networking off)."""
-
-
 def _network_hint(report: GradeReport) -> str:
     """Why a gold run failed when its tests wanted the network: they cannot pass in an offline grading container."""
-    tail = report.test_output_tail or ""
-    if any(sign in tail for sign in NETWORK_SIGNS):
-        return " — the failing tests try to reach the network, which grading turns off (cannot be valid offline)"
+    if report.network_error:
+        return (f" — the tests try to reach the network, which grading turns off (cannot be valid offline): "
+                f"{report.network_error}")
     return ""
 
 

@@ -149,6 +149,10 @@ class GradeReport(BaseModel):
     cached: bool = False
     """This grade was computed for an identical patch of the same task earlier (the server's grade cache), not by a
     run of its own."""
+    network_error: str | None = None
+    """A line of the test output that shows a test tried to reach the network, which grading turns off (`[Errno -3]
+    Temporary failure in name resolution`, `Network is unreachable`, …): a test that needs the internet cannot pass
+    here, fix or no fix."""
     env_error: str | None = None
     """The log line that shows the test run failed to collect or start (`ImportError while loading conftest … —
     ModuleNotFoundError: …`, `ERROR collecting …`, `no tests ran`, a pytest usage error; when no test got a result at
@@ -276,6 +280,9 @@ class PatchValidation(BaseModel):
     reported one."""
     infra_reason: str | None = None
     """The first infrastructure failure of these runs (`test_timeout: …`, `no_test_output: …`)."""
+    excluded_paths: list[str] = Field(default_factory=list)
+    """Files the patch policy left out of this patch (test infrastructure): a gold patch that needs them cannot
+    resolve under `strip`; validate such a task with `patch_policy: keep` on its row."""
 
 
 class InstanceValidation(BaseModel):

@@ -109,6 +109,22 @@ def test_gold_episode_is_token_exact_and_resolved(server, sample_tasks, tokenize
     assert trajectory.timings.env_s > 0 and trajectory.timings.total_s >= trajectory.timings.env_s
 
 
+def test_a_large_patch_is_kept_whole_in_the_trajectory(server, sample_tasks, tokenizer):  # type: ignore[no-untyped-def]
+    """The finish answer carries only the head of a patch over the server's inline limit (64 KiB); the trajectory
+    fetches the whole graded patch (`GET /v1/sessions/{id}/patch`) before the session closes."""
+    task = sample_tasks[1]
+    texts = [
+        call("execute_bash", command=bash_apply_command(task.patch, task.workdir)),
+        call("execute_bash", command=f"cd {task.workdir} && seq 1 60000 > numbers_by_agent.txt"),
+        call("finish"),
+    ]
+    trajectory = play(server, Replay(tokenizer, texts), task.instance_id, AgentConfig(), tokenizer)
+    assert trajectory.reward == 1.0 and trajectory.test_report is not None, trajectory
+    assert trajectory.test_report["model_patch_truncated"], "the grade itself carries only the head"
+    assert trajectory.patch is not None and len(trajectory.patch.encode()) == trajectory.test_report["patch_bytes"]
+    assert "+60000\n" in trajectory.patch and "numbers_by_agent.txt" in trajectory.patch
+
+
 def test_malformed_tool_calls_are_observations(server, sample_tasks, tokenizer):  # type: ignore[no-untyped-def]
     texts = [
         "<tool_call>\n{not json at all\n</tool_call>",

@@ -250,10 +250,11 @@ def test_a_large_patch_under_the_cap_is_graded_and_served_whole(served: Served) 
     grade = grade_of(body)
     assert grade["reward"] == 1.0 and grade["model_patch_truncated"] and not grade["patch_too_large"]
     assert body["_bytes"] < 100_000 and grade["patch_bytes"] > 300_000
-    view = httpx.get(f"{served.server.url}/v1/sessions/{body['_session']}/patch").json()
-    assert len(view["patch"].encode()) == grade["patch_bytes"]
-    assert hashlib.sha256(view["patch"].encode()).hexdigest() == grade["patch_sha256"]
-    assert view["patch"].startswith(grade["model_patch"]) and view["submitted_patch"] is None
+    with EnvClient(served.server.url) as client:
+        view = client.patch(body["_session"])
+    assert view.patch is not None and len(view.patch.encode()) == grade["patch_bytes"]
+    assert hashlib.sha256(view.patch.encode()).hexdigest() == grade["patch_sha256"]
+    assert view.patch.startswith(grade["model_patch"]) and view.submitted_patch is None
 
 
 # --- grading directly: attribution of broken environments, the server's policy setting ---------------------------

@@ -141,3 +141,24 @@ def test_pytest_words_printed_by_the_tests_themselves_are_not_an_env_error(tmp_p
     assert find_env_error(log, parsed_any=True, parsed_all=True) is None
     error = find_env_error(log, parsed_any=True, parsed_all=False)
     assert error is not None and error.strong
+
+
+def test_a_test_that_wants_the_network_is_named(tmp_path: Path) -> None:
+    """The line grading reports as `network_error` (validation's hint for tests that need the internet). The test
+    raises what a socket raises in a container with networking off; nothing leaves this machine."""
+    from envserver.env_errors import find_network_error
+
+    root = project(
+        tmp_path,
+        {
+            "tests/test_net.py": (
+                "def test_fetch():\n"
+                "    raise OSError(101, 'Network is unreachable')\n\n"
+                "def test_local():\n    assert True\n"
+            )
+        },
+    )
+    log = run_tests(root, *PYTEST, "tests/test_net.py")
+    assert "FAILED tests/test_net.py::test_fetch" in log
+    assert find_network_error(log) == "OSError: [Errno 101] Network is unreachable"
+    assert find_network_error(run_tests(root, *PYTEST, "tests/test_net.py::test_local")) is None

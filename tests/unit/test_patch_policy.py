@@ -16,7 +16,6 @@ from envserver.patch_policy import (
     classify_path,
     command_paths,
     needs_versions,
-    resolve_policy,
     shadow_dirs,
     split_patch,
 )
@@ -292,12 +291,6 @@ def test_split_patch_gives_every_byte_back(repo: Path) -> None:
     assert (None, "demo/data.bin") in paths and (None, "demo/name with space é.py") in paths
     assert ("demo/__init__.py", "demo/__init__.py") in paths
     assert ("setup.py", None) in paths or ("setup.py", "build_setup.py") in paths
-
-
-def test_policy_names_are_checked() -> None:
-    assert resolve_policy(None, "strip") == "strip" and resolve_policy("keep", "strip") == "keep"
-    with pytest.raises(ValueError, match="not one of"):
-        resolve_policy("lenient", "strip")
 
 
 def test_the_program_the_test_command_runs_is_infrastructure() -> None:

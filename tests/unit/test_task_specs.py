@@ -136,3 +136,17 @@ def test_serve_rejects_unknown_rows_and_bad_spec_files(tmp_path):  # type: ignor
     bad.write_text("repos:\n  octo/widgets:\n    parser: parse_log_pytest\n    versions:\n      '0.7': {python: '3'}\n")
     result = _serve("--tasks", str(rows), "--specs", str(bad))
     assert result.returncode == 2 and str(bad) in result.stderr and "versions.0.7.test_cmd" in result.stderr
+
+
+def test_serve_checks_the_patch_policy_settings(tmp_path):  # type: ignore[no-untyped-def]
+    """A row's `patch_policy` is checked when the task file is loaded, the server's at start-up: exit 2, named."""
+    from envserver.tasks import SAMPLE_TASKS_PATH
+
+    row = json.loads(SAMPLE_TASKS_PATH.read_text().splitlines()[0])
+    rows = _write(tmp_path, {**row, "patch_policy": "lenient"})
+    result = _serve("--tasks", str(rows))
+    assert result.returncode == 2 and "line 1" in result.stderr and "field 'patch_policy'" in result.stderr
+    result = _serve("--patch-policy", "lenient")
+    assert result.returncode == 2 and "patch_policy" in result.stderr
+    result = _serve("--max-patch-bytes", "0")
+    assert result.returncode == 2 and "max_patch_bytes" in result.stderr

@@ -84,6 +84,15 @@ EMPTY = grade(False, f2p_failing=tuple(F2P))
         # The unfixed code may hang: a timeout of the empty patch is "not resolved"; an engine error says nothing.
         ([GOLD], [grade(False, infra="test_timeout: the test run exceeded 900 s")], "valid", []),
         ([GOLD], [grade(False, infra="docker_error: engine went away")], "env_broken", ["empty patch: docker_error"]),
+        # A run that cannot collect without the fix, when the fix makes it pass (pytest-dev__pytest-7168: the bug is
+        # an INTERNALERROR): the fix is missing, not the environment.
+        ([GOLD], [grade(False, infra="env_error: INTERNALERROR> Traceback (most recent call last):")], "valid", []),
+        (
+            [GOLD, grade(False, f2p_failing=tuple(F2P))],
+            [grade(False, infra="env_error: INTERNALERROR> Traceback (most recent call last):")],
+            "env_broken",
+            ["empty patch: env_error"],
+        ),
     ],
 )
 def test_classify(gold, empty, status, words):  # type: ignore[no-untyped-def]
@@ -95,8 +104,6 @@ def test_classify(gold, empty, status, words):  # type: ignore[no-untyped-def]
 
 
 def test_env_error_is_env_broken_with_its_log_line():  # type: ignore[no-untyped-def]
-    if "env_error" not in GradeReport.model_fields:
-        pytest.skip("GradeReport.env_error is not there yet (added by a parallel change of issue 16)")
     line = "ImportError while loading conftest '/testbed/conftest.py'."
     broken = GradeReport(resolved=False, reward=0.0, infra_failure=False, env_error=line)  # type: ignore[call-arg]
     assert classify([broken], [EMPTY]) == ("env_broken", f"gold patch: {line}")
@@ -202,3 +209,20 @@ def test_serve_refuses_a_malformed_validation_file(tmp_path):  # type: ignore[no
     assert proc.returncode == 2
     assert f"error: --validated {bad}: not a valid validation report" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_gold_patch_that_loses_test_infrastructure_says_so():  # type: ignore[no-untyped-def]
+    """A gold patch whose conftest.py change the `strip` policy left out: the reason and the entry name the file."""
+    stripped = grade(False, f2p_failing=tuple(F2P)).model_copy(update={"excluded_paths": ["conftest.py"]})
+    status, reason = classify([stripped], [EMPTY])
+    assert status == "gold_fails" and "left out its change to conftest.py" in reason and "patch_policy: keep" in reason
+    assert summarize([stripped, stripped]).excluded_paths == ["conftest.py"]
+    assert summarize([GOLD]).excluded_paths == []
+
+
+def test_a_gold_patch_failing_for_want_of_the_network_says_so():  # type: ignore[no-untyped-def]
+    line = "socket.gaierror: [Errno -3] Temporary failure in name resolution"
+    offline = grade(False, f2p_failing=tuple(F2P)).model_copy(update={"network_error": line})
+    status, reason = classify([offline], [EMPTY])
+    assert status == "gold_fails" and "cannot be valid offline" in reason and reason.endswith(line)
+    assert "network" not in classify([grade(False, f2p_failing=tuple(F2P))], [EMPTY])[1]
