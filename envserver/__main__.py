@@ -16,15 +16,44 @@ from envserver.config import ServerConfig
 app = typer.Typer(add_completion=False, help="SWE-Gym / SWE-bench tasks as multi-turn tool environments over HTTP.")
 
 
+class ConfigFileError(ValueError):
+    """A config file that cannot be read or is not YAML: one line naming the file and what is wrong."""
+
+
 def load_config(config_file: Path | None, overrides: dict[str, Any]) -> ServerConfig:
+    """Defaults < the YAML file < flags. Raises ConfigFileError (unreadable, not YAML, not a mapping) and pydantic's
+    ValidationError (a field unknown or out of range)."""
     data: dict[str, Any] = {}
     if config_file is not None:
-        data = yaml.safe_load(config_file.read_text()) or {}
+        try:
+            data = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigFileError(f"{config_file}: cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            raise ConfigFileError(f"{config_file}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        if not isinstance(data, dict):
+            raise ConfigFileError(f"{config_file}: expected a mapping of ServerConfig fields, got "
+                                  f"{type(data).__name__}")
     token = os.environ.get("ENVSERVER_AUTH_TOKEN")
     if token and "auth_token" not in data:
         data["auth_token"] = token
     data.update({key: value for key, value in overrides.items() if value is not None})
     return ServerConfig.model_validate(data)
+
+
+def _config_or_exit(config_file: Path | None, overrides: dict[str, Any]) -> ServerConfig:
+    """load_config, or exit 2 with what is wrong (file, field) instead of a traceback."""
+    try:
+        return load_config(config_file, overrides)
+    except ConfigFileError as exc:
+        typer.echo(f"error: --config {exc}", err=True)
+    except ValidationError as exc:
+        source = f"{config_file} or the flags" if config_file else "the flags"
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        typer.echo(f"error: settings from {source}: {problems}", err=True)
+    raise typer.Exit(2)
 
 
 @app.command()
@@ -76,11 +105,7 @@ def serve(
         session_ttl_s=session_ttl_s, default_max_steps=default_max_steps, grade_cache_size=grade_cache_size,
         patch_policy=patch_policy, max_patch_bytes=max_patch_bytes, validated=validated,
     )
-    try:
-        cfg = load_config(config, overrides)
-    except ValidationError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    cfg = _config_or_exit(config, overrides)
     if network is not None:
         cfg.sandbox.network = network
     if not cfg.is_loopback() and not cfg.auth_token and not cfg.allow_unauthenticated:
@@ -131,7 +156,7 @@ def validate(
     from envserver.tasks import TaskFileError, load_task_sets
     from envserver.validate import validate_command
 
-    cfg = load_config(config, dict(tasks=tasks or None, specs=specs or None, grade_timeout_s=timeout))
+    cfg = _config_or_exit(config, dict(tasks=tasks or None, specs=specs or None, grade_timeout_s=timeout))
     try:
         # Loaded exactly as `serve` loads them: a row validated here is the row the server grades.
         task_map = load_task_sets(cfg.tasks, SpecTable.load(cfg.specs))

@@ -146,14 +146,19 @@ def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, T
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         metrics.request_errors.labels(type="internal").inc()
-        return _error(500, "internal", f"internal server error: {type(exc).__name__}: {exc}")
+        # Announce the close: after an unhandled error uvicorn drops the connection, and a client that reuses it
+        # would see ECONNRESET on its next request.
+        return _error(500, "internal", f"internal server error: {type(exc).__name__}: {exc}",
+                      headers={"Connection": "close"})
 
     async def authorize(request: Request) -> None:
         if config.auth_token is None:
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), config.auth_token):
+        # Bytes: compare_digest refuses str with non-ASCII characters (a TypeError, i.e. a 500, for a bad token).
+        presented = token.strip().encode("utf-8", "replace")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented, config.auth_token.encode("utf-8")):
             raise SessionError(401, "unauthorized", "missing or wrong bearer token (send `Authorization: Bearer "
                                "<token>`)", headers={"WWW-Authenticate": "Bearer"})
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from envserver.sandbox.base import ByteStream, Sandbox
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""Lone surrogates: valid in a JSON string, not encodable as UTF-8."""
 
 RUNTIME_SOURCE_DIR = Path(__file__).parent / "runtime"
 RUNTIME_DIR_IN_SANDBOX = "/.envserver/runtime"
@@ -125,7 +129,12 @@ class RuntimeClient:
         self._pending[request_id] = future
         payload = json.dumps({"id": request_id, "op": op, "args": args or {}}, ensure_ascii=False)
         try:
-            await self._stream.write(payload.encode("utf-8") + b"\n")
+            data = payload.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (JSON allows "\ud800"; no file or terminal can hold it): sent as U+FFFD instead.
+            data = _SURROGATE.sub("\ufffd", payload).encode("utf-8")
+        try:
+            await self._stream.write(data + b"\n")
             message = await asyncio.wait_for(future, timeout=timeout)
         except (ConnectionError, OSError) as exc:
             self._fail(f"could not write to the runtime: {exc}")

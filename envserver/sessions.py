@@ -165,20 +165,21 @@ class Session:
     async def _runtime_call(self, op: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Run one runtime op. If the agent's command killed the runtime, start a new one and say so in the
         result; raise ToolFailure (its text is the observation) when the runtime refused the op or cannot come back."""
-        assert self.sandbox is not None
-        if self.runtime is None:
+        sandbox, runtime = self._live_sandbox(), self.runtime
+        if runtime is None:
             why = "could not be restarted after an earlier failure"
         else:
             try:
-                return await self.runtime.request(op, args, timeout=timeout + RUNTIME_SLACK_S)
+                return await runtime.request(op, args, timeout=timeout + RUNTIME_SLACK_S)
             except RuntimeRequestError as exc:
                 raise ToolFailure(f"ERROR: {exc}") from None
             except (RuntimeDied, asyncio.TimeoutError) as exc:
                 why = "stopped answering" if isinstance(exc, asyncio.TimeoutError) else f"was killed ({exc})"
-            await self.runtime.close()
+            self._live_sandbox()  # closed (DELETE, expiry) while the call ran: its runtime died with it
+            await runtime.close()
             self.runtime = None
         try:
-            self.runtime = await self.manager.start_runtime(self.sandbox, self.task)
+            self.runtime = await self.manager.start_runtime(sandbox, self.task)
         except Exception as exc:  # noqa: BLE001 - the agent is told; `finish` still grades what is there
             raise ToolFailure(f"ERROR: the sandbox is no longer usable: the tool runtime {why} and could not be "
                               f"restarted ({exc}). Call `finish` to end the episode.") from None
@@ -186,6 +187,14 @@ class Session:
                 "environment variables and background jobs of the old shell are gone.]")
         return {"output": note if op == "edit" else "", "error": True, "exit_code": None,
                 "status": "shell_restarted", "cwd": self.task.workdir, "note": note}
+
+    def _live_sandbox(self) -> Sandbox:
+        """The episode's container; 409 `session_ended` once the session was closed (a DELETE or the idle reaper can
+        end it while a step is in flight: steps hold the session's lock, closing does not wait for it)."""
+        if self.sandbox is None:
+            raise SessionError(409, "session_ended", f"session {self.id} was closed ({self.status}) while this step "
+                               "ran; start a new one with POST /v1/sessions")
+        return self.sandbox
 
     async def _truncate(self, response: StepResponse, started: float) -> StepResponse:
         ended = await self._finish("truncated", started)
@@ -218,9 +227,10 @@ class Session:
                             truncated=False, info=info)
 
     async def extract_patch(self) -> Submission:
-        """`git diff` of everything the agent changed against base_commit, minus the hidden tests' files, measured
-        in the container first: over the server's `max_patch_bytes` it is not read (envserver/submission.py)."""
-        assert self.sandbox is not None
+        """`git diff` of everything the agent changed against the commit it started from, minus the hidden tests'
+        files, measured in the container first: over the server's `max_patch_bytes` it is not read
+        (envserver/submission.py)."""
+        self._live_sandbox()
         try:
             return await submission.read_submission(self.exec, self.task, self.manager.config.max_patch_bytes,
                                                     PATCH_TIMEOUT_S, self.start_head)
@@ -230,8 +240,7 @@ class Session:
     @property
     def exec(self) -> submission.Exec:
         """Runs a host command in the episode container (the runtime's `exec`, else `docker exec`)."""
-        assert self.sandbox is not None
-        return submission.session_exec(self.runtime, self.sandbox, RUNTIME_SLACK_S)
+        return submission.session_exec(self.runtime, self._live_sandbox(), RUNTIME_SLACK_S)
 
     async def read_versions(self, paths: list[str]) -> dict[str, FileVersions]:
         """Base and submitted contents of `paths` (the patch policy's setup.cfg / pyproject.toml), while the episode

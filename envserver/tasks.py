@@ -140,10 +140,20 @@ def _read_records(path: Path) -> Iterable[tuple[str, Any]]:
             import pyarrow.parquet as pq
         except ImportError as exc:  # pragma: no cover - pyarrow is in the envserver extra
             raise TaskFileError(f"{path}: reading parquet needs pyarrow ({exc})") from None
-        for index, row in enumerate(pq.read_table(path).to_pylist()):
+        try:
+            table = pq.read_table(path)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise TaskFileError(f"{path}: not a readable parquet file: {exc}") from None
+        for index, row in enumerate(table.to_pylist()):
             yield f"row {index}", row
         return
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TaskFileError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); task files are JSON, JSONL "
+                            "or parquet") from None
+    except OSError as exc:
+        raise TaskFileError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     if suffix == ".jsonl":
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():

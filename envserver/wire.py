@@ -116,6 +116,8 @@ class StepRequest(BaseModel):
                 value = json.loads(value) if value.strip() else {}
             except json.JSONDecodeError as exc:
                 raise ValueError(f"arguments is not valid JSON: {exc.msg} at column {exc.colno}") from None
+            except RecursionError:
+                raise ValueError("arguments nests arrays or objects too deeply to be a tool call") from None
         if value is None:
             return {}
         return value

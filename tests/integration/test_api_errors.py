@@ -99,6 +99,48 @@ def test_unknown_route_and_method(http):  # type: ignore[no-untyped-def]
     _assert_error(http.put("/v1/sessions"), 405, "method_not_allowed")
 
 
+def test_deeply_nested_arguments_string_is_a_4xx(http, session_id):  # type: ignore[no-untyped-def]
+    """`arguments` as a JSON string of 100,000 nested arrays: json.loads raised RecursionError (a 500)."""
+    body = {"name": "execute_bash", "arguments": "[" * 100_000}
+    message = _assert_error(http.post(f"/v1/sessions/{session_id}/step", json=body), 422, "invalid_request")
+    assert "too deeply" in message
+    ok = http.post(f"/v1/sessions/{session_id}/step", json={"name": "execute_bash", "arguments": {"command": "echo ok"}})
+    assert ok.status_code == 200 and ok.json()["observation"].startswith("ok\n")
+
+
+def test_a_lone_surrogate_in_a_command_runs_with_a_replacement_character(http, session_id):  # type: ignore[no-untyped-def]
+    """JSON may carry "\ud800"; no UTF-8 stream can: the command runs with U+FFFD in its place (it raised
+    UnicodeEncodeError on the way to the runtime, a 500)."""
+    raw = '{"name": "execute_bash", "arguments": {"command": "printf \'%s\' \'a\\ud800b\' | od -An -tx1"}}'
+    response = http.post(f"/v1/sessions/{session_id}/step", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert "61 ef bf bd 62" in response.json()["observation"]  # a, U+FFFD in UTF-8, b
+
+
+def test_delete_while_a_step_runs(http, sample_tasks):  # type: ignore[no-untyped-def]
+    """The step in flight answers 409 session_ended (it raised AttributeError, a 500); nothing is left behind."""
+    import threading
+
+    sid = http.post("/v1/sessions", json={"task_id": sample_tasks[0].instance_id}).json()["session_id"]
+    answers: list[httpx.Response] = []
+
+    def long_step() -> None:
+        with httpx.Client(base_url=str(http.base_url), timeout=120) as other:
+            answers.append(other.post(f"/v1/sessions/{sid}/step",
+                                      json={"name": "execute_bash", "arguments": {"command": "sleep 20"}}))
+
+    thread = threading.Thread(target=long_step)
+    thread.start()
+    import time
+
+    time.sleep(2)
+    assert http.delete(f"/v1/sessions/{sid}").status_code == 200
+    thread.join(timeout=90)
+    assert answers, "the step never answered"
+    _assert_error(answers[0], 409, "session_ended")
+    _assert_error(http.get(f"/v1/sessions/{sid}"), 404, "unknown_session")
+
+
 def test_server_still_healthy(http):  # type: ignore[no-untyped-def]
     assert http.get("/healthz").json()["status"] == "ok"
     metrics = http.get("/metrics").text

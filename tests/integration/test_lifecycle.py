@@ -85,7 +85,8 @@ def test_idle_sessions_expire_and_their_containers_go(sample_images, sample_task
 def test_bearer_token_required_when_set(sample_images, sample_tasks, tmp_path):  # type: ignore[no-untyped-def]
     server = start_server(tmp_path, "--auth-token", "s3cret")
     try:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+        non_ascii = {"Authorization": "Bearer s3crét ☃".encode()}  # compare_digest on such str raised: a 500
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}, non_ascii):
             response = httpx.get(f"{server.url}/v1/tasks", headers=headers, timeout=30)
             assert response.status_code == 401 and response.json()["error"]["type"] == "unauthorized"
         assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200  # probes need no token

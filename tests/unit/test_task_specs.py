@@ -150,3 +150,28 @@ def test_serve_checks_the_patch_policy_settings(tmp_path):  # type: ignore[no-un
     assert result.returncode == 2 and "patch_policy" in result.stderr
     result = _serve("--max-patch-bytes", "0")
     assert result.returncode == 2 and "max_patch_bytes" in result.stderr
+
+
+def test_unreadable_task_and_config_files_are_one_line(tmp_path):  # type: ignore[no-untyped-def]
+    """A non-UTF-8 task file, a file that is not parquet, a config with an unknown key, broken YAML or no file: exit 2
+    with one line naming the file and what is wrong, never a traceback."""
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'\xff\xfe{"instance_id": 1}\n')
+    fake = tmp_path / "rows.parquet"
+    fake.write_text("not parquet")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("max_sesions: 3\n")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("max_sessions: [\n")
+    cases = [
+        (("--tasks", str(latin)), "not UTF-8 text"),
+        (("--tasks", str(fake)), "not a readable parquet file"),
+        (("--config", str(typo)), "max_sesions: Extra inputs are not permitted"),
+        (("--config", str(broken)), "not valid YAML (line 2"),
+        (("--config", str(tmp_path / "absent.yaml")), "cannot be read"),
+    ]
+    for args, words in cases:
+        result = _serve(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr and words in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
