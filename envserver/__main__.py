@@ -128,7 +128,7 @@ def serve(
             raise typer.Exit(2) from None
     backend = DockerBackend(cfg.sandbox.docker_url, max_workers=cfg.sandbox.max_workers)
     uvicorn.run(create_app(cfg, backend, task_map, validation), host=cfg.host, port=cfg.port, log_level=log_level,
-                timeout_graceful_shutdown=30)
+                timeout_graceful_shutdown=30, timeout_keep_alive=int(cfg.keep_alive_s))
 
 
 @app.command()

@@ -7,8 +7,9 @@ import hmac
 import json
 import logging
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -16,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from envserver.config import ServerConfig
+from envserver.idempotency import IdempotencyCache, fingerprint
 from envserver.metrics import Metrics
 from envserver.sandbox.base import SandboxBackend
 from envserver.sessions import SessionError, SessionManager
@@ -36,6 +38,12 @@ from envserver.wire import (
 )
 
 log = logging.getLogger(__name__)
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", description="Names this request: a retry with the same key gets the first "
+           "answer instead of a run of its own (a new key for each reset or step)."),
+]
 
 _ERRORS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
            413: "body_too_large", 415: "unsupported_media_type", 422: "invalid_request"}
@@ -163,6 +171,8 @@ def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, T
                                "<token>`)", headers={"WWW-Authenticate": "Bearer"})
 
     guarded = [Depends(authorize)]
+    idempotent = IdempotencyCache(config.idempotency_max_entries, config.idempotency_ttl_s,
+                                  on_replay=metrics.idempotent_replays.inc)
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:
@@ -190,14 +200,19 @@ def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, T
                                "names the status and the reason; `GET /v1/tasks` lists them)"},
                          429: {"model": ErrorResponse, "description": "`capacity`: retry after `Retry-After`"},
                          503: {"model": ErrorResponse, "description": "`image_missing` or the sandbox did not start"}})
-    async def reset(body: ResetRequest) -> ResetResponse:
-        return await manager.create(body.task_id, body.max_steps)
+    async def reset(body: ResetRequest, idempotency_key: IdempotencyKey = None) -> ResetResponse:
+        return await idempotent.run(idempotency_key, fingerprint("/v1/sessions", body.model_dump_json()),
+                                    lambda: manager.create(body.task_id, body.max_steps))
 
     @app.post("/v1/sessions/{session_id}/step", response_model=StepResponse, dependencies=guarded,
               responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
                          422: {"model": ErrorResponse}})
-    async def step(session_id: str, body: StepRequest) -> StepResponse:
-        return await manager.get(session_id).step(body.name, body.arguments)
+    async def step(session_id: str, body: StepRequest, idempotency_key: IdempotencyKey = None) -> StepResponse:
+        async def run() -> StepResponse:
+            return await manager.get(session_id).step(body.name, body.arguments)
+
+        path = f"/v1/sessions/{session_id}/step"
+        return await idempotent.run(idempotency_key, fingerprint(path, body.model_dump_json()), run)
 
     @app.get("/v1/sessions/{session_id}", response_model=SessionState, dependencies=guarded)
     async def session_state(session_id: str) -> SessionState:

@@ -1,13 +1,16 @@
 """HTTP clients for the env server: `AsyncEnvClient` (asyncio) and `EnvClient` (blocking), same methods.
 
-Only idempotent calls are retried on connection errors and 502/503/504 (GET, DELETE). A reset answered 429 is
-retried after the server's Retry-After (nothing was created); a step is never retried — it may have run.
+Every call is retried on connection errors and 502/503/504: GET and DELETE are idempotent, and each reset and step
+carries an `Idempotency-Key` header, so the server answers a retry with the first answer and never runs a step
+twice (envserver/idempotency.py) — an idle keep-alive race or a dropped connection costs a retry, not a step. A reset
+answered 429 is retried after the server's Retry-After (nothing was created).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -56,6 +59,21 @@ def _headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+"""Header naming one logical POST: the server answers a retry of it with the first answer (envserver/idempotency.py)."""
+KEEPALIVE_EXPIRY_S = 4.0
+"""Idle seconds before the clients drop a pooled connection: below the server's `keep_alive_s`, so a request never
+goes out on a connection the server is closing."""
+
+
+def _key() -> dict[str, str]:
+    return {IDEMPOTENCY_HEADER: uuid.uuid4().hex}
+
+
+def _backoff(attempt: int) -> float:
+    return min(8.0, 0.5 * 2**attempt)
+
+
 class _Calls:
     """What a call is, independent of how it is sent."""
 
@@ -74,7 +92,8 @@ class AsyncEnvClient:
         """`timeout_s` bounds one request (a step may run a command for minutes, `finish` grades);
         `max_capacity_wait_s` bounds how long a reset waits out 429s."""
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=_headers(token),
-                                       timeout=httpx.Timeout(timeout_s, connect=10.0), transport=transport)
+                                       timeout=httpx.Timeout(timeout_s, connect=10.0), transport=transport,
+                                       limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S))
         self.retries = retries
         self.max_capacity_wait_s = max_capacity_wait_s
 
@@ -87,17 +106,20 @@ class AsyncEnvClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _idempotent(self, method: str, path: str) -> httpx.Response:
+    async def _idempotent(self, method: str, path: str, body: dict[str, Any] | None = None,
+                          headers: dict[str, str] | None = None) -> httpx.Response:
+        """Send, and again on a connection error or 502/503/504: GET and DELETE are idempotent, and a POST carries an
+        idempotency key (`headers`), so a retry never runs a step twice."""
         for attempt in range(self.retries + 1):
             try:
-                response = await self._http.request(method, path)
+                response = await self._http.request(method, path, json=body, headers=headers)
             except httpx.TransportError:
                 if attempt == self.retries:
                     raise
             else:
                 if response.status_code not in RETRY_STATUSES or attempt == self.retries:
                     return response
-            await asyncio.sleep(min(8.0, 0.5 * 2**attempt))
+            await asyncio.sleep(_backoff(attempt))
         raise AssertionError("unreachable")
 
     async def _get(self, path: str, model: type[BaseModel]) -> Any:
@@ -113,8 +135,9 @@ class AsyncEnvClient:
 
     async def reset(self, task_id: str, max_steps: int | None = None) -> ResetResponse:
         deadline = time.monotonic() + self.max_capacity_wait_s
+        key = _key()
         while True:
-            response = await self._http.post("/v1/sessions", json=_Calls.reset(task_id, max_steps))
+            response = await self._idempotent("POST", "/v1/sessions", _Calls.reset(task_id, max_steps), key)
             if response.status_code == 429 and time.monotonic() < deadline:
                 await asyncio.sleep(float(response.headers.get("retry-after", "5")))
                 continue
@@ -122,7 +145,8 @@ class AsyncEnvClient:
             return ResetResponse.model_validate(response.json())
 
     async def step(self, session_id: str, name: str, arguments: dict[str, Any] | str | None = None) -> StepResponse:
-        response = await self._http.post(f"/v1/sessions/{session_id}/step", json=_Calls.step(name, arguments))
+        response = await self._idempotent("POST", f"/v1/sessions/{session_id}/step", _Calls.step(name, arguments),
+                                          _key())
         _raise_for(response)
         return StepResponse.model_validate(response.json())
 
@@ -148,7 +172,8 @@ class EnvClient:
     def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 1200.0, retries: int = 3,
                  max_capacity_wait_s: float = 600.0, transport: httpx.BaseTransport | None = None):
         self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=_headers(token),
-                                  timeout=httpx.Timeout(timeout_s, connect=10.0), transport=transport)
+                                  timeout=httpx.Timeout(timeout_s, connect=10.0), transport=transport,
+                                  limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S))
         self.retries = retries
         self.max_capacity_wait_s = max_capacity_wait_s
 
@@ -161,17 +186,18 @@ class EnvClient:
     def close(self) -> None:
         self._http.close()
 
-    def _idempotent(self, method: str, path: str) -> httpx.Response:
+    def _idempotent(self, method: str, path: str, body: dict[str, Any] | None = None,
+                    headers: dict[str, str] | None = None) -> httpx.Response:
         for attempt in range(self.retries + 1):
             try:
-                response = self._http.request(method, path)
+                response = self._http.request(method, path, json=body, headers=headers)
             except httpx.TransportError:
                 if attempt == self.retries:
                     raise
             else:
                 if response.status_code not in RETRY_STATUSES or attempt == self.retries:
                     return response
-            time.sleep(min(8.0, 0.5 * 2**attempt))
+            time.sleep(_backoff(attempt))
         raise AssertionError("unreachable")
 
     def _get(self, path: str, model: type[BaseModel]) -> Any:
@@ -187,8 +213,9 @@ class EnvClient:
 
     def reset(self, task_id: str, max_steps: int | None = None) -> ResetResponse:
         deadline = time.monotonic() + self.max_capacity_wait_s
+        key = _key()
         while True:
-            response = self._http.post("/v1/sessions", json=_Calls.reset(task_id, max_steps))
+            response = self._idempotent("POST", "/v1/sessions", _Calls.reset(task_id, max_steps), key)
             if response.status_code == 429 and time.monotonic() < deadline:
                 time.sleep(float(response.headers.get("retry-after", "5")))
                 continue
@@ -196,7 +223,7 @@ class EnvClient:
             return ResetResponse.model_validate(response.json())
 
     def step(self, session_id: str, name: str, arguments: dict[str, Any] | str | None = None) -> StepResponse:
-        response = self._http.post(f"/v1/sessions/{session_id}/step", json=_Calls.step(name, arguments))
+        response = self._idempotent("POST", f"/v1/sessions/{session_id}/step", _Calls.step(name, arguments), _key())
         _raise_for(response)
         return StepResponse.model_validate(response.json())
 

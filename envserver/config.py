@@ -82,6 +82,14 @@ class ServerConfig(BaseModel):
     """Observation budget for one tool call; longer output keeps its head and tail with a note."""
     grade_timeout_s: float = 900.0
     """Upper bound on a grading run (container start + tests); past it the grade is an infra failure."""
+    idempotency_max_entries: int = Field(default=4096, ge=0)
+    """Answers of keyed resets and steps kept for retries (`Idempotency-Key`, envserver/idempotency.py); 0 turns it
+    off."""
+    idempotency_ttl_s: float = Field(default=600.0, gt=0)
+    """How long a kept answer serves retries."""
+    keep_alive_s: float = Field(default=75.0, gt=0)
+    """Idle seconds an HTTP keep-alive connection stays open: longer than the clients' pool expiry
+    (envserver.client.KEEPALIVE_EXPIRY_S), so no client sends on a connection the server is closing."""
     grade_cache_size: int = 4096
     """Grades kept per (task, image, patch) so identical patches are graded once (envserver/grade_cache.py); 0 grades
     every episode afresh (for tasks with flaky tests)."""

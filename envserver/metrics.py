@@ -42,6 +42,10 @@ class Metrics:
         self.request_errors = Counter(
             "envserver_request_errors", "Requests answered with an error", ["type"], registry=r
         )
+        self.idempotent_replays = Counter(
+            "envserver_idempotent_replays", "Resets and steps answered from an earlier request with the same "
+            "Idempotency-Key (a client's retry)", registry=r,
+        )
 
     def infra(self, reason: str) -> None:
         self.infra_failures.labels(reason=reason.split(":", 1)[0]).inc()

@@ -28,6 +28,7 @@ class Script:
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
+        self.keys: dict[str, list[str | None]] = {"reset": [], "step": []}
 
     def app(self) -> Starlette:
         async def tasks(request: Request) -> JSONResponse:
@@ -38,6 +39,7 @@ class Script:
 
         async def sessions(request: Request) -> JSONResponse:
             self.calls["reset"] += 1
+            self.keys["reset"].append(request.headers.get("idempotency-key"))
             if self.calls["reset"] % 2 == 1:
                 return JSONResponse({"error": {"type": "capacity", "message": "full"}}, status_code=429,
                                     headers={"Retry-After": "0.2"})
@@ -45,6 +47,7 @@ class Script:
 
         async def step(request: Request) -> JSONResponse:
             self.calls["step"] += 1
+            self.keys["step"].append(request.headers.get("idempotency-key"))
             return JSONResponse({"error": {"type": "unavailable", "message": "busy"}}, status_code=503)
 
         async def state(request: Request) -> JSONResponse:
@@ -80,7 +83,11 @@ def test_sync_client_retry_rules(scripted):  # type: ignore[no-untyped-def]
         assert script.calls["reset"] == 2
         with pytest.raises(EnvServerError) as excinfo:
             client.step("s1", "execute_bash", {"command": "ls"})
-        assert excinfo.value.status == 503 and script.calls["step"] == 1  # a step is never retried
+        # A step is retried like any call, under one Idempotency-Key: the server answers a retry with the first
+        # answer, so the command never runs twice (tests/integration/test_idempotency.py).
+        assert excinfo.value.status == 503 and script.calls["step"] == 4
+        assert len(set(script.keys["step"])) == 1 and script.keys["step"][0]
+        assert len(set(script.keys["reset"])) == 1 and script.keys["reset"][0]  # the 429 retry kept its key
         with pytest.raises(EnvServerError) as excinfo:
             client.state("s9")
         assert excinfo.value.type == "unknown_session" and "s9" in excinfo.value.message
@@ -97,7 +104,8 @@ def test_async_client_retry_rules(scripted):  # type: ignore[no-untyped-def]
                 await client.step("s1", "execute_bash", {"command": "ls"})
 
     asyncio.run(main())
-    assert script.calls["tasks"] == 3 and script.calls["reset"] == 2 and script.calls["step"] == 1
+    assert script.calls["tasks"] == 3 and script.calls["reset"] == 2 and script.calls["step"] == 4
+    assert len(set(script.keys["step"])) == 1
 
 
 def test_capacity_wait_is_bounded(scripted):  # type: ignore[no-untyped-def]
