@@ -37,7 +37,7 @@ def main() -> int:
     engine = HFEngine.from_pretrained(build_tiny_model(tmp / "tiny"))
     task_ids = [task.instance_id for task in load_tasks(SAMPLE_TASKS_PATH)]
     config = AgentConfig(max_turns=args.turns, max_tokens_per_turn=args.tokens_per_turn, seed=0)
-    server = start_server(tmp, "--max-sessions", str(max(args.concurrency) + 8))
+    server = start_server(tmp, "--max-sessions", str(max(args.concurrency) + 8), "--memory-overcommit", "0")
     rows = []
     try:
         for level in args.concurrency:

@@ -132,7 +132,9 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-envserver-"))
     results: dict[str, object] = {}
 
-    cold = start_server(tmp, "--max-sessions", str(args.sessions + 8))
+    # Trivial commands in every session: memory admission (4 GiB limits × host memory × 4) would cap the
+    # concurrency measured, not protect anything.
+    cold = start_server(tmp, "--max-sessions", str(args.sessions + 8), "--memory-overcommit", "0")
     try:
         image = httpx.get(f"{cold.url}/v1/tasks").json()["tasks"][0]["image"]
         print(f"[1/4] step latency: {args.steps} × `{COMMAND}` through the API and through docker exec …")

@@ -85,6 +85,8 @@ def serve(
                                                "configuration, …): strip (default) | keep | reject."),
     max_patch_bytes: Optional[int] = typer.Option(None, help="Largest diff graded (default 2 MiB); a bigger one "
                                                   "grades 0 as patch_too_large."),
+    memory_overcommit: Optional[float] = typer.Option(None, help="Sessions' memory limits may add up to this "
+                                                      "multiple of the host's memory (default 4; 0: no limit)."),
     validated: Optional[Path] = typer.Option(None, "--validated", help="Validation file from `validate --out`: "
                                              "serve only its valid tasks (the others are listed and refused)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with ServerConfig fields."),
@@ -103,7 +105,8 @@ def serve(
         allow_unauthenticated=allow_unauthenticated,
         max_sessions=max_sessions, warm_pool_size=warm_pool_size, warm_pool_tasks=warm_pool_task or None,
         session_ttl_s=session_ttl_s, default_max_steps=default_max_steps, grade_cache_size=grade_cache_size,
-        patch_policy=patch_policy, max_patch_bytes=max_patch_bytes, validated=validated,
+        patch_policy=patch_policy, max_patch_bytes=max_patch_bytes, memory_overcommit=memory_overcommit,
+        validated=validated,
     )
     cfg = _config_or_exit(config, overrides)
     if network is not None:

@@ -177,7 +177,8 @@ def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, T
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:
         return Health(server_name=config.server_name, sessions=manager.active_count(),
-                      max_sessions=config.max_sessions, tasks=len(tasks))
+                      max_sessions=config.max_sessions, tasks=len(tasks),
+                      memory_committed_bytes=manager.memory_committed(), memory_budget_bytes=manager.memory_budget)
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:

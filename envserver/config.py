@@ -82,6 +82,10 @@ class ServerConfig(BaseModel):
     """Observation budget for one tool call; longer output keeps its head and tail with a note."""
     grade_timeout_s: float = 900.0
     """Upper bound on a grading run (container start + tests); past it the grade is an infra failure."""
+    memory_overcommit: float = Field(default=4.0, ge=0)
+    """Running sessions' memory limits (`sandbox.memory` each) may add up to this multiple of the Docker host's
+    memory; past it a reset answers 429 `memory` with Retry-After, as at the session cap. Limits are caps, not
+    reservations, and an episode seldom uses a tenth of its own; 1 never overcommits; 0 turns admission off."""
     idempotency_max_entries: int = Field(default=4096, ge=0)
     """Answers of keyed resets and steps kept for retries (`Idempotency-Key`, envserver/idempotency.py); 0 turns it
     off."""

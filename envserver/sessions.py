@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from docker.utils import parse_bytes
+
 from envserver import grading, patch_policy, submission, tools
 from envserver.config import ServerConfig
 from envserver.grade_cache import GradeCache, grade_key
@@ -285,6 +287,10 @@ class SessionManager:
             self.validation = {entry.instance_id: entry for entry in validation.instances}
         self.sessions: dict[str, Session] = {}
         self.images: dict[str, str | None] = {}
+        self.session_memory = parse_bytes(config.sandbox.memory)
+        """One episode container's memory limit, in bytes."""
+        self.memory_budget: int | None = None
+        """What the sessions' memory limits may add up to (set at start from the host's memory); None: no limit."""
         self.image_heads: dict[str, str | None] = {}
         """Each image's repository HEAD at container start (Prepared.head)."""
         self._starting = 0
@@ -320,6 +326,12 @@ class SessionManager:
     async def start(self) -> int:
         """Remove a crashed predecessor's containers, resolve task images, fill the warm pool."""
         removed = await self.backend.remove_labelled(self.owner_labels)
+        host_memory = await self.backend.host_memory_bytes() if self.config.memory_overcommit > 0 else None
+        if host_memory:
+            self.memory_budget = int(host_memory * self.config.memory_overcommit)
+            log.info("memory admission: %d sessions of %s (host %.1f GiB × %.1f)",
+                     self.memory_budget // self.session_memory, self.config.sandbox.memory, host_memory / 2**30,
+                     self.config.memory_overcommit)
         if removed:
             log.warning("removed %d container(s) left by an earlier server named %r", removed,
                         self.config.server_name)
@@ -396,6 +408,10 @@ class SessionManager:
         await prepared.runtime.close()
         await prepared.sandbox.remove()
 
+    def memory_committed(self) -> int:
+        """Sum of the memory limits of the sessions running or starting."""
+        return self.active_count() * self.session_memory
+
     def active_count(self) -> int:
         return sum(1 for s in self.sessions.values() if s.status == "running") + self._starting
 
@@ -415,6 +431,12 @@ class SessionManager:
         if self.active_count() >= self.config.max_sessions:
             raise SessionError(429, "capacity", f"the server is at its limit of {self.config.max_sessions} "
                                "concurrent sessions; retry later or close finished sessions",
+                               headers={"Retry-After": "5"})
+        if self.memory_budget is not None and self.memory_committed() + self.session_memory > self.memory_budget:
+            raise SessionError(429, "memory", f"the running sessions' memory limits ({self.memory_committed()} "
+                               f"bytes) leave no room for another of {self.config.sandbox.memory} within this "
+                               f"server's budget of {self.memory_budget} bytes (host memory × memory_overcommit "
+                               f"{self.config.memory_overcommit}); retry later or close finished sessions",
                                headers={"Retry-After": "5"})
         image = self.images.get(task_id)
         if image is None:

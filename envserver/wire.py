@@ -259,6 +259,10 @@ class Health(BaseModel):
     max_sessions: int
     tasks: int
     version: str = API_VERSION
+    memory_committed_bytes: int | None = None
+    """Sum of the running sessions' memory limits."""
+    memory_budget_bytes: int | None = None
+    """What they may add up to (host memory × `memory_overcommit`); null: no memory admission."""
 
 
 VALIDATION_FORMAT_VERSION = 1

@@ -119,5 +119,9 @@ class SandboxBackend(abc.ABC):
         """How many containers carry all these labels."""
 
     @abc.abstractmethod
+    async def host_memory_bytes(self) -> int | None:
+        """Memory of the machine the sandboxes run on (None: unknown), for admission (ServerConfig.memory_overcommit)."""
+
+    @abc.abstractmethod
     async def close(self) -> None:
         """Release engine connections."""

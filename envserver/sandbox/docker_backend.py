@@ -188,6 +188,14 @@ class DockerBackend(SandboxBackend):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
+    async def host_memory_bytes(self) -> int | None:
+        try:
+            info = await self.call(self.client.info)
+        except docker.errors.APIError:
+            return None
+        total = info.get("MemTotal")
+        return int(total) if total else None
+
     async def image_exists(self, image: str) -> bool:
         try:
             await self.call(self.client.images.get, image)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from envserver.client import EnvClient, EnvServerError
-from tests.conftest import ROOT, start_server, stop_server
+from tests.conftest import ROOT, docker_client, start_server, stop_server
 
 pytestmark = pytest.mark.docker
 
@@ -129,3 +129,26 @@ def test_warm_pool_hands_over_started_containers(sample_images, sample_tasks, tm
     finally:
         stop_server(server)
     assert server.containers() == [], "shutdown must drain the warm pool"
+
+
+def test_memory_admission(sample_images, sample_tasks, tmp_path):  # type: ignore[no-untyped-def]
+    """Sessions' memory limits (4 GiB each by default) may add up to host memory × memory_overcommit: with room for
+    one, a second reset answers 429 `memory` with Retry-After until the first session closes."""
+    host = docker_client().info()["MemTotal"]
+    factor = 1.5 * 4 * 2**30 / host
+    server = start_server(tmp_path, "--memory-overcommit", f"{factor:.6f}")
+    try:
+        health = httpx.get(f"{server.url}/healthz", timeout=30).json()
+        assert health["memory_budget_bytes"] == int(host * float(f"{factor:.6f}"))
+        with EnvClient(server.url, max_capacity_wait_s=0) as client:
+            first = client.reset(sample_tasks[0].instance_id)
+            assert httpx.get(f"{server.url}/healthz", timeout=30).json()["memory_committed_bytes"] == 4 * 2**30
+            with pytest.raises(EnvServerError) as excinfo:
+                client.reset(sample_tasks[0].instance_id)
+            assert excinfo.value.status == 429 and excinfo.value.type == "memory" and excinfo.value.retry_after
+            assert "memory_overcommit" in excinfo.value.message
+            client.close_session(first.session_id)
+            second = client.reset(sample_tasks[0].instance_id)
+            client.close_session(second.session_id)
+    finally:
+        stop_server(server)
