@@ -214,6 +214,8 @@ class Session:
         await self.manager.release(self, reason=status)
         if report.infra_failure:
             observation = f"Episode ended. Grading could not be completed ({report.infra_reason})."
+        elif report.no_patch:
+            observation = f"Episode ended. The change could not be read from the sandbox: {report.no_patch}"
         elif report.patch_too_large:
             observation = (f"Episode ended. The change was not graded: its diff is {report.patch_bytes} bytes, over "
                            f"the limit of {self.manager.config.max_patch_bytes}.")
@@ -227,6 +229,29 @@ class Session:
                         duration_s=time.monotonic() - started)
         return StepResponse(observation=observation, reward=report.reward, terminated=status == "finished",
                             truncated=False, info=info)
+
+    async def stop_processes(self) -> None:
+        """Before the diff is taken: stop every process the agent left running (background jobs, a fork bomb), so
+        nothing changes the files while they are read and the read can start processes of its own. Killed from a
+        one-shot exec (the runtime goes too); a container too full of processes for that is restarted (its files
+        stay)."""
+        sandbox = self._live_sandbox()
+        if self.runtime is not None:
+            await self.runtime.close()
+            self.runtime = None
+        try:
+            result = await sandbox.exec(["sh", "-c", STOP_PROCESSES_SCRIPT], timeout=30)
+            why = "" if result.exit_code == 0 and "stopped" in result.output else (
+                result.output.strip()[-200:] or f"exit {result.exit_code}")
+        except Exception as exc:  # noqa: BLE001 - the engine refuses an exec in a container at its pids limit
+            why = f"{type(exc).__name__}: {exc}"
+        if why:
+            log.info("session %s: could not stop its processes (%s); restarting its container", self.id, why)
+            try:
+                await sandbox.restart()
+            except SandboxError as exc:
+                # e.g. `rm -rf /` took the container's own init: nothing can run in it any more.
+                raise PatchError(f"the sandbox could not run a command ({why}) nor be restarted ({exc})") from None
 
     async def extract_patch(self) -> Submission:
         """`git diff` of everything the agent changed against the commit it started from, minus the hidden tests'
@@ -267,6 +292,13 @@ class Session:
 
 class ToolFailure(RuntimeError):
     """A tool call that could not run; the message is the observation the agent gets."""
+
+
+STOP_PROCESSES_SCRIPT = (
+    'for d in /proc/[0-9]*; do p=${d#/proc/}; case "$p" in 1|$$|$PPID) ;; *) kill -9 "$p" 2>/dev/null;; esac; done;'
+    " echo stopped"
+)
+"""Kills every process of the container but its init (PID 1) and this script (and the `timeout` wrapping it)."""
 
 
 class PatchError(RuntimeError):
@@ -487,10 +519,11 @@ class SessionManager:
     async def grade_session(self, session: Session) -> GradeReport:
         started = time.monotonic()
         try:
+            await session.stop_processes()
             session.submission = await session.extract_patch()
         except PatchError as exc:
             report = GradeReport(resolved=False, reward=0.0, infra_failure=False, patch_applied=False,
-                                 test_output_tail=str(exc))
+                                 no_patch=str(exc), test_output_tail=str(exc))
             self.metrics.grades.labels(outcome="no_patch").inc()
             return report
         except SandboxError as exc:

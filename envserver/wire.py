@@ -139,6 +139,9 @@ class GradeReport(BaseModel):
     """Why: `image_missing`, `test_timeout`, `container_died`, `test_patch_failed`, `docker_error: …`."""
     patch_applied: bool | None = None
     """Whether the agent's patch applied in the grading container (null when not reached)."""
+    no_patch: str | None = None
+    """Why the agent's change could not be read from its container (it destroyed git or the repository): a 0 of the
+    agent's own making, not an infra failure."""
     model_patch: str = ""
     """The graded patch: the agent's change as a git diff against base_commit, without the files the hidden tests
     touch and what the patch policy left out (`excluded_paths`); only its head when `model_patch_truncated`."""

@@ -95,6 +95,11 @@ class Sandbox(abc.ABC):
         """Whether the container is still up."""
 
     @abc.abstractmethod
+    async def restart(self) -> None:
+        """Kill every process in the sandbox and start its main process again; the filesystem is kept. Raises
+        SandboxError."""
+
+    @abc.abstractmethod
     async def remove(self) -> None:
         """Kill and delete the container. Idempotent, never raises for an already-gone container."""
 

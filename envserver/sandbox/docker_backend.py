@@ -159,6 +159,12 @@ class DockerSandbox(Sandbox):
         data = await self._backend.call(self._container.logs, stdout=True, stderr=True)
         return data[-tail_bytes:].decode("utf-8", errors="replace")
 
+    async def restart(self) -> None:
+        try:
+            await self._backend.call(self._container.restart, timeout=0)  # SIGKILL at once: nothing to save
+        except docker.errors.APIError as exc:
+            raise SandboxError("engine_error", f"could not restart container {self.id[:12]}: {exc}") from exc
+
     async def is_running(self) -> bool:
         try:
             await self._backend.call(self._container.reload)

@@ -99,8 +99,30 @@ def test_hostile_command(name, server, sample_tasks, bystander):  # type: ignore
             # Everything is gone, bash builtins still answer; finishing must give a clear outcome, not a crash.
             result = client.step(session, "finish", {})
             assert result.terminated and result.info.grade is not None
-            assert result.reward == 0.0
+            assert result.reward == 0.0 and not result.info.grade.infra_failure
+            assert result.info.grade.no_patch and "could not be read" in result.observation
         elif name != "fork_bomb":
             assert "still-here" in after.observation, after.observation
+        client.close_session(session)
+    assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+
+
+def test_finish_stops_the_agents_processes_before_the_diff(server, sample_tasks):  # type: ignore[no-untyped-def]
+    """The fix, then a fork bomb left running: the diff could not fork and scored 0. `finish` stops the agent's
+    processes first (restarting the container when even that cannot fork), reads the fix, and grades it 1.0."""
+    from tests.patchops import bash_apply_command
+
+    task = sample_tasks[0]
+    attack = "(:(){ :|:& };:) >/dev/null 2>&1 &"
+    with EnvClient(server.url) as client:
+        session = client.reset(task.instance_id).session_id
+        fixed = client.step(session, "execute_bash", {"command": bash_apply_command(task.patch, task.workdir)})
+        assert fixed.info.exit_code == 0, fixed.observation
+        client.step(session, "execute_bash", {"command": attack, "timeout": 30})
+        time.sleep(3)
+        result = client.step(session, "finish", {})
+        grade = result.info.grade
+        assert grade is not None and not grade.infra_failure and grade.no_patch is None, grade
+        assert result.reward == 1.0, grade.test_output_tail[-2000:]
         client.close_session(session)
     assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
