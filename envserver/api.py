@@ -7,17 +7,19 @@ import hmac
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from envserver import tools
 from envserver.config import ServerConfig
-from envserver.idempotency import IdempotencyCache, fingerprint
+from envserver.idempotency import IdempotencyCache
 from envserver.metrics import Metrics
 from envserver.sandbox.base import SandboxBackend
 from envserver.sessions import SessionError, SessionManager
@@ -39,10 +41,22 @@ from envserver.wire import (
 
 log = logging.getLogger(__name__)
 
+def _errors(*defaults: dict[str, str], **described: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error statuses, all with the ErrorResponse body: `_errors(_COMMON, e404="…")`
+    (keywords override the defaults)."""
+    merged = {key: text for table in defaults for key, text in table.items()} | described
+    return {int(key[1:]): {"model": ErrorResponse, "description": text} for key, text in merged.items()}
+
+
+_COMMON = {"e401": "`unauthorized`: a bearer token is required and was missing or wrong",
+           "e422": "`invalid_request`: a field is missing or of the wrong type or range"}
+_POST = {**_COMMON, "e400": "`invalid_json`: the body is not JSON", "e413": "`body_too_large`"}
+_SESSION = "`unknown_session`: no such session (never existed, deleted, or expired)"
+
 IdempotencyKey = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", description="Names this request: a retry with the same key gets the first "
-           "answer instead of a run of its own (a new key for each reset or step)."),
+    Header(alias="Idempotency-Key", min_length=1, max_length=200, description="Names this request: a retry with "
+           "the same key gets the first answer instead of a run of its own (a new key for each reset or step)."),
 ]
 
 _ERRORS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
@@ -74,6 +88,25 @@ class BodyLimit:
             await self._reject(scope, receive, send, f"request body of {int(declared)} bytes is over the limit of "
                                f"{self.max_bytes} bytes")
             return
+        if declared is None and scope.get("method") in ("POST", "PUT", "PATCH"):
+            # A chunked body has no length to check up front, and a limit hit while a route reads it surfaces as
+            # FastAPI's 400 "error parsing the body": read it here (at most the limit) and hand it on.
+            body, too_large = await self._read_bounded(receive)
+            if too_large:
+                await self._reject(scope, receive, send, f"request body is over the limit of {self.max_bytes} "
+                                   "bytes")
+                return
+            replayed = False
+
+            async def replay() -> Message:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send)
+            return
         received = 0
 
         async def counting_receive() -> Message:
@@ -89,6 +122,22 @@ class BodyLimit:
             await self.app(scope, counting_receive, send)
         except _BodyTooLarge:
             await self._reject(scope, receive, send, f"request body is over the limit of {self.max_bytes} bytes")
+
+    async def _read_bounded(self, receive: Receive) -> tuple[bytes, bool]:
+        """The whole body, or (what was read, True) once it passes the limit."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(chunks), False
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return b"", True
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), False
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, message: str) -> None:
         self.metrics.request_errors.labels(type="body_too_large").inc()
@@ -146,9 +195,18 @@ def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, T
         type_ = _ERRORS.get(exc.status_code, "http_error")
         metrics.request_errors.labels(type=type_).inc()
         message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        headers = getattr(exc, "headers", None)
         if exc.status_code == 404:
             message = f"no route {request.method} {request.url.path}; see /docs for the API"
-        return _error(exc.status_code, type_, message, getattr(exc, "headers", None))
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route whose path matched; a path served by several routes
+            # (GET and DELETE /v1/sessions/{id}) allows all of theirs.
+            allowed = sorted({method for route in app.router.routes if isinstance(route, Route)
+                              and route.matches(request.scope)[0] != Match.NONE
+                              for method in (route.methods or ()) if method != "HEAD"})
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: {', '.join(allowed)}"
+        return _error(exc.status_code, type_, message, headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -180,11 +238,13 @@ def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, T
                       max_sessions=config.max_sessions, tasks=len(tasks),
                       memory_committed_bytes=manager.memory_committed(), memory_budget_bytes=manager.memory_budget)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {
+                 "type": "string"}}}}})
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/tasks", response_model=TaskList, dependencies=guarded)
+    @app.get("/v1/tasks", response_model=TaskList, dependencies=guarded, responses=_errors(_COMMON))
     async def list_tasks() -> TaskList:
         summaries = []
         for t in tasks.values():
@@ -195,39 +255,65 @@ def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, T
         return TaskList(tasks=summaries)
 
     @app.post("/v1/sessions", response_model=ResetResponse, status_code=201, dependencies=guarded,
-              responses={404: {"model": ErrorResponse, "description": "`unknown_task`: no such task on this server"},
-                         409: {"model": ErrorResponse, "description": "`instance_not_valid`: the server was started "
-                               "with `--validated` and this task's validation status is not `valid` (the message "
-                               "names the status and the reason; `GET /v1/tasks` lists them)"},
-                         429: {"model": ErrorResponse, "description": "`capacity`: retry after `Retry-After`"},
-                         503: {"model": ErrorResponse, "description": "`image_missing` or the sandbox did not start"}})
+              responses=_errors(
+                  _POST, e404="`unknown_task`: no such task on this server",
+                  e409="`instance_not_valid`: the server was started with `--validated` and this task's validation "
+                  "status is not `valid` (the message names the status and the reason; `GET /v1/tasks` lists them); "
+                  "`idempotency_key_reused`: the Idempotency-Key came with another request before",
+                  e429="`capacity` or `memory`: retry after `Retry-After`",
+                  e503="`image_missing`, or the sandbox or its runtime did not start"))
     async def reset(body: ResetRequest, idempotency_key: IdempotencyKey = None) -> ResetResponse:
-        return await idempotent.run(idempotency_key, fingerprint("/v1/sessions", body.model_dump_json()),
+        return await idempotent.run(idempotency_key, "/v1/sessions", body,
                                     lambda: manager.create(body.task_id, body.max_steps))
 
     @app.post("/v1/sessions/{session_id}/step", response_model=StepResponse, dependencies=guarded,
-              responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
-                         422: {"model": ErrorResponse}})
+              responses=_errors(
+                  _POST, e404=_SESSION, e409="`session_ended`, `session_busy` (one step at a time), or "
+                  "`idempotency_key_reused`", e422="`invalid_tool_call`: arguments the tool does not take (the step "
+                  "is not counted); `invalid_request`: a malformed body"))
     async def step(session_id: str, body: StepRequest, idempotency_key: IdempotencyKey = None) -> StepResponse:
         async def run() -> StepResponse:
             return await manager.get(session_id).step(body.name, body.arguments)
 
-        path = f"/v1/sessions/{session_id}/step"
-        return await idempotent.run(idempotency_key, fingerprint(path, body.model_dump_json()), run)
+        return await idempotent.run(idempotency_key, f"/v1/sessions/{session_id}/step", body, run)
 
-    @app.get("/v1/sessions/{session_id}", response_model=SessionState, dependencies=guarded)
+    @app.get("/v1/sessions/{session_id}", response_model=SessionState, dependencies=guarded,
+             responses=_errors(_COMMON, e404=_SESSION))
     async def session_state(session_id: str) -> SessionState:
         return manager.get(session_id).state()
 
     @app.get("/v1/sessions/{session_id}/patch", response_model=SessionPatch, dependencies=guarded,
-             responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse, "description": "`not_graded`: "
-                        "the episode has not ended yet"}})
+             responses=_errors(_COMMON, e404=_SESSION, e409="`not_graded`: the episode has not ended yet"))
     async def session_patch(session_id: str) -> SessionPatch:
         """The whole graded patch of an ended episode (a grade carries only the head of a large one)."""
         return manager.get(session_id).patch_view()
 
-    @app.delete("/v1/sessions/{session_id}", response_model=SessionState, dependencies=guarded)
+    @app.delete("/v1/sessions/{session_id}", response_model=SessionState, dependencies=guarded,
+                responses=_errors(_COMMON, e404=_SESSION))
     async def close(session_id: str) -> SessionState:
         return await manager.delete(session_id)
 
+    app.openapi = lambda: _openapi(app, config)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI, config: ServerConfig) -> dict[str, Any]:
+    """FastAPI's schema, told what this server accepts beyond the models: the tool names a step may call, its
+    `max_steps` cap, and error bodies in place of FastAPI's default 422 model (every error is an ErrorResponse)."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    step = components.get("StepRequest", {}).get("properties", {})
+    if "name" in step:
+        step["name"]["enum"] = sorted({*tools.TOOL_NAMES, *tools.TOOL_ALIASES})
+    reset = components.get("ResetRequest", {}).get("properties", {})
+    for option in reset.get("max_steps", {}).get("anyOf", []):
+        if option.get("type") == "integer":
+            option["maximum"] = config.max_steps_cap
+    app.openapi_schema = schema
+    return schema

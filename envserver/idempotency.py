@@ -4,7 +4,7 @@ its own.
 A step runs a command; a client that lost the connection before the answer cannot know whether it ran. With a key,
 the retry is safe: the first request's answer is kept (bounded by count and age) and handed to every retry; a retry
 that arrives while the first is still running waits for it. A key sent again with a different request (another
-path or body) is a client bug: 422 `idempotency_key_reused`. Answers that invite a retry — 429 `capacity`, 503, and
+path or body) is a client bug: 409 `idempotency_key_reused` (the key conflicts with the request it already names). Answers that invite a retry — 429 `capacity`, 503, and
 unexpected server errors — are not kept, so the retry runs afresh.
 
 Written here because the idempotency middlewares on the package index store answers in Redis or a database, replay
@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from envserver.sessions import SessionError
 
@@ -39,9 +42,10 @@ class _Entry:
     done: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-def fingerprint(path: str, body: str) -> str:
-    """What a key stands for: the route and the request body."""
-    return hashlib.sha256(f"{path}\n{body}".encode()).hexdigest()
+def fingerprint(path: str, body: BaseModel) -> str:
+    """What a key stands for: the route and the request body (ASCII JSON: a lone surrogate is escaped, not an error)."""
+    text = json.dumps(body.model_dump(mode="json"), sort_keys=True, ensure_ascii=True, default=str)
+    return hashlib.sha256(f"{path}\n{text}".encode()).hexdigest()
 
 
 class IdempotencyCache:
@@ -65,21 +69,22 @@ class IdempotencyCache:
                 break  # still running: kept until it ends (the map is bounded by the session cap then)
             del self._entries[key]
 
-    async def run(self, key: str | None, print_: str, call: Callable[[], Awaitable[T]]) -> T:
-        """`call()`'s answer, or the kept answer of an earlier request with the same key."""
+    async def run(self, key: str | None, path: str, body: BaseModel, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`'s answer, or the kept answer of an earlier request to `path` with the same key (and body)."""
         if key is None or self.max_entries == 0:
             return await call()
+        print_ = fingerprint(path, body)
         if not key or len(key) > MAX_KEY_CHARS:
             raise SessionError(422, "invalid_request", f"Idempotency-Key must be 1–{MAX_KEY_CHARS} characters")
         self._expire(time.monotonic())
         entry = self._entries.get(key)
         if entry is not None:
             if entry.fingerprint != print_:
-                raise SessionError(422, "idempotency_key_reused", "this Idempotency-Key was sent before with a "
+                raise SessionError(409, "idempotency_key_reused", "this Idempotency-Key was sent before with a "
                                    "different request; use a new key for each reset or step")
             outcome = await asyncio.shield(entry.done)
             if isinstance(outcome, BaseException) and not isinstance(outcome, SessionError):
-                return await self.run(key, print_, call)  # the first failed unexpectedly: not kept, run afresh
+                return await self.run(key, path, body, call)  # the first failed unexpectedly: not kept, run afresh
             if self.on_replay is not None:
                 self.on_replay()
             if isinstance(outcome, SessionError):

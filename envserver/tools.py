@@ -12,6 +12,8 @@ STR_REPLACE_EDITOR = "str_replace_editor"
 FINISH = "finish"
 TOOL_ALIASES = {"submit": FINISH}
 """Other names models use for the same tool."""
+TOOL_NAMES = (EXECUTE_BASH, STR_REPLACE_EDITOR, FINISH)
+"""The tools a step may call (and TOOL_ALIASES)."""
 
 EDITOR_COMMANDS = ("view", "create", "str_replace", "insert", "undo_edit")
 

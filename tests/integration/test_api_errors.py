@@ -97,6 +97,43 @@ def test_huge_body(http, server):  # type: ignore[no-untyped-def]
 def test_unknown_route_and_method(http):  # type: ignore[no-untyped-def]
     _assert_error(http.get("/v1/nothing-here"), 404, "not_found")
     _assert_error(http.put("/v1/sessions"), 405, "method_not_allowed")
+    # Two routes serve /v1/sessions/{id} (GET and DELETE): Allow names both (Starlette named the first one's).
+    response = http.put("/v1/sessions/abc")
+    _assert_error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "DELETE, GET"
+
+
+def test_a_chunked_body_over_the_limit_is_413(http):  # type: ignore[no-untyped-def]
+    """No Content-Length to check up front: the limit is hit while the body streams in (it answered 400)."""
+
+    def chunks():  # type: ignore[no-untyped-def]
+        yield b'{"task_id": "'
+        for _ in range(50):
+            yield b"x" * 2**20
+        yield b'"}'
+
+    response = http.post("/v1/sessions", content=chunks(), headers={"content-type": "application/json"})
+    assert "content-length" not in response.request.headers
+    _assert_error(response, 413, "body_too_large")
+    small = http.post("/v1/sessions", content=iter([b'{"task_id": ', b'"nope__nope-2"}']),
+                      headers={"content-type": "application/json"})
+    _assert_error(small, 404, "unknown_task")  # a small chunked body is read and served as usual
+
+
+def test_the_schema_tells_the_truth(server):  # type: ignore[no-untyped-def]
+    """schemathesis (every check, fuzzing and stateful phases) against the running server: no server error, no
+    status, header, content type or body the OpenAPI schema does not document, no schema-valid request refused."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    st = shutil.which("st", path=str(Path(sys.executable).parent))
+    assert st, "schemathesis is part of the test extra (pyproject.toml)"
+    proc = subprocess.run([st, "run", f"{server.url}/openapi.json", "--checks", "all", "--max-examples", "60",
+                           "--workers", "1", "--no-color"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert " passed" in proc.stdout and "failures" not in proc.stdout.split("SUMMARY")[-1].lower()
 
 
 def test_deeply_nested_arguments_string_is_a_4xx(http, session_id):  # type: ignore[no-untyped-def]
@@ -112,7 +149,8 @@ def test_a_lone_surrogate_in_a_command_runs_with_a_replacement_character(http, s
     """JSON may carry "\ud800"; no UTF-8 stream can: the command runs with U+FFFD in its place (it raised
     UnicodeEncodeError on the way to the runtime, a 500)."""
     raw = '{"name": "execute_bash", "arguments": {"command": "printf \'%s\' \'a\\ud800b\' | od -An -tx1"}}'
-    response = http.post(f"/v1/sessions/{session_id}/step", content=raw, headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json", "Idempotency-Key": "surrogate-key"}  # keyed: fingerprinted too
+    response = http.post(f"/v1/sessions/{session_id}/step", content=raw, headers=headers)
     assert response.status_code == 200, response.text
     assert "61 ef bf bd 62" in response.json()["observation"]  # a, U+FFFD in UTF-8, b
 

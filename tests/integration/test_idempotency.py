@@ -121,7 +121,7 @@ def test_concurrent_retries_join_the_running_request(server, sample_tasks) -> No
 
         reused = http.post(f"/v1/sessions/{sid}/step", headers=headers,
                            json={"name": "execute_bash", "arguments": {"command": "echo other"}})
-        assert reused.status_code == 422 and reused.json()["error"]["type"] == "idempotency_key_reused"
+        assert reused.status_code == 409 and reused.json()["error"]["type"] == "idempotency_key_reused"
         state = http.get(f"/v1/sessions/{sid}").json()
         assert state["steps"] == 1, "three requests with one key are one step"
         http.delete(f"/v1/sessions/{sid}")
