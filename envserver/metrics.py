@@ -42,10 +42,17 @@ class Metrics:
         self.request_errors = Counter(
             "envserver_request_errors", "Requests answered with an error", ["type"], registry=r
         )
+        self.runtime_frames_rejected = Counter(
+            "envserver_runtime_frames_rejected", "Lines on a runtime's response stream that were not true responses "
+            "(forged or corrupted from inside the sandbox), by why", ["why"], registry=r,
+        )
         self.idempotent_replays = Counter(
             "envserver_idempotent_replays", "Resets and steps answered from an earlier request with the same "
             "Idempotency-Key (a client's retry)", registry=r,
         )
+
+    def runtime_frames_rejected_by(self, why: str) -> None:
+        self.runtime_frames_rejected.labels(why=why).inc()
 
     def infra(self, reason: str) -> None:
         self.infra_failures.labels(reason=reason.split(":", 1)[0]).inc()

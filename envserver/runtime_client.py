@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
+import hashlib
+import hmac
 import json
 import re
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,9 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 """Lone surrogates: valid in a JSON string, not encodable as UTF-8."""
 
 RUNTIME_SOURCE_DIR = Path(__file__).parent / "runtime"
+FRAME_MARK = b"\x1e"
+"""Starts every signed response line (the runtime's own copy: envserver/runtime/server.py, stdlib-only; a unit test
+keeps them equal)."""
 RUNTIME_DIR_IN_SANDBOX = "/.envserver/runtime"
 # Same python lookup as the keep-alive init: the image's own python3, else conda's.
 _PYTHON = 'exec "$(command -v python3 || echo /opt/miniconda3/bin/python3)"'
@@ -64,16 +70,30 @@ class RuntimeClient:
 
     MAX_LINE_BYTES = 256 * 2**20
 
-    def __init__(self, stream: ByteStream):
+    def __init__(self, stream: ByteStream, on_rejected: Callable[[str], None] | None = None):
+        """`on_rejected(why)`: called for each line that is not a true response (forged, corrupted, stray)."""
         self._stream = stream
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._key = secrets.token_bytes(32)
+        self._signed = False
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._dead_reason: str | None = None
+        self.rejected_frames = 0
+        self._on_rejected = on_rejected
         self._reader = asyncio.create_task(self._read_loop())
 
     @classmethod
-    async def start(cls, sandbox: Sandbox, argv: list[str]) -> "RuntimeClient":
-        return cls(await sandbox.open_stream(argv))
+    async def start(cls, sandbox: Sandbox, argv: list[str],
+                    on_rejected: Callable[[str], None] | None = None) -> "RuntimeClient":
+        return cls(await sandbox.open_stream(argv), on_rejected)
+
+    async def handshake(self, timeout: float) -> dict[str, Any]:
+        """The first request: `ping` with this client's key; every response after it must carry the key's MAC."""
+        self._signed = True
+        result = await self.request("ping", {"key": self._key.hex()}, timeout=timeout)
+        if not result.get("signed"):
+            raise RuntimeRequestError("internal", f"the runtime does not sign its responses (it speaks protocol "
+                                      f"{result.get('protocol')}; this server needs 2)")
+        return result
 
     @property
     def alive(self) -> bool:
@@ -103,13 +123,38 @@ class RuntimeClient:
         tail = self._stream.stderr_tail().strip()
         self._fail("runtime process exited" + (f"; its last stderr: {tail[-500:]}" if tail else ""))
 
+    def _reject(self, why: str) -> None:
+        self.rejected_frames += 1
+        if self._on_rejected is not None:
+            self._on_rejected(why)
+
     def _dispatch(self, line: bytes) -> None:
+        """One line of the runtime's stdout. Only the runtime should write there, but the agent is root in the same
+        container and can write into it (/proc/<pid>/fd): after the handshake a true response is FRAME_MARK + MAC +
+        JSON; anything else is rejected and counted, and junk written ahead of a frame without a newline is cut off
+        at the frame's mark (the last one on the line)."""
+        payload = line
+        if self._signed:
+            start = line.rfind(FRAME_MARK)
+            if start < 0:
+                self._reject("unsigned line")
+                return
+            if start > 0:
+                self._reject("junk ahead of a frame")
+            mac, _, payload = line[start + len(FRAME_MARK):].partition(b" ")
+            expected = hmac.new(self._key, payload, hashlib.sha256).hexdigest().encode("ascii")
+            if not hmac.compare_digest(mac, expected):
+                self._reject("bad signature")
+                return
         try:
-            message = json.loads(line)
+            message = json.loads(payload)
         except json.JSONDecodeError:
-            return  # not ours: the runtime never prints anything but response lines
+            self._reject("not JSON")
+            return
         future = self._pending.pop(message.get("id"), None) if isinstance(message, dict) else None
-        if future is not None and not future.done():
+        if future is None:
+            self._reject("no request waits for this id")
+        elif not future.done():
             future.set_result(message)
 
     def _fail(self, reason: str) -> None:
@@ -124,7 +169,7 @@ class RuntimeClient:
         """Send one request and wait for its result. Raises RuntimeDied, RuntimeRequestError, asyncio.TimeoutError."""
         if self._dead_reason is not None:
             raise RuntimeDied(self._dead_reason)
-        request_id = next(self._ids)
+        request_id = secrets.token_hex(8)  # unguessable: a forged answer cannot name a request
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         payload = json.dumps({"id": request_id, "op": op, "args": args or {}}, ensure_ascii=False)

@@ -404,9 +404,9 @@ class SessionManager:
         config = self.config
         argv = runtime_argv(workdir or (task.workdir if task else "/"), DEFAULT_INIT_SCRIPT,
                             config.max_output_chars, config.command_timeout_s)
-        runtime = await RuntimeClient.start(sandbox, argv)
+        runtime = await RuntimeClient.start(sandbox, argv, self.metrics.runtime_frames_rejected_by)
         try:
-            await runtime.request("ping", timeout=RUNTIME_START_TIMEOUT_S)
+            await runtime.handshake(timeout=RUNTIME_START_TIMEOUT_S)
         except BaseException:
             await runtime.close()
             raise

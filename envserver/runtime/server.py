@@ -8,6 +8,8 @@ the image's own python3 (>= 3.8); nothing can be installed there. Usage:
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
 import json
 import os
 import platform
@@ -19,7 +21,8 @@ import time
 
 import bash_session
 
-PROTOCOL = 1
+PROTOCOL = 2
+FRAME_MARK = b"\x1e"  # ASCII record separator: never in a JSON line (ensure_ascii escapes it)
 
 
 class BadRequest(Exception):
@@ -96,6 +99,7 @@ class Server:
         self.session = bash_session.BashSession(opts.cwd, opts.init_script, opts.max_output_chars,
                                                 opts.hard_timeout)
         self.editor, self.stopping = None, False
+        self.key = None  # set by the first ping that carries one; from then on every response is signed
         try:
             self.session.start()
         except OSError as e:  # retried by the first bash op
@@ -103,7 +107,16 @@ class Server:
             sys.stderr.write("runtime: could not start bash: %s\n" % e)
 
     def op_ping(self, args):
-        return {"pid": os.getpid(), "python": platform.python_version(), "protocol": PROTOCOL}
+        key = args.get("key")
+        if key is not None and self.key is None:  # set once: a request the agent injects cannot change it
+            if not isinstance(key, str):
+                raise BadRequest("argument 'key' must be a hex string")
+            try:
+                self.key = bytes.fromhex(key)
+            except ValueError:
+                raise BadRequest("argument 'key' must be a hex string")
+        return {"pid": os.getpid(), "python": platform.python_version(), "protocol": PROTOCOL,
+                "signed": self.key is not None}
 
     def op_bash(self, args):
         return self.session.run(
@@ -156,6 +169,15 @@ class Server:
         except Exception as e:
             return {"id": rid, "ok": False, "error": "%s: %s" % (type(e).__name__, e), "kind": "internal"}
 
+    def frame(self, data: bytes) -> bytes:
+        """A response line: plain JSON until a key is set, then MARK + HMAC-SHA256(key, JSON) + space + JSON. The
+        agent is root in the same container and can write into this process's stdout: the host drops any line whose
+        MAC does not check, and the mark lets it find a true frame behind junk written without a newline."""
+        if self.key is None:
+            return data + b"\n"
+        mac = hmac.new(self.key, data, hashlib.sha256).hexdigest().encode("ascii")
+        return FRAME_MARK + mac + b" " + data + b"\n"
+
     def serve(self, inp, out) -> None:
         for line in inp:
             if not line.strip():
@@ -166,7 +188,7 @@ class Server:
             except (TypeError, ValueError) as e:
                 data = json.dumps({"id": None, "ok": False, "error": "unencodable response: %s" % e,
                                    "kind": "internal"})
-            out.write(data.encode("ascii") + b"\n")
+            out.write(self.frame(data.encode("ascii")))
             out.flush()
             if self.stopping:
                 break

@@ -68,7 +68,7 @@ def rt_host(tmp_path):
 
 def test_ping_and_persistence(rt, tmp_path):
     ping = rt.call("ping")["result"]
-    assert ping["protocol"] == 1 and ping["pid"] == rt.proc.pid
+    assert ping["protocol"] == 2 and ping["pid"] == rt.proc.pid and ping["signed"] is False
     r = rt.bash("pwd; mkdir sub && cd sub && export FOO=bar; f() { echo \"f:$1\"; }; sleep 30 & echo started")
     assert r["status"] == "completed" and r["exit_code"] == 0
     assert r["output"].startswith(str(tmp_path) + "\n") and "started" in r["output"]
@@ -253,3 +253,29 @@ def test_exec_redirect_and_lone_surrogate(rt):
     rt.bash("exec 3>&1 >/dev/null 2>&1")
     assert rt.bash("echo hidden")["output"] == ""
     assert rt.bash("exec >&3 2>&3; echo '\ud800'")["output"] == "?\n"
+
+
+def test_signed_responses(rt, tmp_path):
+    """After a ping with a key every response is MARK + HMAC-SHA256(key, JSON) + space + JSON; the key is set once
+    (a ping the agent injects into the runtime's stdin cannot change it). The host's FRAME_MARK is the runtime's."""
+    import hashlib
+    import hmac
+
+    from envserver.runtime_client import FRAME_MARK
+
+    key = bytes(range(32))
+
+    def signed(request: dict) -> dict:
+        rt.proc.stdin.write(json.dumps(request).encode() + b"\n")
+        rt.proc.stdin.flush()
+        line = rt.proc.stdout.readline().rstrip(b"\n")
+        assert line.startswith(FRAME_MARK), line[:80]
+        mac, _, payload = line[len(FRAME_MARK):].partition(b" ")
+        assert hmac.compare_digest(mac, hmac.new(key, payload, hashlib.sha256).hexdigest().encode())
+        return json.loads(payload)
+
+    assert signed({"id": "a0", "op": "ping", "args": {"key": key.hex()}})["result"]["signed"]
+    assert signed({"id": "a1", "op": "bash", "args": {"command": "echo hi"}})["result"]["output"] == "hi\n"
+    assert signed({"id": "a2", "op": "ping", "args": {"key": "00" * 32}})["result"]["signed"]
+    # The second key was ignored: the next frame still carries the first key's MAC (checked inside signed()).
+    assert signed({"id": "a3", "op": "bash", "args": {"command": "echo again"}})["ok"]
