@@ -4,6 +4,8 @@
    the same image (docker SDK `exec_run`, the cheapest per-step exec) — p50 / p99 and the ratio.
 2. Reset latency with and without the warm pool (p50 / p99).
 3. N concurrent sessions × M steps each: throughput and errors.
+4. A burst of resets at once (an RL step's B × G), unannounced and announced ahead (`POST /v1/prefetch`): p50 / p99
+   reset latency and sessions/s.
 
 Targets (2-core machine): step p50 ≥ 10× faster than docker exec; warm reset p50 ≤ 150 ms; zero errors.
 
@@ -118,12 +120,46 @@ async def bench_concurrency(url: str, task_ids: list[str], sessions: int, steps:
             "errors": len(errors), "first_errors": errors[:3]}
 
 
+async def bench_burst(url: str, task_ids: list[str], n: int, announce: bool) -> dict[str, float]:
+    """`n` resets at once (an RL step's B × G), as they come; with `announce`, told ahead (`POST /v1/prefetch`) and
+    fired once the pool has them ready (the trainer announces step t+1 while step t trains)."""
+    counts: dict[str, int] = {}
+    for index in range(n):
+        counts[task_ids[index % len(task_ids)]] = counts.get(task_ids[index % len(task_ids)], 0) + 1
+    async with AsyncEnvClient(url, max_capacity_wait_s=600) as client:
+        prepared_s = 0.0
+        if announce:
+            started = time.perf_counter()
+            await client.prefetch(counts, ttl_s=600)
+            async with httpx.AsyncClient(base_url=url) as http:
+                while (await http.get("/healthz")).json()["pool_ready"] < n:
+                    if time.perf_counter() - started > 900:
+                        raise RuntimeError("the announced containers did not all start within 900 s")
+                    await asyncio.sleep(0.5)
+            prepared_s = time.perf_counter() - started
+        latencies: list[float] = []
+
+        async def one(task_id: str) -> str:
+            begun = time.perf_counter()
+            reset = await client.reset(task_id)
+            latencies.append(time.perf_counter() - begun)
+            return reset.session_id
+
+        started = time.perf_counter()
+        sessions = await asyncio.gather(*(one(task_ids[i % len(task_ids)]) for i in range(n)))
+        wall = time.perf_counter() - started
+        await asyncio.gather(*(client.close_session(sid) for sid in sessions))
+    return {**summary(latencies), "sessions_per_s": n / wall, "wall_s": wall, "prepared_s": prepared_s}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=400, help="Steps timed for the latency comparison (< 490).")
     parser.add_argument("--resets", type=int, default=15, help="Resets timed with and without the warm pool.")
     parser.add_argument("--sessions", type=int, default=32, help="Concurrent sessions.")
     parser.add_argument("--session-steps", type=int, default=50, help="Steps per concurrent session.")
+    parser.add_argument("--burst", type=int, default=128, help="Resets at once, with and without announcing them "
+                        "(0: skip).")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     args = parser.parse_args()
 
@@ -153,6 +189,17 @@ def main() -> int:
         results["reset_warm"] = bench_resets(warm.url, task_id, args.resets, warm=True)
     finally:
         stop_server(warm)
+    if args.burst:
+        burst = start_server(tmp, "--max-sessions", str(args.burst + 8), "--memory-overcommit", "0")
+        try:
+            ids = [t.instance_id for t in tasks]
+            print(f"[burst] {args.burst} resets at once, unannounced …")
+            results["burst_cold"] = asyncio.run(bench_burst(burst.url, ids, args.burst, announce=False))
+            time.sleep(5)
+            print(f"[burst] {args.burst} resets at once, announced ahead (POST /v1/prefetch) …")
+            results["burst_announced"] = asyncio.run(bench_burst(burst.url, ids, args.burst, announce=True))
+        finally:
+            stop_server(burst)
 
     steps = results["steps"]
     api, execs = steps["http_api"], steps["docker_exec"]  # type: ignore[index]
@@ -172,6 +219,12 @@ def main() -> int:
     print(f"{conc['sessions']} sessions × {args.session_steps} steps: {conc['steps']} steps in "  # type: ignore[index]
           f"{conc['wall_s']:.1f} s = {conc['steps_per_s']:.0f} steps/s, errors: {conc['errors']}"  # type: ignore[index]
           "   (target 0 errors)")
+    if args.burst:
+        cold_b, told = results["burst_cold"], results["burst_announced"]
+        print(f"{args.burst} resets at once: unannounced p50 {cold_b['p50_ms']:.0f} ms / p99 {cold_b['p99_ms']:.0f} ms, "  # type: ignore[index]
+              f"{cold_b['sessions_per_s']:.1f} sessions/s; announced p50 {told['p50_ms']:.0f} ms / p99 "  # type: ignore[index]
+              f"{told['p99_ms']:.0f} ms, {told['sessions_per_s']:.1f} sessions/s (its containers took "  # type: ignore[index]
+              f"{told['prepared_s']:.0f} s to start ahead)   (target: announced p50 ≤ 100 ms)")  # type: ignore[index]
     if conc["errors"]:  # type: ignore[index]
         print("first errors:", conc["first_errors"])  # type: ignore[index]
     if args.json:

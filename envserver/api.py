@@ -28,6 +28,8 @@ from envserver.validate import load_validation
 from envserver.wire import (
     ErrorResponse,
     Health,
+    PrefetchRequest,
+    PrefetchResponse,
     ResetRequest,
     ResetResponse,
     SessionPatch,
@@ -236,7 +238,8 @@ def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, T
     async def healthz() -> Health:
         return Health(server_name=config.server_name, sessions=manager.active_count(),
                       max_sessions=config.max_sessions, tasks=len(tasks),
-                      memory_committed_bytes=manager.memory_committed(), memory_budget_bytes=manager.memory_budget)
+                      memory_committed_bytes=manager.memory_committed(), memory_budget_bytes=manager.memory_budget,
+                      pool_ready=manager.pool.total_ready(), pool_starting=manager.pool.total_starting())
 
     @app.get("/metrics", response_class=Response,
              responses={200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {
@@ -276,6 +279,15 @@ def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, T
             return await manager.get(session_id).step(body.name, body.arguments)
 
         return await idempotent.run(idempotency_key, f"/v1/sessions/{session_id}/step", body, run)
+
+    @app.post("/v1/prefetch", response_model=PrefetchResponse, status_code=202, dependencies=guarded,
+              responses=_errors(_POST, e404="`unknown_task`", e409="`instance_not_valid`",
+                                e422="`invalid_request`: a count below 1, or more resets than the session cap",
+                                e503="`image_missing`"))
+    async def prefetch(body: PrefetchRequest) -> PrefetchResponse:
+        """Announce resets to come (an RL step's B × G, told while the previous step trains): their containers
+        start now, a bounded number at a time, and each reset takes one ready; unused ones go after `ttl_s`."""
+        return await manager.prefetch(body)
 
     @app.get("/v1/sessions/{session_id}", response_model=SessionState, dependencies=guarded,
              responses=_errors(_COMMON, e404=_SESSION))

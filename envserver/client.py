@@ -19,6 +19,8 @@ from pydantic import BaseModel
 from envserver.wire import (
     ErrorResponse,
     Health,
+    PrefetchRequest,
+    PrefetchResponse,
     ResetRequest,
     ResetResponse,
     SessionPatch,
@@ -153,6 +155,13 @@ class AsyncEnvClient:
     async def state(self, session_id: str) -> SessionState:
         return await self._get(f"/v1/sessions/{session_id}", SessionState)
 
+    async def prefetch(self, tasks: dict[str, int], ttl_s: float = 300.0) -> PrefetchResponse:
+        """Announce resets to come (task_id → count): the server starts their containers now."""
+        body = PrefetchRequest(tasks=tasks, ttl_s=ttl_s).model_dump()
+        response = await self._idempotent("POST", "/v1/prefetch", body, _key())
+        _raise_for(response)
+        return PrefetchResponse.model_validate(response.json())
+
     async def patch(self, session_id: str) -> SessionPatch:
         """The whole graded patch of an ended episode (a grade carries only the head of a large one)."""
         return await self._get(f"/v1/sessions/{session_id}/patch", SessionPatch)
@@ -229,6 +238,13 @@ class EnvClient:
 
     def state(self, session_id: str) -> SessionState:
         return self._get(f"/v1/sessions/{session_id}", SessionState)
+
+    def prefetch(self, tasks: dict[str, int], ttl_s: float = 300.0) -> PrefetchResponse:
+        """Announce resets to come (task_id → count): the server starts their containers now."""
+        body = PrefetchRequest(tasks=tasks, ttl_s=ttl_s).model_dump()
+        response = self._idempotent("POST", "/v1/prefetch", body, _key())
+        _raise_for(response)
+        return PrefetchResponse.model_validate(response.json())
 
     def patch(self, session_id: str) -> SessionPatch:
         """The whole graded patch of an ended episode (a grade carries only the head of a large one)."""

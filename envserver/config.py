@@ -68,6 +68,8 @@ class ServerConfig(BaseModel):
     """Largest `max_steps` a reset may ask for."""
     warm_pool_size: int = 0
     """Started containers kept ready per task image, so reset hands one over instead of starting one."""
+    warm_pool_parallel_starts: int = Field(default=8, ge=1)
+    """Warm containers (steady pool and announced bursts, `POST /v1/prefetch`) started at once."""
     warm_pool_tasks: list[str] = Field(default_factory=list)
     """Task ids whose images get a warm pool; empty means every task's image (when `warm_pool_size` > 0)."""
     image_templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES))

@@ -34,6 +34,8 @@ from envserver.tasks import TaskInstance
 from envserver.wire import (
     GradeReport,
     InstanceValidation,
+    PrefetchRequest,
+    PrefetchResponse,
     ResetInfo,
     ResetResponse,
     SessionPatch,
@@ -332,6 +334,7 @@ class SessionManager:
         self.pool: WarmPool[Prepared] = WarmPool(
             config.warm_pool_size, self._prepare, self._discard,
             on_change=lambda key, ready: metrics.pool_ready.labels(image=key[0]).set(ready),
+            max_parallel_starts=config.warm_pool_parallel_starts,
         )
 
     def task_status(self, task_id: str) -> tuple[TaskStatus, str | None, bool]:
@@ -440,6 +443,32 @@ class SessionManager:
         await prepared.runtime.close()
         await prepared.sandbox.remove()
 
+    async def prefetch(self, request: PrefetchRequest) -> PrefetchResponse:
+        """Start containers now for resets announced to come (envserver/pool.py)."""
+        total = sum(request.tasks.values())
+        if total > self.config.max_sessions:
+            raise SessionError(422, "invalid_request", f"{total} resets announced, more than this server's "
+                               f"{self.config.max_sessions} concurrent sessions")
+        keys: dict[PoolKey, int] = {}
+        for task_id, count in request.tasks.items():
+            task = self.tasks.get(task_id)
+            if task is None:
+                raise SessionError(404, "unknown_task", f"no task {task_id!r} on this server")
+            status, reason, playable = self.task_status(task_id)
+            if not playable:
+                raise SessionError(409, "instance_not_valid", f"task {task_id} is not served: its validation "
+                                   f"status is {status}{f' ({reason})' if reason else ''}")
+            image = self.images.get(task_id) or await self.resolve_image(task)
+            if image is None:
+                raise SessionError(503, "image_missing", f"no image for task {task_id} on this docker host")
+            self.images[task_id] = image
+            key = (image, task.workdir)
+            keys[key] = keys.get(key, 0) + count
+        for key, count in keys.items():
+            self.pool.announce(key, count, request.ttl_s)
+        return PrefetchResponse(announced=dict(request.tasks), ready=sum(self.pool.ready(k) for k in keys),
+                                starting=sum(self.pool.starting(k) for k in keys))
+
     def memory_committed(self) -> int:
         """Sum of the memory limits of the sessions running or starting."""
         return self.active_count() * self.session_memory
@@ -481,7 +510,7 @@ class SessionManager:
         started = time.monotonic()
         self._starting += 1
         try:
-            prepared = self.pool.take((image, task.workdir))
+            prepared = await self.pool.take_waiting((image, task.workdir), RUNTIME_START_TIMEOUT_S)
             warm = prepared is not None
             if prepared is None:
                 try:
@@ -636,6 +665,7 @@ class SessionManager:
         period = max(0.5, min(30.0, self.config.session_ttl_s / 4))
         while True:
             await asyncio.sleep(period)
+            await self.pool.trim()  # containers of expired announcements
             now = time.monotonic()
             for session in list(self.sessions.values()):
                 if now - session.last_active > self.config.session_ttl_s and not session.lock.locked():

@@ -70,6 +70,36 @@ class ResetRequest(BaseModel):
     """Accepted for Gymnasium compatibility; the environment itself is deterministic."""
 
 
+class PrefetchRequest(BaseModel):
+    """`POST /v1/prefetch`: resets that will come soon (an RL step's B × G), so their containers start now."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: dict[str, int] = Field(min_length=1)
+    """task_id → how many resets of it to expect (each ≥ 1)."""
+    ttl_s: float = Field(default=300.0, gt=0, le=3600)
+    """How long the containers are kept for these resets; what is left unused then is removed."""
+
+    @field_validator("tasks")
+    @classmethod
+    def _positive_counts(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = [task_id for task_id, count in value.items() if count < 1]
+        if bad:
+            raise ValueError(f"counts must be ≥ 1 (got {', '.join(f'{t}: {value[t]}' for t in bad[:5])})")
+        return value
+
+
+class PrefetchResponse(BaseModel):
+    """What the warm pool does for the announced resets."""
+
+    announced: dict[str, int]
+    """Resets announced per task (as asked)."""
+    ready: int
+    """Containers ready now for those tasks' images."""
+    starting: int
+    """Containers starting for them (at most the server's parallel-start bound run at once)."""
+
+
 class ToolSpec(BaseModel):
     """A tool in the OpenAI function-calling schema (`{"type": "function", "function": {...}}`)."""
 
@@ -266,6 +296,10 @@ class Health(BaseModel):
     """Sum of the running sessions' memory limits."""
     memory_budget_bytes: int | None = None
     """What they may add up to (host memory × `memory_overcommit`); null: no memory admission."""
+    pool_ready: int = 0
+    """Warm containers ready for a reset (steady pool and announced bursts)."""
+    pool_starting: int = 0
+    """Warm containers starting."""
 
 
 VALIDATION_FORMAT_VERSION = 1

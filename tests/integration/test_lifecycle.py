@@ -152,3 +152,46 @@ def test_memory_admission(sample_images, sample_tasks, tmp_path):  # type: ignor
             client.close_session(second.session_id)
     finally:
         stop_server(server)
+
+
+def test_announced_resets_find_their_containers_started(sample_images, sample_tasks, tmp_path):  # type: ignore[no-untyped-def]
+    """`POST /v1/prefetch`: the announced containers start ahead, each reset takes one (a hand-over, not a start);
+    an announcement's unused containers are removed when it expires; bad announcements are refused."""
+    server = start_server(tmp_path, "--session-ttl-s", "8")  # the reaper (and pool trim) runs every 2 s
+    task_id = sample_tasks[0].instance_id
+
+    def health() -> dict:  # type: ignore[type-arg]
+        return httpx.get(f"{server.url}/healthz", timeout=30).json()
+
+    def wait_ready(count: int) -> None:
+        deadline = time.monotonic() + 90
+        while health()["pool_ready"] < count:
+            assert time.monotonic() < deadline, health()
+            time.sleep(0.2)
+
+    try:
+        with EnvClient(server.url) as client:
+            answer = client.prefetch({task_id: 3}, ttl_s=120)
+            assert answer.announced == {task_id: 3} and answer.ready + answer.starting == 3
+            wait_ready(3)
+            resets = [client.reset(task_id) for _ in range(3)]
+            assert all(r.info.warm_start for r in resets), [r.info for r in resets]
+            assert max(r.info.reset_s for r in resets) < 1.0
+            assert health()["pool_ready"] == 0 and health()["pool_starting"] == 0, "the burst used up what it asked"
+            for reset in resets:
+                client.close_session(reset.session_id)
+
+            client.prefetch({task_id: 2}, ttl_s=1)
+            wait_ready(2)
+            deadline = time.monotonic() + 30
+            while health()["pool_ready"] or server.containers():
+                assert time.monotonic() < deadline, "unused containers of an expired announcement stay"
+                time.sleep(0.5)
+
+            for tasks, status, type_ in (({"nope__nope-1": 1}, 404, "unknown_task"), ({task_id: 0}, 422,
+                                         "invalid_request"), ({task_id: 10_000}, 422, "invalid_request")):
+                # Raw: the client's own model refuses a count of 0 before sending.
+                answer = httpx.post(f"{server.url}/v1/prefetch", json={"tasks": tasks}, timeout=30)
+                assert (answer.status_code, answer.json()["error"]["type"]) == (status, type_), answer.text
+    finally:
+        stop_server(server)
