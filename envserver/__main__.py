@@ -87,6 +87,8 @@ def serve(
                                                   "grades 0 as patch_too_large."),
     memory_overcommit: Optional[float] = typer.Option(None, help="Sessions' memory limits may add up to this "
                                                       "multiple of the host's memory (default 4; 0: no limit)."),
+    max_disk_gb: Optional[float] = typer.Option(None, min=0.01, help="Disk one episode may write, GB (default: the Docker "
+                                                "root's free space over --max-sessions, 1–10 GB)."),
     validated: Optional[Path] = typer.Option(None, "--validated", help="Validation file from `validate --out`: "
                                              "serve only its valid tasks (the others are listed and refused)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with ServerConfig fields."),
@@ -111,6 +113,8 @@ def serve(
     cfg = _config_or_exit(config, overrides)
     if network is not None:
         cfg.sandbox.network = network
+    if max_disk_gb is not None:
+        cfg.sandbox.max_disk_gb = max_disk_gb
     if not cfg.is_loopback() and not cfg.auth_token and not cfg.allow_unauthenticated:
         raise typer.BadParameter(f"listening on {cfg.host} (not loopback) requires --auth-token or "
                                  "ENVSERVER_AUTH_TOKEN", param_hint="--host")

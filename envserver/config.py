@@ -29,6 +29,11 @@ class DockerSandboxConfig(BaseModel):
     """Maximum processes/threads per container: stops fork bombs."""
     network: bool = False
     """Give episode containers a network. Off by default; grading containers never get one."""
+    max_disk_gb: float | None = Field(default=None, gt=0)
+    """Disk one episode may write (its container's writable layer, GB); past it the episode is stopped, ends as
+    `disk_limit`, and its container is removed. It also caps any single file (RLIMIT_FSIZE), so one big write stops
+    at once. None: sized from the host at start-up — the Docker root's free space over `max_sessions`, between 1
+    and 10 GB (10 when the Docker root is not readable from the server)."""
     max_workers: int = 64
     """Threads for blocking docker SDK calls (bounds concurrent container starts)."""
 

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from docker.utils import parse_bytes
 
@@ -102,6 +102,8 @@ class Session:
         self.graded_patch: str | None = None
         """The patch that was graded, whole (the grade carries only the head of a large one)."""
         self.lock = asyncio.Lock()
+        self.disk_used: int | None = None
+        """Bytes written when the episode went over its disk budget (None: it has not)."""
 
     def state(self) -> SessionState:
         return SessionState(
@@ -133,7 +135,9 @@ class Session:
             if tool == tools.FINISH:
                 response = await self._finish("finished", started)
             else:
-                observation, info = await self._run_tool(tool, args)
+                observation, info = await self._with_disk_watch(self._run_tool(tool, args))
+                if self.disk_used is not None:
+                    return await self._end_over_disk(started)
                 info.step = self.steps
                 info.duration_s = time.monotonic() - started
                 response = StepResponse(observation=observation, reward=0.0, terminated=False, truncated=False,
@@ -191,6 +195,44 @@ class Session:
                 "environment variables and background jobs of the old shell are gone.]")
         return {"output": note if op == "edit" else "", "error": True, "exit_code": None,
                 "status": "shell_restarted", "cwd": self.task.workdir, "note": note}
+
+    async def _with_disk_watch(self, call: Awaitable[T]) -> T:
+        """`call` while the sandbox's disk use is checked every DISK_CHECK_S: past the budget, the container is
+        removed at once (that ends the call; the host loses at most the budget and what one check period wrote)."""
+        sandbox = self._live_sandbox()
+        budget = self.manager.disk_budget
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(DISK_CHECK_S)
+                used = await sandbox.disk_usage()
+                if used is not None and used > budget:
+                    self.disk_used = used
+                    await sandbox.remove()
+                    return
+
+        watcher = asyncio.create_task(watch())
+        try:
+            result = await call
+        finally:
+            watcher.cancel()
+        if self.disk_used is None:
+            used = await sandbox.disk_usage()  # what a short command wrote between two checks
+            if used is not None and used > budget:
+                self.disk_used = used
+        return result
+
+    async def _end_over_disk(self, started: float) -> StepResponse:
+        """The episode wrote more than its disk budget: ended as `disk_limit`, ungraded, its container removed."""
+        budget = self.manager.disk_budget
+        self.status = "disk_limit"
+        await self.manager.release(self, reason="disk_limit")
+        self.manager.metrics.steps.labels(tool=tools.EXECUTE_BASH, status="disk_limit").inc()
+        observation = (f"[Episode stopped: the sandbox wrote {self.disk_used / 1e9:.2f} GB, over its disk budget of "
+                       f"{budget / 1e9:.2f} GB. Its container was removed; the episode is not graded.]")
+        info = StepInfo(step=self.steps, tool=tools.EXECUTE_BASH, status="disk_limit", error=observation,
+                        duration_s=time.monotonic() - started)
+        return StepResponse(observation=observation, reward=0.0, terminated=True, truncated=False, info=info)
 
     def _live_sandbox(self) -> Sandbox:
         """The episode's container; 409 `session_ended` once the session was closed (a DELETE or the idle reaper can
@@ -296,6 +338,10 @@ class ToolFailure(RuntimeError):
     """A tool call that could not run; the message is the observation the agent gets."""
 
 
+DISK_CHECK_S = 2.0
+"""How often a running step's sandbox disk use is checked against the budget."""
+T = TypeVar("T")
+
 STOP_PROCESSES_SCRIPT = (
     'for d in /proc/[0-9]*; do p=${d#/proc/}; case "$p" in 1|$$|$PPID) ;; *) kill -9 "$p" 2>/dev/null;; esac; done;'
     " echo stopped"
@@ -323,6 +369,8 @@ class SessionManager:
         self.images: dict[str, str | None] = {}
         self.session_memory = parse_bytes(config.sandbox.memory)
         """One episode container's memory limit, in bytes."""
+        self.disk_budget = int(10e9)
+        """Bytes one episode may write (set at start: `_disk_budget`)."""
         self.memory_budget: int | None = None
         """What the sessions' memory limits may add up to (set at start from the host's memory); None: no limit."""
         self.image_heads: dict[str, str | None] = {}
@@ -361,6 +409,7 @@ class SessionManager:
     async def start(self) -> int:
         """Remove a crashed predecessor's containers, resolve task images, fill the warm pool."""
         removed = await self.backend.remove_labelled(self.owner_labels)
+        self.disk_budget = await self._disk_budget()
         host_memory = await self.backend.host_memory_bytes() if self.config.memory_overcommit > 0 else None
         if host_memory:
             self.memory_budget = int(host_memory * self.config.memory_overcommit)
@@ -400,7 +449,8 @@ class SessionManager:
     def _spec(self, image: str, role: str, task_id: str = "") -> SandboxSpec:
         sandbox = self.config.sandbox
         return SandboxSpec(image=image, labels=self.labels(role, task_id), cpus=sandbox.cpus, memory=sandbox.memory,
-                           pids_limit=sandbox.pids_limit, network=sandbox.network, files=runtime_files())
+                           pids_limit=sandbox.pids_limit, network=sandbox.network, files=runtime_files(),
+                           max_file_bytes=self.disk_budget)
 
     async def start_runtime(self, sandbox: Sandbox, task: TaskInstance | None, workdir: str | None = None
                             ) -> RuntimeClient:
@@ -468,6 +518,17 @@ class SessionManager:
             self.pool.announce(key, count, request.ttl_s)
         return PrefetchResponse(announced=dict(request.tasks), ready=sum(self.pool.ready(k) for k in keys),
                                 starting=sum(self.pool.starting(k) for k in keys))
+
+    async def _disk_budget(self) -> int:
+        """Bytes one episode may write: the configured `max_disk_gb`, else the Docker root's free space over the
+        session cap, between 1 and 10 GB."""
+        if self.config.sandbox.max_disk_gb is not None:
+            budget = int(self.config.sandbox.max_disk_gb * 1e9)
+        else:
+            free = await self.backend.host_free_disk_bytes()
+            budget = int(min(10e9, max(1e9, free / self.config.max_sessions))) if free else int(10e9)
+        log.info("disk budget per episode: %.2f GB", budget / 1e9)
+        return budget
 
     def memory_committed(self) -> int:
         """Sum of the memory limits of the sessions running or starting."""

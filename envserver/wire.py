@@ -226,7 +226,8 @@ class StepInfo(BaseModel):
     exit_code: int | None = None
     """Shell exit status of an `execute_bash` call (null while the command still runs)."""
     status: str | None = None
-    """Runtime status: completed, no_output_timeout, hard_timeout, shell_restarted, busy, error."""
+    """Runtime status: completed, no_output_timeout, hard_timeout, shell_restarted, busy, error; `disk_limit` when
+    the episode was stopped for writing more than its disk budget."""
     error: str | None = None
     """Set when the tool call failed in a way the agent should know about (message is in the observation too)."""
     duration_s: float = 0.0
@@ -244,7 +245,8 @@ class StepResponse(BaseModel):
     info: StepInfo
 
 
-SessionStatus = Literal["running", "terminated", "truncated", "closed", "failed"]
+SessionStatus = Literal["running", "terminated", "truncated", "closed", "failed", "disk_limit"]
+"""`disk_limit`: stopped for writing more than its disk budget (`sandbox.max_disk_gb`), ungraded."""
 
 
 class SessionState(BaseModel):

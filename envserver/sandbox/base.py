@@ -39,6 +39,8 @@ class SandboxSpec:
     """Main process; None starts the keep-alive init that reaps zombies and survives `kill -9 -1`."""
     files: dict[str, bytes] = field(default_factory=dict)
     """Files (absolute path → content) copied in before the container starts."""
+    max_file_bytes: int | None = None
+    """Largest file any process may write (RLIMIT_FSIZE; past it the write fails and the writer gets SIGXFSZ)."""
 
 
 @dataclass
@@ -95,6 +97,10 @@ class Sandbox(abc.ABC):
         """Whether the container is still up."""
 
     @abc.abstractmethod
+    async def disk_usage(self) -> int | None:
+        """Bytes the sandbox has written to its own filesystem layer (None: unknown)."""
+
+    @abc.abstractmethod
     async def restart(self) -> None:
         """Kill every process in the sandbox and start its main process again; the filesystem is kept. Raises
         SandboxError."""
@@ -122,6 +128,10 @@ class SandboxBackend(abc.ABC):
     @abc.abstractmethod
     async def count_labelled(self, labels: dict[str, str]) -> int:
         """How many containers carry all these labels."""
+
+    @abc.abstractmethod
+    async def host_free_disk_bytes(self) -> int | None:
+        """Free space where sandboxes' filesystems live (None: unknown), for the default disk budget."""
 
     @abc.abstractmethod
     async def host_memory_bytes(self) -> int | None:

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import functools
 import io
+import os
 import struct
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
@@ -159,6 +160,16 @@ class DockerSandbox(Sandbox):
         data = await self._backend.call(self._container.logs, stdout=True, stderr=True)
         return data[-tail_bytes:].decode("utf-8", errors="replace")
 
+    async def disk_usage(self) -> int | None:
+        # The engine sizes the container's writable layer (SizeRw) when asked: a walk of what it changed, cheap
+        # next to a step.
+        try:
+            rows = await self._backend.call(self._backend.client.api.containers, all=True, size=True,
+                                            filters={"id": self.id})
+        except docker.errors.APIError:
+            return None
+        return int(rows[0].get("SizeRw") or 0) if rows else None
+
     async def restart(self) -> None:
         try:
             await self._backend.call(self._container.restart, timeout=0)  # SIGKILL at once: nothing to save
@@ -193,6 +204,14 @@ class DockerBackend(SandboxBackend):
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    async def host_free_disk_bytes(self) -> int | None:
+        try:
+            root = (await self.call(self.client.info)).get("DockerRootDir")
+            stats = os.statvfs(root) if root else None
+        except (docker.errors.APIError, OSError):
+            return None  # e.g. a server in a container that sees the socket, not the engine's disk
+        return stats.f_bavail * stats.f_frsize if stats else None
 
     async def host_memory_bytes(self) -> int | None:
         try:
@@ -230,6 +249,8 @@ class DockerBackend(SandboxBackend):
                 mem_limit=spec.memory,
                 memswap_limit=spec.memory,
                 pids_limit=spec.pids_limit,
+                ulimits=[docker.types.Ulimit(name="fsize", soft=spec.max_file_bytes, hard=spec.max_file_bytes)]
+                if spec.max_file_bytes else None,
                 privileged=False,
                 security_opt=["no-new-privileges"],
                 init=False,

@@ -161,3 +161,45 @@ def test_frames_forged_from_inside_the_sandbox_are_rejected(server, sample_tasks
             after = client.step(session, "execute_bash", {"command": "echo still-fine"})
             assert after.observation.startswith("still-fine\n") and after.info.status == "completed"
         client.close_session(session)
+
+
+@pytest.mark.parametrize("write", ["one_big_file", "many_files"])
+def test_an_episode_over_its_disk_budget_is_stopped(write, sample_images, sample_tasks, tmp_path):  # type: ignore[no-untyped-def]
+    """A 0.2 GB budget: one big file stops at the budget at once (RLIMIT_FSIZE); many small files are caught by the
+    disk check during the command. Either way the episode ends `disk_limit`, its container is removed, the host's
+    disk gives up at most the budget plus what one check period writes, and the server serves on."""
+    import shutil
+
+    from tests.conftest import start_server, stop_server
+
+    command = {
+        "one_big_file": "head -c 3000000000 /dev/zero > /tmp/big; sleep 6",
+        "many_files": "for i in $(seq 1 60); do head -c 10000000 /dev/zero > /tmp/f$i; sleep 0.1; done; sleep 6",
+    }[write]
+    server = start_server(tmp_path, "--max-disk-gb", "0.2")
+    root = docker_root()
+    try:
+        free_before = shutil.disk_usage(root).free
+        with EnvClient(server.url) as client:
+            session = client.reset(sample_tasks[0].instance_id).session_id
+            step = client.step(session, "execute_bash", {"command": command, "timeout": 120})
+            lowest = shutil.disk_usage(root).free
+            assert step.terminated and step.info.status == "disk_limit", step.observation
+            assert "disk budget of 0.20 GB" in step.observation and step.reward == 0.0
+            assert free_before - lowest < 0.2e9 + 0.3e9, "the host lost more than the budget and one check period"
+            assert client.state(session).status == "disk_limit"
+            deadline = time.monotonic() + 60
+            while server.containers():  # the engine may still be deleting the layer it wrote ("removing")
+                assert time.monotonic() < deadline, "the container of an episode over its budget stays"
+                time.sleep(0.5)
+            other = client.reset(sample_tasks[0].instance_id).session_id
+            assert client.step(other, "execute_bash", {"command": "echo fine"}).observation.startswith("fine\n")
+            client.close_session(other)
+    finally:
+        stop_server(server)
+
+
+def docker_root() -> str:
+    from tests.conftest import docker_client
+
+    return str(docker_client().info()["DockerRootDir"])
