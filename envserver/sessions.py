@@ -102,6 +102,7 @@ class Session:
         self.graded_patch: str | None = None
         """The patch that was graded, whole (the grade carries only the head of a large one)."""
         self.lock = asyncio.Lock()
+        self._disk_checked_at = 0.0
         self.disk_used: int | None = None
         """Bytes written when the episode went over its disk budget (None: it has not)."""
 
@@ -216,8 +217,10 @@ class Session:
             result = await call
         finally:
             watcher.cancel()
-        if self.disk_used is None:
-            used = await sandbox.disk_usage()  # what a short command wrote between two checks
+        if self.disk_used is None and time.monotonic() - self._disk_checked_at >= DISK_CHECK_S:
+            # What short commands wrote between checks; at most one check per period, so quick steps stay quick.
+            self._disk_checked_at = time.monotonic()
+            used = await sandbox.disk_usage()
             if used is not None and used > budget:
                 self.disk_used = used
         return result
