@@ -120,6 +120,9 @@ class TrainerConfig(BaseModel):
     GRPO update (`grpo.updates_per_step` × `grpo.minibatches`) when that is 0."""
     concurrency: int = 8
     """Episodes in flight while collecting."""
+    announce_next_step: bool = True
+    """Once a step's rollouts are in, tell the env servers the next step's B × G resets (`POST /v1/prefetch`), so
+    their containers start while the step trains."""
     lr: float = 1e-3
     """AdamW learning rate."""
     weight_decay: float = 0.0

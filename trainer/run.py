@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import torch
 
 from agent.engines.hf import HFEngine
 from agent.loop import AgentConfig, run_episode
 from agent.trajectory import Trajectory, read_jsonl, write_jsonl
-from envserver.client import AsyncEnvClient, EnvClient
+from envserver.client import AsyncEnvClient, EnvClient, EnvServerError
 from envserver.local import LocalServer
 from trainer.batch import build_batch
 from trainer.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
@@ -98,6 +99,25 @@ async def collect_rollouts(engine: Any, env_urls: list[str], task_ids: list[str]
                                            for g in range(group_size))))
     finally:
         await asyncio.gather(*(client.aclose() for client in clients))
+
+
+async def announce_resets(env_urls: list[str], task_ids: list[str], group_size: int, ttl_s: float = 600.0,
+                          log: Any = print) -> None:
+    """Announce B × G resets to the env servers as `collect_rollouts` will spread them (task i's episodes on
+    `env_urls[i % n]`): their containers start now. A server that cannot take the announcement is only logged."""
+    per_url: dict[str, dict[str, int]] = {}
+    for index, task_id in enumerate(task_ids):
+        counts = per_url.setdefault(env_urls[index % len(env_urls)], {})
+        counts[task_id] = counts.get(task_id, 0) + group_size
+
+    async def one(url: str, counts: dict[str, int]) -> None:
+        async with AsyncEnvClient(url) as client:
+            try:
+                await client.prefetch(counts, ttl_s=ttl_s)
+            except (EnvServerError, httpx.HTTPError) as exc:
+                log(f"could not announce the next step's resets to {url}: {exc}")
+
+    await asyncio.gather(*(one(url, counts) for url, counts in per_url.items()))
 
 
 def success_eval_tasks(task_pool: list[str], config: TrainerConfig) -> list[str]:
@@ -586,6 +606,10 @@ def _train_step(state: _RunState, step: int) -> dict[str, Any]:
         trajectories = state.runner.run(collect_rollouts(state.engine, state.env_urls, task_ids, config,
                                                          state.tokenizer, step))
         write_jsonl(config.output_dir / "rollouts.jsonl", trajectories)
+        if config.announce_next_step and step + 1 < config.steps:
+            # A peek (on a copy of the position): the next step takes exactly these.
+            upcoming = take(state.task_pool, config.tasks_per_step, config.seed, dict(state.position), "task")
+            state.runner.run(announce_resets(state.env_urls, upcoming, config.group_size))
     trajectories = broadcast_object(trajectories, state.ctx)
     rollout_s = time.perf_counter() - started
     batch = build_batch(trajectories, state.tokenizer.pad_token_id, mode=config.grpo.advantage,
