@@ -655,11 +655,7 @@ class SessionManager:
         config = self.config
         # A validated task's environment is known to work: a broken test run is then the patch's doing.
         verified = self.task_status(task.instance_id)[0] == "valid"
-        try:
-            policy = task.patch_policy or config.patch_policy
-        except ValueError as exc:
-            return GradeReport(resolved=False, reward=0.0, infra_failure=True,
-                               infra_reason=f"bad_task: task {task.instance_id}: {exc}"), None
+        policy = task.patch_policy or config.patch_policy  # a row's value was checked when the file was loaded
         if change.patch is None or change.size > config.max_patch_bytes:
             return GradeReport(
                 resolved=False, reward=0.0, infra_failure=False, patch_too_large=True, patch_bytes=change.size,
