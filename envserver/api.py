@@ -311,7 +311,7 @@ def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, T
 
 def _openapi(app: FastAPI, config: ServerConfig) -> dict[str, Any]:
     """FastAPI's schema, told what this server accepts beyond the models: the tool names a step may call, its
-    `max_steps` cap, and error bodies in place of FastAPI's default 422 model (every error is an ErrorResponse)."""
+    `max_steps` cap and session cap (the most resets one prefetch may announce of a task), and error bodies in place of FastAPI's default 422 model (every error is an ErrorResponse)."""
     if app.openapi_schema is not None:
         return app.openapi_schema
     from fastapi.openapi.utils import get_openapi
@@ -323,6 +323,9 @@ def _openapi(app: FastAPI, config: ServerConfig) -> dict[str, Any]:
     step = components.get("StepRequest", {}).get("properties", {})
     if "name" in step:
         step["name"]["enum"] = sorted({*tools.TOOL_NAMES, *tools.TOOL_ALIASES})
+    prefetch = components.get("PrefetchRequest", {}).get("properties", {})
+    if "tasks" in prefetch:
+        prefetch["tasks"].setdefault("additionalProperties", {})["maximum"] = config.max_sessions
     reset = components.get("ResetRequest", {}).get("properties", {})
     for option in reset.get("max_steps", {}).get("anyOf", []):
         if option.get("type") == "integer":

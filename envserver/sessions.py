@@ -498,10 +498,6 @@ class SessionManager:
 
     async def prefetch(self, request: PrefetchRequest) -> PrefetchResponse:
         """Start containers now for resets announced to come (envserver/pool.py)."""
-        total = sum(request.tasks.values())
-        if total > self.config.max_sessions:
-            raise SessionError(422, "invalid_request", f"{total} resets announced, more than this server's "
-                               f"{self.config.max_sessions} concurrent sessions")
         keys: dict[PoolKey, int] = {}
         for task_id, count in request.tasks.items():
             task = self.tasks.get(task_id)
@@ -517,6 +513,10 @@ class SessionManager:
             self.images[task_id] = image
             key = (image, task.workdir)
             keys[key] = keys.get(key, 0) + count
+        total = sum(request.tasks.values())
+        if total > self.config.max_sessions:
+            raise SessionError(422, "invalid_request", f"{total} resets announced, more than this server's "
+                               f"{self.config.max_sessions} concurrent sessions")
         for key, count in keys.items():
             self.pool.announce(key, count, request.ttl_s)
         return PrefetchResponse(announced=dict(request.tasks), ready=sum(self.pool.ready(k) for k in keys),

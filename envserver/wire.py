@@ -6,7 +6,7 @@ Version 1. Fields are only ever added; a change of meaning bumps `API_VERSION` a
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -75,18 +75,10 @@ class PrefetchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tasks: dict[str, int] = Field(min_length=1)
-    """task_id → how many resets of it to expect (each ≥ 1)."""
+    tasks: dict[str, Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    """task_id → how many resets of it to expect (each ≥ 1; in all at most the server's session cap)."""
     ttl_s: float = Field(default=300.0, gt=0, le=3600)
     """How long the containers are kept for these resets; what is left unused then is removed."""
-
-    @field_validator("tasks")
-    @classmethod
-    def _positive_counts(cls, value: dict[str, int]) -> dict[str, int]:
-        bad = [task_id for task_id, count in value.items() if count < 1]
-        if bad:
-            raise ValueError(f"counts must be ≥ 1 (got {', '.join(f'{t}: {value[t]}' for t in bad[:5])})")
-        return value
 
 
 class PrefetchResponse(BaseModel):

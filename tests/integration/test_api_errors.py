@@ -130,8 +130,11 @@ def test_the_schema_tells_the_truth(server):  # type: ignore[no-untyped-def]
 
     st = shutil.which("st", path=str(Path(sys.executable).parent))
     assert st, "schemathesis is part of the test extra (pyproject.toml)"
+    # A fixed seed: the same ~900 cases every run (a CI that fails by chance teaches nothing); runs with other seeds
+    # and 200 examples an operation passed too when this was written.
     proc = subprocess.run([st, "run", f"{server.url}/openapi.json", "--checks", "all", "--max-examples", "60",
-                           "--workers", "1", "--no-color"], capture_output=True, text=True, timeout=600)
+                           "--workers", "1", "--no-color", "--seed", "20261205"],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert " passed" in proc.stdout and "failures" not in proc.stdout.split("SUMMARY")[-1].lower()
 
