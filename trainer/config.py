@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class GRPOSettings(BaseModel):
@@ -90,12 +90,16 @@ class TrainerConfig(BaseModel):
     """Env servers; empty starts a local one on the sample tasks."""
     tasks: list[str] | Literal["all"] = "all"
     """Task ids to train on."""
-    pairs: Path | None = None
-    """Contrastive pair file (JSONL) for L_CA; None: no L_CA."""
+    pairs_file: Path | None = None
+    """A mined or hand-made contrastive pair file (JSONL) for L_CA, trained besides the synthetic pairs when
+    `synthetic_pairs` is on and a task file is available; None: the synthetic pairs alone (neither: no L_CA)."""
     heldout_pairs: Path | None = None
-    """Pairs never trained on, for the context-selection accuracy curve."""
+    """Pairs never trained on, for the context-selection accuracy curve; given, the whole pair file trains."""
+    heldout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    """Share of the pair file's groups held out for the accuracy curve without `heldout_pairs` (mirrors: one group)."""
     synthetic_pairs: bool = True
-    """With no pair file: generate the synthetic test-outcome pairs (train + held-out) from the task file."""
+    """Generate the synthetic test-outcome pairs (train + held-out) from the task file, with or without a pair file:
+    their train half joins the file's train split, their held-out half the held-out pairs."""
     task_file: Path | None = None
     """Task instances (with gold patches and test lists) for the warm start and synthetic pairs; None: the sample
     tasks when the env server is local, else neither is made."""
@@ -199,6 +203,16 @@ class TrainerConfig(BaseModel):
     """Metrics, plots and checkpoints go here."""
     seed: int = 0
     """Seeds task order, pair order, sampling and initialisation."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_fields(cls, data: Any) -> Any:
+        # An older config's `pairs:` would otherwise fail as an unknown field, with no hint that it was renamed, nor
+        # that the synthetic pairs now train beside the file (`synthetic_pairs: false` for the file alone).
+        if isinstance(data, dict) and "pairs" in data:
+            raise ValueError("`pairs` is now `pairs_file`; with `synthetic_pairs` on (the default) the synthetic "
+                             "pairs train beside it")
+        return data
 
     @classmethod
     def from_yaml(cls, path: str | Path | None, overrides: Sequence[str] = ()) -> "TrainerConfig":

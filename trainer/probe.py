@@ -6,9 +6,12 @@ orders, with the prompt L_CA trains on (trainer.pairs). Scoring: the option toke
 them (hf, vllm), else the reply's text (openai); see trainer/probe_scoring.py. Writes to --out:
 
     report.json    accuracy with a bootstrap interval over pairs, position bias, accuracy by source and funnel stage,
-                   the scoring method and the run's settings (trainer/probe_report.py says what each number means)
-    report.png     the same as a bar chart
-    answers.jsonl  one line per presentation: the answer, whether it was right, the margin or the reply
+                   how much of each context the prompt showed (`shown`: mean and min over pairs, positives and
+                   negatives apart), the scoring method and the run's settings (trainer/probe_report.py says what
+                   each number means)
+    report.png     the same as a bar chart (accuracies only)
+    answers.jsonl  one line per presentation: the answer, whether it was right, the margin or the reply, and the
+                   pair's shown fractions (`trainer.pairs.record.shown_fractions`)
 """
 
 from __future__ import annotations
@@ -30,14 +33,17 @@ from agent.engines.base import EngineError
 from trainer.pairs.record import (
     PROMPT_VERSION,
     PairRecord,
+    SharedPrefix,
     balanced_presentations,
     load_pairs,
     option_token_ids,
     prompt_text,
+    shown_fractions,
 )
 
-PROBE_VERSION = 1
-"""Bump when the report's fields or their meaning change."""
+PROBE_VERSION = 2
+"""Bump when the report's fields or their meaning change. 2: `shown` (how much of each context the prompt showed),
+`run.shared_prefix`, per-answer `shown`."""
 
 SCORING = {
     "option_logits": "logits of the option tokens '1' and '2' at the answer position; the larger one is the answer",
@@ -50,6 +56,12 @@ class EngineKind(str, Enum):
     hf = "hf"
     vllm = "vllm"
     openai = "openai"
+
+
+class SharedPrefixKind(str, Enum):
+    omit = "omit"
+    once = "once"
+    keep = "keep"
 
 
 class ProbeError(Exception):
@@ -75,6 +87,9 @@ class ProbeConfig:
     else the bundled Qwen3 tokenizer. openai uses it only to size the contexts' truncation."""
     max_context_tokens: int = 1024
     """Token budget of the two contexts together (each gets half); 1024 is what the trainer's held-out accuracy uses."""
+    shared_prefix: SharedPrefix = "omit"
+    """The opening both contexts share: omit (as L_CA and the trainer's held-out accuracy), once, or keep (prompt
+    version 1's presentation); see `trainer.pairs.prompt_text`."""
     batch_size: int = 8
     """hf: presentations per forward pass."""
     concurrency: int = 16
@@ -143,7 +158,7 @@ def _check_settings(pairs: list[PairRecord], tokenizer: Any, config: ProbeConfig
     tokenizer whose "1" / "2" are not single option tokens."""
     try:
         longest = max(pairs, key=lambda pair: len(pair.positive) + len(pair.negative))
-        prompt_text(longest, tokenizer, True, config.max_context_tokens)
+        prompt_text(longest, tokenizer, True, config.max_context_tokens, config.shared_prefix)
         if needs_option_ids:
             option_token_ids(tokenizer)
     except ValueError as exc:
@@ -176,15 +191,16 @@ def score(config: ProbeConfig, pairs: list[PairRecord], tokenizer: Any, progress
         # float32, as the trainer loads it: margins comparable with its held-out accuracy
         model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32)
         model.to(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return score_hf(model, tokenizer, items, config.max_context_tokens, config.batch_size, progress), \
-            "option_logits"
+        return score_hf(model, tokenizer, items, config.max_context_tokens, config.batch_size, progress,
+                        config.shared_prefix), "option_logits"
     assert config.base_url  # _check_engine
     if config.engine == "vllm":
         from agent.engines.vllm import VLLMEngine
 
         engine: Any = VLLMEngine(config.base_url, model=config.model)
         _check_reachable(engine.base_url)
-        run = score_vllm(engine, tokenizer, items, config.max_context_tokens, config.concurrency, progress)
+        run = score_vllm(engine, tokenizer, items, config.max_context_tokens, config.concurrency, progress,
+                         config.shared_prefix)
         method = "option_logits"
     elif config.engine == "openai":
         from agent.engines.openai import OpenAIChatEngine
@@ -192,7 +208,7 @@ def score(config: ProbeConfig, pairs: list[PairRecord], tokenizer: Any, progress
         _check_reachable(config.base_url)
         engine = OpenAIChatEngine(config.base_url, config.model)
         run = score_chat(engine, tokenizer, items, config.max_context_tokens, config.max_answer_tokens,
-                         config.concurrency, progress)
+                         config.concurrency, progress, config.shared_prefix)
         method = "answer_text"
     else:
         raise AssertionError(config.engine)  # _check_engine
@@ -219,12 +235,14 @@ def run_probe(config: ProbeConfig, show_progress: bool = True) -> dict[str, Any]
     _check_settings(pairs, tokenizer, config, needs_option_ids=config.engine != "openai")
     with tqdm(total=2 * len(pairs), desc="presentations", unit="p", disable=not show_progress) as bar:
         answers, method = score(config, pairs, tokenizer, progress=bar.update)
-    report = build_report(answers, pairs)
+    shown = {pair.pair_id: shown_fractions(pair, tokenizer, config.max_context_tokens, config.shared_prefix)
+             for pair in pairs}
+    report = build_report(answers, pairs, shown)
     report["run"] = {
         "probe_version": PROBE_VERSION, "prompt_version": PROMPT_VERSION, "engine": config.engine,
         "model": config.model, "base_url": config.base_url, "tokenizer": tokenizer_name, "scoring": method,
         "scoring_detail": SCORING[method], "pairs_file": str(config.pairs),
-        "max_context_tokens": config.max_context_tokens,
+        "max_context_tokens": config.max_context_tokens, "shared_prefix": config.shared_prefix,
         "max_answer_tokens": config.max_answer_tokens if method == "answer_text" else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "elapsed_s": round(time.perf_counter() - started, 3),
@@ -239,7 +257,8 @@ def run_probe(config: ProbeConfig, show_progress: bool = True) -> dict[str, Any]
             handle.write(json.dumps(_finite({
                 "pair_id": answer.pair_id, "positive_first": answer.positive_first, "choice": answer.choice,
                 "correct": answer.correct, "option_margin": answer.option_margin, "reply": answer.reply,
-                "source": pair.provenance.get("source"), "funnel_stage": pair.funnel_stage})) + "\n")
+                "source": pair.provenance.get("source"), "funnel_stage": pair.funnel_stage,
+                "shown": shown[answer.pair_id]})) + "\n")
     write_chart(report, config.out / "report.png")
     return report
 
@@ -259,6 +278,14 @@ def summary_lines(report: dict[str, Any], out: Path) -> list[str]:
     ]
     for source, group in report["by_source"].items():
         lines.append(f"  source {source}: {num(group['accuracy'])} ({group['pairs']} pairs)")
+    if "shown" in report:
+        shown = report["shown"]
+        lines.append(f"shown of each context, mean (min) over pairs — after the shared opening / whole "
+                     f"({shown['pairs_with_shared_opening']} pairs share one, {report['run']['shared_prefix']}):")
+        for side in ("positive", "negative"):
+            rest, whole = shown[side]["rest"], shown[side]["whole"]
+            lines.append(f"  {side}s: {num(rest['mean'])} ({num(rest['min'])}) / {num(whole['mean'])} "
+                         f"({num(whole['min'])})")
     lines.append(f"wrote {out / 'report.json'}, {out / 'report.png'}, {out / 'answers.jsonl'}")
     return lines
 
@@ -276,6 +303,9 @@ def main(
     model: str = typer.Option(..., help="hf: the model directory; vllm / openai: the served model name."),
     out: Path = typer.Option(Path("probe"), help="Output folder (report.json, report.png, answers.jsonl)."),
     max_context_tokens: int = typer.Option(1024, min=16, help="Token budget of the two contexts together."),
+    shared_prefix: SharedPrefixKind = typer.Option(SharedPrefixKind.omit, help="The opening both contexts share: "
+                                                   "omit (as L_CA), once (shown before the options) or keep (in both "
+                                                   "options: prompt version 1's presentation)."),
     base_url: Optional[str] = typer.Option(None, help="vllm / openai: the API root, e.g. http://HOST:8001/v1 "
                                                       "(openai: the key comes from OPENAI_API_KEY)."),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer directory (default: the model's own when it is "
@@ -288,7 +318,8 @@ def main(
 ) -> None:
     """Context-selection accuracy of a model on contrastive pairs, each pair in both orders."""
     config = ProbeConfig(pairs=pairs, engine=engine.value, model=model, out=out, base_url=base_url,
-                         tokenizer=tokenizer, max_context_tokens=max_context_tokens, batch_size=batch_size,
+                         tokenizer=tokenizer, max_context_tokens=max_context_tokens,
+                         shared_prefix=shared_prefix.value, batch_size=batch_size,  # type: ignore[arg-type]
                          concurrency=concurrency, max_answer_tokens=max_answer_tokens, device=device)
     try:
         report = run_probe(config, show_progress=not quiet)

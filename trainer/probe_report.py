@@ -1,4 +1,5 @@
-"""The context-selection probe's numbers (accuracy, its interval, position bias, per-source accuracy) and its chart.
+"""The context-selection probe's numbers (accuracy, its interval, position bias, per-source accuracy, how much of
+each context the prompt showed) and its chart.
 
 Confidence intervals are a percentile bootstrap over pairs: a pair's two presentations (the positive as option 1, then
 as option 2) are resampled together, because they are not independent — same contexts, same query, and a model with a
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,29 @@ def _grouped(answers: Sequence[Answer], key_of: dict[str, str]) -> dict[str, dic
     return {key: accuracy_summary(group) for key, group in sorted(groups.items())}
 
 
-def build_report(answers: Sequence[Answer], pairs: Sequence[PairRecord]) -> dict[str, Any]:
+def shown_summary(fractions: Sequence[Mapping[str, float | int]]) -> dict[str, Any]:
+    """Mean and min over pairs of how much of each context the prompt showed (`trainer.pairs.record.shown_fractions`
+    per pair): `positive` / `negative` → `rest` (of the context after the opening both share) and `whole` (of the
+    whole context) → {mean, min}; `pairs_with_shared_opening`. NaNs when there are no pairs."""
+    def stats(key: str) -> dict[str, float]:
+        values = [float(f[key]) for f in fractions]
+        return {"mean": sum(values) / len(values), "min": min(values)} if values else {"mean": math.nan,
+                                                                                       "min": math.nan}
+
+    return {
+        **{side: {part: stats(f"{side}_{part}") for part in ("rest", "whole")} for side in ("positive", "negative")},
+        "pairs_with_shared_opening": sum(bool(f["shared_opening_tokens"]) for f in fractions),
+        "note": "share of each context's tokens the prompt shows: 'rest' of the context after the opening both "
+                "contexts share (the whole context when they share none), 'whole' of the whole context",
+    }
+
+
+def build_report(answers: Sequence[Answer], pairs: Sequence[PairRecord],
+                 shown: Mapping[str, Mapping[str, float | int]] | None = None) -> dict[str, Any]:
     """The probe's statistics (JSON-ready). Every answer with no option (`choice` None) counts as wrong.
+
+    shown: pair_id → `shown_fractions` of the pair; when given, `report["shown"]` is their `shown_summary` over the
+    pairs answered (how much of each context the model could read: a low share means the budget hid most of it).
 
     position.position_bias = accuracy with the positive as option 1 − accuracy with it as option 2, in [−1, 1]:
     1.0 for a model that always answers "1", −1.0 for "2", 0 for one whose accuracy does not depend on where the
@@ -115,6 +137,8 @@ def build_report(answers: Sequence[Answer], pairs: Sequence[PairRecord]) -> dict
                                                 for a in margins) / len(margins),  # type: ignore[operator]
             "mean_option1_minus_option2": sum(a.option_margin for a in margins) / len(margins),  # type: ignore
         }
+    if shown is not None:
+        report["shown"] = shown_summary([shown[pair_id] for pair_id in by_pair])
     return report
 
 

@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.engines.base import EngineError, SamplingParams
-from trainer.pairs.record import PairRecord, collate_presentations, option_token_ids, present, prompt_text
+from trainer.pairs.record import (
+    PairRecord,
+    SharedPrefix,
+    collate_presentations,
+    option_token_ids,
+    present,
+    prompt_text,
+)
 
 Item = tuple[PairRecord, bool]
 """(pair, positive_first): one presentation to score."""
@@ -57,8 +64,9 @@ def _choice_from_margin(first_minus_second: float) -> int | None:
 
 
 def score_hf(model: Any, tokenizer: Any, items: Sequence[Item], max_context_tokens: int, batch_size: int = 8,
-             progress: Progress | None = None) -> list[Answer]:
-    """Option logits from an in-process transformers model, `batch_size` presentations per forward pass."""
+             progress: Progress | None = None, shared_prefix: SharedPrefix = "omit") -> list[Answer]:
+    """Option logits from an in-process transformers model, `batch_size` presentations per forward pass.
+    max_context_tokens, shared_prefix: as `trainer.pairs.prompt_text` (here and in the other scorers)."""
     import torch
 
     from trainer.losses import ca_margin
@@ -72,7 +80,7 @@ def score_hf(model: Any, tokenizer: Any, items: Sequence[Item], max_context_toke
     try:
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
-            shown = [present(pair, tokenizer, first, max_context_tokens) for pair, first in chunk]
+            shown = [present(pair, tokenizer, first, max_context_tokens, shared_prefix) for pair, first in chunk]
             batch = {key: value.to(device) for key, value in collate_presentations(shown, pad).items()}
             with torch.inference_mode():
                 # The decoder's hidden states, then the output head at the answer positions only: [N, V], never
@@ -98,7 +106,8 @@ def score_hf(model: Any, tokenizer: Any, items: Sequence[Item], max_context_toke
 
 
 async def score_vllm(engine: Any, tokenizer: Any, items: Sequence[Item], max_context_tokens: int,
-                     concurrency: int = 16, progress: Progress | None = None) -> list[Answer]:
+                     concurrency: int = 16, progress: Progress | None = None,
+                     shared_prefix: SharedPrefix = "omit") -> list[Answer]:
     """Option logits from a vLLM server (`agent.engines.vllm.VLLMEngine`): per presentation one `/v1/completions`
     request with two prompts, the prompt ids followed by "1" and by "2", and `prompt_logprobs: 0` (the logprob of
     each prompt token): the last entries are log p("1") and log p("2") at the answer position."""
@@ -106,7 +115,7 @@ async def score_vllm(engine: Any, tokenizer: Any, items: Sequence[Item], max_con
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(pair: PairRecord, first: bool) -> Answer:
-        ids = present(pair, tokenizer, first, max_context_tokens).input_ids
+        ids = present(pair, tokenizer, first, max_context_tokens, shared_prefix).input_ids
         body = {"prompt": [ids + [option_ids[0]], ids + [option_ids[1]]], "max_tokens": 1, "temperature": 0.0,
                 "prompt_logprobs": 0, "n": 1}
         async with semaphore:
@@ -152,14 +161,15 @@ def parse_choice(reply: str | None) -> int | None:
 
 async def score_chat(engine: Any, tokenizer: Any, items: Sequence[Item], max_context_tokens: int,
                      max_answer_tokens: int = 16, concurrency: int = 16,
-                     progress: Progress | None = None) -> list[Answer]:
+                     progress: Progress | None = None, shared_prefix: SharedPrefix = "omit") -> list[Answer]:
     """Answer text from a chat engine (`agent.engines.openai.OpenAIChatEngine`): the user turn alone, greedy,
     at most `max_answer_tokens` tokens. The tokenizer only sizes the contexts' truncation."""
     semaphore = asyncio.Semaphore(concurrency)
     params = SamplingParams(max_tokens=max_answer_tokens, temperature=0.0)
 
     async def one(pair: PairRecord, first: bool) -> Answer:
-        messages = [{"role": "user", "content": prompt_text(pair, tokenizer, first, max_context_tokens)}]
+        messages = [{"role": "user", "content": prompt_text(pair, tokenizer, first, max_context_tokens,
+                                                            shared_prefix)}]
         async with semaphore:
             message, _ = await engine.chat(messages, [], params)
         if progress:

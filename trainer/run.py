@@ -204,23 +204,53 @@ def task_instances(config: TrainerConfig, local: bool) -> list[Any]:
     return load_tasks(path) if path else []
 
 
-def training_pairs(config: TrainerConfig, tasks: list[Any], output_dir: Path | None) -> tuple[list[Any], list[Any]]:
-    """(train pairs, held-out pairs): the configured files, else (with `synthetic_pairs`) the synthetic test-outcome
-    pairs of the task file, written to `output_dir` (when given) so the run's data can be read back."""
-    pairs = load_pairs(config.pairs) if config.pairs else []
-    heldout = load_pairs(config.heldout_pairs) if config.heldout_pairs else []
-    if not config.pairs and config.synthetic_pairs and tasks:
-        from trainer.pairs import write_pairs
+def training_pairs(config: TrainerConfig, tasks: list[Any], output_dir: Path | None,
+                   log: Any = print) -> tuple[list[Any], list[Any]]:
+    """(train pairs, held-out pairs): the pair file's (`file_pairs`) and, with `synthetic_pairs` and tasks, the
+    synthetic test-outcome pairs of the task file besides them; written to `output_dir` (when given) as
+    `pairs.train.jsonl` and `pairs.heldout.jsonl`, so the run's data can be read back."""
+    train, heldout = file_pairs(config, log)
+    if config.synthetic_pairs and tasks:
         from trainer.pairs.synthetic import synthetic_pairs
 
-        pairs, made_heldout = synthetic_pairs(tasks, seed=config.seed)
-        if not config.heldout_pairs:
-            heldout = made_heldout
-        if output_dir is not None:
-            write_pairs(output_dir / "pairs.train.jsonl", pairs)
-            if not config.heldout_pairs:
-                write_pairs(output_dir / "pairs.heldout.jsonl", heldout)
-    return pairs, heldout
+        made_train, made_heldout = synthetic_pairs(tasks, seed=config.seed)
+        log(f"pairs: {len(made_train)} train / {len(made_heldout)} held-out synthetic test-outcome pairs from "
+            f"{len(tasks)} tasks")
+        train, heldout = train + made_train, heldout + made_heldout
+    if not train and not heldout:
+        return train, heldout
+    log(f"pairs: {len(train)} train, {len(heldout)} held out in all")
+    if output_dir is not None:
+        from trainer.pairs import write_pairs
+
+        write_pairs(output_dir / "pairs.train.jsonl", train)
+        write_pairs(output_dir / "pairs.heldout.jsonl", heldout)
+    return train, heldout
+
+
+def file_pairs(config: TrainerConfig, log: Any = print) -> tuple[list[Any], list[Any]]:
+    """(train, held-out) from the configured files: `pairs_file` whole and `heldout_pairs` when that is given, else
+    `pairs_file` split by group (`heldout_fraction` of its groups held out: a mined pair and its mirror never sit on
+    both sides, trainer/pairs/split.py)."""
+    from trainer.pairs import pair_group, split_by_group
+
+    pairs = load_pairs(config.pairs_file) if config.pairs_file else []
+    if config.heldout_pairs:
+        train, heldout = pairs, load_pairs(config.heldout_pairs)
+    else:
+        train, heldout = split_by_group(pairs, config.heldout_fraction, config.seed)
+    train_groups, heldout_groups = ({pair_group(pair) for pair in side} for side in (train, heldout))
+    if pairs and config.heldout_pairs:
+        log(f"pairs: {config.pairs_file}: {len(train)} train ({len(train_groups)} groups): the whole file")
+    elif pairs:
+        log(f"pairs: {config.pairs_file}: {len(train)} train ({len(train_groups)} groups), {len(heldout)} held out "
+            f"({len(heldout_groups)} groups, heldout_fraction {config.heldout_fraction:g})")
+    if config.heldout_pairs:
+        log(f"pairs: {config.heldout_pairs}: {len(heldout)} held out ({len(heldout_groups)} groups)")
+    if train_groups & heldout_groups:  # only a separate heldout_pairs file can share groups with the pair file
+        log(f"pairs: warning: {len(train_groups & heldout_groups)} groups of {config.heldout_pairs} are also in "
+            f"{config.pairs_file}: the held-out accuracy is partly on pairs trained on")
+    return train, heldout
 
 
 def warm_start(model: Any, tokenizer: Any, env_url: str, tasks: list[Any], config: TrainerConfig,
@@ -381,7 +411,7 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
     try:
         with asyncio.Runner() as runner:
             tasks = task_instances(config, not config.env_urls)
-            pairs, heldout = training_pairs(config, tasks, output_dir if main else None)
+            pairs, heldout = training_pairs(config, tasks, output_dir if main else None, log)
             reference_dir = output_dir / "reference-model"
             start_step, position, start_row = 0, {}, {"step": 0}
             moments = None  # the second moments RL's optimizer starts from (config.inherit_warm_start_moments)

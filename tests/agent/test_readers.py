@@ -409,4 +409,4 @@ def test_patch_check() -> None:
 
 
 def test_formats_registry() -> None:
-    assert set(FORMATS) == {"swe-smith", "swe-gym-openhands", "swe-agent"}
+    assert set(FORMATS) == {"swe-smith", "swe-gym-openhands", "swe-agent", "mini-swe-agent"}

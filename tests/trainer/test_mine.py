@@ -21,6 +21,7 @@ t1…t5 are in our own JSONL, the rest in a SWE-smith-format JSON list, so both 
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import subprocess
@@ -39,6 +40,19 @@ from agent.trajectory import Trajectory
 from trainer.pairs.__main__ import app
 from trainer.pairs.mine import MinerConfig, MinerError, mine, pair_id, signature, similarity
 from trainer.pairs.record import load_pairs
+
+CASCADE_ONLY = {"min_stage": "related_issue", "similarity_threshold": 0.2, "balance_bound": 1.0, "audit_target": None,
+                "issue_term_max_df": None}
+"""The cascade as the paper runs it, without the real-data construction (issue-term masking, balanced selection,
+adversarial filtering; tested in test_mine_real.py): this file's fixture set is built to hit each stage exactly."""
+
+
+def cascade_config(**fields: Any) -> MinerConfig:
+    """CASCADE_ONLY with `fields` on top; the pool holds exactly the pairs a plain cascade would choose."""
+    merged = {**CASCADE_ONLY, **fields}
+    merged.setdefault("pool_per_anchor", merged.get("pairs_per_anchor", 1))
+    return MinerConfig(**merged)
+
 
 ROOT = Path(__file__).resolve().parents[2]
 ISSUES = {
@@ -226,7 +240,7 @@ def test_fixture_issues_are_related_as_designed() -> None:
 
 
 def test_funnel_counts_paper_cascade(inputs: list[Path], tmp_path: Path) -> None:
-    result = mine(inputs, tmp_path / "pairs.jsonl", MinerConfig(seed=0))
+    result = mine(inputs, tmp_path / "pairs.jsonl", cascade_config(seed=0))
     f = result.funnel
     assert f.trajectories == 10 and f.duplicates == 0 and f.unknown_repo == 0
     assert f.with_edits == 9
@@ -236,8 +250,8 @@ def test_funnel_counts_paper_cascade(inputs: list[Path], tmp_path: Path) -> None
     # stage 2: core.py editors t1,t1b,t2,t3,t4,t6; stage 3: Parser.parse editors t1,t1b,t2,t3,t6;
     # stage 4: bug1/bug2/bug6 pairwise related
     assert counts(result) == {"same_repo_commit": 6 + 7 * 4, "same_file": 4 + 5 + 5 + 5, "capped": 19,
-                              "same_function": 3 + 4 + 4, "related_issue": 2 + 3, "selected": 2, "masked": 2,
-                              "judged": 2, "written": 2}
+                              "same_function": 3 + 4 + 4, "related_issue": 2 + 3, "pooled": 2, "masked": 2,
+                              "selected": 2, "filtered": 2, "judged": 2, "written": 2}
     pairs = load_pairs(tmp_path / "pairs.jsonl")
     assert [p.funnel_stage for p in pairs] == ["related_issue", "related_issue"]
     by_anchor = {p.provenance["positive"]["task_id"]: p for p in pairs}
@@ -250,12 +264,12 @@ def test_funnel_counts_paper_cascade(inputs: list[Path], tmp_path: Path) -> None
         assert pair.judge is None
     assert f.pairs_by_stage == {"related_issue": 2}
     report = json.loads((tmp_path / "pairs.report" / "funnel.json").read_text())
-    assert [row["count"] for row in report["funnel"]] == [34, 19, 19, 11, 5, 2, 2, 2, 2]
+    assert [row["count"] for row in report["funnel"]] == [34, 19, 19, 11, 5, 2, 2, 2, 2, 2, 2]
     assert (tmp_path / "pairs.report" / "funnel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_every_stage_yields_pairs_when_min_stage_is_the_first(inputs: list[Path], tmp_path: Path) -> None:
-    result = mine(inputs, tmp_path / "pairs.jsonl", MinerConfig(min_stage="same_repo_commit"))
+    result = mine(inputs, tmp_path / "pairs.jsonl", cascade_config(min_stage="same_repo_commit"))
     pairs = {p.provenance["positive"]["task_id"]: p for p in load_pairs(tmp_path / "pairs.jsonl")}
     assert result.funnel.stages["selected"] == 5  # t8 and t9 have no candidate at all
     assert {task: p.funnel_stage for task, p in pairs.items()} == {
@@ -266,7 +280,7 @@ def test_every_stage_yields_pairs_when_min_stage_is_the_first(inputs: list[Path]
 
 
 def test_pairs_per_anchor_takes_distinct_instances(inputs: list[Path], tmp_path: Path) -> None:
-    result = mine(inputs, tmp_path / "pairs.jsonl", MinerConfig(min_stage="same_function", pairs_per_anchor=2))
+    result = mine(inputs, tmp_path / "pairs.jsonl", cascade_config(min_stage="same_function", pairs_per_anchor=2))
     pairs = load_pairs(tmp_path / "pairs.jsonl")
     assert result.funnel.stages["selected"] == 6 == len(pairs)  # bug1, bug2, bug3: two each
     per_anchor: dict[str, list[str]] = {}
@@ -278,20 +292,21 @@ def test_pairs_per_anchor_takes_distinct_instances(inputs: list[Path], tmp_path:
 
 
 def test_resolved_only_anchors_and_unbounded_instances(inputs: list[Path], tmp_path: Path) -> None:
-    result = mine(inputs, tmp_path / "a.jsonl", MinerConfig(anchor_outcome="any", max_anchors_per_instance=5))
+    result = mine(inputs, tmp_path / "a.jsonl", cascade_config(anchor_outcome="any", max_anchors_per_instance=5))
     assert result.funnel.eligible_anchors == 9 and result.funnel.anchors == 9  # t6 (failed) and t1b join
     # t6 as anchor: related to t1/t1b (one instance) and t2 -> 1 pair; t1b too
     assert result.funnel.stages["selected"] == 4
-    strict = mine(inputs, tmp_path / "b.jsonl", MinerConfig(anchor_outcome="resolved"))
+    strict = mine(inputs, tmp_path / "b.jsonl", cascade_config(anchor_outcome="resolved"))
     assert strict.funnel.ineligible == {"not marked resolved": 1, "no patch": 1}
 
 
 def test_candidate_cap_is_seeded_and_counted(inputs: list[Path], tmp_path: Path) -> None:
-    first = mine(inputs, tmp_path / "a.jsonl", MinerConfig(max_candidates_per_anchor=2, min_stage="same_file"))
-    again = mine(inputs, tmp_path / "b.jsonl", MinerConfig(max_candidates_per_anchor=2, min_stage="same_file"))
+    first = mine(inputs, tmp_path / "a.jsonl", cascade_config(max_candidates_per_anchor=2, min_stage="same_file"))
+    again = mine(inputs, tmp_path / "b.jsonl", cascade_config(max_candidates_per_anchor=2, min_stage="same_file"))
     assert first.funnel.stages["same_file"] == 19
     assert first.funnel.stages["capped"] == 2 * 4  # four anchors share core.py with > 2 others
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    assert again.funnel.stages == first.funnel.stages
 
 
 # ------------------------------------------------------------------------------------------------------- masking
@@ -317,7 +332,7 @@ def assert_no_patch_line(context: str, patch: str) -> None:
 
 
 def test_masked_contexts_hold_no_line_of_the_answer_patch(inputs: list[Path], tmp_path: Path) -> None:
-    mine(inputs, tmp_path / "pairs.jsonl", MinerConfig(min_stage="same_repo_commit", pairs_per_anchor=3))
+    mine(inputs, tmp_path / "pairs.jsonl", cascade_config(min_stage="same_repo_commit", pairs_per_anchor=3))
     pairs = load_pairs(tmp_path / "pairs.jsonl")
     assert len(pairs) >= 10
     patches = {spec.task_id: spec_patch(spec) for spec in SPECS}
@@ -336,7 +351,7 @@ def test_masked_contexts_hold_no_line_of_the_answer_patch(inputs: list[Path], tm
 
 
 def test_answer_names_files_and_functions(inputs: list[Path], tmp_path: Path) -> None:
-    mine(inputs, tmp_path / "pairs.jsonl", MinerConfig())
+    mine(inputs, tmp_path / "pairs.jsonl", cascade_config())
     pair = next(p for p in load_pairs(tmp_path / "pairs.jsonl")
                 if p.provenance["positive"]["task_id"] == smith_id("bug1"))
     assert pair.answer == ("The fix edits 1 file.\n- It changes `widgets/core.py` in `Parser.parse`: replaces 1 line "
@@ -348,7 +363,7 @@ def test_answer_names_files_and_functions(inputs: list[Path], tmp_path: Path) ->
 
 
 def test_same_input_and_seed_give_the_same_bytes_and_ids(inputs: list[Path], tmp_path: Path) -> None:
-    config = MinerConfig(min_stage="same_repo_commit", pairs_per_anchor=2, seed=7)
+    config = cascade_config(min_stage="same_repo_commit", pairs_per_anchor=2, seed=7)
     mine(inputs, tmp_path / "a.jsonl", config, report_dir=tmp_path / "ra")
     mine(inputs, tmp_path / "b.jsonl", config, report_dir=tmp_path / "rb")
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
@@ -374,8 +389,8 @@ def test_pairs_whose_contexts_differ_only_in_masked_content_are_dropped(tmp_path
             handle.write(Trajectory(task_id=smith_id(f"bug{n}"), episode_id=f"twin{n}", resolved=True,
                                     patch=parse_edit(n).patch(),
                                     messages=messages(ISSUES[f"bug{n}"], parse_edit(n))).model_dump_json() + "\n")
-    result = mine([tmp_path / "twins.jsonl"], tmp_path / "pairs.jsonl", MinerConfig())
-    assert result.funnel.stages["selected"] == 2 and result.funnel.stages["masked"] == 0
+    result = mine([tmp_path / "twins.jsonl"], tmp_path / "pairs.jsonl", cascade_config())
+    assert result.funnel.stages["pooled"] == 2 and result.funnel.stages["masked"] == 0
     assert result.funnel.masking_failures == {"contexts identical after masking": 2}
     assert load_pairs(tmp_path / "pairs.jsonl") == []
 
@@ -395,15 +410,15 @@ def test_why_trajectories_cannot_be_anchors(tmp_path: Path) -> None:
     ]
     with (tmp_path / "odd.jsonl").open("w") as handle:
         handle.writelines(t.model_dump_json() + "\n" for t in cases)
-    result = mine([tmp_path / "odd.jsonl"], tmp_path / "pairs.jsonl", MinerConfig(min_stage="same_repo_commit"))
-    assert result.funnel.ineligible == {"no issue text": 1, "patch edits only scratch files": 1,
+    result = mine([tmp_path / "odd.jsonl"], tmp_path / "pairs.jsonl", cascade_config(min_stage="same_repo_commit"))
+    assert result.funnel.ineligible == {"no issue text": 1, "patch edits only scratch or ignored files": 1,
                                         "unknown repository": 1, "unparseable patch": 1}
     assert result.funnel.unknown_repo == 1 and result.funnel.anchors == 0
     assert result.funnel.stages["same_repo_commit"] == 0
 
 
 def test_duplicate_episodes_are_skipped(inputs: list[Path], tmp_path: Path) -> None:
-    result = mine(inputs + [inputs[0]], tmp_path / "pairs.jsonl", MinerConfig())
+    result = mine(inputs + [inputs[0]], tmp_path / "pairs.jsonl", cascade_config())
     assert result.funnel.duplicates == 5 and result.funnel.trajectories == 10
     assert result.funnel.stages["selected"] == 2
 
@@ -458,7 +473,7 @@ def test_judge_verdicts_are_stored_and_rejections_kept_apart(inputs: list[Path],
                                                               judge_server: str) -> None:
     """A real HTTP server on loopback speaks the chat-completions protocol; the verdicts come from a fixed rule
     because no real LLM can run in the tests (the only stand-in here)."""
-    config = MinerConfig(min_stage="same_function", pairs_per_anchor=2, judge_url=judge_server,
+    config = cascade_config(min_stage="same_function", pairs_per_anchor=2, judge_url=judge_server,
                          judge_model="judge-1", seed=3)
     result = mine(inputs, tmp_path / "pairs.jsonl", config)
     pairs = load_pairs(tmp_path / "pairs.jsonl")
@@ -474,7 +489,7 @@ def test_judge_verdicts_are_stored_and_rejections_kept_apart(inputs: list[Path],
     assert unreadable and all(r["provenance"]["negative"]["task_id"] == smith_id("bug2") for r in unreadable)
     assert all(r["judge"]["reason"].startswith("unreadable judge reply: 'I think") for r in unreadable)
     assert pairs and all(p.judge == {"accepted": True, "reason": "clean", "shortcut": False, "ambiguous": False,
-                                     "model": "judge-1", "prompt_version": 1} for p in pairs)
+                                     "model": "judge-1", "prompt_version": 2} for p in pairs)
     assert result.funnel.judge == {"model": "judge-1", "accepted": len(pairs), "rejected": len(rejected),
                                    "shortcut": 2, "ambiguous": 0}
     assert result.funnel.stages["judged"] == result.funnel.stages["written"] == len(pairs)
@@ -487,7 +502,7 @@ def test_unreachable_judge_is_a_clear_error(inputs: list[Path], tmp_path: Path) 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = MinerConfig(judge_url=f"http://127.0.0.1:{port}/v1", judge_model="j")
+    config = cascade_config(judge_url=f"http://127.0.0.1:{port}/v1", judge_model="j")
     from agent.engines.base import EngineError
 
     with pytest.raises(EngineError, match="unreachable"):
@@ -504,11 +519,16 @@ def test_cli_mines_and_prints_the_funnel(inputs: list[Path], tmp_path: Path) -> 
                                       "--seed", "1", "--report-dir", str(tmp_path / "rep")])
     assert result.exit_code == 0, result.output
     assert "related_issue" in result.output and "pairs written" in result.output
-    assert len(load_pairs(out)) == 2
+    # the CLI's defaults are the library's: the same bytes as mine() with MinerConfig(seed=1)
+    mine(inputs, tmp_path / "library.jsonl", MinerConfig(seed=1), report_dir=tmp_path / "library")
+    assert out.read_bytes() == (tmp_path / "library.jsonl").read_bytes() and len(load_pairs(out)) >= 2
+    assert "audit: best label-blind baseline" in result.output
+    assert (tmp_path / "rep" / "audit.json").is_file() and (tmp_path / "rep" / "audit.png").is_file()
     assert json.loads((tmp_path / "rep" / "funnel.json").read_text())["config"]["seed"] == 1
 
 
-@pytest.mark.parametrize("case", ["missing", "bad_json", "bad_record", "unknown_format", "half_judge", "bad_stage"])
+@pytest.mark.parametrize("case", ["missing", "bad_json", "bad_record", "unknown_format", "half_judge", "bad_stage",
+                                  "empty", "empty_folder", "truncated_gz"])
 def test_cli_user_errors_have_messages_not_tracebacks(case: str, inputs: list[Path], tmp_path: Path) -> None:
     args = ["mine", "-t", str(inputs[0]), "--out", str(tmp_path / "p.jsonl")]
     expected = ""
@@ -530,13 +550,33 @@ def test_cli_user_errors_have_messages_not_tracebacks(case: str, inputs: list[Pa
     elif case == "half_judge":
         args += ["--judge-url", "http://127.0.0.1:9/v1"]
         expected = "needs both --judge-url and --judge-model"
+    elif case == "empty":
+        (tmp_path / "empty.jsonl").write_text("")
+        args[2], expected = str(tmp_path / "empty.jsonl"), "no trajectories in"
+    elif case == "empty_folder":
+        (tmp_path / "run").mkdir()
+        args[2], expected = str(tmp_path / "run"), "(pass --allow-empty to write an empty pairs file)"
+    elif case == "truncated_gz":
+        data = gzip.compress(inputs[0].read_bytes())
+        (tmp_path / "cut.jsonl.gz").write_bytes(data[:len(data) // 2])
+        args[2], expected = str(tmp_path / "cut.jsonl.gz"), "cut.jsonl.gz: the compressed file is truncated or corrupt"
     else:
         args += ["--min-stage", "same_planet"]
         expected = "bad miner setting: min_stage"
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     assert expected in " ".join(result.output.split())
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and "Aborted" not in result.output
+
+
+def test_allow_empty_writes_an_empty_pairs_file(tmp_path: Path) -> None:
+    (tmp_path / "empty.jsonl").write_text("")
+    out = tmp_path / "pairs.jsonl"
+    result = CliRunner().invoke(app, ["mine", "-t", str(tmp_path / "empty.jsonl"), "--out", str(out),
+                                      "--allow-empty"])
+    assert result.exit_code == 0, result.output
+    assert out.read_text() == ""
+    assert json.loads((tmp_path / "pairs.report" / "funnel.json").read_text())["trajectories"] == 0
 
 
 def test_python_dash_m_entry_point(inputs: list[Path], tmp_path: Path) -> None:

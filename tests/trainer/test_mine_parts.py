@@ -39,8 +39,10 @@ def diff(path: str, header: str, body: list[str], status: str = "modified") -> s
     # a class header and a visible def: Class.method
     ("class Parser:", ["     def parse(self, tokens):", "-        return tokens[0]", "+        return tokens[:1]"],
      ["Parser.parse"]),
-    # a method whose def is outside the hunk: reported as the class
+    # a method whose def is outside the hunk: reported as the class (a class scope, not a function: see below)
     ("class Parser:", ["         x = 1", "-        return x", "+        return x + 1"], ["Parser"]),
+    # a class attribute edited in the class body: a class scope as well
+    ("", [" class Config:", "-    debug = False", "+    debug = True"], ["Config"]),
     # nested functions
     ("def outer():", ["     def inner():", "-        return 1", "+        return 2"], ["outer.inner"]),
     # a changed def line belongs to the scope it opens; the dedent closes the first scope
@@ -60,7 +62,10 @@ def test_python_functions_follow_the_written_rule(header: str, body: list[str], 
     assert summary.error is None
     assert summary.paths == ["pkg/mod.py"]
     assert summary.files[0].functions == functions
-    assert summary.scopes == [f"pkg/mod.py::{name}" for name in functions]
+    # same_function compares functions and methods only: a class body is not one
+    classes = {"Parser", "Config"}
+    assert summary.files[0].class_scopes == [name for name in functions if name in classes]
+    assert summary.scopes == [f"pkg/mod.py::{name}" for name in functions if name not in classes]
 
 
 def test_other_languages_use_the_hunk_header() -> None:

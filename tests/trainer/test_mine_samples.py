@@ -51,7 +51,7 @@ def test_paper_cascade_on_the_samples(samples: list[Path], tmp_path: Path) -> No
     assert f.trajectories == 15 and f.unknown_repo == 0 and f.with_edits == 10
     assert f.ineligible == {"no patch": 5} and f.anchors == 10
     assert f.stages == {"same_repo_commit": 7, "same_file": 0, "capped": 0, "same_function": 0, "related_issue": 0,
-                        "selected": 0, "masked": 0, "judged": 0, "written": 0}
+                        "pooled": 0, "masked": 0, "selected": 0, "filtered": 0, "judged": 0, "written": 0}
     assert (tmp_path / "pairs.jsonl").read_text() == ""
 
 

@@ -1,11 +1,13 @@
 """Pair records and their presentation: the record round-trips, bad lines are named by line and field, the option
 tokens are single tokens the model emits first, both orders come in balance, truncation treats both options alike,
-and one forward pass of a tiny Qwen3 gives both option logits at the answer position."""
+one forward pass of a tiny Qwen3 gives both option logits at the answer position, and the opening both contexts share
+is shown once or not at all (with how much of each context is shown)."""
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ from agent.chat_template import render
 from agent.tokenizer import build_qwen3_tokenizer
 from trainer.pairs.record import (
     QUESTION,
+    SHARED_OPENING_MARKERS,
+    SHARED_OPENING_SHARE,
     TRUNCATION_MARKER,
     PairRecord,
     balanced_presentations,
@@ -22,6 +26,9 @@ from trainer.pairs.record import (
     load_pairs,
     option_token_ids,
     present,
+    prompt_text,
+    shared_opening,
+    shown_fractions,
     truncate_middle,
     write_pairs,
 )
@@ -198,3 +205,127 @@ def test_forward_pass_gives_both_option_logits(tokenizer, tmp_path_factory) -> N
     # both orders of one pair put the same contexts at swapped positions: the margins differ (position matters to an
     # untrained model), which is what showing both orders is for
     assert torch.isfinite(margin).all() and margin[0] != margin[1]
+
+
+# ------------------------------------------------------------------------------------------ the shared opening
+
+SHARED = "".join(f"instruction {i:02d}: read the issue, run the tests, then edit the code\n" for i in range(30))
+"""30 whole lines that both contexts start with (as a mini-swe-agent trajectory's instructions are)."""
+
+
+def shared_pair(positive_tail: str = "step one: grep parse_date\nedited utils/dates.py\n",
+                negative_tail: str = "step one: grep tz\nedited utils/time.py\n") -> PairRecord:
+    return make_pair(positive=SHARED + positive_tail, negative=SHARED + negative_tail)
+
+
+def version_1_prompt(pair: PairRecord, tokenizer, positive_first: bool, max_context_tokens: int) -> str:  # type: ignore
+    """The user turn as prompt version 1 built it: each whole context, cut to half the budget."""
+    first, second = (pair.positive, pair.negative) if positive_first else (pair.negative, pair.positive)
+    half = max_context_tokens // 2
+    return ("Below are a query, an answer to it, and two contexts. Exactly one of the contexts supports the answer; "
+            "the other looks similar but does not.\n\n"
+            f"<query>\n{pair.query}\n</query>\n\n<answer>\n{pair.answer}\n</answer>\n\n"
+            f"<option_1>\n{truncate_middle(tokenizer, first, half)}\n</option_1>\n\n"
+            f"<option_2>\n{truncate_middle(tokenizer, second, half)}\n</option_2>\n\n" + QUESTION)
+
+
+def count_tokens(tokenizer, text: str) -> int:  # type: ignore[no-untyped-def]
+    return len(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+
+def test_shared_opening_is_whole_lines_and_symmetric() -> None:
+    assert shared_opening(SHARED + "a\n", SHARED + "b\n") == len(SHARED)
+    assert shared_opening(SHARED + "a\n", SHARED + "a") == len(SHARED)   # a last line without its newline differs
+    assert shared_opening(SHARED + "tail a", SHARED + "tail b") == len(SHARED)  # not into the differing line
+    line = SHARED.splitlines(keepends=True)[0]
+    assert shared_opening(line * 2 + "x\n", line * 2 + "y\n") == 0       # two lines: too few to bother
+    assert shared_opening("a\nb\nc\nd\nx", "a\nb\nc\nd\ny") == 0          # four lines, but under 200 characters
+    assert shared_opening("x" + SHARED, "y" + SHARED) == 0
+    for first, second in ((SHARED + "a\n", SHARED + "b\nc\n"), (SHARED[:-1], SHARED + "z")):
+        assert shared_opening(first, second) == shared_opening(second, first)
+
+
+@pytest.mark.parametrize("positive_first", [True, False])
+def test_shared_opening_is_left_out_or_shown_once(tokenizer, positive_first: bool) -> None:  # type: ignore
+    pair = shared_pair()
+    lines = SHARED.splitlines()
+    omitted = prompt_text(pair, tokenizer, positive_first, 1024)
+    assert all(line not in omitted for line in lines)
+    marker = SHARED_OPENING_MARKERS["omit"]
+    assert omitted.count(marker) == 2 and "<shared_opening>" not in omitted
+    first, second = (pair.positive, pair.negative) if positive_first else (pair.negative, pair.positive)
+    # each option: the marker line, then the whole differing tail (it fits its half)
+    assert f"<option_1>\n{marker}{first[len(SHARED):]}\n</option_1>" in omitted
+    assert f"<option_2>\n{marker}{second[len(SHARED):]}\n</option_2>" in omitted
+    once = prompt_text(pair, tokenizer, positive_first, 8192, shared_prefix="once")  # the opening fits its eighth
+    assert all(once.count(line) == 1 for line in lines)
+    assert f"<shared_opening>\n{SHARED}</shared_opening>\n\n<option_1>\n" in once
+    assert once.count(SHARED_OPENING_MARKERS["once"]) == 2
+    assert f"<option_1>\n{SHARED_OPENING_MARKERS['once']}{first[len(SHARED):]}\n</option_1>" in once
+    kept = prompt_text(pair, tokenizer, positive_first, 4096, shared_prefix="keep")
+    assert all(kept.count(line) == 2 for line in lines)
+    assert kept == version_1_prompt(pair, tokenizer, positive_first, 4096)
+    # the ids L_CA trains on come from the same text
+    assert tokenizer.decode(present(pair, tokenizer, positive_first, 1024).input_ids).count(marker) == 2
+
+
+def test_shared_opening_presentation_is_symmetric_and_within_budget(tokenizer) -> None:  # type: ignore
+    # long tails, cut in the middle: the same cut and the same marker whichever context is the positive
+    pair = shared_pair("".join(f"positive step {i:03d}: ran pytest, 3 passed\n" for i in range(200)),
+                       "".join(f"negative step {i:03d}: ran flake8\n" for i in range(150)))
+    for mode in ("omit", "once"):
+        a = prompt_text(pair, tokenizer, True, 512, shared_prefix=mode)  # type: ignore[arg-type]
+        b = prompt_text(pair, tokenizer, False, 512, shared_prefix=mode)  # type: ignore[arg-type]
+        option = {text: re.findall(r"<option_\d>\n(.*?)\n</option_\d>", text, re.DOTALL) for text in (a, b)}
+        assert option[a] == option[b][::-1] and option[a][0] != option[a][1]
+        assert a.replace(option[a][0], "P").replace(option[a][1], "N") == \
+            b.replace(option[a][0], "N").replace(option[a][1], "P")
+        assert all(text.startswith(SHARED_OPENING_MARKERS[mode]) and TRUNCATION_MARKER in text
+                   for text in option[a])
+        block = re.findall(r"<shared_opening>\n(.*?)</shared_opening>", a, re.DOTALL)
+        budget = 512 - (count_tokens(tokenizer, block[0]) if block else 0)
+        assert all(count_tokens(tokenizer, text) <= budget // 2 for text in option[a])
+        assert not block or count_tokens(tokenizer, block[0]) <= 512 // SHARED_OPENING_SHARE
+    with pytest.raises(ValueError, match="shared_prefix"):
+        prompt_text(pair, tokenizer, True, 512, shared_prefix="twice")  # type: ignore[arg-type]
+
+
+def test_pair_without_a_shared_opening_reads_as_in_version_1(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    long = make_pair(positive="START\n" + "pytest: 3 passed\n" * 300, negative="BEGIN\n" + "flake8: ok\n" * 200)
+    two_lines = make_pair(positive="same line\nsame line\n" + "x" * 300, negative="same line\nsame line\n" + "y" * 300)
+    for pair in (make_pair(), long, two_lines):
+        for mode in ("omit", "once", "keep"):
+            for first in (True, False):
+                assert prompt_text(pair, tokenizer, first, 256, mode) == version_1_prompt(pair, tokenizer, first, 256)
+
+
+def test_shown_fractions(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    tail_pos, tail_neg = "step one: grep parse_date\nedited utils/dates.py\n", "step one: grep tz\n"
+    pair = shared_pair(tail_pos, tail_neg)
+    shared, pos, neg = (count_tokens(tokenizer, text) for text in (SHARED, tail_pos, tail_neg))
+    # line boundaries are token boundaries here, so the whole context's tokens are the opening's plus the tail's
+    assert count_tokens(tokenizer, pair.positive) == shared + pos and shared > 300
+    assert shown_fractions(pair, tokenizer, 1024) == {
+        "shared_opening_tokens": shared, "positive_rest": 1.0, "negative_rest": 1.0,
+        "positive_whole": pos / (shared + pos), "negative_whole": neg / (shared + neg)}
+    once = shown_fractions(pair, tokenizer, 8192, "once")  # the opening fits its eighth: everything shown
+    assert once == {"shared_opening_tokens": shared, "positive_rest": 1.0, "negative_rest": 1.0,
+                    "positive_whole": 1.0, "negative_whole": 1.0}
+    # keep at 1024: each context over its half of 512 tokens is cut to the tokens left beside the truncation marker
+    kept = shown_fractions(pair, tokenizer, 1024, "keep")
+    keep = 512 - count_tokens(tokenizer, TRUNCATION_MARKER)
+    assert kept["shared_opening_tokens"] == 0 and kept["negative_rest"] == kept["negative_whole"]
+    assert shared + pos > 512 and kept["positive_rest"] == kept["positive_whole"] == keep / (shared + pos)
+    # a long tail cut in the middle: its half, less the marker line and the truncation marker, of its tokens
+    tail = "".join(f"step {i:03d} ran the tests\n" for i in range(300))
+    cut = shared_pair(tail, tail_neg)
+    rest = count_tokens(tokenizer, tail)
+    shown = 300 - count_tokens(tokenizer, SHARED_OPENING_MARKERS["omit"]) - count_tokens(tokenizer, TRUNCATION_MARKER)
+    fractions = shown_fractions(cut, tokenizer, 600)
+    assert fractions["positive_rest"] == shown / rest and fractions["negative_rest"] == 1.0
+    assert fractions["positive_whole"] == shown / (shared + rest)
+    # the same numbers whichever order (they describe the pair, not a presentation), and the shown text agrees
+    option = re.search(r"<option_\d>\n(.*?)\n</option_\d>", prompt_text(cut, tokenizer, True, 600), re.DOTALL)
+    shown_text = option.group(1).removeprefix(SHARED_OPENING_MARKERS["omit"])  # type: ignore[union-attr]
+    head, kept_tail = shown_text.split(TRUNCATION_MARKER)
+    assert count_tokens(tokenizer, head) + count_tokens(tokenizer, kept_tail) == shown

@@ -28,8 +28,8 @@ import pytest
 import torch
 
 from agent.engines.vllm_server import free_port
-from trainer.pairs.record import PairRecord, present, prompt_text, write_pairs
-from trainer.probe import ProbeConfig, run_probe
+from trainer.pairs.record import SHARED_OPENING_MARKERS, PairRecord, present, prompt_text, shown_fractions, write_pairs
+from trainer.probe import ProbeConfig, run_probe, summary_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = "SUPPORTS-THE-ANSWER"
@@ -186,6 +186,63 @@ def test_engine_that_answers_correctly_scores_one(served, pairs_file: Path, tmp_
     assert all(len(body["messages"]) == 1 and body["temperature"] == 0.0 and body["max_tokens"] == 16
                and "tools" not in body for body in chats)
     assert (tmp_path / "out" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # short contexts with no shared opening: all of each is shown
+    assert report["run"]["prompt_version"] == 2 and report["run"]["shared_prefix"] == "omit"
+    whole = {"mean": 1.0, "min": 1.0}
+    assert {side: report["shown"][side] for side in ("positive", "negative")} == {
+        "positive": {"rest": whole, "whole": whole}, "negative": {"rest": whole, "whole": whole}}
+    assert report["shown"]["pairs_with_shared_opening"] == 0
+
+
+def shared_opening_pairs(count: int = 4) -> list[PairRecord]:
+    """Pairs whose contexts open with the same 30 instruction lines (as mini-swe-agent trajectories do), then differ;
+    pair i's positive tail grows with i, so the probe's budget cuts some of them."""
+    opening = "".join(f"instruction {n:02d}: read the issue, run the tests, then edit the code\n" for n in range(30))
+    return [PairRecord(
+        pair_id=f"shared-{i}", query=f"Why does test_{i} fail?", answer=f"parse_{i} drops the timezone suffix.",
+        positive=opening + "".join(f"step {n:03d}: ran pytest, 3 passed\n" for n in range(8 * i)) + MARKER,
+        negative=opening + f"step 000: ran flake8 on parse_{i}.py\n", provenance={"source": "mini-swe-agent"},
+        funnel_stage="same_file") for i in range(count)]
+
+
+def test_report_says_how_much_of_each_context_was_shown(served, tmp_path: Path) -> None:  # type: ignore
+    from agent.engines import load_tokenizer
+
+    path = tmp_path / "shared.jsonl"
+    pairs = shared_opening_pairs()
+    write_pairs(path, pairs)
+    server = served(correct_answer)
+    report = run_probe(ProbeConfig(pairs=path, engine="openai", model="rule", base_url=server.url,
+                                   out=tmp_path / "out", max_context_tokens=256), show_progress=False)
+    # the shared instructions reach the model zero times; each option opens with the same marker line
+    prompts = [body["messages"][0]["content"] for key, body in server.requests if key == "POST /v1/chat/completions"]
+    assert len(prompts) == 8 and all("instruction 0" not in prompt for prompt in prompts)
+    assert all(option_text(prompt, n).startswith(SHARED_OPENING_MARKERS["omit"]) for prompt in prompts for n in (1, 2))
+    # the report's numbers are the mean and min over pairs of shown_fractions
+    tokenizer = load_tokenizer(None)
+    fractions = [shown_fractions(pair, tokenizer, 256) for pair in pairs]
+    shown = report["shown"]
+    assert shown["pairs_with_shared_opening"] == 4
+    for side in ("positive", "negative"):
+        for part in ("rest", "whole"):
+            values = [f[f"{side}_{part}"] for f in fractions]
+            assert shown[side][part] == {"mean": pytest.approx(sum(values) / 4), "min": min(values)}
+    assert shown["negative"]["rest"]["min"] == 1.0 and shown["negative"]["whole"]["mean"] < 0.1
+    assert 0.0 < shown["positive"]["rest"]["min"] < 1.0  # the longest positive tail was cut
+    answers = [json.loads(line) for line in (tmp_path / "out" / "answers.jsonl").read_text().splitlines()]
+    assert all(a["shown"] == fractions[int(a["pair_id"].split("-")[1])] for a in answers)
+    lines = summary_lines(report, tmp_path / "out")
+    assert any(line.startswith("shown of each context") and "4 pairs share one, omit" in line for line in lines)
+    assert f"  positives: {shown['positive']['rest']['mean']:.3f} ({shown['positive']['rest']['min']:.3f})" in \
+        "\n".join(lines)
+    # shown once instead: the shared lines reach the model exactly once per prompt, in their own block
+    server.requests.clear()
+    once = run_probe(ProbeConfig(pairs=path, engine="openai", model="rule", base_url=server.url,
+                                 out=tmp_path / "once", max_context_tokens=2048, shared_prefix="once"),
+                     show_progress=False)
+    prompts = [body["messages"][0]["content"] for key, body in server.requests if key == "POST /v1/chat/completions"]
+    assert all(prompt.count("instruction 00:") == 1 and "<shared_opening>" in prompt for prompt in prompts)
+    assert once["run"]["shared_prefix"] == "once" and once["accuracy"] == 1.0
 
 
 def test_engine_that_always_answers_one_has_total_position_bias(  # type: ignore[no-untyped-def]

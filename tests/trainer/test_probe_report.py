@@ -9,7 +9,7 @@ import math
 import pytest
 
 from trainer.pairs.record import PairRecord
-from trainer.probe_report import accuracy_summary, bootstrap_ci, build_report, write_chart
+from trainer.probe_report import accuracy_summary, bootstrap_ci, build_report, shown_summary, write_chart
 from trainer.probe_scoring import Answer, parse_choice
 
 
@@ -82,3 +82,20 @@ def test_always_two_is_total_bias_the_other_way() -> None:
     report = build_report(answers, [pair(i) for i in range(3)])
     assert report["accuracy"] == 0.5 and report["position"]["position_bias"] == -1.0
     assert report["position"]["share_answer_1"] == 0.0 and "margin" not in report
+
+
+def test_shown_is_summarized_per_side_over_the_pairs_answered() -> None:
+    def fractions(pos_rest: float, pos_whole: float, neg_rest: float, neg_whole: float, shared: int) -> dict:
+        return {"positive_rest": pos_rest, "positive_whole": pos_whole, "negative_rest": neg_rest,
+                "negative_whole": neg_whole, "shared_opening_tokens": shared}
+
+    shown = {"p0": fractions(1.0, 0.25, 1.0, 0.5, 900), "p1": fractions(0.5, 0.5, 0.75, 0.75, 0),
+             "p9": fractions(0.0, 0.0, 0.0, 0.0, 5)}  # p9 was not answered: left out
+    answers = both_orders("p0", 1, 2) + both_orders("p1", 2, 2)
+    report = build_report(answers, [pair(0), pair(1)], shown)
+    assert report["shown"]["positive"] == {"rest": {"mean": 0.75, "min": 0.5}, "whole": {"mean": 0.375, "min": 0.25}}
+    assert report["shown"]["negative"] == {"rest": {"mean": 0.875, "min": 0.75}, "whole": {"mean": 0.625, "min": 0.5}}
+    assert report["shown"]["pairs_with_shared_opening"] == 1
+    assert "shown" not in build_report(answers, [pair(0), pair(1)])
+    empty = shown_summary([])
+    assert math.isnan(empty["positive"]["rest"]["mean"]) and empty["pairs_with_shared_opening"] == 0

@@ -20,9 +20,9 @@ def _config(tmp_path, name: str, steps: int) -> TrainerConfig:  # type: ignore[n
         write_pairs(pairs, [PairRecord(pair_id=f"p{i}", query=f"q{i}", answer=f"answer {i}", positive=f"ctx {i}",
                                        negative=f"other {i + 10}", funnel_stage="synthetic") for i in range(4)])
     config = TrainerConfig(steps=steps, tasks_per_step=2, group_size=2, max_turns=1, max_tokens_per_turn=16,
-                           pairs_per_step=2, pairs=pairs, heldout_pairs=pairs, checkpoint_every=1,
-                           output_dir=tmp_path / name, concurrency=4, warm_start_steps=0, eval_every=1,
-                           success_eval_episodes=1)
+                           pairs_per_step=2, pairs_file=pairs, heldout_pairs=pairs, synthetic_pairs=False,
+                           checkpoint_every=1, output_dir=tmp_path / name, concurrency=4, warm_start_steps=0,
+                           eval_every=1, success_eval_episodes=1)
     config.grpo.minibatches = 1  # one update per step unless a test asks for more
     config.ca_updates_per_step = 0  # L_CA in each GRPO update's loss (one optimizer) unless a test asks otherwise
     return config
@@ -200,6 +200,87 @@ def test_separate_ca_updates_take_their_own_optimizer_and_resume_exactly(sample_
     train(_config(tmp_path, "shared", 1), log=lambda *_: None)
     with pytest.raises(ValueError, match="no L_CA optimizer state"):
         train(separate("shared", 2), resume=True, log=lambda *_: None)
+
+
+def _mined_pairs(groups: int) -> list[PairRecord]:
+    """Pairs shaped like the miner's: for each two issues of one repository the mirror pairs A/B and B/A, with
+    trajectory-long contexts and the provenance the miner writes (both sides' task ids, the group of the two)."""
+    def trajectory(task: str, number: int) -> str:
+        turns = [f"[user] {task}: render_{number}() drops the last widget of a row."]
+        for turn in range(12):
+            turns += [f"[assistant] execute_bash: grep -n 'render_{number}' widgets/render.py  # look {turn}",
+                      f"[tool] widgets/render.py:{40 + turn}:    for widget in row[:-1]:  # {task} pass {turn}"]
+        return "\n".join(turns)
+
+    def side(task: str) -> dict[str, object]:
+        return {"episode_id": f"{task}-ep", "task_id": task, "resolved": True, "file": "swe-smith.json",
+                "format": "swe-smith", "record": 0}
+
+    records = []
+    for number in range(groups):
+        issues = (f"acme__widgets-{2 * number}", f"acme__widgets-{2 * number + 1}")
+        for positive, negative in (issues, issues[::-1]):
+            records.append(PairRecord(
+                pair_id=f"pair-{positive}-{negative}", query=f"{positive}: a row of widgets renders one short",
+                answer=f"Edit widgets/render.py, function render_{number} (1 line changed)",
+                positive=trajectory(positive, number), negative=trajectory(negative, number),
+                funnel_stage="same_function",
+                provenance={"miner_version": 1, "seed": 0, "repo": "acme/widgets", "commit": "c0ffee",
+                            "positive": side(positive), "negative": side(negative),
+                            "shared_files": ["widgets/render.py"], "shared_functions": [f"render_{number}"],
+                            "group": "issues:" + "|".join(issues)}))
+    return records
+
+
+def test_pair_file_is_split_by_group_and_trained_besides_the_synthetic_pairs(sample_images, tmp_path):  # type: ignore[no-untyped-def]
+    """`pairs_file` without `heldout_pairs`: the file's groups are split (a pair and its mirror on one side), the
+    synthetic pairs of the sample tasks join both sides, both splits are written to the output folder, and L_CA
+    trains on them."""
+    from envserver.tasks import SAMPLE_TASKS_PATH, load_tasks
+    from trainer.pairs import load_pairs
+    from trainer.pairs.synthetic import synthetic_pairs
+
+    mined = _mined_pairs(6)
+    write_pairs(tmp_path / "mined.jsonl", mined)
+    config = _config(tmp_path, "mined", 1)
+    config.pairs_file, config.heldout_pairs, config.synthetic_pairs = tmp_path / "mined.jsonl", None, True
+    config.heldout_fraction, config.success_eval_episodes = 0.34, 0
+    lines: list[str] = []
+    assert train(config, log=lines.append)["last"]["step"] == 1
+    out = tmp_path / "mined"
+    written = {name: load_pairs(out / f"pairs.{name}.jsonl") for name in ("train", "heldout")}
+    from_file = {name: [p for p in pairs if "group" in p.provenance] for name, pairs in written.items()}
+    groups = {name: {p.provenance["group"] for p in pairs} for name, pairs in from_file.items()}
+    assert groups["train"] and groups["heldout"] and not groups["train"] & groups["heldout"]
+    assert sorted(p.pair_id for side in from_file.values() for p in side) == sorted(p.pair_id for p in mined)
+    made = synthetic_pairs(load_tasks(SAMPLE_TASKS_PATH), seed=config.seed)
+    for pairs, expected in zip(written.values(), made):  # each side also holds its synthetic half, in order
+        assert [p.pair_id for p in pairs if "group" not in p.provenance] == [p.pair_id for p in expected]
+    assert any(f"{len(from_file['train'])} train ({len(groups['train'])} groups)" in line for line in lines), lines
+    assert any(f"{len(made[0])} train / {len(made[1])} held-out synthetic" in line for line in lines), lines
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["heldout_ca_accuracy"] <= 1.0 for r in rows)
+    assert rows[1]["ca/ca_num_pairs"] == 2 * config.pairs_per_step and rows[1]["ca/ca_loss"] > 0
+
+
+def test_pairs_mined_from_real_trajectories_train(sample_images, mined_real_pairs, tmp_path):  # type: ignore[no-untyped-def]
+    """`pairs_file` = the miner's output on the shared mini-swe-agent run, as written: a short run trains L_CA on
+    them (their trajectory-long contexts cut to the L_CA budget), holds out whole groups and scores them."""
+    from trainer.pairs import load_pairs
+    from trainer.pairs.split import pair_group
+
+    mined = load_pairs(mined_real_pairs.pairs)
+    config = _config(tmp_path, "real", 1)
+    config.pairs_file, config.heldout_pairs, config.synthetic_pairs = mined_real_pairs.pairs, None, False
+    config.heldout_fraction, config.success_eval_episodes = 0.25, 0
+    assert train(config, log=lambda *_: None)["last"]["step"] == 1
+    out = tmp_path / "real"
+    train_side, heldout = (load_pairs(out / f"pairs.{name}.jsonl") for name in ("train", "heldout"))
+    assert sorted(p.pair_id for p in train_side + heldout) == sorted(p.pair_id for p in mined)
+    assert heldout and not {pair_group(p) for p in train_side} & {pair_group(p) for p in heldout}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["heldout_ca_accuracy"] <= 1.0 for r in rows)
+    assert rows[1]["ca/ca_num_pairs"] == 2 * config.pairs_per_step and rows[1]["ca/ca_loss"] > 0
 
 
 def test_merge_step_outputs_reports_each_losss_updates() -> None:

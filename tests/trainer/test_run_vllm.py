@@ -46,9 +46,9 @@ def test_vllm_engine_follows_every_step(vllm_venv, sample_images, tmp_path):  # 
         config = TrainerConfig(model=str(model_dir), engine="vllm", engine_url=server.base_url,
                                engine_reload_method=server.reload_method, warm_start_steps=0, steps=2,
                                tasks_per_step=1, group_size=2, max_turns=1, max_tokens_per_turn=12,
-                               max_context_tokens=2048, pairs=pairs, pairs_per_step=2, lr=1e-2, tensorboard=False,
-                               output_dir=tmp_path / "run", concurrency=2,
-                               success_eval_episodes=1)
+                               max_context_tokens=2048, pairs_file=pairs, heldout_fraction=0, synthetic_pairs=False,
+                               pairs_per_step=2, lr=1e-2, tensorboard=False, output_dir=tmp_path / "run",
+                               concurrency=2, success_eval_episodes=1)
         result = train(config, log=lambda *_: None)
         assert result["last"]["step"] == 2 and result["last"]["sync_s"] > 0
         # sampled at T = 0.7 by vLLM, scored by the trainer: the logprobs agree up to rounding (processed logprobs)

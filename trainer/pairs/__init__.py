@@ -13,6 +13,8 @@ from trainer.pairs.record import (
     truncate_middle,
     write_pairs,
 )
+from trainer.pairs.split import pair_group, split_by_group
 
 __all__ = ["PairRecord", "Presentation", "balanced_presentations", "collate_presentations", "load_pairs",
-           "option_token_ids", "present", "prompt_text", "truncate_middle", "write_pairs"]
+           "option_token_ids", "pair_group", "present", "prompt_text", "split_by_group", "truncate_middle",
+           "write_pairs"]

@@ -15,7 +15,8 @@ Edited functions ("scopes"), per hunk:
   `outer.inner`); a changed `def` / `class` line belongs to the scope it opens. Changed lines with no open scope are
   module-level: the file counts as edited, no function does. The rule sees only what the hunk shows: a method whose
   `def` line is outside the hunk, under a header that names its class (git's default header shows unindented lines
-  only), is reported as the class.
+  only), is reported as the class — kept in the answer's description, but not a function for the miner's
+  same_function stage (`class_scopes`, `PatchSummary.scopes`).
   The answer's "names the new code uses" come from the code of added / removed lines, string literals and `#`
   comments left out.
 - Other files: the header's section, when it holds an identifier followed by `(`, names the function (the identifier
@@ -50,6 +51,9 @@ class FileEdit:
     """`modified`, `added` or `removed`."""
     functions: list[str] = field(default_factory=list)
     """Qualified names of the edited scopes, in order of first appearance."""
+    class_scopes: list[str] = field(default_factory=list)
+    """The scopes of `functions` that are a class body as far as the hunk shows (a method whose `def` line is
+    outside the hunk, under a header naming the class): not a function."""
     added: int = 0
     removed: int = 0
     new_names: list[str] = field(default_factory=list)
@@ -71,8 +75,10 @@ class PatchSummary:
 
     @property
     def scopes(self) -> list[str]:
-        """`path::qualname` of every edited function."""
-        return [f"{edit.path}::{name}" for edit in self.files for name in edit.functions]
+        """`path::qualname` of every edited function or method (class bodies left out: two patches inside one big
+        class, `Query` or `SQLCompiler`, need not touch the same code)."""
+        return [f"{edit.path}::{name}" for edit in self.files for name in edit.functions
+                if name not in edit.class_scopes]
 
 
 def normalize_newlines(text: str) -> str:
@@ -88,12 +94,13 @@ def _indent(text: str) -> int:
     return len(text.expandtabs(8)) - len(text.expandtabs(8).lstrip())
 
 
-def _python_scopes(hunk) -> list[str]:  # type: ignore[no-untyped-def]
-    stack: list[tuple[int, str]] = []
+def _python_scopes(hunk) -> list[tuple[str, bool]]:  # type: ignore[no-untyped-def]
+    """(qualified name, whether the innermost scope is a function) per edited scope, in order."""
+    stack: list[tuple[int, str, bool]] = []
     header = _SCOPE_LINE.match(hunk.section_header or "")
     if header:
-        stack.append((_indent(header.group(1)), header.group(2)))
-    found: list[str] = []
+        stack.append((_indent(header.group(1)), header.group(2), not header.group(0).lstrip().startswith("class")))
+    found: dict[str, bool] = {}
     for line in hunk:
         text = line.value.rstrip("\n")
         if not text.strip():
@@ -104,17 +111,15 @@ def _python_scopes(hunk) -> list[str]:  # type: ignore[no-untyped-def]
             stack.pop()
         opened = _SCOPE_LINE.match(text)
         if opened:
-            stack.append((indent, opened.group(2)))
+            stack.append((indent, opened.group(2), not opened.group(0).lstrip().startswith("class")))
         if (line.is_added or line.is_removed) and stack:
-            name = ".".join(part for _, part in stack)
-            if name not in found:
-                found.append(name)
-    return found
+            found.setdefault(".".join(part for _, part, _ in stack), stack[-1][2])
+    return list(found.items())
 
 
-def _header_function(hunk) -> list[str]:  # type: ignore[no-untyped-def]
+def _header_function(hunk) -> list[tuple[str, bool]]:  # type: ignore[no-untyped-def]
     match = _CALL_NAME.search(hunk.section_header or "")
-    return [match.group(1)] if match else []
+    return [(match.group(1), True)] if match else []
 
 
 def _names(lines: list[str]) -> list[str]:
@@ -147,11 +152,15 @@ def summarize_patch(patch: str | None, drop_top_level_new_files: bool = True) ->
         removed_lines: list[str] = []
         for hunk in patched:
             scopes = _python_scopes(hunk) if path.endswith(_PY_SUFFIXES) else _header_function(hunk)
-            if not path.endswith(_PY_SUFFIXES) and not any(l.is_added or l.is_removed for l in hunk):
+            if not path.endswith(_PY_SUFFIXES) and not any(line.is_added or line.is_removed for line in hunk):
                 scopes = []
-            for name in scopes:
+            for name, is_function in scopes:
                 if name not in edit.functions:
                     edit.functions.append(name)
+                    if not is_function:
+                        edit.class_scopes.append(name)
+                elif is_function and name in edit.class_scopes:
+                    edit.class_scopes.remove(name)
             for line in hunk:
                 if line.is_added:
                     added_lines.append(line.value)

@@ -17,10 +17,12 @@ ROWS: list[tuple[str, str]] = [
     ("same_file", "… and an edited file in common"),
     ("capped", "… at most max_candidates_per_anchor per anchor"),
     ("same_function", "… and an edited function in common"),
-    ("related_issue", "… and related issues (problem-statement similarity ≥ threshold)"),
-    ("selected", "pairs chosen (stage ≥ min_stage, ≤ pairs_per_anchor per anchor)"),
-    ("masked", "pairs whose masked contexts pass the masking check"),
-    ("judged", "pairs the judge accepted (all masked pairs when no judge)"),
+    ("related_issue", "… and related issues (problem-statement similarity ≥ the threshold below)"),
+    ("pooled", "candidates scored (stage ≥ min_stage, ≤ pool_per_anchor per anchor, best first)"),
+    ("masked", "pool pairs whose masked contexts pass the masking check and show evidence"),
+    ("selected", "pairs chosen with every label-blind baseline balanced (≤ pairs_per_anchor per anchor)"),
+    ("filtered", "pairs left after adversarial filtering against the audit"),
+    ("judged", "pairs the judge accepted (all filtered pairs when no judge)"),
     ("written", "pairs written"),
 ]
 """(key, description) of the funnel rows, in order."""
@@ -50,6 +52,12 @@ class Funnel:
     masking_failures: dict[str, int] = field(default_factory=dict)
     judge: dict[str, Any] | None = None
     """model, accepted, rejected, reasons of rejection (first words) when a judge ran."""
+    related_issue: dict[str, Any] = field(default_factory=dict)
+    """The related_issue threshold and where it came from (a fixed setting or a quantile of the data)."""
+    selection: dict[str, Any] | None = None
+    """What the balanced selection and the adversarial filtering did (`select.SelectionLog`)."""
+    audit: dict[str, Any] | None = None
+    """The written pairs' audit: best baseline, its accuracy, the bound, whether it passes."""
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -58,7 +66,9 @@ class Funnel:
             "unknown_repo": self.unknown_repo, "with_edits": self.with_edits, "ineligible": self.ineligible,
             "eligible_anchors": self.eligible_anchors, "anchors": self.anchors,
             "funnel": [{"stage": key, "count": self.stages[key], "meaning": meaning} for key, meaning in ROWS],
-            "pairs_by_stage": self.pairs_by_stage, "masking_failures": self.masking_failures, "judge": self.judge,
+            "related_issue": self.related_issue, "pairs_by_stage": self.pairs_by_stage,
+            "masking_failures": self.masking_failures, "judge": self.judge,
+            "selection": self.selection, "audit": self.audit,
             "config": self.config,
         }
         return json.dumps(body, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
@@ -72,6 +82,8 @@ class Funnel:
         table.add_column("count", justify="right")
         table.add_column("meaning", style="dim")
         for key, meaning in ROWS:
+            if key == "related_issue" and self.related_issue:
+                meaning += f" {self.related_issue['threshold']} ({self.related_issue['from']})"
             table.add_row(key, f"{self.stages[key]:,}", meaning)
         return table
 

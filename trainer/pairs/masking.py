@@ -48,6 +48,8 @@ SHELL_KEYS = ("command", "cmd", "code")
 """Tool-call arguments that carry shell (or script) text."""
 
 _ISSUE_SPANS = [
+    # mini-swe-agent frames the issue with a fixed sentence inside the tags: the issue is what follows it
+    re.compile(r"<pr_description>\nConsider the following PR description:\n(.*?)\n?</pr_description>", re.DOTALL),
     re.compile(r"<pr_description>\n?(.*?)\n?</pr_description>", re.DOTALL),
     re.compile(r"<issue_description>\n?(.*?)\n?</issue_description>", re.DOTALL),
     re.compile(r"<issue>\n?(.*?)\n?</issue>", re.DOTALL),
@@ -107,6 +109,18 @@ _SWE_AGENT_END = re.compile(r"^end_of_(?:edit|insert)\s*$")
 _PRINTS_DIFF = re.compile(r"\bgit\s+(?:diff|show|stash\s+show|format-patch|log\s+-p)\b|\bdiff\s+-[a-zA-Z]*u")
 
 
+_QUOTED = re.compile(r"'[^']*'|\"(?:\\.|[^\"\\])*\"")
+_PATH_TOKEN = re.compile(r"(?<![\w./-])((?:[\w.-]+/)*[\w.-]+\.[A-Za-z]\w{0,5})(?![\w/-])")
+
+
+def _masked_edit_line(line: str) -> str:
+    """An in-place edit line (`sed -i 's/…/…/' path`) as PLACEHOLDER, keeping the files it names outside quotes: the
+    expression is patch content, which file was edited is not (it is the evidence that the trajectory made the
+    answer's change)."""
+    paths = [p for p in _PATH_TOKEN.findall(_QUOTED.sub(" ", line)) if not p.startswith("-")]
+    return PLACEHOLDER + (f" (files: {', '.join(dict.fromkeys(paths))})" if paths else "")
+
+
 def mask_shell(command: str) -> tuple[str, bool]:
     """(command with edit contents masked, whether it edits files): heredoc bodies that write files, SWE-agent edit
     bodies, in-place edit / redirected echo lines."""
@@ -129,12 +143,12 @@ def mask_shell(command: str) -> tuple[str, bool]:
         heredocs = list(_HEREDOC.finditer(line))
         if not heredocs:
             if _IN_PLACE.search(line):
-                out.append(PLACEHOLDER)
+                out.append(_masked_edit_line(line))
                 edits = True
             else:
                 out.append(line)
             continue
-        out.append(PLACEHOLDER if _IN_PLACE.search(line) else line)
+        out.append(_masked_edit_line(line) if _IN_PLACE.search(line) else line)
         for heredoc in heredocs:
             strip_tabs, delimiter = heredoc.group(1) == "-", heredoc.group(3)
             body: list[str] = []
@@ -359,3 +373,90 @@ def leaked_lines(text: str, patch_lines: Iterable[str]) -> list[str]:
     scrubber = LineScrubber(patch_lines)
     found = {pattern for patterns in scrubber.hits(text).values() for pattern in patterns}
     return [pattern for pattern in scrubber.patterns if pattern in found]
+
+
+# ------------------------------------------------------------------------------------------------- stretch scrub
+
+QUOTE_WIDTH = 40
+"""A stretch of this many characters (whitespace collapsed) shared with a patch's added code or an issue's text is a
+quote: the line holding it is masked (the acceptance check's unit)."""
+MIN_TITLE_CHARS = 12
+"""An issue title shorter than this (`Bug`, `Typo in docs`) is too common to count as a quote of the issue."""
+
+
+class StretchScrubber:
+    """Masks every line that shares a QUOTE_WIDTH-character stretch with one of the source texts (the patches'
+    added code, the issues' text: what an agent copies into its notes, scripts and restatements), or that contains
+    one of the titles. Lines are compared with whitespace collapsed (`diffs.collapse`), source lines one by one.
+
+    Exact and fast enough without a string-matching library: the sources' windows go in a set (a few thousand for a
+    patch and an issue) and each context line is scanned window by window (~3 ms for a 60 kB trajectory)."""
+
+    def __init__(self, sources: Iterable[str], titles: Iterable[str] = (), width: int = QUOTE_WIDTH):
+        self.width = width
+        self.windows: set[str] = set()
+        for source in sources:
+            for line in normalize_newlines(source).split("\n"):
+                norm = collapse(line)
+                self.windows.update(norm[i:i + width] for i in range(len(norm) - width + 1))
+        self.titles = [t for t in dict.fromkeys(collapse(t).lower() for t in titles) if len(t) >= MIN_TITLE_CHARS]
+
+    def line_hits(self, line: str) -> bool:
+        norm = collapse(line)
+        width = self.width
+        if len(norm) >= width and any(norm[i:i + width] in self.windows for i in range(len(norm) - width + 1)):
+            return True
+        lowered = norm.lower()
+        return any(title in lowered for title in self.titles)
+
+    def scrub(self, text: str) -> tuple[str, int]:
+        """(text with every line that quotes a source replaced by LINE_PLACEHOLDER, how many lines were replaced)."""
+        if not self.windows and not self.titles:
+            return text, 0
+        lines = text.split("\n")
+        count = 0
+        for index, line in enumerate(lines):
+            if line != LINE_PLACEHOLDER and self.line_hits(line):
+                lines[index] = LINE_PLACEHOLDER
+                count += 1
+        return "\n".join(lines), count
+
+
+def added_lines(patch: str | None) -> list[str]:
+    """The `+` lines of a unified diff (headers left out), without their marker."""
+    if not patch:
+        return []
+    return [line[1:] for line in normalize_newlines(patch).split("\n")
+            if line.startswith("+") and not line.startswith("+++")]
+
+
+def issue_title(issue: str) -> str:
+    """The issue's first non-empty line (GitHub issues open with their title)."""
+    return next((line.strip() for line in normalize_newlines(issue).split("\n") if line.strip()), "")
+
+
+# --------------------------------------------------------------------------------------------------- issue terms
+
+TERM_PLACEHOLDER = "[issue term]"
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9_]+")
+
+
+def mask_terms(text: str, terms: Iterable[str]) -> tuple[str, int]:
+    """(text with every whole-word occurrence of `terms` (case-insensitive; a word is a run of letters, digits and
+    `_`) replaced by TERM_PLACEHOLDER, how many were replaced). One tokenizing pass with a set look-up per word: an
+    alternation of a few hundred terms under IGNORECASE is ~20× slower on a 60 kB trajectory."""
+    wanted = {term.lower() for term in terms}
+    if not wanted:
+        return text, 0
+    count = 0
+
+    def replace(match: re.Match[str]) -> str:
+        nonlocal count
+        if match.group(0).lower() in wanted:
+            count += 1
+            return TERM_PLACEHOLDER
+        return match.group(0)
+
+    return _TOKEN.sub(replace, text), count

@@ -8,7 +8,9 @@ so one teacher-forced forward pass gives both option logits and the margin Δθ(
 
 Every pair is shown in both orders (`balanced_presentations`), so a model that favours a position cannot win, and the
 two contexts are truncated by the same rule whichever is the positive, so their shown lengths cannot carry the label
-beyond what the untruncated texts already do.
+beyond what the untruncated texts already do. The opening both contexts share (in mined pairs, the agent's
+instructions) is by default left out of both options behind one fixed marker line, so the token budget goes to where
+the contexts differ (`prompt_text`, `shown_fractions`).
 
 Tokenization: the prompt is our Qwen3 chat template (agent.chat_template) with `enable_thinking=False`, so the opened
 assistant turn ends `<think>\\n\\n</think>\\n\\n` and the option digit is the first token the model would emit (Qwen's
@@ -127,16 +129,44 @@ PROMPT = (
     "other looks similar but does not.\n\n"
     "<query>\n{query}\n</query>\n\n"
     "<answer>\n{answer}\n</answer>\n\n"
+    "{shared_opening}"
     "<option_1>\n{option_1}\n</option_1>\n\n"
     "<option_2>\n{option_2}\n</option_2>\n\n"
     + QUESTION
 )
-"""The user turn. Change it only with a new PROMPT_VERSION: probe accuracies are comparable under one prompt only."""
-PROMPT_VERSION = 1
+"""The user turn. `shared_opening` is empty unless the shared opening is shown once (SHARED_OPENING_BLOCK). Change the
+prompt only with a new PROMPT_VERSION: probe accuracies are comparable under one prompt only."""
+PROMPT_VERSION = 2
+"""2: the opening both contexts share is left out of the options by default (`prompt_text`, shared_prefix="omit"), so
+the same pair reads differently from version 1 — in mined pairs whole instructions (~944 tokens of a mini-swe-agent
+trajectory) came out of a 1,024-token budget — and its accuracies are not comparable with version 1's. A pair with no
+shared opening (and shared_prefix="keep", for any pair) gives version 1's text exactly."""
+
+SharedPrefix = Literal["omit", "once", "keep"]
+"""How the opening both contexts share is shown (`prompt_text`)."""
 
 TRUNCATION_MARKER = "\n[… middle of this context omitted …]\n"
 """Replaces the middle of a context over its budget. Fixed text (no count of omitted tokens), so it says nothing
 about how long the hidden part was."""
+
+SHARED_OPENING_MARKERS: dict[str, str] = {
+    "omit": "[… the opening both options share is omitted …]\n",
+    "once": "[… the opening both options share is shown once, above …]\n",
+}
+"""The first line of each option when the shared opening is left out of it. Fixed text, identical in both options
+(no count, nothing of either context), so it carries no information about which one is the positive."""
+
+SHARED_OPENING_BLOCK = "<shared_opening>\n{text}</shared_opening>\n\n"
+"""shared_prefix="once": the shared opening, before the options (its text ends with a newline: whole lines)."""
+
+MIN_SHARED_LINES = 3
+MIN_SHARED_CHARS = 200
+"""A shared opening shorter than this (in whole lines, or in characters) is left in both contexts: the marker line
+would cost about as much as it saves, and a line or two in common is ordinary look-alike text."""
+
+SHARED_OPENING_SHARE = 8
+"""shared_prefix="once": the shared opening gets at most max_context_tokens // SHARED_OPENING_SHARE tokens (cut in the
+middle beyond that); the two options split what is left."""
 
 _PLACEHOLDER = "\ue000"  # a private-use character, never produced by the template itself
 
@@ -189,6 +219,27 @@ def _encode_content(tokenizer: Any, text: str, offsets: bool = False) -> Any:
     return (list(encoded["input_ids"]), list(encoded["offset_mapping"])) if offsets else list(encoded["input_ids"])
 
 
+Spans = list[tuple[int, int]]
+"""Character ranges [start, end) of a text that the prompt shows."""
+
+
+def _cut_middle(tokenizer: Any, text: str, max_tokens: int) -> tuple[str, Spans]:
+    """`truncate_middle`'s result and the character ranges of `text` it keeps."""
+    ids, offsets = _encode_content(tokenizer, text, offsets=True)
+    if len(ids) <= max_tokens or not ids:
+        return text, [(0, len(text))]
+    keep = max_tokens - len(_encode_content(tokenizer, TRUNCATION_MARKER))
+    while keep >= 2:
+        head, tail = (keep + 1) // 2, keep // 2
+        head_end, tail_start = offsets[head - 1][1], offsets[len(ids) - tail][0]
+        cut = text[:head_end] + TRUNCATION_MARKER + text[tail_start:]
+        excess = len(_encode_content(tokenizer, cut)) - max_tokens
+        if excess <= 0:
+            return cut, [(0, head_end), (tail_start, len(text))]
+        keep -= excess
+    raise ValueError(f"a context budget of {max_tokens} tokens leaves no room around the truncation marker")
+
+
 def truncate_middle(tokenizer: Any, text: str, max_tokens: int) -> str:
     """`text`, or when it is over max_tokens tokens, its head and tail around TRUNCATION_MARKER.
 
@@ -197,42 +248,126 @@ def truncate_middle(tokenizer: Any, text: str, max_tokens: int) -> str:
     when the re-tokenized result comes out longer, k shrinks until it fits. It depends only on the text and the
     budget, so both options of a pair are cut by the same rule.
     """
-    ids, offsets = _encode_content(tokenizer, text, offsets=True)
-    if len(ids) <= max_tokens:
-        return text
-    keep = max_tokens - len(_encode_content(tokenizer, TRUNCATION_MARKER))
-    while keep >= 2:
-        head, tail = (keep + 1) // 2, keep // 2
-        cut = text[:offsets[head - 1][1]] + TRUNCATION_MARKER + text[offsets[len(ids) - tail][0]:]
-        excess = len(_encode_content(tokenizer, cut)) - max_tokens
-        if excess <= 0:
-            return cut
-        keep -= excess
-    raise ValueError(f"a context budget of {max_tokens} tokens leaves no room around the truncation marker")
+    return _cut_middle(tokenizer, text, max_tokens)[0]
 
 
-def prompt_text(pair: PairRecord, tokenizer: Any, positive_first: bool, max_context_tokens: int) -> str:
+def shared_opening(first: str, second: str) -> int:
+    """The length in characters of the opening `first` and `second` share in whole lines (each ending with "\\n" in
+    both), or 0 when it is under MIN_SHARED_LINES lines or MIN_SHARED_CHARS characters. Symmetric in its arguments."""
+    end = lines = 0
+    while (newline := first.find("\n", end)) >= 0 and first[end:newline + 1] == second[end:newline + 1]:
+        end, lines = newline + 1, lines + 1
+    return end if lines >= MIN_SHARED_LINES and end >= MIN_SHARED_CHARS else 0
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How a pair's contexts fill the prompt (the same whichever order they are shown in)."""
+
+    shared_block: str
+    """SHARED_OPENING_BLOCK filled in, or empty."""
+    shared_chars: int
+    """Length of the opening both contexts share (0: none, or shared_prefix="keep")."""
+    options: dict[str, str]
+    """The option text of each context, by "positive" / "negative"."""
+    rest_spans: dict[str, Spans]
+    """Character ranges shown of each context after its shared opening."""
+    whole_spans: dict[str, Spans]
+    """Character ranges shown of each whole context (the shared opening's, when shown once, included)."""
+
+
+def _layout(pair: PairRecord, tokenizer: Any, max_context_tokens: int, shared_prefix: SharedPrefix) -> _Layout:
+    if shared_prefix not in ("omit", "once", "keep"):
+        raise ValueError(f"shared_prefix must be 'omit', 'once' or 'keep', not {shared_prefix!r}")
+    shared = 0 if shared_prefix == "keep" else shared_opening(pair.positive, pair.negative)
+    budget, block, marker, shared_spans = max_context_tokens, "", "", []
+    if shared:
+        if shared_prefix == "once":
+            text, shared_spans = _cut_middle(tokenizer, pair.positive[:shared],
+                                             max_context_tokens // SHARED_OPENING_SHARE)
+            block = SHARED_OPENING_BLOCK.format(text=text)
+            budget -= len(_encode_content(tokenizer, text))  # the block is context too: out of the same budget
+        marker = SHARED_OPENING_MARKERS[shared_prefix]
+    # The marker line counts against its option's half, so the prompt stays within what max_context_tokens promises.
+    half = budget // 2 - (len(_encode_content(tokenizer, marker)) if marker else 0)
+    options, rest_spans, whole_spans = {}, {}, {}
+    for name, context in (("positive", pair.positive), ("negative", pair.negative)):
+        text, spans = _cut_middle(tokenizer, context[shared:], half)
+        options[name] = marker + text
+        rest_spans[name] = spans
+        whole_spans[name] = shared_spans + [(shared + start, shared + end) for start, end in spans]
+    return _Layout(block, shared, options, rest_spans, whole_spans)
+
+
+def prompt_text(pair: PairRecord, tokenizer: Any, positive_first: bool, max_context_tokens: int,
+                shared_prefix: SharedPrefix = "omit") -> str:
     """The user turn's text for `pair` with the positive as option 1 (positive_first) or option 2: PROMPT filled in.
     `present` tokenizes it; engines that take chat messages (the probe's `openai`) send it as the user message, so
     both see the same prompt.
 
-    max_context_tokens: the two contexts' budget together; each gets half, and a context over its half is cut in the
-    middle (`truncate_middle`; the half bounds the context's own token count — inside the prompt a token at its
+    max_context_tokens: the contexts' budget together; each option gets half, and a context over its half is cut in
+    the middle (`truncate_middle`; the half bounds the option's own token count — inside the prompt a token at its
     edges may merge with the surrounding newline). The query and the answer are not cut.
+
+    shared_prefix: what to do with the opening both contexts share (`shared_opening`: whole lines, at least a few;
+    in mined pairs the agent's instructions and the masked task, identical in C+ and C−):
+    - "omit" (the default, used by the probe and L_CA): left out of both options, each of which starts with the fixed
+      SHARED_OPENING_MARKERS line instead; the budget goes to what differs. Nothing is lost for the choice: identical
+      text is evidence for neither option, and the query and the answer already say what the task is.
+    - "once": shown once before the options (SHARED_OPENING_BLOCK), cut in the middle to at most
+      max_context_tokens // SHARED_OPENING_SHARE tokens; what it uses comes out of the options' budget. For a model
+      that needs the instructions to read the trajectory's format.
+    - "keep": left in both options (version 1's presentation).
+    Either way the cut depends only on the two texts (the shared opening is symmetric in them) and the budget: the
+    same rule whichever context is the positive.
     """
-    budget = max_context_tokens // 2
-    first, second = (pair.positive, pair.negative) if positive_first else (pair.negative, pair.positive)
-    return PROMPT.format(query=pair.query, answer=pair.answer, option_1=truncate_middle(tokenizer, first, budget),
-                         option_2=truncate_middle(tokenizer, second, budget))
+    layout = _layout(pair, tokenizer, max_context_tokens, shared_prefix)
+    first, second = ("positive", "negative") if positive_first else ("negative", "positive")
+    return PROMPT.format(query=pair.query, answer=pair.answer, shared_opening=layout.shared_block,
+                         option_1=layout.options[first], option_2=layout.options[second])
 
 
-def present(pair: PairRecord, tokenizer: Any, positive_first: bool, max_context_tokens: int) -> Presentation:
+def _shown_tokens(offsets: Sequence[tuple[int, int]], spans: Spans) -> int:
+    """How many tokens (by their character offsets) lie wholly inside the shown ranges (adjacent ranges joined, so a
+    token across the end of a shown shared opening and the start of the shown rest counts)."""
+    merged: Spans = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return sum(any(start <= a and b <= end for start, end in merged) for a, b in offsets)
+
+
+def shown_fractions(pair: PairRecord, tokenizer: Any, max_context_tokens: int,
+                    shared_prefix: SharedPrefix = "omit") -> dict[str, float | int]:
+    """How much of each context the prompt shows (the same in both orders), as shares of the context's own tokens
+    (tokenized alone; a token counts when all its characters are shown):
+    `positive_rest` / `negative_rest`: of the context after the opening both share (the whole context when there is
+    none, or with shared_prefix="keep"; 1.0 when nothing is left after it); `positive_whole` / `negative_whole`: of
+    the whole context (a shared opening shown once counts as shown for both); `shared_opening_tokens`: the shared
+    opening's length in tokens (0 when none)."""
+    layout = _layout(pair, tokenizer, max_context_tokens, shared_prefix)
+    shared = layout.shared_chars
+    fractions: dict[str, float | int] = {
+        "shared_opening_tokens": len(_encode_content(tokenizer, pair.positive[:shared])) if shared else 0}
+    for name, context in (("positive", pair.positive), ("negative", pair.negative)):
+        for part, text, spans in (("rest", context[shared:], layout.rest_spans[name]),
+                                  ("whole", context, layout.whole_spans[name])):
+            _, offsets = _encode_content(tokenizer, text, offsets=True)
+            fractions[f"{name}_{part}"] = _shown_tokens(offsets, spans) / len(offsets) if offsets else 1.0
+    return fractions
+
+
+def present(pair: PairRecord, tokenizer: Any, positive_first: bool, max_context_tokens: int,
+            shared_prefix: SharedPrefix = "omit") -> Presentation:
     """The prompt ids for `pair` with the positive as option 1 (positive_first) or option 2: `prompt_text` as the
-    user turn of our chat template, ending with the opened assistant turn. max_context_tokens: as `prompt_text`."""
+    user turn of our chat template, ending with the opened assistant turn. max_context_tokens, shared_prefix: as
+    `prompt_text`."""
     from agent.chat_template import render
 
     option_ids = option_token_ids(tokenizer)
-    body = prompt_text(pair, tokenizer, positive_first, max_context_tokens)
+    body = prompt_text(pair, tokenizer, positive_first, max_context_tokens, shared_prefix)
     text = render(tokenizer, [{"role": "user", "content": _PLACEHOLDER}], add_generation_prompt=True,
                   enable_thinking=False)
     prefix, suffix = text.split(_PLACEHOLDER)
