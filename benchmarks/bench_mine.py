@@ -156,7 +156,7 @@ def main() -> None:
     parser.add_argument("--trajectories", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, default=None, help="Keep the input and output in this folder.")
-    parser.add_argument("--min-stage", default="related_issue")
+    parser.add_argument("--min-stage", default=None, help="Override the miner's min_stage (default: its own).")
     args = parser.parse_args()
 
     folder = args.keep or Path(tempfile.mkdtemp(prefix="bench_mine_"))
@@ -169,7 +169,9 @@ def main() -> None:
           f"{time.perf_counter() - started:.0f} s", flush=True)
 
     command = [sys.executable, "-m", "trainer.pairs", "mine", "-t", str(data), "--out", str(folder / "pairs.jsonl"),
-               "--seed", str(args.seed), "--min-stage", args.min_stage, "--report-dir", str(folder / "report")]
+               "--seed", str(args.seed), "--report-dir", str(folder / "report")]
+    if args.min_stage:
+        command += ["--min-stage", args.min_stage]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - started
