@@ -1,15 +1,19 @@
 """`python -m agent.collect`: G rollouts per task against one or more env servers, written as trajectory JSONL.
 
 Resumable: episodes already in the output file (by `episode_id`) are skipped on a rerun; an interrupted writer's
-half line is ignored. Sessions are spread over the env servers (least in flight first); a server at its session
-cap answers 429 and the client backs off. Ends with a summary: resolve rate, turns, tokens, errors and where the
-time went (engine, env server, agent).
+half line is ignored. Sessions are spread over the env servers by `agent.fleet.Fleet`: the live server with the most
+free capacity first; a server that stops answering leaves the rotation until its /healthz answers again, and a reset
+it fails is retried on another. With no server live, collection waits `--patience` seconds, then stops with an error
+naming each server and its last failure. A server at its session cap answers 429 and the client backs off. Ends
+with a summary: resolve rate, turns, tokens, errors, each env server's episodes, and where the time went (engine,
+env server, agent).
 """
 
 from __future__ import annotations
 
 import asyncio
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,30 +23,9 @@ from typing import Any, Optional
 import typer
 
 from agent.engines.base import ChatEngine, Engine
+from agent.fleet import Fleet, FleetConfig, FleetUnavailable, status_line, summary_lines
 from agent.loop import AgentConfig, run_episode
 from agent.trajectory import Trajectory, read_jsonl, write_jsonl
-from envserver.client import AsyncEnvClient
-
-
-class EnvPool:
-    """Several env servers; each new episode goes to the one with the fewest episodes in flight."""
-
-    def __init__(self, urls: Sequence[str], token: str | None = None):
-        if not urls:
-            raise ValueError("at least one --env-url is needed")
-        self.clients = [AsyncEnvClient(url, token=token) for url in urls]
-        self.in_flight = [0] * len(self.clients)
-
-    def acquire(self) -> int:
-        index = min(range(len(self.clients)), key=lambda i: self.in_flight[i])
-        self.in_flight[index] += 1
-        return index
-
-    def release(self, index: int) -> None:
-        self.in_flight[index] -= 1
-
-    async def close(self) -> None:
-        await asyncio.gather(*(client.aclose() for client in self.clients))
 
 
 @dataclass
@@ -61,6 +44,8 @@ class Summary:
     env_s: float = 0.0
     agent_s: float = 0.0
     wall_s: float = 0.0
+    env_servers: list[str] = field(default_factory=list)
+    """The fleet's lines at the end: live or dead (and why), episodes served and failed per env server."""
 
     def add(self, trajectory: Trajectory) -> None:
         self.episodes += 1
@@ -91,6 +76,7 @@ class Summary:
             f"{self.truncated or 'none'}",
             f"time: engine {100 * self.engine_s / busy:.1f}%, env server {100 * self.env_s / busy:.1f}%, "
             f"agent {100 * self.agent_s / busy:.1f}%",
+            *self.env_servers,
         ]
 
 
@@ -110,29 +96,34 @@ def done_episode_ids(out: Path) -> set[str]:
 
 async def collect(engine: Engine | ChatEngine, env_urls: Sequence[str], task_ids: Sequence[str], group_size: int,
                   out: Path, config: AgentConfig, tokenizer: Any = None, concurrency: int = 32,
-                  token: str | None = None, on_episode: Callable[[Trajectory], None] | None = None) -> Summary:
-    """Run every (task, group) episode not yet in `out`, `concurrency` at a time, appending each as it ends."""
+                  token: str | None = None, on_episode: Callable[[Trajectory], None] | None = None,
+                  fleet: Fleet | None = None, fleet_config: FleetConfig | None = None) -> Summary:
+    """Run every (task, group) episode not yet in `out`, `concurrency` at a time, appending each as it ends.
+
+    Episodes are routed by `fleet` (started and closed by the caller), else by a fleet of `env_urls` made here.
+    Raises `agent.fleet.FleetUnavailable` when no env server is live for the fleet's `patience_s`; the episodes
+    finished until then are in `out`, and a rerun resumes after them."""
     repair_jsonl(out)
     done = done_episode_ids(out)
     todo = [(task_id, group) for task_id in task_ids for group in range(group_size)
             if f"{task_id}/{group}" not in done]
     summary = Summary(skipped=len(task_ids) * group_size - len(todo))
-    pool = EnvPool(env_urls, token=token)
+    own_fleet = fleet is None
+    if fleet is None:
+        fleet = Fleet(env_urls, fleet_config, token=token)
+        await fleet.start()
+    routing = fleet
     semaphore = asyncio.Semaphore(concurrency)
     write_lock = asyncio.Lock()
     started = time.perf_counter()
 
     async def one(task_id: str, group: int) -> None:
         async with semaphore:
-            index = pool.acquire()
-            try:
-                episode_config = config
-                if config.seed is not None:  # distinct, reproducible seeds per rollout
-                    episode_config = AgentConfig(**{**config.__dict__, "seed": config.seed + 7919 * group})
-                trajectory = await run_episode(engine, pool.clients[index], task_id, episode_config,
-                                               tokenizer=tokenizer, group=group)
-            finally:
-                pool.release(index)
+            episode_config = config
+            if config.seed is not None:  # distinct, reproducible seeds per rollout
+                episode_config = AgentConfig(**{**config.__dict__, "seed": config.seed + 7919 * group})
+            trajectory = await routing.run(lambda env: run_episode(engine, env, task_id,  # type: ignore[arg-type]
+                                                                   episode_config, tokenizer=tokenizer, group=group))
             async with write_lock:  # one whole line at a time: a kill leaves at most one half line
                 write_jsonl(out, [trajectory])
                 summary.add(trajectory)
@@ -140,10 +131,17 @@ async def collect(engine: Engine | ChatEngine, env_urls: Sequence[str], task_ids
                     on_episode(trajectory)
 
     try:
-        await asyncio.gather(*(one(task_id, group) for task_id, group in todo))
+        # A TaskGroup: when the fleet gives up (FleetUnavailable), the waiting episodes are cancelled with it.
+        async with asyncio.TaskGroup() as group_of_episodes:
+            for task_id, group in todo:
+                group_of_episodes.create_task(one(task_id, group))
+    except BaseExceptionGroup as exc:
+        raise exc.exceptions[0] from None  # the first failure as itself (the others are its consequences)
     finally:
         summary.wall_s = time.perf_counter() - started
-        await pool.close()
+        summary.env_servers = summary_lines(fleet)
+        if own_fleet:
+            await fleet.aclose()
     return summary
 
 
@@ -187,21 +185,24 @@ def main(
     think_mode: str = typer.Option("keep", help="Earlier <think> blocks: keep or drop."),
     seed: Optional[int] = typer.Option(None, help="Base seed for reproducible sampling."),
     env_token: Optional[str] = typer.Option(None, envvar="ENVSERVER_AUTH_TOKEN", help="Env server bearer token."),
+    patience: float = typer.Option(FleetConfig.patience_s, help="Seconds to wait while no env server is live "
+                                   "before stopping with an error."),
 ) -> None:
     """Collect trajectories."""
     summary = run_cli(env_url, engine, engine_url, model, tokenizer, tasks, group_size, concurrency, out,
                       AgentConfig(max_turns=max_turns, max_context_tokens=max_context_tokens,
                                   max_tokens_per_turn=max_tokens_per_turn, temperature=temperature,
                                   think_mode=think_mode, seed=seed),  # type: ignore[arg-type]
-                      env_token)
+                      env_token, patience_s=patience)
     for line in summary.lines():
         typer.echo(line)
 
 
 def run_cli(env_urls: list[str], engine_kind: str, engine_url: str | None, model: str, tokenizer_path: Path | None,
             tasks: str, group_size: int, concurrency: int, out: Path, config: AgentConfig,
-            env_token: str | None) -> Summary:
-    """Shared by `agent.collect` and `agent.eval`: build the engine, run, show a progress bar."""
+            env_token: str | None, patience_s: float = FleetConfig.patience_s) -> Summary:
+    """Shared by `agent.collect` and `agent.eval`: build the engine, run, show a progress bar (with the env servers
+    live). No env server live for `patience_s`: the error and each server's state on stderr, exit status 1."""
     from tqdm import tqdm
 
     from agent.engines import load_tokenizer, make_engine
@@ -216,22 +217,32 @@ def run_cli(env_urls: list[str], engine_kind: str, engine_url: str | None, model
                                                                   for g in range(group_size)}),
                desc="episodes", unit="ep")
     resolved = 0
+    fleet = Fleet(env_urls, FleetConfig(patience_s=patience_s), token=env_token,
+                  log=lambda line: tqdm.write(line, file=sys.stderr))
 
     def tick(trajectory: Trajectory) -> None:
         nonlocal resolved
         resolved += bool(trajectory.resolved)
-        bar.set_postfix(resolved=resolved, refresh=False)
+        failed = sum(replica.failed for replica in fleet.replicas)
+        bar.set_postfix(resolved=resolved, env_live=status_line(fleet), env_failed=failed, refresh=False)
         bar.update(1)
 
     async def run() -> Summary:
         try:
-            return await collect(engine, env_urls, task_ids, group_size, out, config, tokenizer, concurrency,
-                                 env_token, on_episode=tick)
+            async with fleet:
+                return await collect(engine, env_urls, task_ids, group_size, out, config, tokenizer, concurrency,
+                                     env_token, on_episode=tick, fleet=fleet)
         finally:
             await engine.close()
 
     try:
         return asyncio.run(run())
+    except FleetUnavailable as exc:
+        bar.close()
+        for line in summary_lines(fleet):
+            typer.echo(line, err=True)
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     finally:
         bar.close()
 

@@ -81,24 +81,39 @@ EVAL_STEP = -1
 
 
 async def collect_rollouts(engine: Any, env_urls: list[str], task_ids: list[str], config: TrainerConfig,
-                           tokenizer: Any, step: int, group_size: int | None = None) -> list[Trajectory]:
-    """B × G episodes (G: `group_size`, default the config's), spread over the env servers; sampling seeds depend
-    only on (seed, step, task's place in `task_ids`, group)."""
+                           tokenizer: Any, step: int, group_size: int | None = None,
+                           log: Any = print) -> list[Trajectory]:
+    """B × G episodes (G: `group_size`, default the config's), spread over the env servers by `agent.fleet.Fleet`
+    (task i's episodes on `env_urls[i % n]`, where `announce_resets` started their containers, while that server is
+    live and has room; else on the live server with the most free capacity); sampling seeds depend only on (seed,
+    step, task's place in `task_ids`, group). Raises `FleetUnavailable` when no env server is live for its patience.
+    With several env servers, or any failure, logs each server's state and episodes."""
+    from agent.fleet import Fleet, summary_lines
+
     group_size = config.group_size if group_size is None else group_size
-    clients = [AsyncEnvClient(url) for url in env_urls]
     semaphore = asyncio.Semaphore(config.concurrency)
 
-    async def one(index: int, task_id: str, group: int) -> Trajectory:
-        settings = agent_config(config, seed=(config.seed * 1_000_003 + step * 10_007 + index * 101 + group) % 2**31)
-        async with semaphore:
-            return await run_episode(engine, clients[index % len(clients)], task_id, settings,
-                                     tokenizer=tokenizer, group=group)
+    async with Fleet(env_urls, log=log) as fleet:
+        async def one(index: int, task_id: str, group: int) -> Trajectory:
+            settings = agent_config(config, seed=(config.seed * 1_000_003 + step * 10_007 + index * 101 + group)
+                                    % 2**31)
+            async with semaphore:
+                return await fleet.run(lambda env: run_episode(engine, env, task_id, settings, tokenizer=tokenizer,
+                                                               group=group),
+                                       prefer=env_urls[index % len(env_urls)])
 
-    try:
-        return list(await asyncio.gather(*(one(i, task_id, g) for i, task_id in enumerate(task_ids)
-                                           for g in range(group_size))))
-    finally:
-        await asyncio.gather(*(client.aclose() for client in clients))
+        try:
+            # A TaskGroup: when the fleet gives up (FleetUnavailable), the waiting episodes are cancelled with it.
+            async with asyncio.TaskGroup() as episodes:
+                tasks = [episodes.create_task(one(i, task_id, g)) for i, task_id in enumerate(task_ids)
+                         for g in range(group_size)]
+        except BaseExceptionGroup as exc:
+            raise exc.exceptions[0] from None
+        finally:
+            if len(fleet.replicas) > 1 or any(r.failed or not r.live for r in fleet.replicas):
+                for line in summary_lines(fleet):
+                    log(f"step {step}: {line}" if step != EVAL_STEP else f"success eval: {line}")
+    return [task.result() for task in tasks]
 
 
 async def announce_resets(env_urls: list[str], task_ids: list[str], group_size: int, ttl_s: float = 600.0,
@@ -137,7 +152,7 @@ def evaluate_success(engine: Any, env_urls: list[str], task_ids: list[str], conf
     (`SUCCESS_EVAL_TASK_PREFIX` + task id)."""
     started = time.perf_counter()
     trajectories = runner.run(collect_rollouts(engine, env_urls, task_ids, config, tokenizer, EVAL_STEP,
-                                               group_size=config.success_eval_episodes))
+                                               group_size=config.success_eval_episodes, log=log))
     write_jsonl(config.output_dir / "eval-rollouts.jsonl", trajectories)
     by_task: dict[str, list[bool]] = {task_id: [] for task_id in task_ids}
     for trajectory in trajectories:
@@ -634,7 +649,7 @@ def _train_step(state: _RunState, step: int) -> dict[str, Any]:
     trajectories = None
     if main:
         trajectories = state.runner.run(collect_rollouts(state.engine, state.env_urls, task_ids, config,
-                                                         state.tokenizer, step))
+                                                         state.tokenizer, step, log=state.log))
         write_jsonl(config.output_dir / "rollouts.jsonl", trajectories)
         if config.announce_next_step and step + 1 < config.steps:
             # A peek (on a copy of the position): the next step takes exactly these.

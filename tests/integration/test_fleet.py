@@ -1,0 +1,244 @@
+"""Routing over env server replicas (`agent.fleet`): real env servers on loopback, a real `kill -9` of a server's
+process group mid-collection, a restart on the same port, and all of them killed.
+
+The engine is the replay engine (agent/engines/replay.py) playing `sleep 1` three times, so that episodes are in
+flight long enough to be cut by a kill. Two stand-ins, both tiny HTTP servers in this file: a replica whose /healthz
+answers but whose resets answer 503 (what an env server missing an image, or a proxy in front of a dead one,
+answers), and replicas of different `max_sessions` to check that routing fills them evenly — these test routing, not
+an env server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from agent.collect import collect
+from agent.engines.replay import ReplayEngine, tool_call_text
+from agent.fleet import Fleet, FleetConfig, FleetUnavailable
+from agent.loop import AgentConfig
+from agent.trajectory import read_jsonl
+from envserver.local import free_port
+from tests.conftest import ServerProcess, start_server, stop_server
+
+FAST = FleetConfig(patience_s=4.0, probe_interval_s=0.5, backoff_base_s=0.25, backoff_max_s=1.0)
+"""Probes and backoff fast enough for a test; patience short enough to wait out."""
+EPISODE = AgentConfig(max_turns=3, grade_on_truncation=False)
+"""Three `sleep 1` turns, no grading: a few seconds in flight per episode."""
+
+
+class FakeReplica:
+    """A loopback HTTP server that answers /healthz like an env server of `max_sessions` and every reset with 503."""
+
+    def __init__(self, max_sessions: int):
+        self.resets = 0
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, status: int, body: dict) -> None:  # type: ignore[type-arg]
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self._send(200, {"status": "ok", "server_name": "fake", "sessions": 0, "max_sessions": max_sessions,
+                                 "tasks": 8})
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                fake.resets += 1
+                self._send(503, {"error": {"type": "image_missing", "message": "no image for this task here"}})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fakes() -> Iterator[Callable[[int], FakeReplica]]:
+    made: list[FakeReplica] = []
+
+    def make(max_sessions: int) -> FakeReplica:
+        made.append(FakeReplica(max_sessions))
+        return made[-1]
+
+    yield make
+    for fake in made:
+        fake.close()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():  # type: ignore[no-untyped-def]
+    from agent.tokenizer import build_qwen3_tokenizer
+
+    return build_qwen3_tokenizer()
+
+
+def sleeper(tokenizer) -> ReplayEngine:  # type: ignore[no-untyped-def]
+    return ReplayEngine(tokenizer, [tool_call_text("execute_bash", command="sleep 1")])
+
+
+async def until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def kill_9(server: ServerProcess) -> None:
+    os.killpg(server.process.pid, signal.SIGKILL)  # the server's own process group: no chance to clean up
+    server.process.wait()
+
+
+async def test_routing_fills_replicas_of_different_sizes_evenly_and_skips_dead_ones(fakes) -> None:  # type: ignore[no-untyped-def]
+    small, large = fakes(2), fakes(6)
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with Fleet([small.url, dead, large.url], FAST, log=lambda _: None) as fleet:
+        assert [r.live for r in fleet.replicas] == [True, False, True]
+        assert "ConnectError" in (fleet.by_url(dead).last_failure or "")  # type: ignore[union-attr]
+        taken = [await fleet.acquire() for _ in range(8)]
+        assert [r.url for r in taken].count(small.url) == 2 and [r.url for r in taken].count(large.url) == 6
+        for replica in taken:
+            await fleet.release(replica)
+        # A preferred replica (the trainer's announced one) is used while it is live and has room.
+        assert (await fleet.acquire(prefer=small.url)).url == small.url
+        assert (await fleet.acquire(prefer=dead)).url != dead
+
+
+async def test_no_live_replica_stops_collection_within_patience(tokenizer, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    urls = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    out = tmp_path / "out.jsonl"
+    logged: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(FleetUnavailable) as caught:
+        async with Fleet(urls, FAST, log=logged.append) as fleet:
+            await collect(sleeper(tokenizer), urls, ["contextrl-samples__minicalc-1"], 50, out, EPISODE, tokenizer,
+                          concurrency=8, fleet=fleet)
+    elapsed = time.monotonic() - started
+    assert elapsed < FAST.patience_s + 3, f"took {elapsed:.1f} s for a patience of {FAST.patience_s} s"
+    message = str(caught.value)
+    assert all(url in message for url in urls) and "ConnectError" in message
+    assert any("no env server is live" in line for line in logged)
+    assert not out.exists() or not list(read_jsonl(out)), "no masked episodes are written"
+
+
+@pytest.mark.docker
+def test_a_replica_answering_503_to_resets_is_routed_around(sample_images, sample_tasks, tokenizer, fakes,  # type: ignore[no-untyped-def]
+                                                            tmp_path):
+    server = start_server(tmp_path)
+    refusing = fakes(1000)  # the most free capacity: routing tries it first
+    out = tmp_path / "out.jsonl"
+    try:
+        async def run() -> tuple[Fleet, object]:
+            async with Fleet([refusing.url, server.url], FAST, log=lambda _: None) as fleet:
+                summary = await collect(sleeper(tokenizer), [], [sample_tasks[0].instance_id], 3, out,
+                                        AgentConfig(max_turns=1, grade_on_truncation=False), tokenizer,
+                                        concurrency=3, fleet=fleet)
+                return fleet, summary
+
+        fleet, summary = asyncio.run(run())
+        bad, good = fleet.replicas
+        assert summary.infra_failures == 0 and summary.episodes == 3  # type: ignore[attr-defined]
+        assert refusing.resets >= 1 and bad.failed >= 1 and "503" in (bad.last_failure or "")
+        assert good.served == 3 and bad.served == 0
+        assert any("503" in line for line in summary.lines())  # type: ignore[attr-defined]
+    finally:
+        stop_server(server)
+
+
+@pytest.mark.docker
+def test_kill_one_of_three_mid_collection_then_it_comes_back_then_all_die(sample_images, sample_tasks,  # type: ignore[no-untyped-def]
+                                                                         tokenizer, tmp_path):
+    servers = [start_server(tmp_path) for _ in range(3)]
+    task_ids = [task.instance_id for task in sample_tasks[:2]]
+    logged: list[str] = []
+    try:
+        async def scenario() -> None:
+            async with Fleet([s.url for s in servers], FAST, log=logged.append) as fleet:
+                victim = fleet.by_url(servers[2].url)
+                assert victim is not None
+                # 1. kill -9 of one replica while every replica holds sessions.
+                out = tmp_path / "first.jsonl"
+                collection = asyncio.create_task(collect(sleeper(tokenizer), [], task_ids, 4, out, EPISODE,
+                                                         tokenizer, concurrency=6, fleet=fleet))
+                await until(lambda: all(r.open_sessions >= 1 for r in fleet.replicas), 90, "sessions everywhere")
+                in_flight_on_victim = victim.in_flight
+                kill_9(servers[2])
+                summary = await collection
+                records = list(read_jsonl(out))
+                assert len(records) == 8 and summary.episodes == 8
+                failures = [r for r in records if r.infra_failure]
+                assert 1 <= len(failures) <= in_flight_on_victim, (in_flight_on_victim, summary.lines())
+                assert all(r.infra_reason and r.infra_reason.startswith("env:") for r in failures)
+                assert not victim.live and victim.failed == len(failures)
+                assert any("out of rotation" in line for line in logged)
+                assert any("dead" in line for line in summary.lines())
+
+                # 2. The replica comes back (same port, same name): it is probed back in and used again.
+                servers[2] = await asyncio.to_thread(start_server, tmp_path, name=servers[2].name,
+                                                     port=servers[2].port)
+                await until(lambda: victim.live, 15, "the restarted replica back in rotation")
+                served_before = victim.served
+                again = await collect(sleeper(tokenizer), [], task_ids[:1], 3, tmp_path / "second.jsonl",
+                                      AgentConfig(max_turns=1, grade_on_truncation=False), tokenizer,
+                                      concurrency=3, fleet=fleet)
+                assert again.infra_failures == 0 and victim.served > served_before
+
+                # 3. Every replica killed: new episodes wait, then a clear error within the patience.
+                for server in servers:
+                    kill_9(server)
+                started = time.monotonic()
+                with pytest.raises(FleetUnavailable) as caught:
+                    await collect(sleeper(tokenizer), [], task_ids, 4, tmp_path / "third.jsonl", EPISODE, tokenizer,
+                                  concurrency=6, fleet=fleet)
+                assert time.monotonic() - started < FAST.patience_s + 8
+                assert all(server.url in str(caught.value) for server in servers)
+                assert not (tmp_path / "third.jsonl").exists() or not list(read_jsonl(tmp_path / "third.jsonl"))
+
+        asyncio.run(scenario())
+    finally:
+        for server in servers:
+            stop_server(server)
+            for container in server.containers():
+                container.remove(force=True)
+
+
+def test_collect_cli_stops_with_a_clear_error_when_no_env_server_answers(tmp_path):  # type: ignore[no-untyped-def]
+    """`python -m agent.collect` with every --env-url down: exit status 1 within --patience, stderr naming each
+    server and its last failure, no episodes written."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    urls = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    out = tmp_path / "out.jsonl"
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "agent.collect", *(a for url in urls for a in ("--env-url", url)),
+                           "--engine", "openai", "--engine-url", "http://127.0.0.1:9/v1", "--model", "m",
+                           "--tasks", "contextrl-samples__minicalc-1", "--group-size", "20", "--out", str(out),
+                           "--patience", "2"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "error: no env server answered for 2 s" in proc.stderr and "Traceback" not in proc.stderr
+    assert all(f"{url}: dead" in proc.stderr for url in urls), proc.stderr[-3000:]
+    assert not out.exists() or not list(read_jsonl(out))
+    assert time.monotonic() - started < 60
