@@ -4,9 +4,11 @@ Resumable: episodes already in the output file (by `episode_id`) are skipped on 
 half line is ignored. Sessions are spread over the env servers by `agent.fleet.Fleet`: the live server with the most
 free capacity first; a server that stops answering leaves the rotation until its /healthz answers again, and a reset
 it fails is retried on another. With no server live, collection waits `--patience` seconds, then stops with an error
-naming each server and its last failure. A server at its session cap answers 429 and the client backs off. Ends
-with a summary: resolve rate, turns, tokens, errors, each env server's episodes, and where the time went (engine,
-env server, agent).
+naming each server and its last failure. A server at its session cap answers 429 and the client backs off. An episode
+lost with its server (a kill mid-episode) is written as an infra failure marked `replayed` under its own id
+(`task/group@lost0`) and, unless `--no-replay-lost`, played again from its reset with the same seed on a live server
+(at most `FleetConfig.lost_replays` times), so every task still gets its G rollouts. Ends with a summary: resolve
+rate, turns, tokens, errors, each env server's episodes, and where the time went (engine, env server, agent).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class Summary:
     resolved: int = 0
     graded: int = 0
     infra_failures: int = 0
+    lost_replayed: int = 0
+    """Attempts lost with their env server and then played again (written, marked `replayed`, not counted above)."""
     errors: int = 0
     truncated: dict[str, int] = field(default_factory=dict)
     malformed_tool_calls: int = 0
@@ -70,7 +74,7 @@ class Summary:
             f"({60 * self.episodes / max(self.wall_s, 1e-9):.1f} episodes/min)",
             f"resolve rate: {self.resolved}/{self.graded} graded "
             f"({100 * self.resolved / max(self.graded, 1):.1f}%); infra failures: {self.infra_failures}; "
-            f"agent errors: {self.errors}",
+            f"lost with their env server and replayed: {self.lost_replayed}; agent errors: {self.errors}",
             f"turns: mean {mean(self.turns):.1f}, max {max(self.turns, default=0)}; tokens per episode: mean "
             f"{mean(self.tokens):.0f}; malformed tool calls: {self.malformed_tool_calls}; truncated: "
             f"{self.truncated or 'none'}",
@@ -94,17 +98,54 @@ def done_episode_ids(out: Path) -> set[str]:
     return {record.episode_id for record in read_jsonl(out)} if out.exists() else set()
 
 
+LOST_MARK = "@lost"
+"""Between an episode's id and the attempt number in the id of an attempt lost with its env server and replayed."""
+
+
+def is_replayed_attempt(trajectory: Trajectory) -> bool:
+    """An attempt lost with its env server and played again: kept in the file, never its group's rollout."""
+    return bool((trajectory.model_extra or {}).get("replayed"))
+
+
+def mark_lost_attempt(trajectory: Trajectory, attempt: int) -> None:
+    """Give a lost attempt its own id, so a resumed collection does not take it for the episode's rollout."""
+    episode_id = trajectory.episode_id
+    trajectory.episode_id = f"{episode_id}{LOST_MARK}{attempt}"
+    trajectory.attempt = attempt  # type: ignore[attr-defined]  # extra keys are allowed on a Trajectory
+    trajectory.replayed = True  # type: ignore[attr-defined]
+
+
+def mark_replay(trajectory: Trajectory, attempt: int) -> None:
+    """Name the lost attempt a replay stands for (`attempt` > 0)."""
+    trajectory.attempt = attempt  # type: ignore[attr-defined]
+    trajectory.replay_of = f"{trajectory.episode_id}{LOST_MARK}{attempt - 1}"  # type: ignore[attr-defined]
+
+
+def lost_attempts(out: Path) -> dict[str, int]:
+    """Per episode id, its lost attempts already in `out`: a resumed collection numbers its next attempt after them
+    and counts them against `lost_replays`, so it neither replays an episode twice nor past the bound."""
+    counts: dict[str, int] = {}
+    for record in (read_jsonl(out) if out.exists() else ()):
+        if is_replayed_attempt(record):
+            base = record.episode_id.rsplit(LOST_MARK, 1)[0]
+            counts[base] = counts.get(base, 0) + 1
+    return counts
+
+
 async def collect(engine: Engine | ChatEngine, env_urls: Sequence[str], task_ids: Sequence[str], group_size: int,
                   out: Path, config: AgentConfig, tokenizer: Any = None, concurrency: int = 32,
                   token: str | None = None, on_episode: Callable[[Trajectory], None] | None = None,
-                  fleet: Fleet | None = None, fleet_config: FleetConfig | None = None) -> Summary:
+                  fleet: Fleet | None = None, fleet_config: FleetConfig | None = None,
+                  replay_lost: bool = True) -> Summary:
     """Run every (task, group) episode not yet in `out`, `concurrency` at a time, appending each as it ends.
 
     Episodes are routed by `fleet` (started and closed by the caller), else by a fleet of `env_urls` made here.
     Raises `agent.fleet.FleetUnavailable` when no env server is live for the fleet's `patience_s`; the episodes
-    finished until then are in `out`, and a rerun resumes after them."""
+    finished until then are in `out`, and a rerun resumes after them. `replay_lost`: an episode lost with its env
+    server is written (marked `replayed`) and played again, at most the fleet's `lost_replays` times in all."""
     repair_jsonl(out)
     done = done_episode_ids(out)
+    earlier_lost = lost_attempts(out)
     todo = [(task_id, group) for task_id in task_ids for group in range(group_size)
             if f"{task_id}/{group}" not in done]
     summary = Summary(skipped=len(task_ids) * group_size - len(todo))
@@ -113,6 +154,7 @@ async def collect(engine: Engine | ChatEngine, env_urls: Sequence[str], task_ids
         fleet = Fleet(env_urls, fleet_config, token=token)
         await fleet.start()
     routing = fleet
+    allowed = fleet.config.lost_replays if replay_lost else 0
     semaphore = asyncio.Semaphore(concurrency)
     write_lock = asyncio.Lock()
     started = time.perf_counter()
@@ -122,8 +164,22 @@ async def collect(engine: Engine | ChatEngine, env_urls: Sequence[str], task_ids
             episode_config = config
             if config.seed is not None:  # distinct, reproducible seeds per rollout
                 episode_config = AgentConfig(**{**config.__dict__, "seed": config.seed + 7919 * group})
-            trajectory = await routing.run(lambda env: run_episode(engine, env, task_id,  # type: ignore[arg-type]
-                                                                   episode_config, tokenizer=tokenizer, group=group))
+            async def play(env: Any) -> Trajectory:
+                trajectory = await run_episode(engine, env, task_id, episode_config, tokenizer=tokenizer, group=group)
+                if env.attempt > 0:
+                    mark_replay(trajectory, env.attempt)
+                return trajectory
+
+            async def keep_lost(trajectory: Trajectory, attempt: int) -> None:
+                mark_lost_attempt(trajectory, attempt)
+                async with write_lock:  # written before its replay starts: a kill then leaves the count right
+                    write_jsonl(out, [trajectory])
+                    summary.lost_replayed += 1
+
+            prior = earlier_lost.get(f"{task_id}/{group}", 0)
+            # The same episode_config, so the same seed: a replay samples as the lost attempt would have.
+            trajectory = await routing.run(play, replays=max(0, allowed - prior), on_lost=keep_lost,
+                                           first_attempt=prior)
             async with write_lock:  # one whole line at a time: a kill leaves at most one half line
                 write_jsonl(out, [trajectory])
                 summary.add(trajectory)
@@ -163,12 +219,20 @@ def resolve_task_ids(tasks: str, env_url: str, token: str | None = None) -> list
     return [item.strip() for item in tasks.split(",") if item.strip()]
 
 
+def read_url_file(path: Path) -> list[str]:
+    """Env server URLs, one a line; blank lines and `#` comments skipped (one file for a fleet's hosts)."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
 app = typer.Typer(add_completion=False)
 
 
 @app.command()
 def main(
-    env_url: list[str] = typer.Option(..., "--env-url", help="Env server URL (repeat for several)."),
+    env_url: list[str] = typer.Option([], "--env-url", help="Env server URL (repeat for several)."),
+    env_urls_file: Optional[Path] = typer.Option(None, help="A file of env server URLs, one a line (`#` starts a "
+                                                 "comment); added to any --env-url."),
     engine: str = typer.Option("vllm", help="Engine: vllm, hf or openai."),
     engine_url: Optional[str] = typer.Option(None, help="Engine endpoint, e.g. http://HOST:8001/v1."),
     model: str = typer.Option(..., help="Model name served by the engine (hf: a local model directory)."),
@@ -187,20 +251,25 @@ def main(
     env_token: Optional[str] = typer.Option(None, envvar="ENVSERVER_AUTH_TOKEN", help="Env server bearer token."),
     patience: float = typer.Option(FleetConfig.patience_s, help="Seconds to wait while no env server is live "
                                    "before stopping with an error."),
+    replay_lost: bool = typer.Option(True, help="Play an episode lost with its env server again from its reset on a "
+                                     "live one (same seed; the lost attempt stays in --out, marked `replayed`)."),
 ) -> None:
     """Collect trajectories."""
+    env_url = env_url + (read_url_file(env_urls_file) if env_urls_file else [])
+    if not env_url:
+        raise typer.BadParameter("give --env-url (repeat for several) or --env-urls-file")
     summary = run_cli(env_url, engine, engine_url, model, tokenizer, tasks, group_size, concurrency, out,
                       AgentConfig(max_turns=max_turns, max_context_tokens=max_context_tokens,
                                   max_tokens_per_turn=max_tokens_per_turn, temperature=temperature,
                                   think_mode=think_mode, seed=seed),  # type: ignore[arg-type]
-                      env_token, patience_s=patience)
+                      env_token, patience_s=patience, replay_lost=replay_lost)
     for line in summary.lines():
         typer.echo(line)
 
 
 def run_cli(env_urls: list[str], engine_kind: str, engine_url: str | None, model: str, tokenizer_path: Path | None,
             tasks: str, group_size: int, concurrency: int, out: Path, config: AgentConfig,
-            env_token: str | None, patience_s: float = FleetConfig.patience_s) -> Summary:
+            env_token: str | None, patience_s: float = FleetConfig.patience_s, replay_lost: bool = True) -> Summary:
     """Shared by `agent.collect` and `agent.eval`: build the engine, run, show a progress bar (with the env servers
     live). No env server live for `patience_s`: the error and each server's state on stderr, exit status 1."""
     from tqdm import tqdm
@@ -231,7 +300,7 @@ def run_cli(env_urls: list[str], engine_kind: str, engine_url: str | None, model
         try:
             async with fleet:
                 return await collect(engine, env_urls, task_ids, group_size, out, config, tokenizer, concurrency,
-                                     env_token, on_episode=tick, fleet=fleet)
+                                     env_token, on_episode=tick, fleet=fleet, replay_lost=replay_lost)
         finally:
             await engine.close()
 

@@ -5,7 +5,9 @@ episode to the live replica with the most free capacity. A replica leaves the ro
 answer like 503, is probed in the background (`/healthz`, with backoff) and rejoins when it answers. A reset that
 fails that way is retried on another live replica: no session exists yet, so nothing runs twice (DESIGN 11). When no
 replica is live, `acquire` waits up to `patience_s` and then raises `FleetUnavailable` naming every replica and its
-last failure, so a dead fleet stops a collection instead of masking thousands of episodes.
+last failure, so a dead fleet stops a collection instead of masking thousands of episodes. An episode lost with its
+replica (its session existed, then the replica failed) can be played again from its reset on a live replica
+(`run(..., replays=n)`): the caller keeps the lost attempt (`on_lost`) and the replay sees `env.attempt`.
 
     async with Fleet(urls) as fleet:
         trajectory = await fleet.run(lambda env: run_episode(engine, env, task_id, config, tokenizer))
@@ -50,6 +52,9 @@ class FleetConfig:
     as an infra failure (a replica whose /healthz answers but whose resets fail would otherwise loop forever)."""
     reset_retries: int = 1
     """Retries of a reset on the same replica (a dropped keep-alive) before it is tried on another replica."""
+    lost_replays: int = 2
+    """Most replays of one episode lost with its replica (when the caller asks for replays); a bound, so that an
+    episode that itself kills replicas cannot take the whole fleet down one replica at a time."""
 
 
 @dataclass
@@ -135,6 +140,10 @@ class Fleet:
         self._down_since: float | None = None
         self._live_again = asyncio.Event()  # set when a replica comes back after the whole fleet was down
         self._watchers: list[asyncio.Task[None]] = []
+        self.lost = 0
+        """Episodes lost with their replica (session opened, then the replica failed), replayed or not."""
+        self.replayed = 0
+        """Replays started for lost episodes."""
 
     async def __aenter__(self) -> "Fleet":
         await self.start()
@@ -264,34 +273,59 @@ class Fleet:
 
     # -- episodes --------------------------------------------------------------------------------------------------
 
-    async def run(self, play: Callable[["RoutedEnv"], Awaitable[T]], prefer: str | None = None) -> T:
+    async def run(self, play: Callable[["RoutedEnv"], Awaitable[T]], prefer: str | None = None, replays: int = 0,
+                  on_lost: Callable[[T, int], Awaitable[None]] | None = None, first_attempt: int = 0) -> T:
         """`play(env)` on a live replica (`env` routes the reset and then sticks to the replica holding the session).
         An episode whose reset failed on every live replica waits for a live one again (at most `reset_rounds`
-        times): it never started, so it is not lost."""
+        times): it never started, so it is not lost. An episode lost with its replica is played again from its
+        reset, up to `replays` times (`env.attempt` counts from `first_attempt`); each lost attempt that a replay
+        follows goes to `on_lost(result, attempt)` first, so the caller can keep it. The last attempt is returned,
+        lost or not."""
+        attempt = first_attempt
+        while True:
+            result, lost = await self._play_once(play, prefer, attempt)
+            if lost:
+                self.lost += 1
+            if not lost or attempt - first_attempt >= replays:
+                return result
+            if on_lost is not None:
+                await on_lost(result, attempt)
+            self.replayed += 1
+            attempt += 1
+
+    async def _play_once(self, play: Callable[["RoutedEnv"], Awaitable[T]], prefer: str | None,
+                         attempt: int) -> tuple[T, bool]:
         rounds = max(1, self.config.reset_rounds)
         for round_ in range(rounds):
             replica = await self.acquire(prefer)
-            env = RoutedEnv(self, replica, last_round=round_ + 1 == rounds)
+            env = RoutedEnv(self, replica, last_round=round_ + 1 == rounds, attempt=attempt)
             try:
                 result = await play(env)
             finally:
                 await env.end()
             if not env.reset_failed_everywhere:
                 break
-        return result
+        return result, env.lost
 
 
 class RoutedEnv:
     """The env client of one episode (what `run_episode` calls): the reset goes to the acquired replica, or to
     another live one when that one cannot take it; steps and the rest go to the replica holding the session."""
 
-    def __init__(self, fleet: Fleet, replica: Replica, last_round: bool = True):
+    def __init__(self, fleet: Fleet, replica: Replica, last_round: bool = True, attempt: int = 0):
         self.fleet = fleet
+        self.attempt = attempt
+        """0 for an episode's first play, n for its n-th replay after it was lost with its replica."""
         self.replica = replica
         self.session_opened = False
         self.env_failed = False
         self.reset_failed_everywhere = False
         self.last_round = last_round
+
+    @property
+    def lost(self) -> bool:
+        """Its session existed and its replica failed: the episode was cut by the replica, not by the agent."""
+        return self.session_opened and self.env_failed
 
     async def reset(self, task_id: str, max_steps: int | None = None) -> ResetResponse:
         tried: list[Replica] = []
@@ -365,4 +399,6 @@ def status_line(fleet: Fleet) -> str:
 def summary_lines(fleet: Fleet) -> list[str]:
     """One line for the fleet and one per replica: live or dead (and why), episodes served and failed."""
     dead = len(fleet.replicas) - len(fleet.live())
-    return [f"env servers: {len(fleet.live())} live, {dead} dead"] + [f"  {r.describe()}" for r in fleet.replicas]
+    lost = f"; {fleet.lost} episodes lost with their replica, {fleet.replayed} replayed" if fleet.lost else ""
+    return [f"env servers: {len(fleet.live())} live, {dead} dead{lost}"] + [f"  {r.describe()}"
+                                                                            for r in fleet.replicas]

@@ -124,6 +124,8 @@ class TrainerConfig(BaseModel):
     GRPO update (`grpo.updates_per_step` × `grpo.minibatches`) when that is 0."""
     concurrency: int = 8
     """Episodes in flight while collecting."""
+    replay_lost_episodes: bool = True
+    """Replay an episode lost with its env server (same seed, a live server) so its group keeps G rollouts."""
     announce_next_step: bool = True
     """Once a step's rollouts are in, tell the env servers the next step's B × G resets (`POST /v1/prefetch`), so
     their containers start while the step trains."""

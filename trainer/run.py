@@ -86,21 +86,38 @@ async def collect_rollouts(engine: Any, env_urls: list[str], task_ids: list[str]
     """B × G episodes (G: `group_size`, default the config's), spread over the env servers by `agent.fleet.Fleet`
     (task i's episodes on `env_urls[i % n]`, where `announce_resets` started their containers, while that server is
     live and has room; else on the live server with the most free capacity); sampling seeds depend only on (seed,
-    step, task's place in `task_ids`, group). Raises `FleetUnavailable` when no env server is live for its patience.
+    step, task's place in `task_ids`, group). With `replay_lost_episodes`, an episode lost with its env server is
+    played again (same seed) on a live one; the lost attempt comes back too, marked `replayed` (before its replay;
+    `rollouts_for_batch` leaves it out). Raises `FleetUnavailable` when no env server is live for its patience.
     With several env servers, or any failure, logs each server's state and episodes."""
+    from agent.collect import mark_lost_attempt, mark_replay
     from agent.fleet import Fleet, summary_lines
 
     group_size = config.group_size if group_size is None else group_size
     semaphore = asyncio.Semaphore(config.concurrency)
 
     async with Fleet(env_urls, log=log) as fleet:
-        async def one(index: int, task_id: str, group: int) -> Trajectory:
+        replays = fleet.config.lost_replays if config.replay_lost_episodes else 0
+
+        async def one(index: int, task_id: str, group: int) -> list[Trajectory]:
             settings = agent_config(config, seed=(config.seed * 1_000_003 + step * 10_007 + index * 101 + group)
                                     % 2**31)
+            lost: list[Trajectory] = []
+
+            async def play(env: Any) -> Trajectory:
+                trajectory = await run_episode(engine, env, task_id, settings, tokenizer=tokenizer, group=group)
+                if env.attempt > 0:
+                    mark_replay(trajectory, env.attempt)
+                return trajectory
+
+            async def keep_lost(trajectory: Trajectory, attempt: int) -> None:
+                mark_lost_attempt(trajectory, attempt)
+                lost.append(trajectory)
+
             async with semaphore:
-                return await fleet.run(lambda env: run_episode(engine, env, task_id, settings, tokenizer=tokenizer,
-                                                               group=group),
-                                       prefer=env_urls[index % len(env_urls)])
+                final = await fleet.run(play, prefer=env_urls[index % len(env_urls)], replays=replays,
+                                        on_lost=keep_lost)
+            return [*lost, final]
 
         try:
             # A TaskGroup: when the fleet gives up (FleetUnavailable), the waiting episodes are cancelled with it.
@@ -113,7 +130,15 @@ async def collect_rollouts(engine: Any, env_urls: list[str], task_ids: list[str]
             if len(fleet.replicas) > 1 or any(r.failed or not r.live for r in fleet.replicas):
                 for line in summary_lines(fleet):
                     log(f"step {step}: {line}" if step != EVAL_STEP else f"success eval: {line}")
-    return [task.result() for task in tasks]
+    return [trajectory for task in tasks for trajectory in task.result()]
+
+
+def rollouts_for_batch(trajectories: list[Trajectory]) -> list[Trajectory]:
+    """The group's rollouts: every trajectory but the attempts lost with their env server and replayed (those are
+    written to the rollouts file, never trained on or scored)."""
+    from agent.collect import is_replayed_attempt
+
+    return [trajectory for trajectory in trajectories if not is_replayed_attempt(trajectory)]
 
 
 async def announce_resets(env_urls: list[str], task_ids: list[str], group_size: int, ttl_s: float = 600.0,
@@ -154,11 +179,15 @@ def evaluate_success(engine: Any, env_urls: list[str], task_ids: list[str], conf
     trajectories = runner.run(collect_rollouts(engine, env_urls, task_ids, config, tokenizer, EVAL_STEP,
                                                group_size=config.success_eval_episodes, log=log))
     write_jsonl(config.output_dir / "eval-rollouts.jsonl", trajectories)
+    lost_replayed = len(trajectories)
+    trajectories = rollouts_for_batch(trajectories)
+    lost_replayed -= len(trajectories)
     by_task: dict[str, list[bool]] = {task_id: [] for task_id in task_ids}
     for trajectory in trajectories:
         by_task[trajectory.task_id].append(bool(trajectory.resolved))
     row: dict[str, Any] = {"success_eval": sum(map(sum, by_task.values())) / len(trajectories),
                            "success_eval_infra_failures": sum(t.infra_failure for t in trajectories),
+                           "success_eval_lost_replayed": lost_replayed,
                            "success_eval_s": time.perf_counter() - started,
                            **{SUCCESS_EVAL_TASK_PREFIX + task_id: sum(v) / len(v) for task_id, v in by_task.items()}}
     log(f"success eval ({len(task_ids)} tasks × {config.success_eval_episodes} episodes, fixed seeds): "
@@ -656,6 +685,11 @@ def _train_step(state: _RunState, step: int) -> dict[str, Any]:
             upcoming = take(state.task_pool, config.tasks_per_step, config.seed, dict(state.position), "task")
             state.runner.run(announce_resets(state.env_urls, upcoming, config.group_size))
     trajectories = broadcast_object(trajectories, state.ctx)
+    # Attempts lost with their env server are in rollouts.jsonl; the batch, its groups and the metrics take only the
+    # rollouts (their replays), so a group keeps G columns.
+    lost_replayed = len(trajectories)
+    trajectories = rollouts_for_batch(trajectories)
+    lost_replayed -= len(trajectories)
     rollout_s = time.perf_counter() - started
     batch = build_batch(trajectories, state.tokenizer.pad_token_id, mode=config.grpo.advantage,
                         scale_by_std=config.grpo.scale_by_std, mask_truncated=config.grpo.mask_truncated,
@@ -684,7 +718,7 @@ def _train_step(state: _RunState, step: int) -> dict[str, Any]:
     rewards = [t.reward for t in trajectories if t.reward is not None]
     row = {"step": step + 1, "reward": statistics.fmean(rewards) if rewards else float("nan"),
            "success_rate": sum(bool(t.resolved) for t in trajectories) / len(trajectories),
-           "infra_failures": sum(t.infra_failure for t in trajectories),
+           "infra_failures": sum(t.infra_failure for t in trajectories), "lost_replayed": lost_replayed,
            "truncated": sum(t.truncation is not None for t in trajectories),
            "malformed_episodes": sum(bool(t.malformed_tool_calls) for t in trajectories),
            "malformed_successes": sum(bool(t.malformed_tool_calls and t.resolved) for t in trajectories),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -21,11 +22,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from agent.collect import collect
+from agent.collect import collect, done_episode_ids, is_replayed_attempt, lost_attempts, mark_lost_attempt, mark_replay
 from agent.engines.replay import ReplayEngine, tool_call_text
 from agent.fleet import Fleet, FleetConfig, FleetUnavailable
 from agent.loop import AgentConfig
-from agent.trajectory import read_jsonl
+from agent.trajectory import Trajectory, read_jsonl, write_jsonl
 from envserver.local import free_port
 from tests.conftest import ServerProcess, start_server, stop_server
 
@@ -176,7 +177,8 @@ def test_kill_one_of_three_mid_collection_then_it_comes_back_then_all_die(sample
             async with Fleet([s.url for s in servers], FAST, log=logged.append) as fleet:
                 victim = fleet.by_url(servers[2].url)
                 assert victim is not None
-                # 1. kill -9 of one replica while every replica holds sessions.
+                # 1. kill -9 of one replica while every replica holds sessions: its episodes are lost, written as
+                # infra failures marked `replayed`, and played again on the live replicas (replay is the default).
                 out = tmp_path / "first.jsonl"
                 collection = asyncio.create_task(collect(sleeper(tokenizer), [], task_ids, 4, out, EPISODE,
                                                          tokenizer, concurrency=6, fleet=fleet))
@@ -185,13 +187,28 @@ def test_kill_one_of_three_mid_collection_then_it_comes_back_then_all_die(sample
                 kill_9(servers[2])
                 summary = await collection
                 records = list(read_jsonl(out))
-                assert len(records) == 8 and summary.episodes == 8
-                failures = [r for r in records if r.infra_failure]
-                assert 1 <= len(failures) <= in_flight_on_victim, (in_flight_on_victim, summary.lines())
-                assert all(r.infra_reason and r.infra_reason.startswith("env:") for r in failures)
-                assert not victim.live and victim.failed == len(failures)
+                lost = [r for r in records if is_replayed_attempt(r)]
+                rollouts = [r for r in records if not is_replayed_attempt(r)]
+                assert 1 <= len(lost) <= in_flight_on_victim, (in_flight_on_victim, summary.lines())
+                assert len(records) == 8 + len(lost) and summary.episodes == 8
+                # Every task keeps its G rollouts, none of them failed: the group is whole.
+                assert sorted(r.episode_id for r in rollouts) == sorted(f"{t}/{g}" for t in task_ids for g in range(4))
+                assert not any(r.infra_failure for r in rollouts) and summary.infra_failures == 0
+                assert all(r.infra_failure and r.infra_reason and r.infra_reason.startswith("env:") for r in lost)
+                assert all(r.episode_id.endswith("@lost0") and r.model_extra["attempt"] == 0 for r in lost)
+                replays = {r.model_extra["replay_of"]: r for r in rollouts if "replay_of" in (r.model_extra or {})}
+                assert set(replays) == {r.episode_id for r in lost}
+                assert all(r.model_extra["attempt"] == 1 for r in replays.values())
+                assert summary.lost_replayed == len(lost) == fleet.lost == fleet.replayed
+                # `failed` also counts a reset on its way to the victim at the kill (rerouted, not lost).
+                assert not victim.live and victim.failed >= len(lost)
                 assert any("out of rotation" in line for line in logged)
                 assert any("dead" in line for line in summary.lines())
+                assert any(f"{len(lost)} replayed" in line for line in summary.lines())
+                # A rerun on the same file resumes: nothing is played again, the lost attempts stay as they were.
+                resumed = await collect(sleeper(tokenizer), [], task_ids, 4, out, EPISODE, tokenizer, concurrency=6,
+                                        fleet=fleet)
+                assert resumed.episodes == 0 and resumed.skipped == 8 and list(read_jsonl(out)) == records
 
                 # 2. The replica comes back (same port, same name): it is probed back in and used again.
                 servers[2] = await asyncio.to_thread(start_server, tmp_path, name=servers[2].name,
@@ -222,6 +239,29 @@ def test_kill_one_of_three_mid_collection_then_it_comes_back_then_all_die(sample
                 container.remove(force=True)
 
 
+def test_a_resume_counts_lost_attempts_but_never_as_the_rollout(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A collection killed after writing a lost attempt (before its replay ended) resumes that episode: the lost
+    attempt is neither the group's rollout nor forgotten (the next attempt is numbered after it, and counts against
+    the replay bound)."""
+    out = tmp_path / "out.jsonl"
+    first = Trajectory(task_id="t", group=0, episode_id="t/0", infra_failure=True, infra_reason="env: ConnectError")
+    mark_lost_attempt(first, 0)
+    done = Trajectory(task_id="t", group=1, episode_id="t/1", reward=1.0)
+    replay = Trajectory(task_id="t", group=2, episode_id="t/2", reward=0.0)
+    lost_too = Trajectory(task_id="t", group=2, episode_id="t/2", infra_failure=True)
+    mark_lost_attempt(lost_too, 0)
+    mark_replay(replay, 1)
+    write_jsonl(out, [first, done, lost_too, replay])
+    read = list(read_jsonl(out))
+    assert [is_replayed_attempt(r) for r in read] == [True, False, True, False]
+    assert done_episode_ids(out) == {"t/0@lost0", "t/1", "t/2@lost0", "t/2"}  # "t/0" is not done: it is resumed
+    assert lost_attempts(out) == {"t/0": 1, "t/2": 1}
+    assert read[3].model_extra == {"attempt": 1, "replay_of": "t/2@lost0"}
+    from trainer.run import rollouts_for_batch  # the trainer's batch takes the rollouts, never a lost attempt
+
+    assert [r.episode_id for r in rollouts_for_batch(read)] == ["t/1", "t/2"]
+
+
 def test_collect_cli_stops_with_a_clear_error_when_no_env_server_answers(tmp_path):  # type: ignore[no-untyped-def]
     """`python -m agent.collect` with every --env-url down: exit status 1 within --patience, stderr naming each
     server and its last failure, no episodes written."""
@@ -242,3 +282,73 @@ def test_collect_cli_stops_with_a_clear_error_when_no_env_server_answers(tmp_pat
     assert all(f"{url}: dead" in proc.stderr for url in urls), proc.stderr[-3000:]
     assert not out.exists() or not list(read_jsonl(out))
     assert time.monotonic() - started < 60
+
+
+def test_trainer_finishes_on_full_groups_when_one_of_two_env_servers_dies(sample_images, tmp_path):  # type: ignore[no-untyped-def]
+    """`trainer.run` with two env servers, one killed with `kill -9` while it holds an episode: the run finishes,
+    the lost attempts are in rollouts.jsonl (marked), and every step trains on full groups (G rollouts per task)."""
+    import httpx
+
+    from tests.trainer.test_run import _config
+    from trainer.run import train
+
+    for k in range(2):
+        (tmp_path / f"s{k}").mkdir()
+    servers = [start_server(tmp_path / f"s{k}", "--max-sessions", "8") for k in range(2)]
+    try:
+        config = _config(tmp_path, "fleet", 3)
+        config.env_urls = [server.url for server in servers]
+        config.tasks_per_step, config.group_size, config.max_turns, config.success_eval_episodes = 4, 2, 3, 0
+        config.announce_next_step = False
+        outcome: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                outcome["result"] = train(config, log=lambda *_: None)
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        victim = servers[1]
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and thread.is_alive():
+            # an open session (reset done, episode under way), not one still starting: a reset cut by the kill is
+            # only retried elsewhere, and would lose nothing
+            try:
+                text = httpx.get(f"{victim.url}/metrics", timeout=2).text
+                if sum(float(v) for v in re.findall(r"^envserver_sessions_active(?:\{[^}]*\})? (\S+)$", text,
+                                                    re.MULTILINE)) >= 1:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.01)
+        killed_while_running = thread.is_alive()
+        kill_9(victim)
+        thread.join(600)
+        assert killed_while_running, "the run ended before the victim held a session"
+        assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
+        out = tmp_path / "fleet"
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [0, 1, 2, 3]
+        rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+        lost = [r for r in rollouts if r.get("replayed")]
+        summary = [(r["task_id"], r.get("weights_version"), r["infra_failure"], r.get("replayed"), r.get("attempt"),
+                    r.get("error")) for r in rollouts]
+        assert lost and all(r["infra_failure"] for r in lost), ("the kill cut no episode", summary)
+        assert sum(r.get("lost_replayed", 0) for r in rows[1:]) == len(lost)
+        kept = [r for r in rollouts if not r.get("replayed")]
+        per_step: dict[int, dict[str, int]] = {}
+        for record in kept:
+            counts = per_step.setdefault(record["weights_version"], {})
+            counts[record["task_id"]] = counts.get(record["task_id"], 0) + 1
+        assert sorted(per_step) == [0, 1, 2]
+        assert all(list(counts.values()) == [2] * 4 for counts in per_step.values()), per_step
+        assert all(not r["infra_failure"] for r in kept)
+    finally:
+        for server in servers:
+            if server.process.poll() is None:
+                stop_server(server)
+        for server in servers:
+            for container in server.containers():
+                container.remove(force=True)
