@@ -17,7 +17,7 @@ import asyncio
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -121,6 +121,20 @@ def mark_replay(trajectory: Trajectory, attempt: int) -> None:
     trajectory.replay_of = f"{trajectory.episode_id}{LOST_MARK}{attempt - 1}"  # type: ignore[attr-defined]
 
 
+def episode_player(engine: Engine | ChatEngine, task_id: str, config: AgentConfig, tokenizer: Any,
+                   group: int) -> Callable[[Any], Awaitable[Trajectory]]:
+    """What `Fleet.run` plays: one episode on the env it is handed, marked as a replay when it is one (the same
+    config, so the same seed, as the attempt it replaces)."""
+
+    async def play(env: Any) -> Trajectory:
+        trajectory = await run_episode(engine, env, task_id, config, tokenizer=tokenizer, group=group)
+        if env.attempt > 0:
+            mark_replay(trajectory, env.attempt)
+        return trajectory
+
+    return play
+
+
 def lost_attempts(out: Path) -> dict[str, int]:
     """Per episode id, its lost attempts already in `out`: a resumed collection numbers its next attempt after them
     and counts them against `lost_replays`, so it neither replays an episode twice nor past the bound."""
@@ -164,11 +178,7 @@ async def collect(engine: Engine | ChatEngine, env_urls: Sequence[str], task_ids
             episode_config = config
             if config.seed is not None:  # distinct, reproducible seeds per rollout
                 episode_config = AgentConfig(**{**config.__dict__, "seed": config.seed + 7919 * group})
-            async def play(env: Any) -> Trajectory:
-                trajectory = await run_episode(engine, env, task_id, episode_config, tokenizer=tokenizer, group=group)
-                if env.attempt > 0:
-                    mark_replay(trajectory, env.attempt)
-                return trajectory
+            play = episode_player(engine, task_id, episode_config, tokenizer, group)
 
             async def keep_lost(trajectory: Trajectory, attempt: int) -> None:
                 mark_lost_attempt(trajectory, attempt)

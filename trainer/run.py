@@ -29,7 +29,7 @@ import httpx
 import torch
 
 from agent.engines.hf import HFEngine
-from agent.loop import AgentConfig, run_episode
+from agent.loop import AgentConfig
 from agent.trajectory import Trajectory, read_jsonl, write_jsonl
 from envserver.client import AsyncEnvClient, EnvClient, EnvServerError
 from envserver.local import LocalServer
@@ -90,7 +90,7 @@ async def collect_rollouts(engine: Any, env_urls: list[str], task_ids: list[str]
     played again (same seed) on a live one; the lost attempt comes back too, marked `replayed` (before its replay;
     `rollouts_for_batch` leaves it out). Raises `FleetUnavailable` when no env server is live for its patience.
     With several env servers, or any failure, logs each server's state and episodes."""
-    from agent.collect import mark_lost_attempt, mark_replay
+    from agent.collect import episode_player, mark_lost_attempt
     from agent.fleet import Fleet, summary_lines
 
     group_size = config.group_size if group_size is None else group_size
@@ -104,11 +104,7 @@ async def collect_rollouts(engine: Any, env_urls: list[str], task_ids: list[str]
                                     % 2**31)
             lost: list[Trajectory] = []
 
-            async def play(env: Any) -> Trajectory:
-                trajectory = await run_episode(engine, env, task_id, settings, tokenizer=tokenizer, group=group)
-                if env.attempt > 0:
-                    mark_replay(trajectory, env.attempt)
-                return trajectory
+            play = episode_player(engine, task_id, settings, tokenizer, group)
 
             async def keep_lost(trajectory: Trajectory, attempt: int) -> None:
                 mark_lost_attempt(trajectory, attempt)
