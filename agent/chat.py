@@ -64,8 +64,15 @@ class _Turn:
 class TokenConversation:
     """One episode's conversation as token ids, with the OpenAI-format messages alongside for the record."""
 
-    def __init__(self, tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-                 *, think_mode: ThinkMode = "keep", enable_thinking: bool = True) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        *,
+        think_mode: ThinkMode = "keep",
+        enable_thinking: bool = True,
+    ) -> None:
         """`messages`: the initial messages (system, user); `tools`: OpenAI function schemas shown in the system
         turn; `enable_thinking=False` opens every assistant turn with an empty think block (Qwen3's no-think)."""
         if think_mode not in ("keep", "drop"):
@@ -116,8 +123,10 @@ class TokenConversation:
     def engine_input(self) -> list[int]:
         """The exact ids the model must read for the next turn (ends with the generation prompt)."""
         if self._messages[-1].get("role") == "assistant":
-            raise ConversationError("the conversation ends with an assistant turn: add tool results or a user "
-                                    "message before asking for the next turn")
+            raise ConversationError(
+                "the conversation ends with an assistant turn: add tool results or a user "
+                "message before asking for the next turn"
+            )
         return list(self._context())
 
     def add_assistant(self, token_ids: list[int], logprobs: list[float] | None = None) -> ParsedAssistant:
@@ -141,11 +150,13 @@ class TokenConversation:
         turn = _Turn(start=start, end=end, think=self._think_span(start, end), finished=finished)
         self._turns.append(turn)
         if self.think_mode == "drop":
-            self._turn_sequences.append(TokenSequence(
-                token_ids=prompt + token_ids,
-                loss_mask=[0] * len(prompt) + [1] * len(token_ids),
-                logprobs=[0.0] * len(prompt) + logprobs,
-            ))
+            self._turn_sequences.append(
+                TokenSequence(
+                    token_ids=prompt + token_ids,
+                    loss_mask=[0] * len(prompt) + [1] * len(token_ids),
+                    logprobs=[0.0] * len(prompt) + logprobs,
+                )
+            )
 
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
         parsed = parse_assistant(text, turn=len(self._turns) - 1)
@@ -165,8 +176,14 @@ class TokenConversation:
             content = result.get("content")
             if not isinstance(content, str):
                 raise TypeError(f"tool result content must be a string, got {type(content).__name__}")
-            self._messages.append({"role": "tool", "tool_call_id": result.get("tool_call_id", ""),
-                                   "name": result.get("name", ""), "content": content})
+            self._messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": result.get("tool_call_id", ""),
+                    "name": result.get("name", ""),
+                    "content": content,
+                }
+            )
         self._render_suffix()
 
     def add_user(self, text: str) -> None:
@@ -193,8 +210,14 @@ class TokenConversation:
         return token_id
 
     def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
-        return render(self.tokenizer, messages, self.tools, add_generation_prompt=add_generation_prompt,
-                      enable_thinking=self.enable_thinking, keep_reasoning=self.think_mode == "keep")
+        return render(
+            self.tokenizer,
+            messages,
+            self.tools,
+            add_generation_prompt=add_generation_prompt,
+            enable_thinking=self.enable_thinking,
+            keep_reasoning=self.think_mode == "keep",
+        )
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
@@ -211,8 +234,9 @@ class TokenConversation:
         full = self._render(self._messages, add_generation_prompt=True)
         before = self._anchor_text
         if not full.startswith(before):
-            raise ConversationError("the chat template is not prefix-stable: rendering the conversation changed "
-                                    "how earlier messages render")
+            raise ConversationError(
+                "the chat template is not prefix-stable: rendering the conversation changed how earlier messages render"
+            )
         if self._anchor_messages == 0:
             cut = 0
         else:
@@ -223,7 +247,7 @@ class TokenConversation:
         ids = self._encode(suffix)
         if self._anchor_messages and self._encode(IM_END + suffix) != [self._im_end] + ids:
             raise ConversationError("tokenizing the suffix alone differs from tokenizing it after <|im_end|>")
-        del self._ids[self._anchor_len:], self._mask[self._anchor_len:], self._logprobs[self._anchor_len:]
+        del self._ids[self._anchor_len :], self._mask[self._anchor_len :], self._logprobs[self._anchor_len :]
         self._append(ids, 0)
 
     def _context(self) -> list[int]:
@@ -236,7 +260,7 @@ class TokenConversation:
                 position = 0
                 for turn in self._turns:
                     if turn.think is not None:
-                        ids.extend(self._ids[position:turn.think[0]])
+                        ids.extend(self._ids[position : turn.think[0]])
                         position = turn.think[1]
                 ids.extend(self._ids[position:])
                 self._engine_input = ids
@@ -256,7 +280,7 @@ class TokenConversation:
             open_at = ids.index(self._think_open, header + 1, end)
         except ValueError:
             return None
-        if self.tokenizer.decode(ids[header + 1:open_at]).strip() != "assistant":
+        if self.tokenizer.decode(ids[header + 1 : open_at]).strip() != "assistant":
             return None  # <think> that is not at the start of the turn is content, not reasoning
         try:
             close_at = ids.index(self._think_close, open_at + 1, end)

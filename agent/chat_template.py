@@ -127,12 +127,24 @@ EMPTY_THINK = "<think>\n\n</think>\n\n"
 """What `enable_thinking=False` appends to the generation prompt."""
 
 
-def render(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *,
-           add_generation_prompt: bool = False, enable_thinking: bool = True, keep_reasoning: bool = True) -> str:
+def render(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+    *,
+    add_generation_prompt: bool = False,
+    enable_thinking: bool = True,
+    keep_reasoning: bool = True,
+) -> str:
     """The template's text for `messages` (always our template, whatever the tokenizer carries)."""
     text = tokenizer.apply_chat_template(
-        messages, tools=tools or None, chat_template=CHAT_TEMPLATE, tokenize=False,
-        add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking, keep_reasoning=keep_reasoning,
+        messages,
+        tools=tools or None,
+        chat_template=CHAT_TEMPLATE,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+        enable_thinking=enable_thinking,
+        keep_reasoning=keep_reasoning,
     )
     assert isinstance(text, str)
     return text

@@ -59,21 +59,26 @@ def _train(texts: list[str], bpe_tokens: int):  # type: ignore[no-untyped-def]
 
     backend = Tokenizer(models.BPE())
     backend.normalizer = normalizers.NFC()
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=bpe_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=bpe_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     backend.train_from_iterator(texts, trainer)
     for _, content, special in QWEN3_ADDED_TOKENS:  # same contents and flags as Qwen3, ids right after the BPE
         backend.add_tokens([AddedToken(content, special=special, normalized=False)])
     return backend
 
 
-def build_code_tokenizer(bpe_tokens: int = DEFAULT_BPE_TOKENS, cache_dir: Path | None = None,
-                         ) -> PreTrainedTokenizerFast:
+def build_code_tokenizer(
+    bpe_tokens: int = DEFAULT_BPE_TOKENS,
+    cache_dir: Path | None = None,
+) -> PreTrainedTokenizerFast:
     """The code BPE (`bpe_tokens` byte-level tokens, then Qwen3's 26 added tokens) with eos `<|im_end|>`, pad
     `<|endoftext|>` and our chat template; trained on first use, then read from the cache."""
     if bpe_tokens < 512:
@@ -81,7 +86,14 @@ def build_code_tokenizer(bpe_tokens: int = DEFAULT_BPE_TOKENS, cache_dir: Path |
     files = corpus_files()
     texts = [path.read_text(encoding="utf-8", errors="replace") for path in files]
     corpus_sha = hashlib.sha256("\0".join(texts).encode("utf-8", errors="replace")).hexdigest()
-    key_json = json.dumps({"format_version": FORMAT_VERSION, "bpe_tokens": bpe_tokens, "corpus_sha256": corpus_sha,
-                           "added_tokens": QWEN3_ADDED_TOKENS}, sort_keys=True)
+    key_json = json.dumps(
+        {
+            "format_version": FORMAT_VERSION,
+            "bpe_tokens": bpe_tokens,
+            "corpus_sha256": corpus_sha,
+            "added_tokens": QWEN3_ADDED_TOKENS,
+        },
+        sort_keys=True,
+    )
     cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR / str(bpe_tokens)
     return wrap_tokenizer(cached_tokenizer_file(cache_dir, key_json, lambda: _train(texts, bpe_tokens)))

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -68,7 +68,7 @@ class Summary:
 
     def lines(self) -> list[str]:
         busy = self.engine_s + self.env_s + self.agent_s or 1.0
-        mean = (lambda xs: statistics.fmean(xs) if xs else 0.0)
+        mean = lambda xs: statistics.fmean(xs) if xs else 0.0
         return [
             f"episodes: {self.episodes} new, {self.skipped} already done; wall {self.wall_s:.1f} s "
             f"({60 * self.episodes / max(self.wall_s, 1e-9):.1f} episodes/min)",
@@ -121,8 +121,9 @@ def mark_replay(trajectory: Trajectory, attempt: int) -> None:
     trajectory.replay_of = f"{trajectory.episode_id}{LOST_MARK}{attempt - 1}"  # type: ignore[attr-defined]
 
 
-def episode_player(engine: Engine | ChatEngine, task_id: str, config: AgentConfig, tokenizer: Any,
-                   group: int) -> Callable[[Any], Awaitable[Trajectory]]:
+def episode_player(
+    engine: Engine | ChatEngine, task_id: str, config: AgentConfig, tokenizer: Any, group: int
+) -> Callable[[Any], Awaitable[Trajectory]]:
     """What `Fleet.run` plays: one episode on the env it is handed, marked as a replay when it is one (the same
     config, so the same seed, as the attempt it replaces)."""
 
@@ -139,18 +140,28 @@ def lost_attempts(out: Path) -> dict[str, int]:
     """Per episode id, its lost attempts already in `out`: a resumed collection numbers its next attempt after them
     and counts them against `lost_replays`, so it neither replays an episode twice nor past the bound."""
     counts: dict[str, int] = {}
-    for record in (read_jsonl(out) if out.exists() else ()):
+    for record in read_jsonl(out) if out.exists() else ():
         if is_replayed_attempt(record):
             base = record.episode_id.rsplit(LOST_MARK, 1)[0]
             counts[base] = counts.get(base, 0) + 1
     return counts
 
 
-async def collect(engine: Engine | ChatEngine, env_urls: Sequence[str], task_ids: Sequence[str], group_size: int,
-                  out: Path, config: AgentConfig, tokenizer: Any = None, concurrency: int = 32,
-                  token: str | None = None, on_episode: Callable[[Trajectory], None] | None = None,
-                  fleet: Fleet | None = None, fleet_config: FleetConfig | None = None,
-                  replay_lost: bool = True) -> Summary:
+async def collect(
+    engine: Engine | ChatEngine,
+    env_urls: Sequence[str],
+    task_ids: Sequence[str],
+    group_size: int,
+    out: Path,
+    config: AgentConfig,
+    tokenizer: Any = None,
+    concurrency: int = 32,
+    token: str | None = None,
+    on_episode: Callable[[Trajectory], None] | None = None,
+    fleet: Fleet | None = None,
+    fleet_config: FleetConfig | None = None,
+    replay_lost: bool = True,
+) -> Summary:
     """Run every (task, group) episode not yet in `out`, `concurrency` at a time, appending each as it ends.
 
     Episodes are routed by `fleet` (started and closed by the caller), else by a fleet of `env_urls` made here.
@@ -160,8 +171,7 @@ async def collect(engine: Engine | ChatEngine, env_urls: Sequence[str], task_ids
     repair_jsonl(out)
     done = done_episode_ids(out)
     earlier_lost = lost_attempts(out)
-    todo = [(task_id, group) for task_id in task_ids for group in range(group_size)
-            if f"{task_id}/{group}" not in done]
+    todo = [(task_id, group) for task_id in task_ids for group in range(group_size) if f"{task_id}/{group}" not in done]
     summary = Summary(skipped=len(task_ids) * group_size - len(todo))
     own_fleet = fleet is None
     if fleet is None:
@@ -188,8 +198,9 @@ async def collect(engine: Engine | ChatEngine, env_urls: Sequence[str], task_ids
 
             prior = earlier_lost.get(f"{task_id}/{group}", 0)
             # The same episode_config, so the same seed: a replay samples as the lost attempt would have.
-            trajectory = await routing.run(play, replays=max(0, allowed - prior), on_lost=keep_lost,
-                                           first_attempt=prior)
+            trajectory = await routing.run(
+                play, replays=max(0, allowed - prior), on_lost=keep_lost, first_attempt=prior
+            )
             async with write_lock:  # one whole line at a time: a kill leaves at most one half line
                 write_jsonl(out, [trajectory])
                 summary.add(trajectory)
@@ -241,13 +252,15 @@ app = typer.Typer(add_completion=False)
 @app.command()
 def main(
     env_url: list[str] = typer.Option([], "--env-url", help="Env server URL (repeat for several)."),
-    env_urls_file: Optional[Path] = typer.Option(None, help="A file of env server URLs, one a line (`#` starts a "
-                                                 "comment); added to any --env-url."),
+    env_urls_file: Path | None = typer.Option(
+        None, help="A file of env server URLs, one a line (`#` starts a comment); added to any --env-url."
+    ),
     engine: str = typer.Option("vllm", help="Engine: vllm, hf or openai."),
-    engine_url: Optional[str] = typer.Option(None, help="Engine endpoint, e.g. http://HOST:8001/v1."),
+    engine_url: str | None = typer.Option(None, help="Engine endpoint, e.g. http://HOST:8001/v1."),
     model: str = typer.Option(..., help="Model name served by the engine (hf: a local model directory)."),
-    tokenizer: Optional[Path] = typer.Option(None, help="Tokenizer directory (default: the hf model's own, "
-                                              "else the bundled Qwen3 tokenizer)."),
+    tokenizer: Path | None = typer.Option(
+        None, help="Tokenizer directory (default: the hf model's own, else the bundled Qwen3 tokenizer)."
+    ),
     tasks: str = typer.Option("all", help="`all`, a task/ids file, or comma-separated ids."),
     group_size: int = typer.Option(8, help="Rollouts per task (G)."),
     concurrency: int = typer.Option(32, help="Episodes in flight."),
@@ -257,29 +270,62 @@ def main(
     max_tokens_per_turn: int = typer.Option(1024, help="Tokens sampled per turn."),
     temperature: float = typer.Option(1.0, help="Sampling temperature."),
     think_mode: str = typer.Option("keep", help="Earlier <think> blocks: keep or drop."),
-    seed: Optional[int] = typer.Option(None, help="Base seed for reproducible sampling."),
-    env_token: Optional[str] = typer.Option(None, envvar="ENVSERVER_AUTH_TOKEN", help="Env server bearer token."),
-    patience: float = typer.Option(FleetConfig.patience_s, help="Seconds to wait while no env server is live "
-                                   "before stopping with an error."),
-    replay_lost: bool = typer.Option(True, help="Play an episode lost with its env server again from its reset on a "
-                                     "live one (same seed; the lost attempt stays in --out, marked `replayed`)."),
+    seed: int | None = typer.Option(None, help="Base seed for reproducible sampling."),
+    env_token: str | None = typer.Option(None, envvar="ENVSERVER_AUTH_TOKEN", help="Env server bearer token."),
+    patience: float = typer.Option(
+        FleetConfig.patience_s, help="Seconds to wait while no env server is live before stopping with an error."
+    ),
+    replay_lost: bool = typer.Option(
+        True,
+        help="Play an episode lost with its env server again from its reset on a "
+        "live one (same seed; the lost attempt stays in --out, marked `replayed`).",
+    ),
 ) -> None:
     """Collect trajectories."""
     env_url = env_url + (read_url_file(env_urls_file) if env_urls_file else [])
     if not env_url:
         raise typer.BadParameter("give --env-url (repeat for several) or --env-urls-file")
-    summary = run_cli(env_url, engine, engine_url, model, tokenizer, tasks, group_size, concurrency, out,
-                      AgentConfig(max_turns=max_turns, max_context_tokens=max_context_tokens,
-                                  max_tokens_per_turn=max_tokens_per_turn, temperature=temperature,
-                                  think_mode=think_mode, seed=seed),  # type: ignore[arg-type]
-                      env_token, patience_s=patience, replay_lost=replay_lost)
+    summary = run_cli(
+        env_url,
+        engine,
+        engine_url,
+        model,
+        tokenizer,
+        tasks,
+        group_size,
+        concurrency,
+        out,
+        AgentConfig(
+            max_turns=max_turns,
+            max_context_tokens=max_context_tokens,
+            max_tokens_per_turn=max_tokens_per_turn,
+            temperature=temperature,
+            think_mode=think_mode,
+            seed=seed,
+        ),  # type: ignore[arg-type]
+        env_token,
+        patience_s=patience,
+        replay_lost=replay_lost,
+    )
     for line in summary.lines():
         typer.echo(line)
 
 
-def run_cli(env_urls: list[str], engine_kind: str, engine_url: str | None, model: str, tokenizer_path: Path | None,
-            tasks: str, group_size: int, concurrency: int, out: Path, config: AgentConfig,
-            env_token: str | None, patience_s: float = FleetConfig.patience_s, replay_lost: bool = True) -> Summary:
+def run_cli(
+    env_urls: list[str],
+    engine_kind: str,
+    engine_url: str | None,
+    model: str,
+    tokenizer_path: Path | None,
+    tasks: str,
+    group_size: int,
+    concurrency: int,
+    out: Path,
+    config: AgentConfig,
+    env_token: str | None,
+    patience_s: float = FleetConfig.patience_s,
+    replay_lost: bool = True,
+) -> Summary:
     """Shared by `agent.collect` and `agent.eval`: build the engine, run, show a progress bar (with the env servers
     live). No env server live for `patience_s`: the error and each server's state on stderr, exit status 1."""
     from tqdm import tqdm
@@ -292,12 +338,19 @@ def run_cli(env_urls: list[str], engine_kind: str, engine_url: str | None, model
         tokenizer = load_tokenizer(tokenizer_path or (model if engine_kind == "hf" else None))
     task_ids = resolve_task_ids(tasks, env_urls[0], env_token)
     total = len(task_ids) * group_size
-    bar = tqdm(total=total, initial=len(done_episode_ids(out) & {f"{t}/{g}" for t in task_ids
-                                                                  for g in range(group_size)}),
-               desc="episodes", unit="ep")
+    bar = tqdm(
+        total=total,
+        initial=len(done_episode_ids(out) & {f"{t}/{g}" for t in task_ids for g in range(group_size)}),
+        desc="episodes",
+        unit="ep",
+    )
     resolved = 0
-    fleet = Fleet(env_urls, FleetConfig(patience_s=patience_s), token=env_token,
-                  log=lambda line: tqdm.write(line, file=sys.stderr))
+    fleet = Fleet(
+        env_urls,
+        FleetConfig(patience_s=patience_s),
+        token=env_token,
+        log=lambda line: tqdm.write(line, file=sys.stderr),
+    )
 
     def tick(trajectory: Trajectory) -> None:
         nonlocal resolved
@@ -309,8 +362,20 @@ def run_cli(env_urls: list[str], engine_kind: str, engine_url: str | None, model
     async def run() -> Summary:
         try:
             async with fleet:
-                return await collect(engine, env_urls, task_ids, group_size, out, config, tokenizer, concurrency,
-                                     env_token, on_episode=tick, fleet=fleet, replay_lost=replay_lost)
+                return await collect(
+                    engine,
+                    env_urls,
+                    task_ids,
+                    group_size,
+                    out,
+                    config,
+                    tokenizer,
+                    concurrency,
+                    env_token,
+                    on_episode=tick,
+                    fleet=fleet,
+                    replay_lost=replay_lost,
+                )
         finally:
             await engine.close()
 

@@ -11,7 +11,6 @@ import statistics
 from collections import defaultdict
 from math import comb
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -43,10 +42,15 @@ def evaluate(records: list[Trajectory], k: int) -> dict[str, float]:
         if rewards:
             per_run.append(statistics.fmean(rewards))  # type: ignore[arg-type]
     passk = statistics.fmean(
-        pass_at_k(len(graded[t]), sum(r.reward == 1.0 for r in graded[t]), min(k, len(graded[t]))) for t in tasks)
-    return {"tasks": len(tasks), "pass@1": pass1,
-            "pass@1_std": statistics.stdev(per_run) if len(per_run) > 1 else 0.0,
-            f"pass@{k}": passk, "infra_failures": sum(r.infra_failure for r in records)}
+        pass_at_k(len(graded[t]), sum(r.reward == 1.0 for r in graded[t]), min(k, len(graded[t]))) for t in tasks
+    )
+    return {
+        "tasks": len(tasks),
+        "pass@1": pass1,
+        "pass@1_std": statistics.stdev(per_run) if len(per_run) > 1 else 0.0,
+        f"pass@{k}": passk,
+        "infra_failures": sum(r.infra_failure for r in records),
+    }
 
 
 app = typer.Typer(add_completion=False)
@@ -56,26 +60,39 @@ app = typer.Typer(add_completion=False)
 def main(
     env_url: list[str] = typer.Option(..., "--env-url", help="Env server URL (repeat for several)."),
     engine: str = typer.Option("vllm", help="Engine: vllm, hf or openai."),
-    engine_url: Optional[str] = typer.Option(None, help="Engine endpoint."),
+    engine_url: str | None = typer.Option(None, help="Engine endpoint."),
     model: str = typer.Option(..., help="Model name (hf: local directory)."),
-    tokenizer: Optional[Path] = typer.Option(None, help="Tokenizer directory."),
+    tokenizer: Path | None = typer.Option(None, help="Tokenizer directory."),
     tasks: str = typer.Option("all", help="`all`, a task/ids file, or comma-separated ids."),
     k: int = typer.Option(1, help="Rollouts per task; reports pass@1 (mean ± spread) and pass@k."),
     concurrency: int = typer.Option(32, help="Episodes in flight."),
     out: Path = typer.Option(..., help="Trajectory JSONL (resumable)."),
     max_turns: int = typer.Option(30, help="Assistant turns per episode."),
     temperature: float = typer.Option(0.0, help="Sampling temperature (0: greedy for k=1)."),
-    seed: Optional[int] = typer.Option(0, help="Base seed."),
-    env_token: Optional[str] = typer.Option(None, envvar="ENVSERVER_AUTH_TOKEN", help="Env server bearer token."),
+    seed: int | None = typer.Option(0, help="Base seed."),
+    env_token: str | None = typer.Option(None, envvar="ENVSERVER_AUTH_TOKEN", help="Env server bearer token."),
 ) -> None:
     """Evaluate a model's resolve rate."""
-    summary = run_cli(env_url, engine, engine_url, model, tokenizer, tasks, k, concurrency, out,
-                      AgentConfig(max_turns=max_turns, temperature=temperature, seed=seed), env_token)
+    summary = run_cli(
+        env_url,
+        engine,
+        engine_url,
+        model,
+        tokenizer,
+        tasks,
+        k,
+        concurrency,
+        out,
+        AgentConfig(max_turns=max_turns, temperature=temperature, seed=seed),
+        env_token,
+    )
     for line in summary.lines():
         typer.echo(line)
     result = evaluate(list(read_jsonl(out)), k)
-    typer.echo(f"pass@1 = {result['pass@1']:.3f} ± {result['pass@1_std']:.3f} over {result['tasks']} tasks; "
-               f"pass@{k} = {result[f'pass@{k}']:.3f}; infra failures: {result['infra_failures']}")
+    typer.echo(
+        f"pass@1 = {result['pass@1']:.3f} ± {result['pass@1_std']:.3f} over {result['tasks']} tasks; "
+        f"pass@{k} = {result[f'pass@{k}']:.3f}; infra failures: {result['infra_failures']}"
+    )
 
 
 if __name__ == "__main__":

@@ -96,8 +96,10 @@ class Replica:
         return (self.capacity or 1) - self.load
 
     def describe(self) -> str:
-        text = (f"{self.url}: {'live' if self.live else 'dead'}; {self.served} served, {self.failed} failed, "
-                f"{self.in_flight} in flight")
+        text = (
+            f"{self.url}: {'live' if self.live else 'dead'}; {self.served} served, {self.failed} failed, "
+            f"{self.in_flight} in flight"
+        )
         return text + (f"; last failure: {self.last_failure}" if self.last_failure else "")
 
 
@@ -125,17 +127,28 @@ def _stderr(line: str) -> None:
 class Fleet:
     """Env server replicas with health-aware, capacity-weighted routing (see the module docstring)."""
 
-    def __init__(self, urls: Sequence[str], config: FleetConfig | None = None, token: str | None = None,
-                 log: Callable[[str], None] = _stderr):
+    def __init__(
+        self,
+        urls: Sequence[str],
+        config: FleetConfig | None = None,
+        token: str | None = None,
+        log: Callable[[str], None] = _stderr,
+    ):
         if not urls:
             raise ValueError("at least one env server URL is needed")
         self.config = config or FleetConfig()
         self.log = log
-        self.replicas = [Replica(url=url.rstrip("/"), client=AsyncEnvClient(url, token=token),
-                                 reset_client=AsyncEnvClient(url, token=token, retries=self.config.reset_retries))
-                         for url in dict.fromkeys(urls)]
-        self._probe_http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"} if token else {},
-                                             timeout=self.config.probe_timeout_s)
+        self.replicas = [
+            Replica(
+                url=url.rstrip("/"),
+                client=AsyncEnvClient(url, token=token),
+                reset_client=AsyncEnvClient(url, token=token, retries=self.config.reset_retries),
+            )
+            for url in dict.fromkeys(urls)
+        ]
+        self._probe_http = httpx.AsyncClient(
+            headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=self.config.probe_timeout_s
+        )
         # No lock: routing state changes only between awaits (one event loop), so a pick and its count are atomic.
         self._down_since: float | None = None
         self._live_again = asyncio.Event()  # set when a replica comes back after the whole fleet was down
@@ -145,11 +158,11 @@ class Fleet:
         self.replayed = 0
         """Replays started for lost episodes."""
 
-    async def __aenter__(self) -> "Fleet":
+    async def __aenter__(self) -> Fleet:
         await self.start()
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def start(self) -> None:
@@ -228,13 +241,16 @@ class Fleet:
         replica.next_probe_at = time.monotonic() + backoff
         if replica.live:
             replica.live = False
-            self.log(f"env server {replica.url} out of rotation: {reason} ({len(self.live())}/"
-                     f"{len(self.replicas)} live)")
+            self.log(
+                f"env server {replica.url} out of rotation: {reason} ({len(self.live())}/{len(self.replicas)} live)"
+            )
         if not self.live() and self._down_since is None:
             self._down_since = time.monotonic()
             self._live_again = asyncio.Event()
-            self.log(f"no env server is live; new episodes wait up to {self.config.patience_s:.0f} s for one to "
-                     f"answer /healthz: " + "; ".join(f"{r.url}: {r.last_failure}" for r in self.replicas))
+            self.log(
+                f"no env server is live; new episodes wait up to {self.config.patience_s:.0f} s for one to "
+                f"answer /healthz: " + "; ".join(f"{r.url}: {r.last_failure}" for r in self.replicas)
+            )
 
     def _set_up(self, replica: Replica, health: Health) -> None:
         replica.capacity = health.max_sessions
@@ -246,8 +262,10 @@ class Fleet:
             self.log(f"env server {replica.url} back in rotation ({len(self.live())}/{len(self.replicas)} live)")
 
     def unavailable_message(self) -> str:
-        return (f"no env server answered for {self.config.patience_s:.0f} s (patience_s); replicas and their last "
-                "failure: " + "; ".join(f"{r.url}: {r.last_failure or 'never answered'}" for r in self.replicas))
+        return (
+            f"no env server answered for {self.config.patience_s:.0f} s (patience_s); replicas and their last "
+            "failure: " + "; ".join(f"{r.url}: {r.last_failure or 'never answered'}" for r in self.replicas)
+        )
 
     # -- probing ---------------------------------------------------------------------------------------------------
 
@@ -273,8 +291,14 @@ class Fleet:
 
     # -- episodes --------------------------------------------------------------------------------------------------
 
-    async def run(self, play: Callable[["RoutedEnv"], Awaitable[T]], prefer: str | None = None, replays: int = 0,
-                  on_lost: Callable[[T, int], Awaitable[None]] | None = None, first_attempt: int = 0) -> T:
+    async def run(
+        self,
+        play: Callable[[RoutedEnv], Awaitable[T]],
+        prefer: str | None = None,
+        replays: int = 0,
+        on_lost: Callable[[T, int], Awaitable[None]] | None = None,
+        first_attempt: int = 0,
+    ) -> T:
         """`play(env)` on a live replica (`env` routes the reset and then sticks to the replica holding the session).
         An episode whose reset failed on every live replica waits for a live one again (at most `reset_rounds`
         times): it never started, so it is not lost. An episode lost with its replica is played again from its
@@ -293,8 +317,9 @@ class Fleet:
             self.replayed += 1
             attempt += 1
 
-    async def _play_once(self, play: Callable[["RoutedEnv"], Awaitable[T]], prefer: str | None,
-                         attempt: int) -> tuple[T, bool]:
+    async def _play_once(
+        self, play: Callable[[RoutedEnv], Awaitable[T]], prefer: str | None, attempt: int
+    ) -> tuple[T, bool]:
         rounds = max(1, self.config.reset_rounds)
         for round_ in range(rounds):
             replica = await self.acquire(prefer)
@@ -400,5 +425,4 @@ def summary_lines(fleet: Fleet) -> list[str]:
     """One line for the fleet and one per replica: live or dead (and why), episodes served and failed."""
     dead = len(fleet.replicas) - len(fleet.live())
     lost = f"; {fleet.lost} episodes lost with their replica, {fleet.replayed} replayed" if fleet.lost else ""
-    return [f"env servers: {len(fleet.live())} live, {dead} dead{lost}"] + [f"  {r.describe()}"
-                                                                            for r in fleet.replicas]
+    return [f"env servers: {len(fleet.live())} live, {dead} dead{lost}"] + [f"  {r.describe()}" for r in fleet.replicas]

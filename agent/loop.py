@@ -80,8 +80,12 @@ class _Clock:
 
     def timings(self) -> Timings:
         total = time.perf_counter() - self.started
-        return Timings(total_s=total, engine_s=self.engine_s, env_s=self.env_s,
-                       agent_s=max(0.0, total - self.engine_s - self.env_s))
+        return Timings(
+            total_s=total,
+            engine_s=self.engine_s,
+            env_s=self.env_s,
+            agent_s=max(0.0, total - self.engine_s - self.env_s),
+        )
 
 
 class _Episode:
@@ -160,20 +164,36 @@ class _Episode:
 
 
 def _params(config: AgentConfig, max_tokens: int, turn: int, stop: list[int]) -> SamplingParams:
-    return SamplingParams(max_tokens=max_tokens, temperature=config.temperature, top_p=config.top_p,
-                          top_k=config.top_k, stop_token_ids=stop,
-                          seed=None if config.seed is None else config.seed + turn)
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        stop_token_ids=stop,
+        seed=None if config.seed is None else config.seed + turn,
+    )
 
 
-async def run_episode(engine: Engine | ChatEngine, env: AsyncEnvClient, task_id: str,
-                      config: AgentConfig | None = None, tokenizer: Any = None, group: int = 0) -> Trajectory:
+async def run_episode(
+    engine: Engine | ChatEngine,
+    env: AsyncEnvClient,
+    task_id: str,
+    config: AgentConfig | None = None,
+    tokenizer: Any = None,
+    group: int = 0,
+) -> Trajectory:
     """Play one episode of `task_id` on the env server behind `env` and return its trajectory.
 
     Token engines need the `tokenizer` (with the chat template); chat engines (`openai`) do not."""
     config = config or AgentConfig()
     clock = _Clock()
-    trajectory = Trajectory(task_id=task_id, group=group, episode_id=f"{task_id}/{group}",
-                            model=engine.model_name, weights_version=engine.weights_version)
+    trajectory = Trajectory(
+        task_id=task_id,
+        group=group,
+        episode_id=f"{task_id}/{group}",
+        model=engine.model_name,
+        weights_version=engine.weights_version,
+    )
     episode = _Episode(env, trajectory, clock)
     try:
         reset = await episode.env_call(env.reset(task_id, max_steps=config.env_max_steps))
@@ -186,8 +206,7 @@ async def run_episode(engine: Engine | ChatEngine, env: AsyncEnvClient, task_id:
             episode.withheld_tools = {tool["function"].get("name") for tool in offered} - set(config.tools)
             offered = [tool for tool in offered if tool["function"].get("name") in config.tools]
         trajectory.tools = offered
-        messages = [{"role": "system", "content": config.system_prompt},
-                    {"role": "user", "content": reset.observation}]
+        messages = [{"role": "system", "content": config.system_prompt}, {"role": "user", "content": reset.observation}]
         if isinstance(engine, ChatEngine):
             await _play_chat(engine, episode, messages, config)
         else:
@@ -226,13 +245,15 @@ def _limit_reached(episode: _Episode, config: AgentConfig, context_room: int | N
     return None
 
 
-async def _play_tokens(engine: Engine, tokenizer: Any, episode: _Episode, messages: list[dict[str, Any]],
-                       config: AgentConfig) -> None:
+async def _play_tokens(
+    engine: Engine, tokenizer: Any, episode: _Episode, messages: list[dict[str, Any]], config: AgentConfig
+) -> None:
     from agent.chat import TokenConversation
 
     trajectory = episode.trajectory
-    conversation = TokenConversation(tokenizer, messages, trajectory.tools, think_mode=config.think_mode,
-                                     enable_thinking=config.enable_thinking)
+    conversation = TokenConversation(
+        tokenizer, messages, trajectory.tools, think_mode=config.think_mode, enable_thinking=config.enable_thinking
+    )
     stop = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
     try:
         while not episode.ended:
@@ -258,8 +279,9 @@ async def _play_tokens(engine: Engine, tokenizer: Any, episode: _Episode, messag
         trajectory.sequences = conversation.sequences()
 
 
-async def _play_chat(engine: ChatEngine, episode: _Episode, messages: list[dict[str, Any]],
-                     config: AgentConfig) -> None:
+async def _play_chat(
+    engine: ChatEngine, episode: _Episode, messages: list[dict[str, Any]], config: AgentConfig
+) -> None:
     from agent.toolcalls import from_openai_tool_calls
 
     trajectory = episode.trajectory
@@ -297,15 +319,30 @@ async def _run_calls(episode: _Episode, calls: list[Any], errors: list[str]) -> 
         if episode.ended:
             return results
     for index, error in enumerate(errors):
-        results.append({"tool_call_id": f"invalid_{index}", "name": "invalid_tool_call",
-                        "content": f"ERROR: your tool call could not be parsed: {error}. Call a tool as "
-                                   '<tool_call>{"name": ..., "arguments": {...}}</tool_call>.'})
+        results.append(
+            {
+                "tool_call_id": f"invalid_{index}",
+                "name": "invalid_tool_call",
+                "content": f"ERROR: your tool call could not be parsed: {error}. Call a tool as "
+                '<tool_call>{"name": ..., "arguments": {...}}</tool_call>.',
+            }
+        )
     return results
 
 
 def episode_summary(trajectory: Trajectory) -> str:
     """One line per episode for logs."""
-    outcome = ("infra:" + (trajectory.infra_reason or "?")) if trajectory.infra_failure else (
-        f"reward={trajectory.reward}" if trajectory.reward is not None else "ungraded")
-    return json.dumps({"episode": trajectory.episode_id, "outcome": outcome, "turns": trajectory.num_turns,
-                       "truncation": trajectory.truncation, "malformed": trajectory.malformed_tool_calls})
+    outcome = (
+        ("infra:" + (trajectory.infra_reason or "?"))
+        if trajectory.infra_failure
+        else (f"reward={trajectory.reward}" if trajectory.reward is not None else "ungraded")
+    )
+    return json.dumps(
+        {
+            "episode": trajectory.episode_id,
+            "outcome": outcome,
+            "turns": trajectory.num_turns,
+            "truncation": trajectory.truncation,
+            "malformed": trajectory.malformed_tool_calls,
+        }
+    )

@@ -34,10 +34,17 @@ def _build_args(tokenizer: str, bpe_tokens: int, **kwargs: object) -> dict[str, 
     else:
         from .code_tokenizer import FORMAT_VERSION as CODE_FORMAT_VERSION
 
-        vocab = {"tokenizer": tokenizer, "vocab_size": bpe_tokens + len(QWEN3_ADDED_TOKENS),
-                 "tokenizer_format": CODE_FORMAT_VERSION}
-    return {**kwargs, **vocab, "chat_template_sha256": hashlib.sha256(CHAT_TEMPLATE.encode()).hexdigest(),
-            "marker_version": 1}
+        vocab = {
+            "tokenizer": tokenizer,
+            "vocab_size": bpe_tokens + len(QWEN3_ADDED_TOKENS),
+            "tokenizer_format": CODE_FORMAT_VERSION,
+        }
+    return {
+        **kwargs,
+        **vocab,
+        "chat_template_sha256": hashlib.sha256(CHAT_TEMPLATE.encode()).hexdigest(),
+        "marker_version": 1,
+    }
 
 
 def _tokenizer(kind: str, bpe_tokens: int, cache_dir: Path | None):  # type: ignore[no-untyped-def]
@@ -54,11 +61,22 @@ def _tokenizer(kind: str, bpe_tokens: int, cache_dir: Path | None):  # type: ign
     raise ValueError(f"tokenizer must be qwen3 or code-bpe, got {kind!r}")
 
 
-def build_tiny_model(out_dir: Path, *, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
-                     num_kv_heads: int = 2, head_dim: int = 32, intermediate_size: int = 128, init_std: float = 0.3,
-                     seed: int = 0, max_position_embeddings: int = 4096,
-                     tokenizer_cache_dir: Path | None = None, tokenizer: str = "qwen3",
-                     bpe_tokens: int = 8192) -> Path:
+def build_tiny_model(
+    out_dir: Path,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    head_dim: int = 32,
+    intermediate_size: int = 128,
+    init_std: float = 0.3,
+    seed: int = 0,
+    max_position_embeddings: int = 4096,
+    tokenizer_cache_dir: Path | None = None,
+    tokenizer: str = "qwen3",
+    bpe_tokens: int = 8192,
+) -> Path:
     """Build (or reuse) the model directory and return it.
 
     hidden_size: model width. The embedding (vocab × hidden_size float32: 151,669 × 64 ≈ 39 MB) is most of the
@@ -80,9 +98,19 @@ def build_tiny_model(out_dir: Path, *, hidden_size: int = 64, num_layers: int = 
     out_dir = Path(out_dir)
     if num_heads % num_kv_heads:
         raise ValueError("num_heads must be a multiple of num_kv_heads")
-    args = _build_args(tokenizer, bpe_tokens, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
-                       num_kv_heads=num_kv_heads, head_dim=head_dim, intermediate_size=intermediate_size,
-                       init_std=init_std, seed=seed, max_position_embeddings=max_position_embeddings)
+    args = _build_args(
+        tokenizer,
+        bpe_tokens,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        intermediate_size=intermediate_size,
+        init_std=init_std,
+        seed=seed,
+        max_position_embeddings=max_position_embeddings,
+    )
     marker = out_dir / MARKER
     if marker.is_file() and json.loads(marker.read_text()) == args:
         return out_dir
@@ -100,11 +128,21 @@ def build_tiny_model(out_dir: Path, *, hidden_size: int = 64, num_layers: int = 
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     config = Qwen3Config(
-        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-        head_dim=head_dim, max_position_embeddings=max_position_embeddings,
-        max_window_layers=num_layers, tie_word_embeddings=True, initializer_range=init_std,
-        bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id, dtype="float32",
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=max_position_embeddings,
+        max_window_layers=num_layers,
+        tie_word_embeddings=True,
+        initializer_range=init_std,
+        bos_token_id=pad_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        dtype="float32",
     )
     config.architectures = ["Qwen3ForCausalLM"]
     model = Qwen3ForCausalLM(config).to(torch.float32)
@@ -130,7 +168,8 @@ def build_tiny_model(out_dir: Path, *, hidden_size: int = 64, num_layers: int = 
         config_path.write_text(json.dumps(saved, indent=2) + "\n")
         # Stop tokens only: sampling defaults here would silently change vLLM's defaults for every request.
         GenerationConfig(bos_token_id=pad_id, eos_token_id=[eos_id, pad_id], pad_token_id=pad_id).save_pretrained(
-            str(tmp))
+            str(tmp)
+        )
         save_tokenizer(tokenizer, tmp)
         (tmp / MARKER).write_text(json.dumps(args, indent=2) + "\n")
         for path in tmp.iterdir():

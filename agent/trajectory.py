@@ -29,10 +29,12 @@ class TokenSequence(BaseModel):
     """Sampling logprob per token; 0.0 where loss_mask is 0."""
 
     @model_validator(mode="after")
-    def _same_length(self) -> "TokenSequence":
+    def _same_length(self) -> TokenSequence:
         if not (len(self.token_ids) == len(self.loss_mask) == len(self.logprobs)):
-            raise ValueError(f"token_ids ({len(self.token_ids)}), loss_mask ({len(self.loss_mask)}) and logprobs "
-                             f"({len(self.logprobs)}) must have the same length")
+            raise ValueError(
+                f"token_ids ({len(self.token_ids)}), loss_mask ({len(self.loss_mask)}) and logprobs "
+                f"({len(self.logprobs)}) must have the same length"
+            )
         return self
 
 
@@ -101,8 +103,7 @@ class Trajectory(BaseModel):
 
 def write_jsonl(path: str | Path, records: Iterable[Trajectory], append: bool = True) -> None:
     with open(path, "a" if append else "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(record.model_dump_json() + "\n")
+        handle.writelines(record.model_dump_json() + "\n" for record in records)
 
 
 def read_jsonl(path: str | Path) -> Iterator[Trajectory]:

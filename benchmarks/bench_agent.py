@@ -16,13 +16,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.collect import collect  # noqa: E402
-from agent.engines.hf import HFEngine  # noqa: E402
-from agent.loop import AgentConfig  # noqa: E402
-from agent.tiny import build_tiny_model  # noqa: E402
-from agent.tokenizer import build_qwen3_tokenizer  # noqa: E402
-from envserver.tasks import SAMPLE_TASKS_PATH, load_tasks  # noqa: E402
-from tests.conftest import start_server, stop_server  # noqa: E402
+from agent.collect import collect
+from agent.engines.hf import HFEngine
+from agent.loop import AgentConfig
+from agent.tiny import build_tiny_model
+from agent.tokenizer import build_qwen3_tokenizer
+from envserver.tasks import SAMPLE_TASKS_PATH, load_tasks
+from tests.conftest import start_server, stop_server
 
 
 def main() -> int:
@@ -47,20 +47,34 @@ def main() -> int:
             print(f"concurrency {level}: {len(task_ids) * groups} episodes …", flush=True)
             summary = asyncio.run(collect(engine, [server.url], task_ids, groups, out, config, tokenizer, level))
             busy = summary.engine_s + summary.env_s + summary.agent_s
-            rows.append((level, summary.episodes, summary.wall_s, 60 * summary.episodes / summary.wall_s,
-                         summary.engine_s / busy, summary.env_s / busy, summary.agent_s / busy,
-                         summary.infra_failures + summary.errors))
+            rows.append(
+                (
+                    level,
+                    summary.episodes,
+                    summary.wall_s,
+                    60 * summary.episodes / summary.wall_s,
+                    summary.engine_s / busy,
+                    summary.env_s / busy,
+                    summary.agent_s / busy,
+                    summary.infra_failures + summary.errors,
+                )
+            )
     finally:
         stop_server(server)
     print()
-    print(f"{'concurrency':>11}{'episodes':>10}{'wall s':>9}{'ep/min':>9}{'engine':>9}{'env':>8}{'agent':>8}"
-          f"{'errors':>8}")
+    print(
+        f"{'concurrency':>11}{'episodes':>10}{'wall s':>9}{'ep/min':>9}{'engine':>9}{'env':>8}{'agent':>8}{'errors':>8}"
+    )
     for level, n, wall, rate, engine_share, env_share, agent_share, errors in rows:
-        print(f"{level:>11}{n:>10}{wall:>9.1f}{rate:>9.1f}{100 * engine_share:>8.1f}%{100 * env_share:>7.1f}%"
-              f"{100 * agent_share:>7.1f}%{errors:>8}")
+        print(
+            f"{level:>11}{n:>10}{wall:>9.1f}{rate:>9.1f}{100 * engine_share:>8.1f}%{100 * env_share:>7.1f}%"
+            f"{100 * agent_share:>7.1f}%{errors:>8}"
+        )
     worst = max(row[6] for row in rows)
-    print(f"\nagent overhead: at most {100 * worst:.1f}% of episode wall time (target < 5%); "
-          f"throughput at concurrency {rows[-1][0]} is {rows[-1][3] / rows[0][3]:.1f}x that at {rows[0][0]}")
+    print(
+        f"\nagent overhead: at most {100 * worst:.1f}% of episode wall time (target < 5%); "
+        f"throughput at concurrency {rows[-1][0]} is {rows[-1][3] / rows[0][3]:.1f}x that at {rows[0][0]}"
+    )
     return 0
 
 

@@ -29,9 +29,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from envserver.client import AsyncEnvClient, EnvClient  # noqa: E402
-from envserver.tasks import SAMPLE_TASKS_PATH, load_tasks  # noqa: E402
-from tests.conftest import start_server, stop_server  # noqa: E402
+from envserver.client import AsyncEnvClient, EnvClient
+from envserver.tasks import SAMPLE_TASKS_PATH, load_tasks
+from tests.conftest import start_server, stop_server
 
 COMMAND = "echo hi"
 
@@ -42,8 +42,12 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"p50_ms": 1000 * pct(values, 0.5), "p99_ms": 1000 * pct(values, 0.99),
-            "mean_ms": 1000 * statistics.fmean(values), "n": len(values)}
+    return {
+        "p50_ms": 1000 * pct(values, 0.5),
+        "p99_ms": 1000 * pct(values, 0.99),
+        "mean_ms": 1000 * statistics.fmean(values),
+        "n": len(values),
+    }
 
 
 def bench_steps(url: str, task_id: str, image: str, n: int) -> dict[str, dict[str, float]]:
@@ -59,8 +63,9 @@ def bench_steps(url: str, task_id: str, image: str, n: int) -> dict[str, dict[st
             assert step.observation.startswith("hi"), step.observation
         client.close_session(sid)
     engine = docker.from_env()
-    container = engine.containers.run(image, ["sleep", "3600"], detach=True, network_mode="none",
-                                      labels={"envserver.benchmark": "1"})
+    container = engine.containers.run(
+        image, ["sleep", "3600"], detach=True, network_mode="none", labels={"envserver.benchmark": "1"}
+    )
     execs: list[float] = []
     try:
         for _ in range(5):
@@ -116,8 +121,14 @@ async def bench_concurrency(url: str, task_ids: list[str], sessions: int, steps:
     started = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(sessions)))
     elapsed = time.perf_counter() - started
-    return {"sessions": sessions, "steps": done, "wall_s": elapsed, "steps_per_s": done / elapsed,
-            "errors": len(errors), "first_errors": errors[:3]}
+    return {
+        "sessions": sessions,
+        "steps": done,
+        "wall_s": elapsed,
+        "steps_per_s": done / elapsed,
+        "errors": len(errors),
+        "first_errors": errors[:3],
+    }
 
 
 async def bench_burst(url: str, task_ids: list[str], n: int, announce: bool) -> dict[str, float]:
@@ -158,8 +169,9 @@ def main() -> int:
     parser.add_argument("--resets", type=int, default=15, help="Resets timed with and without the warm pool.")
     parser.add_argument("--sessions", type=int, default=32, help="Concurrent sessions.")
     parser.add_argument("--session-steps", type=int, default=50, help="Steps per concurrent session.")
-    parser.add_argument("--burst", type=int, default=128, help="Resets at once, with and without announcing them "
-                        "(0: skip).")
+    parser.add_argument(
+        "--burst", type=int, default=128, help="Resets at once, with and without announcing them (0: skip)."
+    )
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     args = parser.parse_args()
 
@@ -179,7 +191,8 @@ def main() -> int:
         results["reset_cold"] = bench_resets(cold.url, task_id, args.resets, warm=False)
         print(f"[3/4] {args.sessions} concurrent sessions × {args.session_steps} steps …")
         results["concurrency"] = asyncio.run(
-            bench_concurrency(cold.url, [t.instance_id for t in tasks], args.sessions, args.session_steps))
+            bench_concurrency(cold.url, [t.instance_id for t in tasks], args.sessions, args.session_steps)
+        )
     finally:
         stop_server(cold)
     warm = start_server(tmp, "--warm-pool-size", "2", "--warm-pool-task", task_id)
@@ -210,21 +223,29 @@ def main() -> int:
     print(f"{'step via HTTP API':<36}{api['p50_ms']:>10.2f}{api['p99_ms']:>10.2f}")
     print(f"{'step via docker exec (baseline)':<36}{execs['p50_ms']:>10.2f}{execs['p99_ms']:>10.2f}")
     print(f"{'reset, cold (container start)':<36}{cold_r['p50_ms']:>10.1f}{cold_r['p99_ms']:>10.1f}")  # type: ignore[index]
-    print(f"{'reset, warm pool':<36}{warm_r['p50_ms']:>10.1f}{warm_r['p99_ms']:>10.1f}"  # type: ignore[index]
-          f"   ({warm_r['warm_hits']}/{warm_r['n']} handed over)")  # type: ignore[index]
+    print(
+        f"{'reset, warm pool':<36}{warm_r['p50_ms']:>10.1f}{warm_r['p99_ms']:>10.1f}"  # type: ignore[index]
+        f"   ({warm_r['warm_hits']}/{warm_r['n']} handed over)"
+    )  # type: ignore[index]
     print()
     print(f"step p50 speed-up over docker exec: {speedup:.1f}×   (target ≥ 10×)")
-    print(f"warm reset p50: {warm_r['p50_ms']:.0f} ms, {cold_r['p50_ms'] / warm_r['p50_ms']:.1f}× faster than cold"  # type: ignore[index]
-          "   (target ≤ 150 ms)")
-    print(f"{conc['sessions']} sessions × {args.session_steps} steps: {conc['steps']} steps in "  # type: ignore[index]
-          f"{conc['wall_s']:.1f} s = {conc['steps_per_s']:.0f} steps/s, errors: {conc['errors']}"  # type: ignore[index]
-          "   (target 0 errors)")
+    print(
+        f"warm reset p50: {warm_r['p50_ms']:.0f} ms, {cold_r['p50_ms'] / warm_r['p50_ms']:.1f}× faster than cold"  # type: ignore[index]
+        "   (target ≤ 150 ms)"
+    )
+    print(
+        f"{conc['sessions']} sessions × {args.session_steps} steps: {conc['steps']} steps in "  # type: ignore[index]
+        f"{conc['wall_s']:.1f} s = {conc['steps_per_s']:.0f} steps/s, errors: {conc['errors']}"  # type: ignore[index]
+        "   (target 0 errors)"
+    )
     if args.burst:
         cold_b, told = results["burst_cold"], results["burst_announced"]
-        print(f"{args.burst} resets at once: unannounced p50 {cold_b['p50_ms']:.0f} ms / p99 {cold_b['p99_ms']:.0f} ms, "  # type: ignore[index]
-              f"{cold_b['sessions_per_s']:.1f} sessions/s; announced p50 {told['p50_ms']:.0f} ms / p99 "  # type: ignore[index]
-              f"{told['p99_ms']:.0f} ms, {told['sessions_per_s']:.1f} sessions/s (its containers took "  # type: ignore[index]
-              f"{told['prepared_s']:.0f} s to start ahead)   (target: announced p50 ≤ 100 ms)")  # type: ignore[index]
+        print(
+            f"{args.burst} resets at once: unannounced p50 {cold_b['p50_ms']:.0f} ms / p99 {cold_b['p99_ms']:.0f} ms, "  # type: ignore[index]
+            f"{cold_b['sessions_per_s']:.1f} sessions/s; announced p50 {told['p50_ms']:.0f} ms / p99 "  # type: ignore[index]
+            f"{told['p99_ms']:.0f} ms, {told['sessions_per_s']:.1f} sessions/s (its containers took "  # type: ignore[index]
+            f"{told['prepared_s']:.0f} s to start ahead)   (target: announced p50 ≤ 100 ms)"
+        )  # type: ignore[index]
     if conc["errors"]:  # type: ignore[index]
         print("first errors:", conc["first_errors"])  # type: ignore[index]
     if args.json:

@@ -23,21 +23,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.collect import collect  # noqa: E402
-from agent.engines.replay import ReplayEngine, tool_call_text  # noqa: E402
-from agent.fleet import Fleet, FleetConfig  # noqa: E402
-from agent.loop import AgentConfig  # noqa: E402
-from agent.tokenizer import build_qwen3_tokenizer  # noqa: E402
-from agent.trajectory import Trajectory  # noqa: E402
-from envserver.tasks import SAMPLE_TASKS_PATH, load_tasks  # noqa: E402
-from tests.conftest import ServerProcess, start_server, stop_server  # noqa: E402
+from agent.collect import collect
+from agent.engines.replay import ReplayEngine, tool_call_text
+from agent.fleet import Fleet, FleetConfig
+from agent.loop import AgentConfig
+from agent.tokenizer import build_qwen3_tokenizer
+from agent.trajectory import Trajectory
+from envserver.tasks import SAMPLE_TASKS_PATH, load_tasks
+from tests.conftest import ServerProcess, start_server, stop_server
 
 FAST = FleetConfig(patience_s=30.0, probe_interval_s=0.5, backoff_base_s=0.25, backoff_max_s=1.0)
 """Probes fast enough that the kill is noticed within a second even on a replica with no episode on it."""
 
 
-async def run_phase(servers: list[ServerProcess], task_ids: list[str], group_size: int, concurrency: int,
-                    config: AgentConfig, tokenizer: object, out: Path, kill_after: int | None) -> dict[str, float]:
+async def run_phase(
+    servers: list[ServerProcess],
+    task_ids: list[str],
+    group_size: int,
+    concurrency: int,
+    config: AgentConfig,
+    tokenizer: object,
+    out: Path,
+    kill_after: int | None,
+) -> dict[str, float]:
     """One collection; with `kill_after`, replica 2 is killed once that many episodes are written."""
     engine = ReplayEngine(tokenizer, [tool_call_text("execute_bash", command="sleep 1")])
     finished: list[float] = []
@@ -51,17 +59,23 @@ async def run_phase(servers: list[ServerProcess], task_ids: list[str], group_siz
 
     async with Fleet([s.url for s in servers], FAST, log=lambda _: None) as fleet:
         started = time.perf_counter()
-        summary = await collect(engine, [], task_ids, group_size, out, config, tokenizer, concurrency,
-                                on_episode=on_episode, fleet=fleet)
+        summary = await collect(
+            engine, [], task_ids, group_size, out, config, tokenizer, concurrency, on_episode=on_episode, fleet=fleet
+        )
         ended = time.perf_counter()
         split = killed_at[0] if killed_at else ended
         before = sum(t <= split for t in finished)
         after = len(finished) - before
-        return {"episodes": summary.episodes, "wall_s": ended - started,
-                "rate": 60 * summary.episodes / (ended - started),
-                "rate_before": 60 * before / max(split - started, 1e-9),
-                "rate_after": 60 * after / (ended - split) if killed_at else float("nan"),
-                "infra_failures": summary.infra_failures, "lost": fleet.lost, "replayed": fleet.replayed}
+        return {
+            "episodes": summary.episodes,
+            "wall_s": ended - started,
+            "rate": 60 * summary.episodes / (ended - started),
+            "rate_before": 60 * before / max(split - started, 1e-9),
+            "rate_after": 60 * after / (ended - split) if killed_at else float("nan"),
+            "infra_failures": summary.infra_failures,
+            "lost": fleet.lost,
+            "replayed": fleet.replayed,
+        }
 
 
 def main() -> int:
@@ -82,8 +96,18 @@ def main() -> int:
         servers = [start_server(tmp, *per_replica) for _ in range(2)]
         try:
             print(f"{label}: {total} episodes, concurrency {args.concurrency} …", flush=True)
-            rows[label] = asyncio.run(run_phase(servers, task_ids, args.group_size, args.concurrency, config,
-                                                tokenizer, tmp / f"{len(rows)}.jsonl", kill_after))
+            rows[label] = asyncio.run(
+                run_phase(
+                    servers,
+                    task_ids,
+                    args.group_size,
+                    args.concurrency,
+                    config,
+                    tokenizer,
+                    tmp / f"{len(rows)}.jsonl",
+                    kill_after,
+                )
+            )
         finally:
             for server in servers:
                 stop_server(server)
@@ -91,14 +115,20 @@ def main() -> int:
                     container.remove(force=True)
 
     print()
-    print(f"{'run':>18}{'episodes':>10}{'wall s':>9}{'ep/min':>9}{'before':>9}{'after':>9}{'lost':>6}"
-          f"{'replayed':>10}{'infra':>7}")
+    print(
+        f"{'run':>18}{'episodes':>10}{'wall s':>9}{'ep/min':>9}{'before':>9}{'after':>9}{'lost':>6}"
+        f"{'replayed':>10}{'infra':>7}"
+    )
     for label, row in rows.items():
-        print(f"{label:>18}{row['episodes']:>10.0f}{row['wall_s']:>9.1f}{row['rate']:>9.1f}{row['rate_before']:>9.1f}"
-              f"{row['rate_after']:>9.1f}{row['lost']:>6.0f}{row['replayed']:>10.0f}{row['infra_failures']:>7.0f}")
+        print(
+            f"{label:>18}{row['episodes']:>10.0f}{row['wall_s']:>9.1f}{row['rate']:>9.1f}{row['rate_before']:>9.1f}"
+            f"{row['rate_after']:>9.1f}{row['lost']:>6.0f}{row['replayed']:>10.0f}{row['infra_failures']:>7.0f}"
+        )
     base, cut = rows["2 replicas"], rows["1 killed at half"]
-    print(f"\nafter/before the kill: {cut['rate_after'] / cut['rate_before']:.2f}; whole run with the kill / without: "
-          f"{cut['rate'] / base['rate']:.2f}; before the kill / without: {cut['rate_before'] / base['rate']:.2f}")
+    print(
+        f"\nafter/before the kill: {cut['rate_after'] / cut['rate_before']:.2f}; whole run with the kill / without: "
+        f"{cut['rate'] / base['rate']:.2f}; before the kill / without: {cut['rate_before'] / base['rate']:.2f}"
+    )
     return 0
 
 

@@ -58,9 +58,7 @@ def _remove(client: docker.DockerClient, tags: list[str]) -> None:
 
 def _timed_build(client, tasks, table, sources, force: bool) -> float:  # type: ignore[no-untyped-def]
     started = time.monotonic()
-    results = build_official(
-        client, tasks, table, sources, ca_bundle=_ca(), force=force, log=_quiet
-    )
+    results = build_official(client, tasks, table, sources, ca_bundle=_ca(), force=force, log=_quiet)
     elapsed = time.monotonic() - started
     failed = [r for r in results if r.action == "failed"]
     if failed:
@@ -103,9 +101,7 @@ def _group(value: str) -> tuple[str, str]:
     return repo, version
 
 
-def _build_group(
-    client, table, rows, repo: str, version: str, count: int, tmp: str
-) -> dict:  # type: ignore[no-untyped-def]
+def _build_group(client, table, rows, repo: str, version: str, count: int, tmp: str) -> dict:  # type: ignore[no-untyped-def]
     """First instance of repo@version (env layer rebuilt without cache) and each further one (env reused)."""
     tasks = [t for t in rows if t.repo == repo and t.version == version][:count]
     if len(tasks) < 2:
@@ -114,24 +110,14 @@ def _build_group(
     with tarfile.open(archive) as tar:
         tar.extractall(tmp, filter="data")
     sources = {repo: str(Path(tmp) / archive.name.removesuffix(".tar.gz"))}
-    groups, refused = plan_official(
-        tasks, table, lambda name: sources[name], python_fallback=False
-    )
+    groups, refused = plan_official(tasks, table, lambda name: sources[name], python_fallback=False)
     if refused or len({id(g.env) for g in groups}) != 1:
-        raise SystemExit(
-            f"the rows of {repo} {version} do not share one env layer: refused {refused}"
-        )
+        raise SystemExit(f"the rows of {repo} {version} do not share one env layer: refused {refused}")
     python = groups[0].env.python
-    print(
-        f"{repo} {version}: {len(tasks)} instances, Python {python.version}", flush=True
-    )
-    ensure_python_base(
-        client, python, log=_quiet
-    )  # shared by every repository of this Python: not timed
+    print(f"{repo} {version}: {len(tasks)} instances, Python {python.version}", flush=True)
+    ensure_python_base(client, python, log=_quiet)  # shared by every repository of this Python: not timed
     _remove(client, [local_image_name(t.instance_id) for t in tasks])
-    first = _timed_build(
-        client, tasks[:1], table, sources, force=True
-    )  # env layer rebuilt, no layer cache
+    first = _timed_build(client, tasks[:1], table, sources, force=True)  # env layer rebuilt, no layer cache
     print(
         f"  first instance {tasks[0].instance_id} (env + instance layer): {first:.1f} s",
         flush=True,
@@ -152,9 +138,7 @@ def _build_group(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--tasks",
         type=Path,
@@ -167,9 +151,7 @@ def main() -> None:
         help="owner/name@version whose instances are "
         "built (repeatable; default: pallets/flask@2.3 and pytest-dev/pytest@5.4)",
     )
-    parser.add_argument(
-        "--instances", type=int, default=4, help="instances built per group"
-    )
+    parser.add_argument("--instances", type=int, default=4, help="instances built per group")
     parser.add_argument(
         "--out",
         type=Path,
@@ -186,9 +168,7 @@ def main() -> None:
             ("pallets/flask", "2.3"),
             ("pytest-dev/pytest", "5.4"),
         ]:
-            results.append(
-                _build_group(client, table, rows, repo, version, args.instances, tmp)
-            )
+            results.append(_build_group(client, table, rows, repo, version, args.instances, tmp))
 
     built = [task for result in results for task in result["tasks"]]
     validation = {}
@@ -209,24 +189,15 @@ def main() -> None:
     for result in results:
         mean = sum(result["further_s"]) / len(result["further_s"])
         name = f"{result['repo']} {result['version']} (×{len(result['further_s'])} further)"
-        print(
-            f"{name:40}{result['first_s']:>9.1f}{mean:>11.1f}{result['further_over_first']:>15.2f}"
-            "   (target ≤ 0.15)"
-        )
-    print(
-        f"{'validation (' + str(len(built)) + ' instances)':40}{'inst/min':>9}{'vs jobs 1':>11}"
-    )
+        print(f"{name:40}{result['first_s']:>9.1f}{mean:>11.1f}{result['further_over_first']:>15.2f}   (target ≤ 0.15)")
+    print(f"{'validation (' + str(len(built)) + ' instances)':40}{'inst/min':>9}{'vs jobs 1':>11}")
     for jobs in (1, 2):
         rate = validation[jobs]["per_min"]
-        print(
-            f"{'  --jobs ' + str(jobs):40}{rate:>9.2f}{rate / validation[1]['per_min']:>11.2f}"
-        )
+        print(f"{'  --jobs ' + str(jobs):40}{rate:>9.2f}{rate / validation[1]['per_min']:>11.2f}")
     for result in results:
         result["instances"] = [t.instance_id for t in result.pop("tasks")]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps({"groups": results, "validation": validation}, indent=2) + "\n"
-    )
+    args.out.write_text(json.dumps({"groups": results, "validation": validation}, indent=2) + "\n")
     print(f"\nwritten {args.out}")
 
 

@@ -80,9 +80,24 @@ def worker(method: str, tokens: int, hidden_size: int, vocab: int, chunk_size: i
 
 
 def measure(method: str, args: argparse.Namespace) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--worker", method, "--tokens", str(args.tokens), "--hidden", str(args.hidden),
-           "--vocab", str(args.vocab), "--chunk-size", str(args.chunk_size), "--device", args.device,
-           "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        method,
+        "--tokens",
+        str(args.tokens),
+        "--hidden",
+        str(args.hidden),
+        "--vocab",
+        str(args.vocab),
+        "--chunk-size",
+        str(args.chunk_size),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{method} worker failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
@@ -110,20 +125,26 @@ def main() -> int:
         return 0
 
     full = args.tokens * args.vocab * 4
-    print(f"T={args.tokens} tokens, V={args.vocab}, H={args.hidden}, chunk_size={args.chunk_size}, "
-          f"device={args.device}; one float32 [T, V] tensor = {full / GIB:.2f} GiB, one chunk = "
-          f"{min(args.chunk_size, args.tokens) * args.vocab * 4 / GIB:.2f} GiB, head [V, H] = "
-          f"{args.vocab * args.hidden * 4 / GIB:.3f} GiB")
+    print(
+        f"T={args.tokens} tokens, V={args.vocab}, H={args.hidden}, chunk_size={args.chunk_size}, "
+        f"device={args.device}; one float32 [T, V] tensor = {full / GIB:.2f} GiB, one chunk = "
+        f"{min(args.chunk_size, args.tokens) * args.vocab * 4 / GIB:.2f} GiB, head [V, H] = "
+        f"{args.vocab * args.hidden * 4 / GIB:.3f} GiB"
+    )
     results = {}
     for method in ("chunked", "naive"):
         results[method] = measure(method, args)
         r = results[method]
-        print(f"{method:>8}: extra peak memory {r['extra_peak_bytes'] / GIB:6.2f} GiB "
-              f"({r['extra_peak_bytes'] / full:4.2f} × [T, V] float32), forward+backward {r['seconds']:6.2f} s")
+        print(
+            f"{method:>8}: extra peak memory {r['extra_peak_bytes'] / GIB:6.2f} GiB "
+            f"({r['extra_peak_bytes'] / full:4.2f} × [T, V] float32), forward+backward {r['seconds']:6.2f} s"
+        )
     ratio = results["chunked"]["extra_peak_bytes"] / results["naive"]["extra_peak_bytes"]
     verdict = "meets" if ratio <= 1 / 8 else "MISSES"
-    print(f"ratio chunked / naive peak memory: {ratio:.4f} (1/{1 / ratio:.1f}); {verdict} the ≤ 1/8 target; "
-          f"time chunked / naive: {results['chunked']['seconds'] / results['naive']['seconds']:.2f}")
+    print(
+        f"ratio chunked / naive peak memory: {ratio:.4f} (1/{1 / ratio:.1f}); {verdict} the ≤ 1/8 target; "
+        f"time chunked / naive: {results['chunked']['seconds'] / results['naive']['seconds']:.2f}"
+    )
     return 0 if ratio <= 1 / 8 else 1
 
 

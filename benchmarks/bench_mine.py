@@ -22,15 +22,78 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = ("value parser token stream buffer cache request response config schema field record index offset "
-         "window frame column row table query filter sort merge split encode decode render format timezone date "
-         "unicode path file directory socket timeout retry session user group permission handler event signal "
-         "queue worker thread lock context manager iterator generator decorator metaclass attribute property "
-         "serializer validator converter adapter plugin registry loader writer reader").split()
+WORDS = [
+    "value",
+    "parser",
+    "token",
+    "stream",
+    "buffer",
+    "cache",
+    "request",
+    "response",
+    "config",
+    "schema",
+    "field",
+    "record",
+    "index",
+    "offset",
+    "window",
+    "frame",
+    "column",
+    "row",
+    "table",
+    "query",
+    "filter",
+    "sort",
+    "merge",
+    "split",
+    "encode",
+    "decode",
+    "render",
+    "format",
+    "timezone",
+    "date",
+    "unicode",
+    "path",
+    "file",
+    "directory",
+    "socket",
+    "timeout",
+    "retry",
+    "session",
+    "user",
+    "group",
+    "permission",
+    "handler",
+    "event",
+    "signal",
+    "queue",
+    "worker",
+    "thread",
+    "lock",
+    "context",
+    "manager",
+    "iterator",
+    "generator",
+    "decorator",
+    "metaclass",
+    "attribute",
+    "property",
+    "serializer",
+    "validator",
+    "converter",
+    "adapter",
+    "plugin",
+    "registry",
+    "loader",
+    "writer",
+    "reader",
+]
 VOCAB = [f"{a}{b}" for a in WORDS for b in ("", "s", "ed", "ing", "er")] + [f"term{i}" for i in range(4000)]
-SYSTEM = ("You are a helpful assistant that can interact with a computer to solve tasks.\n<IMPORTANT>\n* If user "
-          "provides a path, you should NOT assume it's relative to the current working directory.\n</IMPORTANT>\n"
-          * 6)
+SYSTEM = (
+    "You are a helpful assistant that can interact with a computer to solve tasks.\n<IMPORTANT>\n* If user "
+    "provides a path, you should NOT assume it's relative to the current working directory.\n</IMPORTANT>\n" * 6
+)
 
 
 def source_file(rng: random.Random, functions: list[str]) -> list[str]:
@@ -76,65 +139,122 @@ def trajectory(rng: random.Random, world: World, index: int) -> dict:
     # issues of one family are related, others are not: the related_issue stage has something to separate.
     family = random.Random(f"{repo}/{function}/{min(int(rng.expovariate(1.0)), 3)}")
     symptom = " ".join(family.choices(VOCAB, k=40))
-    issue = (f"# {function} returns the wrong result\n\nWhen calling `{function}` {symptom}. "
-             + " ".join(rng.choices(VOCAB, k=25))
-             + f".\n\n```python\nfrom {path.split('/')[0]} import {function}\nprint({function}(None, None))\n```\n")
+    issue = (
+        f"# {function} returns the wrong result\n\nWhen calling `{function}` {symptom}. "
+        + " ".join(rng.choices(VOCAB, k=25))
+        + f".\n\n```python\nfrom {path.split('/')[0]} import {function}\nprint({function}(None, None))\n```\n"
+    )
     instance = f"{repo}.{commit[:8]}.func_pm_{rng.choice(WORDS)}__{index:07x}"
-    messages = [{"role": "system", "content": SYSTEM},
-                {"role": "user", "content": "<uploaded_files>\n/testbed\n</uploaded_files>\nConsider the following "
-                                            f"PR description:\n\n<pr_description>\n{issue}</pr_description>\n\n"
-                                            "Make the minimal changes to non-test files."}]
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {
+            "role": "user",
+            "content": "<uploaded_files>\n/testbed\n</uploaded_files>\nConsider the following "
+            f"PR description:\n\n<pr_description>\n{issue}</pr_description>\n\n"
+            "Make the minimal changes to non-test files.",
+        },
+    ]
     calls = 0
 
     def step(name: str, arguments: dict, output: str, thought: str) -> None:
         nonlocal calls
         calls += 1
-        messages.append({"role": "assistant", "content": thought, "tool_calls": [{
-            "id": f"call_{calls}", "type": "function",
-            "function": {"name": name, "arguments": json.dumps(arguments)}}]})
+        messages.append(
+            {
+                "role": "assistant",
+                "content": thought,
+                "tool_calls": [
+                    {
+                        "id": f"call_{calls}",
+                        "type": "function",
+                        "function": {"name": name, "arguments": json.dumps(arguments)},
+                    }
+                ],
+            }
+        )
         messages.append({"role": "tool", "tool_call_id": f"call_{calls}", "content": output})
 
     def chatter(k: int = 30) -> str:
         return " ".join(rng.choices(WORDS, k=k)).capitalize() + "."
 
-    step("bash", {"command": "find /testbed -name '*.py' | head -50"}, "\n".join(f"/testbed/{p}" for p in paths),
-         "Let me explore the repository. " + chatter())
+    step(
+        "bash",
+        {"command": "find /testbed -name '*.py' | head -50"},
+        "\n".join(f"/testbed/{p}" for p in paths),
+        "Let me explore the repository. " + chatter(),
+    )
     for _ in range(rng.randint(9, 22)):
         kind = rng.random()
         if kind < 0.4:
             other = rng.choice(paths)
-            shown = files[other][1][:rng.randint(40, 120)]
-            step("str_replace_editor", {"command": "view", "path": f"/testbed/{other}"},
-                 "Here's the result of running `cat -n`:\n" + "\n".join(f"{i + 1:6d}\t{l}" for i, l in
-                                                                        enumerate(shown)), chatter())
+            shown = files[other][1][: rng.randint(40, 120)]
+            step(
+                "str_replace_editor",
+                {"command": "view", "path": f"/testbed/{other}"},
+                "Here's the result of running `cat -n`:\n" + "\n".join(f"{i + 1:6d}\t{l}" for i, l in enumerate(shown)),
+                chatter(),
+            )
         elif kind < 0.65:
-            step("bash", {"command": f"grep -rn {rng.choice(WORDS)} /testbed | head -20"},
-                 "\n".join(f"/testbed/{rng.choice(paths)}:{rng.randint(1, 200)}: {chatter(8)}" for _ in range(20)),
-                 chatter())
+            step(
+                "bash",
+                {"command": f"grep -rn {rng.choice(WORDS)} /testbed | head -20"},
+                "\n".join(f"/testbed/{rng.choice(paths)}:{rng.randint(1, 200)}: {chatter(8)}" for _ in range(20)),
+                chatter(),
+            )
         elif kind < 0.85:
-            trace = "\n".join(f'  File "/testbed/{rng.choice(paths)}", line {rng.randint(1, 300)}, in '
-                              f"{rng.choice(functions)}\n    {chatter(6)}" for _ in range(rng.randint(3, 10)))
-            step("bash", {"command": "python /testbed/reproduce.py"},
-                 f"Traceback (most recent call last):\n{trace}\nValueError: {chatter(6)}", chatter())
+            trace = "\n".join(
+                f'  File "/testbed/{rng.choice(paths)}", line {rng.randint(1, 300)}, in '
+                f"{rng.choice(functions)}\n    {chatter(6)}"
+                for _ in range(rng.randint(3, 10))
+            )
+            step(
+                "bash",
+                {"command": "python /testbed/reproduce.py"},
+                f"Traceback (most recent call last):\n{trace}\nValueError: {chatter(6)}",
+                chatter(),
+            )
         else:
-            step("bash", {"command": "cat > /testbed/reproduce.py <<'EOF'\n"
-                                     f"from {path.split('/')[0]} import {function}\nprint({function}(1, 2))\nEOF"},
-                 "", "Let me write a reproduction script. " + chatter())
-    step("str_replace_editor", {"command": "str_replace", "path": f"/testbed/{path}", "old_str": old, "new_str": new},
-         f"The file /testbed/{path} has been edited. Here's a snippet:\n{new}\nReview the changes.",
-         f"The bug is in `{function}`. I'll fix it:\n```python\n{new}\n```")
-    step("bash", {"command": "python -m pytest -q"}, "." * rng.randint(20, 200) + f"\n{rng.randint(5, 99)} passed",
-         chatter())
-    context = lines[max(start, target - 3):target]
-    after = lines[target + 1:target + 4]
-    patch = (f"diff --git a/{path} b/{path}\nindex 1234567..89abcde 100644\n--- a/{path}\n+++ b/{path}\n"
-             f"@@ -{target - len(context) + 1},{len(context) + 1 + len(after)} "
-             f"+{target - len(context) + 1},{len(context) + 1 + len(after)} @@ def {function}(\n"
-             + "".join(f" {l}\n" for l in context) + f"-{old}\n+{new}\n" + "".join(f" {l}\n" for l in after))
+            step(
+                "bash",
+                {
+                    "command": "cat > /testbed/reproduce.py <<'EOF'\n"
+                    f"from {path.split('/')[0]} import {function}\nprint({function}(1, 2))\nEOF"
+                },
+                "",
+                "Let me write a reproduction script. " + chatter(),
+            )
+    step(
+        "str_replace_editor",
+        {"command": "str_replace", "path": f"/testbed/{path}", "old_str": old, "new_str": new},
+        f"The file /testbed/{path} has been edited. Here's a snippet:\n{new}\nReview the changes.",
+        f"The bug is in `{function}`. I'll fix it:\n```python\n{new}\n```",
+    )
+    step(
+        "bash",
+        {"command": "python -m pytest -q"},
+        "." * rng.randint(20, 200) + f"\n{rng.randint(5, 99)} passed",
+        chatter(),
+    )
+    context = lines[max(start, target - 3) : target]
+    after = lines[target + 1 : target + 4]
+    patch = (
+        f"diff --git a/{path} b/{path}\nindex 1234567..89abcde 100644\n--- a/{path}\n+++ b/{path}\n"
+        f"@@ -{target - len(context) + 1},{len(context) + 1 + len(after)} "
+        f"+{target - len(context) + 1},{len(context) + 1 + len(after)} @@ def {function}(\n"
+        + "".join(f" {l}\n" for l in context)
+        + f"-{old}\n+{new}\n"
+        + "".join(f" {l}\n" for l in after)
+    )
     step("bash", {"command": "git diff"}, patch, "Let me review the diff.")
     step("submit", {}, "Submitted.", "Done.")
-    return {"instance_id": instance, "traj_id": f"{instance}.run{index}", "resolved": rng.random() < 0.7,
-            "model": "bench", "patch": patch, "messages": messages}
+    return {
+        "instance_id": instance,
+        "traj_id": f"{instance}.run{index}",
+        "resolved": rng.random() < 0.7,
+        "model": "bench",
+        "patch": patch,
+        "messages": messages,
+    }
 
 
 def write_set(path: Path, count: int, seed: int) -> tuple[int, float]:
@@ -164,12 +284,27 @@ def main() -> None:
     data = folder / "trajectories.json"
     started = time.perf_counter()
     messages, size = write_set(data, args.trajectories, args.seed)
-    print(f"input: {args.trajectories:,} trajectories, {messages / args.trajectories:.1f} messages each, "
-          f"{size / 2**20:,.0f} MiB ({size / args.trajectories / 1024:.1f} KiB each), made in "
-          f"{time.perf_counter() - started:.0f} s", flush=True)
+    print(
+        f"input: {args.trajectories:,} trajectories, {messages / args.trajectories:.1f} messages each, "
+        f"{size / 2**20:,.0f} MiB ({size / args.trajectories / 1024:.1f} KiB each), made in "
+        f"{time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
 
-    command = [sys.executable, "-m", "trainer.pairs", "mine", "-t", str(data), "--out", str(folder / "pairs.jsonl"),
-               "--seed", str(args.seed), "--report-dir", str(folder / "report")]
+    command = [
+        sys.executable,
+        "-m",
+        "trainer.pairs",
+        "mine",
+        "-t",
+        str(data),
+        "--out",
+        str(folder / "pairs.jsonl"),
+        "--seed",
+        str(args.seed),
+        "--report-dir",
+        str(folder / "report"),
+    ]
     if args.min_stage:
         command += ["--min-stage", args.min_stage]
     started = time.perf_counter()
@@ -183,9 +318,11 @@ def main() -> None:
         raise SystemExit(f"miner failed with exit code {done.returncode}")
     funnel = json.loads((folder / "report" / "funnel.json").read_text())
     print("funnel: " + ", ".join(f"{row['stage']} {row['count']:,}" for row in funnel["funnel"]))
-    print(f"mined in {seconds:.1f} s wall, {cpu:.1f} s CPU: {args.trajectories / seconds:,.0f} trajectories/s "
-          f"({args.trajectories / cpu:,.0f} per CPU second); peak RSS of the miner {peak:,.0f} MiB "
-          f"(target < 1024 MiB): {'OK' if peak < 1024 else 'OVER'}")
+    print(
+        f"mined in {seconds:.1f} s wall, {cpu:.1f} s CPU: {args.trajectories / seconds:,.0f} trajectories/s "
+        f"({args.trajectories / cpu:,.0f} per CPU second); peak RSS of the miner {peak:,.0f} MiB "
+        f"(target < 1024 MiB): {'OK' if peak < 1024 else 'OVER'}"
+    )
     if not args.keep:
         for item in sorted(folder.rglob("*"), reverse=True):
             item.unlink() if item.is_file() else item.rmdir()

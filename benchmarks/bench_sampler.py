@@ -78,15 +78,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         engine = HFEngine.from_pretrained(build_tiny_model(Path(tmp) / "tiny"), logprobs_mode="processed_logprobs")
         prompts = [[100 + (row * 7 + i) % 5000 for i in range(1000)] for row in range(args.rows)]
-        requests = [(prompt, SamplingParams(max_tokens=args.decode_tokens, temperature=args.temperature, seed=row))
-                    for row, prompt in enumerate(prompts)]
+        requests = [
+            (prompt, SamplingParams(max_tokens=args.decode_tokens, temperature=args.temperature, seed=row))
+            for row, prompt in enumerate(prompts)
+        ]
         engine._generate_batch(requests[:1])  # warm-up
         started = time.perf_counter()
         engine._generate_batch(requests)
         elapsed = time.perf_counter() - started
     per_step = elapsed / args.decode_tokens * 1000
-    print(f"tiny model, {args.rows} rows × 1000-token prompts, {args.decode_tokens} tokens: {per_step:.1f} ms a decode "
-          f"step (prefill included), of which sampling ~{ours:.1f} ms")
+    print(
+        f"tiny model, {args.rows} rows × 1000-token prompts, {args.decode_tokens} tokens: {per_step:.1f} ms a decode "
+        f"step (prefill included), of which sampling ~{ours:.1f} ms"
+    )
     return 0
 
 

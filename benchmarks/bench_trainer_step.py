@@ -100,6 +100,7 @@ QUICK = Sizes(rollouts=8, seq_len=512, layers=2, steps=1, memory_tokens=2048)
 
 # ------------------------------------------------------------------------------------------------- rollouts
 
+
 def synthetic_rollouts(sizes: Sizes, seed: int = 0) -> RolloutBatch:
     """B × T rollout tensors with an agentic loss mask: a prompt (system + issue, 10–20% of T, mask 0), then
     assistant turns of 64–320 sampled tokens (mask 1) and tool observations of 200–800 tokens (mask 0) until T."""
@@ -112,7 +113,7 @@ def synthetic_rollouts(sizes: Sizes, seed: int = 0) -> RolloutBatch:
         pos = int(t * rng.uniform(0.10, 0.20))
         while pos < t:
             turn = rng.randint(64, 320)
-            loss_mask[row, pos:pos + turn] = 1.0
+            loss_mask[row, pos : pos + turn] = 1.0
             pos += turn + rng.randint(200, 800)
     engine_logprobs = -torch.rand(b, t, generator=gen) * 4.0 * loss_mask
     groups = b // sizes.group_size
@@ -121,20 +122,28 @@ def synthetic_rollouts(sizes: Sizes, seed: int = 0) -> RolloutBatch:
         for col in rng.sample(range(sizes.group_size), rng.randint(1, sizes.group_size - 1)):
             rewards[group, col] = 1.0
     advantages, _keep, stats = compute_advantages(rewards, mode="grpo", scale_by_std=True)
-    return RolloutBatch(input_ids=input_ids, attention_mask=torch.ones(b, t, dtype=torch.long), loss_mask=loss_mask,
-                        engine_logprobs=engine_logprobs, advantages=advantages.reshape(-1).to(torch.float32),
-                        stats={k: float(v) for k, v in stats.items()})
+    return RolloutBatch(
+        input_ids=input_ids,
+        attention_mask=torch.ones(b, t, dtype=torch.long),
+        loss_mask=loss_mask,
+        engine_logprobs=engine_logprobs,
+        advantages=advantages.reshape(-1).to(torch.float32),
+        stats={k: float(v) for k, v in stats.items()},
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- pairs
+
 
 def _trajectory_text(path: Path) -> str:
     """A context as an agent trajectory renders it: a tool call that printed a source file, and its output."""
     call = json.dumps({"name": "execute_bash", "arguments": {"command": f"cat -n {path.relative_to(ROOT)}"}})
     body = "\n".join(f"{i:6d}\t{line}" for i, line in enumerate(path.read_text().splitlines(), start=1))
-    return (f"[assistant]\nLet me read the module first.\n<tool_call>\n{call}\n</tool_call>\n"
-            f"[tool: execute_bash]\n{body}\n[Current working directory: /testbed]\n"
-            "[Command finished with exit code 0]")
+    return (
+        f"[assistant]\nLet me read the module first.\n<tool_call>\n{call}\n</tool_call>\n"
+        f"[tool: execute_bash]\n{body}\n[Current working directory: /testbed]\n"
+        "[Command finished with exit code 0]"
+    )
 
 
 def repo_pairs(count: int) -> list[PairRecord]:
@@ -150,24 +159,33 @@ def repo_pairs(count: int) -> list[PairRecord]:
         text = positive.read_text()
         lines = [line.strip() for line in text.splitlines() if len(line.strip()) > 40]
         query = (text.split('"""')[1] if text.count('"""') >= 2 else text[:1500]).strip()[:1500]
-        pairs.append(PairRecord(
-            pair_id=f"bench-{index}", query=f"{query}\nWhere in the code is this handled?",
-            answer=f"{positive.relative_to(ROOT)}: {lines[len(lines) // 2]}",
-            positive=_trajectory_text(positive), negative=_trajectory_text(negative),
-            provenance={"source": "bench_trainer_step"}, funnel_stage="synthetic"))
+        pairs.append(
+            PairRecord(
+                pair_id=f"bench-{index}",
+                query=f"{query}\nWhere in the code is this handled?",
+                answer=f"{positive.relative_to(ROOT)}: {lines[len(lines) // 2]}",
+                positive=_trajectory_text(positive),
+                negative=_trajectory_text(negative),
+                provenance={"source": "bench_trainer_step"},
+                funnel_stage="synthetic",
+            )
+        )
     return pairs
 
 
 def pair_batch(pairs: list[PairRecord], tokenizer: Any, max_context_tokens: int, step: int) -> dict[str, Any]:
     """What trainer.run's `_pair_batch` does for one step: both orders, present, collate, positive_is_first."""
-    presentations = [present(p, tokenizer, first, max_context_tokens=max_context_tokens)
-                     for p, first in balanced_presentations(pairs, random.Random(step))]
+    presentations = [
+        present(p, tokenizer, first, max_context_tokens=max_context_tokens)
+        for p, first in balanced_presentations(pairs, random.Random(step))
+    ]
     batch = collate_presentations(presentations, tokenizer.pad_token_id)
     batch["positive_is_first"] = torch.tensor([p.positive_is_first for p in presentations])
     return batch
 
 
 # ----------------------------------------------------------------------------------------------------- steps
+
 
 def profiled(run: Any) -> tuple[float, dict[str, float]]:
     """`run()` under torch.profiler: its wall time and the seconds spent in the output head's forward and backward
@@ -180,9 +198,11 @@ def profiled(run: Any) -> tuple[float, dict[str, float]]:
         run()
     wall = time.perf_counter() - started
     totals = {event.key: event.cpu_time_total / 1e6 for event in prof.key_averages()}
-    parts = {"head_forward_s": totals.get("_ChunkedTokenLogprobs", 0.0),
-             "head_backward_s": totals.get("_ChunkedTokenLogprobsBackward", 0.0),
-             "adamw_s": totals.get("Optimizer.step#AdamW.step", 0.0)}
+    parts = {
+        "head_forward_s": totals.get("_ChunkedTokenLogprobs", 0.0),
+        "head_backward_s": totals.get("_ChunkedTokenLogprobsBackward", 0.0),
+        "adamw_s": totals.get("Optimizer.step#AdamW.step", 0.0),
+    }
     return wall, {"step_s": wall, **parts, "other_s": wall - sum(parts.values())}
 
 
@@ -198,9 +218,12 @@ def bench_steps(sizes: Sizes, model_dir: Path, breakdown: bool, log: Any) -> dic
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.0)  # trainer.run's, at its defaults
-    config = ObjectiveConfig(grpo=GRPOLossConfig(clip_low=0.2, clip_high=0.28, aggregation="token_mean",
-                                                 kl_coef=0.0, tis_cap=2.0),
-                             ca_weight=0.1, ca_clip=5.0, logprob_chunk_size=1024)
+    config = ObjectiveConfig(
+        grpo=GRPOLossConfig(clip_low=0.2, clip_high=0.28, aggregation="token_mean", kl_coef=0.0, tis_cap=2.0),
+        ca_weight=0.1,
+        ca_clip=5.0,
+        logprob_chunk_size=1024,
+    )
     max_grad_norm = 1.0
 
     batch = synthetic_rollouts(sizes)
@@ -215,20 +238,27 @@ def bench_steps(sizes: Sizes, model_dir: Path, breakdown: bool, log: Any) -> dic
     rollout_tokens = int(batch.attention_mask.sum())
     sampled_tokens = int(batch.loss_mask.sum())
     pair_tokens = int(sum(presentation_lengths))
-    log(f"model: Qwen3 arch, V={QWEN3_VOCAB}, hidden {sizes.hidden}, {sizes.layers} layers, {sizes.heads} heads "
+    log(
+        f"model: Qwen3 arch, V={QWEN3_VOCAB}, hidden {sizes.hidden}, {sizes.layers} layers, {sizes.heads} heads "
         f"({sizes.kv_heads} kv) × {sizes.head_dim}, MLP {sizes.intermediate}, tied head: {params / 1e6:.1f} M params "
         f"({model.get_output_embeddings().weight.numel() / params:.0%} in the embedding/head); float32, "
-        f"{torch.get_num_threads()} torch threads")
-    log(f"rollouts: {sizes.rollouts} × {sizes.seq_len} tokens = {rollout_tokens} tokens, {sampled_tokens} sampled "
-        f"({sampled_tokens / rollout_tokens:.1%}), groups of {sizes.group_size}")
-    log(f"pairs (8:1 = rollout sequences : pairs): {n_pairs} pair(s) × 2 orders = {len(presentation_lengths)} "
+        f"{torch.get_num_threads()} torch threads"
+    )
+    log(
+        f"rollouts: {sizes.rollouts} × {sizes.seq_len} tokens = {rollout_tokens} tokens, {sampled_tokens} sampled "
+        f"({sampled_tokens / rollout_tokens:.1%}), groups of {sizes.group_size}"
+    )
+    log(
+        f"pairs (8:1 = rollout sequences : pairs): {n_pairs} pair(s) × 2 orders = {len(presentation_lengths)} "
         f"presentations of {min(presentation_lengths)}–{max(presentation_lengths)} tokens "
-        f"(max_context_tokens={sizes.max_context_tokens}), {pair_tokens} tokens")
+        f"(max_context_tokens={sizes.max_context_tokens}), {pair_tokens} tokens"
+    )
 
     def one(with_pairs: bool) -> float:
         started = time.perf_counter()
-        out = distributed_step(model, optimizer, batch, pairs_batch if with_pairs else None, config, ctx,
-                               max_grad_norm=max_grad_norm)
+        out = distributed_step(
+            model, optimizer, batch, pairs_batch if with_pairs else None, config, ctx, max_grad_norm=max_grad_norm
+        )
         seconds = time.perf_counter() - started
         if not (out.loss == out.loss):  # NaN
             raise RuntimeError("the step's loss is NaN")
@@ -267,25 +297,53 @@ def bench_steps(sizes: Sizes, model_dir: Path, breakdown: bool, log: Any) -> dic
     share = added / t_with
     prep = statistics.median(prep_times)
     result: dict[str, Any] = {
-        "model": {"vocab": QWEN3_VOCAB, "hidden": sizes.hidden, "layers": sizes.layers, "heads": sizes.heads,
-                  "kv_heads": sizes.kv_heads, "head_dim": sizes.head_dim, "intermediate": sizes.intermediate,
-                  "params": params, "dtype": "float32", "threads": torch.get_num_threads()},
-        "rollouts": {"sequences": sizes.rollouts, "seq_len": sizes.seq_len, "tokens": rollout_tokens,
-                     "sampled_tokens": sampled_tokens, "group_size": sizes.group_size},
-        "pairs": {"pairs": n_pairs, "presentations": len(presentation_lengths),
-                  "presentation_tokens": presentation_lengths, "tokens": pair_tokens,
-                  "max_context_tokens": sizes.max_context_tokens,
-                  "mix": f"{sizes.rollouts} rollout sequences : {n_pairs} pair(s) "
-                         f"({sizes.rollouts / n_pairs:g}:1), each pair in both orders"},
-        "warmup_s": warm, "step_s": times,
-        "grpo": {"step_s": t_without, "tokens_per_s": rollout_tokens / t_without,
-                 "sampled_tokens_per_s": sampled_tokens / t_without},
+        "model": {
+            "vocab": QWEN3_VOCAB,
+            "hidden": sizes.hidden,
+            "layers": sizes.layers,
+            "heads": sizes.heads,
+            "kv_heads": sizes.kv_heads,
+            "head_dim": sizes.head_dim,
+            "intermediate": sizes.intermediate,
+            "params": params,
+            "dtype": "float32",
+            "threads": torch.get_num_threads(),
+        },
+        "rollouts": {
+            "sequences": sizes.rollouts,
+            "seq_len": sizes.seq_len,
+            "tokens": rollout_tokens,
+            "sampled_tokens": sampled_tokens,
+            "group_size": sizes.group_size,
+        },
+        "pairs": {
+            "pairs": n_pairs,
+            "presentations": len(presentation_lengths),
+            "presentation_tokens": presentation_lengths,
+            "tokens": pair_tokens,
+            "max_context_tokens": sizes.max_context_tokens,
+            "mix": f"{sizes.rollouts} rollout sequences : {n_pairs} pair(s) "
+            f"({sizes.rollouts / n_pairs:g}:1), each pair in both orders",
+        },
+        "warmup_s": warm,
+        "step_s": times,
+        "grpo": {
+            "step_s": t_without,
+            "tokens_per_s": rollout_tokens / t_without,
+            "sampled_tokens_per_s": sampled_tokens / t_without,
+        },
         "with_pairs": {"step_s": t_with, "tokens_per_s": (rollout_tokens + pair_tokens) / t_with},
-        "ca": {"added_s": added, "added_s_from_medians": t_with - t_without, "share": share,
-               "per_presentation_s": added / len(presentation_lengths),
-               "alone_forward_backward_s": t_ca_alone, "pair_prep_s": prep,
-               "share_with_prep": (added + prep) / (t_with + prep),
-               "target": CA_SHARE_TARGET, "pass": share < CA_SHARE_TARGET},
+        "ca": {
+            "added_s": added,
+            "added_s_from_medians": t_with - t_without,
+            "share": share,
+            "per_presentation_s": added / len(presentation_lengths),
+            "alone_forward_backward_s": t_ca_alone,
+            "pair_prep_s": prep,
+            "share_with_prep": (added + prep) / (t_with + prep),
+            "target": CA_SHARE_TARGET,
+            "pass": share < CA_SHARE_TARGET,
+        },
     }
     if breakdown_parts is not None:
         result["breakdown"] = breakdown_parts
@@ -294,19 +352,37 @@ def bench_steps(sizes: Sizes, model_dir: Path, breakdown: bool, log: Any) -> dic
 
 # ---------------------------------------------------------------------------------------------------- memory
 
+
 def bench_memory(sizes: Sizes, threads: int, log: Any) -> dict[str, Any]:
-    args = argparse.Namespace(tokens=sizes.memory_tokens, hidden=sizes.hidden, vocab=QWEN3_VOCAB, chunk_size=1024,
-                              device="cpu", threads=threads)
-    log(f"logprob memory: {args.tokens} tokens × V={args.vocab}, H={args.hidden}, chunk 1024, forward + backward, "
-        "each method in its own subprocess (bench_logprobs.measure) …")
+    args = argparse.Namespace(
+        tokens=sizes.memory_tokens,
+        hidden=sizes.hidden,
+        vocab=QWEN3_VOCAB,
+        chunk_size=1024,
+        device="cpu",
+        threads=threads,
+    )
+    log(
+        f"logprob memory: {args.tokens} tokens × V={args.vocab}, H={args.hidden}, chunk 1024, forward + backward, "
+        "each method in its own subprocess (bench_logprobs.measure) …"
+    )
     results = {method: bench_logprobs.measure(method, args) for method in ("chunked", "naive")}
     ratio = results["chunked"]["extra_peak_bytes"] / results["naive"]["extra_peak_bytes"]
-    return {"tokens": args.tokens, "vocab": args.vocab, "hidden": args.hidden, "chunk_size": args.chunk_size,
-            **results, "ratio": ratio, "target": MEMORY_RATIO_TARGET,
-            "pass": ratio <= MEMORY_RATIO_TARGET, "at_target_size": args.tokens >= MEMORY_TARGET_TOKENS}
+    return {
+        "tokens": args.tokens,
+        "vocab": args.vocab,
+        "hidden": args.hidden,
+        "chunk_size": args.chunk_size,
+        **results,
+        "ratio": ratio,
+        "target": MEMORY_RATIO_TARGET,
+        "pass": ratio <= MEMORY_RATIO_TARGET,
+        "at_target_size": args.tokens >= MEMORY_TARGET_TOKENS,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------- report
+
 
 def table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -317,32 +393,56 @@ def table(rows: list[tuple[str, ...]]) -> str:
 
 def report(steps: dict[str, Any], memory: dict[str, Any] | None, quick: bool) -> str:
     g, ca, r, p = steps["grpo"], steps["ca"], steps["rollouts"], steps["pairs"]
-    verdict = (lambda ok: "PASS" if ok else "FAIL")
+    verdict = lambda ok: "PASS" if ok else "FAIL"
     rows = [
         ("measure", "value", "target", "verdict"),
-        (f"GRPO step, {r['sequences']}×{r['seq_len']} tokens ({r['sampled_tokens']} sampled)",
-         f"{g['step_s']:.2f} s/step", "—", "—"),
+        (
+            f"GRPO step, {r['sequences']}×{r['seq_len']} tokens ({r['sampled_tokens']} sampled)",
+            f"{g['step_s']:.2f} s/step",
+            "—",
+            "—",
+        ),
         ("  tokens/s (all tokens)", f"{g['tokens_per_s']:,.0f}", "—", "—"),
         ("  sampled tokens/s", f"{g['sampled_tokens_per_s']:,.0f}", "—", "—"),
-        (f"step + L_CA ({p['pairs']} pair(s), {p['presentations']} presentations, {p['tokens']} tokens)",
-         f"{steps['with_pairs']['step_s']:.2f} s/step", "—", "—"),
-        ("  L_CA added cost, share of step time",
-         f"{ca['share']:.1%} (+{ca['added_s']:.2f} s; rounds: "
-         + ", ".join(f"{w - wo:+.2f}" for w, wo in zip(steps["step_s"]["with"], steps["step_s"]["without"])) + ")",
-         f"< {CA_SHARE_TARGET:.0%}", verdict(ca["pass"])),
+        (
+            f"step + L_CA ({p['pairs']} pair(s), {p['presentations']} presentations, {p['tokens']} tokens)",
+            f"{steps['with_pairs']['step_s']:.2f} s/step",
+            "—",
+            "—",
+        ),
+        (
+            "  L_CA added cost, share of step time",
+            f"{ca['share']:.1%} (+{ca['added_s']:.2f} s; rounds: "
+            + ", ".join(f"{w - wo:+.2f}" for w, wo in zip(steps["step_s"]["with"], steps["step_s"]["without"]))
+            + ")",
+            f"< {CA_SHARE_TARGET:.0%}",
+            verdict(ca["pass"]),
+        ),
         ("  per presentation", f"{ca['per_presentation_s']:.3f} s", "—", "—"),
         ("  cross-check: L_CA forward + backward alone", f"{ca['alone_forward_backward_s']:.2f} s", "—", "—"),
-        ("  pair prep (tokenize + collate; outside the step)",
-         f"{ca['pair_prep_s'] * 1000:.0f} ms (share incl. prep {ca['share_with_prep']:.1%})", "—", "—"),
+        (
+            "  pair prep (tokenize + collate; outside the step)",
+            f"{ca['pair_prep_s'] * 1000:.0f} ms (share incl. prep {ca['share_with_prep']:.1%})",
+            "—",
+            "—",
+        ),
     ]
     if memory is not None:
         mem_note = "" if memory["at_target_size"] else f" (at {memory['tokens']} tokens, not 8k)"
         rows += [
-        (f"logprob peak memory{mem_note}: chunked", f"{memory['chunked']['extra_peak_bytes'] / GIB:.2f} GiB", "—",
-         "—"),
-        ("  naive full log-softmax", f"{memory['naive']['extra_peak_bytes'] / GIB:.2f} GiB", "—", "—"),
-        ("  ratio chunked / naive", f"{memory['ratio']:.4f} (1/{1 / memory['ratio']:.1f})", "≤ 1/8",
-         verdict(memory["pass"])),
+            (
+                f"logprob peak memory{mem_note}: chunked",
+                f"{memory['chunked']['extra_peak_bytes'] / GIB:.2f} GiB",
+                "—",
+                "—",
+            ),
+            ("  naive full log-softmax", f"{memory['naive']['extra_peak_bytes'] / GIB:.2f} GiB", "—", "—"),
+            (
+                "  ratio chunked / naive",
+                f"{memory['ratio']:.4f} (1/{1 / memory['ratio']:.1f})",
+                "≤ 1/8",
+                verdict(memory["pass"]),
+            ),
         ]
     out = table(rows)
     if quick:
@@ -353,66 +453,121 @@ def report(steps: dict[str, Any], memory: dict[str, Any] | None, quick: bool) ->
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = Sizes()
-    parser.add_argument("--quick", action="store_true", help="Smoke sizes: 8×512 rollouts, 2 layers, 1 timed step "
-                        "each, memory at 2,048 tokens (overrides the size options).")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="Smoke sizes: 8×512 rollouts, 2 layers, 1 timed step "
+        "each, memory at 2,048 tokens (overrides the size options).",
+    )
     parser.add_argument("--rollouts", type=int, default=defaults.rollouts, help="B: rollout sequences per step.")
     parser.add_argument("--seq-len", type=int, default=defaults.seq_len, help="T: tokens per rollout sequence.")
     parser.add_argument("--hidden", type=int, default=defaults.hidden, help="Model width (also the memory test's H).")
     parser.add_argument("--layers", type=int, default=defaults.layers, help="Decoder layers.")
     parser.add_argument("--steps", type=int, default=defaults.steps, help="Timed steps of each kind.")
-    parser.add_argument("--max-context-tokens", type=int, default=defaults.max_context_tokens,
-                        help="Both contexts' budget per presentation (trainer.run: 1024).")
-    parser.add_argument("--memory-tokens", type=int, default=defaults.memory_tokens,
-                        help="Sequence length of the logprob memory comparison (target: 8,192).")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads (0: torch's default). On a shared, busy machine 1 thread gives steadier "
-                             "numbers: a multi-threaded op waits for its slowest thread, which may be descheduled.")
-    parser.add_argument("--no-breakdown", action="store_true",
-                        help="Do not run the warm-up step without pairs under torch.profiler.")
+    parser.add_argument(
+        "--max-context-tokens",
+        type=int,
+        default=defaults.max_context_tokens,
+        help="Both contexts' budget per presentation (trainer.run: 1024).",
+    )
+    parser.add_argument(
+        "--memory-tokens",
+        type=int,
+        default=defaults.memory_tokens,
+        help="Sequence length of the logprob memory comparison (target: 8,192).",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: torch's default). On a shared, busy machine 1 thread gives steadier "
+        "numbers: a multi-threaded op waits for its slowest thread, which may be descheduled.",
+    )
+    parser.add_argument(
+        "--no-breakdown", action="store_true", help="Do not run the warm-up step without pairs under torch.profiler."
+    )
     parser.add_argument("--skip-memory", action="store_true", help="Skip the logprob memory comparison.")
-    parser.add_argument("--model-dir", type=Path, default=ROOT / ".cache" / "bench_trainer_step",
-                        help="Where the benchmark's model is built (reused when its arguments match).")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "trainer_step.json",
-                        help="Where the JSON of results is written.")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=ROOT / ".cache" / "bench_trainer_step",
+        help="Where the benchmark's model is built (reused when its arguments match).",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "trainer_step.json",
+        help="Where the JSON of results is written.",
+    )
     args = parser.parse_args()
 
     if args.quick:
         sizes = QUICK
     else:
-        sizes = Sizes(rollouts=args.rollouts, seq_len=args.seq_len, hidden=args.hidden, layers=args.layers,
-                      steps=args.steps, max_context_tokens=args.max_context_tokens, memory_tokens=args.memory_tokens)
+        sizes = Sizes(
+            rollouts=args.rollouts,
+            seq_len=args.seq_len,
+            hidden=args.hidden,
+            layers=args.layers,
+            steps=args.steps,
+            max_context_tokens=args.max_context_tokens,
+            memory_tokens=args.memory_tokens,
+        )
     if sizes.rollouts % sizes.group_size:
         raise SystemExit(f"--rollouts must be a multiple of the group size {sizes.group_size}")
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     load_before = os.getloadavg()
-    log = (lambda message: print(message, flush=True))
-    log(f"load average {load_before[0]:.2f} on {os.cpu_count()} CPUs"
-        + (" — the machine is busy: step times will be noisy and slower" if load_before[0] > 0.5 else ""))
+    log = lambda message: print(message, flush=True)
+    log(
+        f"load average {load_before[0]:.2f} on {os.cpu_count()} CPUs"
+        + (" — the machine is busy: step times will be noisy and slower" if load_before[0] > 0.5 else "")
+    )
     model_dir = args.model_dir / f"h{sizes.hidden}-l{sizes.layers}-i{sizes.intermediate}"
-    build_tiny_model(model_dir, hidden_size=sizes.hidden, num_layers=sizes.layers, num_heads=sizes.heads,
-                     num_kv_heads=sizes.kv_heads, head_dim=sizes.head_dim, intermediate_size=sizes.intermediate,
-                     init_std=0.02, max_position_embeddings=max(4096, sizes.seq_len))
+    build_tiny_model(
+        model_dir,
+        hidden_size=sizes.hidden,
+        num_layers=sizes.layers,
+        num_heads=sizes.heads,
+        num_kv_heads=sizes.kv_heads,
+        head_dim=sizes.head_dim,
+        intermediate_size=sizes.intermediate,
+        init_std=0.02,
+        max_position_embeddings=max(4096, sizes.seq_len),
+    )
     steps = bench_steps(sizes, model_dir, breakdown=not args.no_breakdown, log=log)
     memory = bench_memory(sizes, args.threads, log) if not args.skip_memory else None
 
     print()
     if "breakdown" in steps:
         b = steps["breakdown"]
-        print(f"where a GRPO step's time goes (the profiled warm-up step, {b['step_s']:.2f} s): output head forward "
-              f"{b['head_forward_s']:.2f} s ({b['head_forward_s'] / b['step_s']:.0%}), head backward "
-              f"{b['head_backward_s']:.2f} s ({b['head_backward_s'] / b['step_s']:.0%}), AdamW "
-              f"{b['adamw_s']:.2f} s ({b['adamw_s'] / b['step_s']:.0%}), rest (decoder forward + backward, loss, "
-              f"clipping) {b['other_s']:.2f} s ({b['other_s'] / b['step_s']:.0%})")
+        print(
+            f"where a GRPO step's time goes (the profiled warm-up step, {b['step_s']:.2f} s): output head forward "
+            f"{b['head_forward_s']:.2f} s ({b['head_forward_s'] / b['step_s']:.0%}), head backward "
+            f"{b['head_backward_s']:.2f} s ({b['head_backward_s'] / b['step_s']:.0%}), AdamW "
+            f"{b['adamw_s']:.2f} s ({b['adamw_s'] / b['step_s']:.0%}), rest (decoder forward + backward, loss, "
+            f"clipping) {b['other_s']:.2f} s ({b['other_s'] / b['step_s']:.0%})"
+        )
     print(f"mix: {steps['pairs']['mix']}")
     print(report(steps, memory, args.quick))
     total = time.perf_counter() - started
     load_after = os.getloadavg()
     print(f"total {total:.0f} s; load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after")
-    results = {"mode": "quick" if args.quick else "full", "sizes": asdict(sizes), "steps": steps, "memory": memory,
-               "total_s": total, "load_average_1min": {"before": load_before[0], "after": load_after[0]}, "host": {"python": platform.python_version(), "torch": torch.__version__,
-                                          "machine": platform.machine(), "cpus": torch.get_num_threads()}}
+    results = {
+        "mode": "quick" if args.quick else "full",
+        "sizes": asdict(sizes),
+        "steps": steps,
+        "memory": memory,
+        "total_s": total,
+        "load_average_1min": {"before": load_before[0], "after": load_after[0]},
+        "host": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+            "cpus": torch.get_num_threads(),
+        },
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"results: {args.out}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 import yaml
@@ -34,8 +34,9 @@ def load_config(config_file: Path | None, overrides: dict[str, Any]) -> ServerCo
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
             raise ConfigFileError(f"{config_file}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
         if not isinstance(data, dict):
-            raise ConfigFileError(f"{config_file}: expected a mapping of ServerConfig fields, got "
-                                  f"{type(data).__name__}")
+            raise ConfigFileError(
+                f"{config_file}: expected a mapping of ServerConfig fields, got {type(data).__name__}"
+            )
     token = os.environ.get("ENVSERVER_AUTH_TOKEN")
     if token and "auth_token" not in data:
         data["auth_token"] = token
@@ -58,40 +59,63 @@ def _config_or_exit(config_file: Path | None, overrides: dict[str, Any]) -> Serv
 
 @app.command()
 def serve(
-    tasks: Optional[list[Path]] = typer.Option(None, "--tasks", help="Task file(s): JSON, JSONL or parquet. "
-                                                "Default: the bundled sample tasks."),
-    specs: Optional[list[Path]] = typer.Option(None, "--specs", help="Spec file(s), YAML or JSON (repeatable): "
-                                               "repositories/versions for classic rows, read after the bundled "
-                                               "SWE-bench and SWE-Gym tables (format: envserver/specs/__init__.py)."),
-    host: Optional[str] = typer.Option(None, help="Listen address (default 127.0.0.1; others need a token)."),
-    port: Optional[int] = typer.Option(None, help="TCP port (default 8000)."),
-    server_name: Optional[str] = typer.Option(None, help="Name on this server's containers; a restart with the "
-                                              "same name removes the containers a crashed predecessor left."),
-    auth_token: Optional[str] = typer.Option(None, help="Bearer token clients must send (or ENVSERVER_AUTH_TOKEN)."),
-    allow_unauthenticated: Optional[bool] = typer.Option(None, "--allow-unauthenticated", help="Listen off "
-                                                         "loopback without a token (only behind a loopback-only "
-                                                         "port mapping)."),
-    max_sessions: Optional[int] = typer.Option(None, help="Concurrent session cap (429 beyond it)."),
-    warm_pool_size: Optional[int] = typer.Option(None, help="Started containers kept ready per task image."),
-    warm_pool_task: Optional[list[str]] = typer.Option(None, help="Only these tasks' images get a warm pool "
-                                                       "(repeatable; default: every task)."),
-    session_ttl_s: Optional[float] = typer.Option(None, help="Idle seconds before a session is closed."),
-    default_max_steps: Optional[int] = typer.Option(None, help="Steps per episode before it is truncated."),
-    grade_cache_size: Optional[int] = typer.Option(None, help="Grades kept so identical patches of a task are "
-                                                   "graded once (0: grade every episode)."),
-    network: Optional[bool] = typer.Option(None, "--network/--no-network", help="Give episode containers a "
-                                           "network (off by default)."),
-    patch_policy: Optional[str] = typer.Option(None, help="Changes to test infrastructure (conftest.py, pytest "
-                                               "configuration, …): strip (default) | keep | reject."),
-    max_patch_bytes: Optional[int] = typer.Option(None, help="Largest diff graded (default 2 MiB); a bigger one "
-                                                  "grades 0 as patch_too_large."),
-    memory_overcommit: Optional[float] = typer.Option(None, help="Sessions' memory limits may add up to this "
-                                                      "multiple of the host's memory (default 4; 0: no limit)."),
-    max_disk_gb: Optional[float] = typer.Option(None, min=0.01, help="Disk one episode may write, GB (default: the Docker "
-                                                "root's free space over --max-sessions, 1–10 GB)."),
-    validated: Optional[Path] = typer.Option(None, "--validated", help="Validation file from `validate --out`: "
-                                             "serve only its valid tasks (the others are listed and refused)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML file with ServerConfig fields."),
+    tasks: list[Path] | None = typer.Option(
+        None, "--tasks", help="Task file(s): JSON, JSONL or parquet. Default: the bundled sample tasks."
+    ),
+    specs: list[Path] | None = typer.Option(
+        None,
+        "--specs",
+        help="Spec file(s), YAML or JSON (repeatable): "
+        "repositories/versions for classic rows, read after the bundled "
+        "SWE-bench and SWE-Gym tables (format: envserver/specs/__init__.py).",
+    ),
+    host: str | None = typer.Option(None, help="Listen address (default 127.0.0.1; others need a token)."),
+    port: int | None = typer.Option(None, help="TCP port (default 8000)."),
+    server_name: str | None = typer.Option(
+        None,
+        help="Name on this server's containers; a restart with the "
+        "same name removes the containers a crashed predecessor left.",
+    ),
+    auth_token: str | None = typer.Option(None, help="Bearer token clients must send (or ENVSERVER_AUTH_TOKEN)."),
+    allow_unauthenticated: bool | None = typer.Option(
+        None,
+        "--allow-unauthenticated",
+        help="Listen off loopback without a token (only behind a loopback-only port mapping).",
+    ),
+    max_sessions: int | None = typer.Option(None, help="Concurrent session cap (429 beyond it)."),
+    warm_pool_size: int | None = typer.Option(None, help="Started containers kept ready per task image."),
+    warm_pool_task: list[str] | None = typer.Option(
+        None, help="Only these tasks' images get a warm pool (repeatable; default: every task)."
+    ),
+    session_ttl_s: float | None = typer.Option(None, help="Idle seconds before a session is closed."),
+    default_max_steps: int | None = typer.Option(None, help="Steps per episode before it is truncated."),
+    grade_cache_size: int | None = typer.Option(
+        None, help="Grades kept so identical patches of a task are graded once (0: grade every episode)."
+    ),
+    network: bool | None = typer.Option(
+        None, "--network/--no-network", help="Give episode containers a network (off by default)."
+    ),
+    patch_policy: str | None = typer.Option(
+        None,
+        help="Changes to test infrastructure (conftest.py, pytest configuration, …): strip (default) | keep | reject.",
+    ),
+    max_patch_bytes: int | None = typer.Option(
+        None, help="Largest diff graded (default 2 MiB); a bigger one grades 0 as patch_too_large."
+    ),
+    memory_overcommit: float | None = typer.Option(
+        None, help="Sessions' memory limits may add up to this multiple of the host's memory (default 4; 0: no limit)."
+    ),
+    max_disk_gb: float | None = typer.Option(
+        None,
+        min=0.01,
+        help="Disk one episode may write, GB (default: the Docker root's free space over --max-sessions, 1–10 GB).",
+    ),
+    validated: Path | None = typer.Option(
+        None,
+        "--validated",
+        help="Validation file from `validate --out`: serve only its valid tasks (the others are listed and refused).",
+    ),
+    config: Path | None = typer.Option(None, "--config", help="YAML file with ServerConfig fields."),
     log_level: str = typer.Option("info", help="Logging level."),
 ) -> None:
     """Serve the tasks over HTTP until interrupted."""
@@ -103,11 +127,22 @@ def serve(
     from envserver.tasks import TaskFileError, load_task_sets
 
     overrides: dict[str, Any] = dict(
-        tasks=tasks or None, specs=specs or None, host=host, port=port, server_name=server_name, auth_token=auth_token,
+        tasks=tasks or None,
+        specs=specs or None,
+        host=host,
+        port=port,
+        server_name=server_name,
+        auth_token=auth_token,
         allow_unauthenticated=allow_unauthenticated,
-        max_sessions=max_sessions, warm_pool_size=warm_pool_size, warm_pool_tasks=warm_pool_task or None,
-        session_ttl_s=session_ttl_s, default_max_steps=default_max_steps, grade_cache_size=grade_cache_size,
-        patch_policy=patch_policy, max_patch_bytes=max_patch_bytes, memory_overcommit=memory_overcommit,
+        max_sessions=max_sessions,
+        warm_pool_size=warm_pool_size,
+        warm_pool_tasks=warm_pool_task or None,
+        session_ttl_s=session_ttl_s,
+        default_max_steps=default_max_steps,
+        grade_cache_size=grade_cache_size,
+        patch_policy=patch_policy,
+        max_patch_bytes=max_patch_bytes,
+        memory_overcommit=memory_overcommit,
         validated=validated,
     )
     cfg = _config_or_exit(config, overrides)
@@ -116,8 +151,9 @@ def serve(
     if max_disk_gb is not None:
         cfg.sandbox.max_disk_gb = max_disk_gb
     if not cfg.is_loopback() and not cfg.auth_token and not cfg.allow_unauthenticated:
-        raise typer.BadParameter(f"listening on {cfg.host} (not loopback) requires --auth-token or "
-                                 "ENVSERVER_AUTH_TOKEN", param_hint="--host")
+        raise typer.BadParameter(
+            f"listening on {cfg.host} (not loopback) requires --auth-token or ENVSERVER_AUTH_TOKEN", param_hint="--host"
+        )
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         task_map = load_task_sets(cfg.tasks, SpecTable.load(cfg.specs))
@@ -134,27 +170,43 @@ def serve(
             typer.echo(f"error: --validated {exc}", err=True)
             raise typer.Exit(2) from None
     backend = DockerBackend(cfg.sandbox.docker_url, max_workers=cfg.sandbox.max_workers)
-    uvicorn.run(create_app(cfg, backend, task_map, validation), host=cfg.host, port=cfg.port, log_level=log_level,
-                timeout_graceful_shutdown=30, timeout_keep_alive=int(cfg.keep_alive_s))
+    uvicorn.run(
+        create_app(cfg, backend, task_map, validation),
+        host=cfg.host,
+        port=cfg.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=30,
+        timeout_keep_alive=int(cfg.keep_alive_s),
+    )
 
 
 @app.command()
 def validate(
-    tasks: Optional[list[Path]] = typer.Option(None, "--tasks", help="Task file(s): JSON, JSONL or parquet. "
-                                                "Default: the bundled sample tasks."),
-    specs: Optional[list[Path]] = typer.Option(None, "--specs", help="Spec table file(s) for repositories the "
-                                                "bundled tables do not know (as for `serve`)."),
+    tasks: list[Path] | None = typer.Option(
+        None, "--tasks", help="Task file(s): JSON, JSONL or parquet. Default: the bundled sample tasks."
+    ),
+    specs: list[Path] | None = typer.Option(
+        None, "--specs", help="Spec table file(s) for repositories the bundled tables do not know (as for `serve`)."
+    ),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Instances validated concurrently."),
-    repeat: int = typer.Option(1, "--repeat", min=1, help="Grading runs per patch (gold and empty); outcomes that "
-                               "differ across runs make an instance `flaky`."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON report here (rewritten as instances "
-                                       "finish); `serve --validated` reads it."),
-    instance: Optional[list[str]] = typer.Option(None, "--instance", help="Validate only these instance ids "
-                                                 "(repeatable)."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds one grading run may take (default: "
-                                            "the server's grade_timeout_s)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML file with ServerConfig fields (the "
-                                          "server's: same limits and image templates)."),
+    repeat: int = typer.Option(
+        1,
+        "--repeat",
+        min=1,
+        help="Grading runs per patch (gold and empty); outcomes that differ across runs make an instance `flaky`.",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write the JSON report here (rewritten as instances finish); `serve --validated` reads it."
+    ),
+    instance: list[str] | None = typer.Option(
+        None, "--instance", help="Validate only these instance ids (repeatable)."
+    ),
+    timeout: float | None = typer.Option(
+        None, "--timeout", help="Seconds one grading run may take (default: the server's grade_timeout_s)."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="YAML file with ServerConfig fields (the server's: same limits and image templates)."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
 ) -> None:
     """Grade every instance's gold patch and an empty patch through the server's own grading path and report

@@ -43,6 +43,7 @@ from envserver.wire import (
 
 log = logging.getLogger(__name__)
 
+
 def _errors(*defaults: dict[str, str], **described: str) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for error statuses, all with the ErrorResponse body: `_errors(_COMMON, e404="…")`
     (keywords override the defaults)."""
@@ -50,19 +51,33 @@ def _errors(*defaults: dict[str, str], **described: str) -> dict[int | str, dict
     return {int(key[1:]): {"model": ErrorResponse, "description": text} for key, text in merged.items()}
 
 
-_COMMON = {"e401": "`unauthorized`: a bearer token is required and was missing or wrong",
-           "e422": "`invalid_request`: a field is missing or of the wrong type or range"}
+_COMMON = {
+    "e401": "`unauthorized`: a bearer token is required and was missing or wrong",
+    "e422": "`invalid_request`: a field is missing or of the wrong type or range",
+}
 _POST = {**_COMMON, "e400": "`invalid_json`: the body is not JSON", "e413": "`body_too_large`"}
 _SESSION = "`unknown_session`: no such session (never existed, deleted, or expired)"
 
 IdempotencyKey = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", min_length=1, max_length=200, description="Names this request: a retry with "
-           "the same key gets the first answer instead of a run of its own (a new key for each reset or step)."),
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description="Names this request: a retry with "
+        "the same key gets the first answer instead of a run of its own (a new key for each reset or step).",
+    ),
 ]
 
-_ERRORS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-           413: "body_too_large", 415: "unsupported_media_type", 422: "invalid_request"}
+_ERRORS = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+}
 
 
 def _error(status: int, type_: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -87,16 +102,19 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(scope, receive, send, f"request body of {int(declared)} bytes is over the limit of "
-                               f"{self.max_bytes} bytes")
+            await self._reject(
+                scope,
+                receive,
+                send,
+                f"request body of {int(declared)} bytes is over the limit of {self.max_bytes} bytes",
+            )
             return
         if declared is None and scope.get("method") in ("POST", "PUT", "PATCH"):
             # A chunked body has no length to check up front, and a limit hit while a route reads it surfaces as
             # FastAPI's 400 "error parsing the body": read it here (at most the limit) and hand it on.
             body, too_large = await self._read_bounded(receive)
             if too_large:
-                await self._reject(scope, receive, send, f"request body is over the limit of {self.max_bytes} "
-                                   "bytes")
+                await self._reject(scope, receive, send, f"request body is over the limit of {self.max_bytes} bytes")
                 return
             replayed = False
 
@@ -150,8 +168,12 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, TaskInstance],
-               validation: ValidationReport | None = None) -> FastAPI:
+def create_app(
+    config: ServerConfig,
+    backend: SandboxBackend,
+    tasks: dict[str, TaskInstance],
+    validation: ValidationReport | None = None,
+) -> FastAPI:
     """`validation`: the report of `python -m envserver validate`; read from `config.validated` when not given
     (a malformed file raises `ValidationFileError`)."""
     if validation is None and config.validated is not None:
@@ -168,8 +190,12 @@ def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, T
             await manager.shutdown()
             await backend.close()
 
-    app = FastAPI(title="envserver", version="1", lifespan=lifespan,
-                  description="SWE-Gym / SWE-bench tasks as multi-turn tool environments, one container per episode.")
+    app = FastAPI(
+        title="envserver",
+        version="1",
+        lifespan=lifespan,
+        description="SWE-Gym / SWE-bench tasks as multi-turn tool environments, one container per episode.",
+    )
     app.state.manager = manager
     app.state.metrics = metrics
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, metrics=metrics)
@@ -203,9 +229,15 @@ def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, T
         if exc.status_code == 405:
             # Starlette names the methods of the first route whose path matched; a path served by several routes
             # (GET and DELETE /v1/sessions/{id}) allows all of theirs.
-            allowed = sorted({method for route in app.router.routes if isinstance(route, Route)
-                              and route.matches(request.scope)[0] != Match.NONE
-                              for method in (route.methods or ()) if method != "HEAD"})
+            allowed = sorted(
+                {
+                    method
+                    for route in app.router.routes
+                    if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE
+                    for method in (route.methods or ())
+                    if method != "HEAD"
+                }
+            )
             headers = {**(headers or {}), "Allow": ", ".join(allowed)}
             message = f"{request.method} is not allowed on {request.url.path}; allowed: {', '.join(allowed)}"
         return _error(exc.status_code, type_, message, headers)
@@ -216,8 +248,9 @@ def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, T
         metrics.request_errors.labels(type="internal").inc()
         # Announce the close: after an unhandled error uvicorn drops the connection, and a client that reuses it
         # would see ECONNRESET on its next request.
-        return _error(500, "internal", f"internal server error: {type(exc).__name__}: {exc}",
-                      headers={"Connection": "close"})
+        return _error(
+            500, "internal", f"internal server error: {type(exc).__name__}: {exc}", headers={"Connection": "close"}
+        )
 
     async def authorize(request: Request) -> None:
         if config.auth_token is None:
@@ -227,23 +260,38 @@ def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, T
         # Bytes: compare_digest refuses str with non-ASCII characters (a TypeError, i.e. a 500, for a bad token).
         presented = token.strip().encode("utf-8", "replace")
         if scheme.lower() != "bearer" or not hmac.compare_digest(presented, config.auth_token.encode("utf-8")):
-            raise SessionError(401, "unauthorized", "missing or wrong bearer token (send `Authorization: Bearer "
-                               "<token>`)", headers={"WWW-Authenticate": "Bearer"})
+            raise SessionError(
+                401,
+                "unauthorized",
+                "missing or wrong bearer token (send `Authorization: Bearer <token>`)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     guarded = [Depends(authorize)]
-    idempotent = IdempotencyCache(config.idempotency_max_entries, config.idempotency_ttl_s,
-                                  on_replay=metrics.idempotent_replays.inc)
+    idempotent = IdempotencyCache(
+        config.idempotency_max_entries, config.idempotency_ttl_s, on_replay=metrics.idempotent_replays.inc
+    )
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:
-        return Health(server_name=config.server_name, sessions=manager.active_count(),
-                      max_sessions=config.max_sessions, tasks=len(tasks),
-                      memory_committed_bytes=manager.memory_committed(), memory_budget_bytes=manager.memory_budget,
-                      pool_ready=manager.pool.total_ready(), pool_starting=manager.pool.total_starting())
+        return Health(
+            server_name=config.server_name,
+            sessions=manager.active_count(),
+            max_sessions=config.max_sessions,
+            tasks=len(tasks),
+            memory_committed_bytes=manager.memory_committed(),
+            memory_budget_bytes=manager.memory_budget,
+            pool_ready=manager.pool.total_ready(),
+            pool_starting=manager.pool.total_starting(),
+        )
 
-    @app.get("/metrics", response_class=Response,
-             responses={200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {
-                 "type": "string"}}}}})
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+        },
+    )
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -252,56 +300,101 @@ def create_app(config: ServerConfig, backend: SandboxBackend, tasks: dict[str, T
         summaries = []
         for t in tasks.values():
             status, reason, playable = manager.task_status(t.instance_id)
-            summaries.append(TaskSummary(instance_id=t.instance_id, repo=t.repo, base_commit=t.base_commit,
-                                         version=t.version, image=manager.images.get(t.instance_id), status=status,
-                                         reason=reason, playable=playable))
+            summaries.append(
+                TaskSummary(
+                    instance_id=t.instance_id,
+                    repo=t.repo,
+                    base_commit=t.base_commit,
+                    version=t.version,
+                    image=manager.images.get(t.instance_id),
+                    status=status,
+                    reason=reason,
+                    playable=playable,
+                )
+            )
         return TaskList(tasks=summaries)
 
-    @app.post("/v1/sessions", response_model=ResetResponse, status_code=201, dependencies=guarded,
-              responses=_errors(
-                  _POST, e404="`unknown_task`: no such task on this server",
-                  e409="`instance_not_valid`: the server was started with `--validated` and this task's validation "
-                  "status is not `valid` (the message names the status and the reason; `GET /v1/tasks` lists them); "
-                  "`idempotency_key_reused`: the Idempotency-Key came with another request before",
-                  e429="`capacity` or `memory`: retry after `Retry-After`",
-                  e503="`image_missing`, or the sandbox or its runtime did not start"))
+    @app.post(
+        "/v1/sessions",
+        response_model=ResetResponse,
+        status_code=201,
+        dependencies=guarded,
+        responses=_errors(
+            _POST,
+            e404="`unknown_task`: no such task on this server",
+            e409="`instance_not_valid`: the server was started with `--validated` and this task's validation "
+            "status is not `valid` (the message names the status and the reason; `GET /v1/tasks` lists them); "
+            "`idempotency_key_reused`: the Idempotency-Key came with another request before",
+            e429="`capacity` or `memory`: retry after `Retry-After`",
+            e503="`image_missing`, or the sandbox or its runtime did not start",
+        ),
+    )
     async def reset(body: ResetRequest, idempotency_key: IdempotencyKey = None) -> ResetResponse:
-        return await idempotent.run(idempotency_key, "/v1/sessions", body,
-                                    lambda: manager.create(body.task_id, body.max_steps))
+        return await idempotent.run(
+            idempotency_key, "/v1/sessions", body, lambda: manager.create(body.task_id, body.max_steps)
+        )
 
-    @app.post("/v1/sessions/{session_id}/step", response_model=StepResponse, dependencies=guarded,
-              responses=_errors(
-                  _POST, e404=_SESSION, e409="`session_ended`, `session_busy` (one step at a time), or "
-                  "`idempotency_key_reused`", e422="`invalid_tool_call`: arguments the tool does not take (the step "
-                  "is not counted); `invalid_request`: a malformed body"))
+    @app.post(
+        "/v1/sessions/{session_id}/step",
+        response_model=StepResponse,
+        dependencies=guarded,
+        responses=_errors(
+            _POST,
+            e404=_SESSION,
+            e409="`session_ended`, `session_busy` (one step at a time), or `idempotency_key_reused`",
+            e422="`invalid_tool_call`: arguments the tool does not take (the step "
+            "is not counted); `invalid_request`: a malformed body",
+        ),
+    )
     async def step(session_id: str, body: StepRequest, idempotency_key: IdempotencyKey = None) -> StepResponse:
         async def run() -> StepResponse:
             return await manager.get(session_id).step(body.name, body.arguments)
 
         return await idempotent.run(idempotency_key, f"/v1/sessions/{session_id}/step", body, run)
 
-    @app.post("/v1/prefetch", response_model=PrefetchResponse, status_code=202, dependencies=guarded,
-              responses=_errors(_POST, e404="`unknown_task`", e409="`instance_not_valid`",
-                                e422="`invalid_request`: a count below 1, or more resets than the session cap",
-                                e503="`image_missing`"))
+    @app.post(
+        "/v1/prefetch",
+        response_model=PrefetchResponse,
+        status_code=202,
+        dependencies=guarded,
+        responses=_errors(
+            _POST,
+            e404="`unknown_task`",
+            e409="`instance_not_valid`",
+            e422="`invalid_request`: a count below 1, or more resets than the session cap",
+            e503="`image_missing`",
+        ),
+    )
     async def prefetch(body: PrefetchRequest) -> PrefetchResponse:
         """Announce resets to come (an RL step's B × G, told while the previous step trains): their containers
         start now, a bounded number at a time, and each reset takes one ready; unused ones go after `ttl_s`."""
         return await manager.prefetch(body)
 
-    @app.get("/v1/sessions/{session_id}", response_model=SessionState, dependencies=guarded,
-             responses=_errors(_COMMON, e404=_SESSION))
+    @app.get(
+        "/v1/sessions/{session_id}",
+        response_model=SessionState,
+        dependencies=guarded,
+        responses=_errors(_COMMON, e404=_SESSION),
+    )
     async def session_state(session_id: str) -> SessionState:
         return manager.get(session_id).state()
 
-    @app.get("/v1/sessions/{session_id}/patch", response_model=SessionPatch, dependencies=guarded,
-             responses=_errors(_COMMON, e404=_SESSION, e409="`not_graded`: the episode has not ended yet"))
+    @app.get(
+        "/v1/sessions/{session_id}/patch",
+        response_model=SessionPatch,
+        dependencies=guarded,
+        responses=_errors(_COMMON, e404=_SESSION, e409="`not_graded`: the episode has not ended yet"),
+    )
     async def session_patch(session_id: str) -> SessionPatch:
         """The whole graded patch of an ended episode (a grade carries only the head of a large one)."""
         return manager.get(session_id).patch_view()
 
-    @app.delete("/v1/sessions/{session_id}", response_model=SessionState, dependencies=guarded,
-                responses=_errors(_COMMON, e404=_SESSION))
+    @app.delete(
+        "/v1/sessions/{session_id}",
+        response_model=SessionState,
+        dependencies=guarded,
+        responses=_errors(_COMMON, e404=_SESSION),
+    )
     async def close(session_id: str) -> SessionState:
         return await manager.delete(session_id)
 

@@ -53,8 +53,12 @@ def _raise_for(response: httpx.Response) -> None:
     except Exception:  # noqa: BLE001 - not our error format (a proxy, say)
         type_, message = "http_error", response.text[:500]
     retry_after = response.headers.get("retry-after")
-    raise EnvServerError(response.status_code, type_, message,
-                         float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None)
+    raise EnvServerError(
+        response.status_code,
+        type_,
+        message,
+        float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None,
+    )
 
 
 def _headers(token: str | None) -> dict[str, str]:
@@ -89,27 +93,39 @@ class _Calls:
 
 
 class AsyncEnvClient:
-    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 1200.0, retries: int = 3,
-                 max_capacity_wait_s: float = 600.0, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout_s: float = 1200.0,
+        retries: int = 3,
+        max_capacity_wait_s: float = 600.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
         """`timeout_s` bounds one request (a step may run a command for minutes, `finish` grades);
         `max_capacity_wait_s` bounds how long a reset waits out 429s."""
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=_headers(token),
-                                       timeout=httpx.Timeout(timeout_s, connect=10.0), transport=transport,
-                                       limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S))
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers=_headers(token),
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
+            transport=transport,
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S),
+        )
         self.retries = retries
         self.max_capacity_wait_s = max_capacity_wait_s
 
-    async def __aenter__(self) -> "AsyncEnvClient":
+    async def __aenter__(self) -> AsyncEnvClient:
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _idempotent(self, method: str, path: str, body: dict[str, Any] | None = None,
-                          headers: dict[str, str] | None = None) -> httpx.Response:
+    async def _idempotent(
+        self, method: str, path: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
         """Send, and again on a connection error or 502/503/504: GET and DELETE are idempotent, and a POST carries an
         idempotency key (`headers`), so a retry never runs a step twice."""
         for attempt in range(self.retries + 1):
@@ -147,8 +163,9 @@ class AsyncEnvClient:
             return ResetResponse.model_validate(response.json())
 
     async def step(self, session_id: str, name: str, arguments: dict[str, Any] | str | None = None) -> StepResponse:
-        response = await self._idempotent("POST", f"/v1/sessions/{session_id}/step", _Calls.step(name, arguments),
-                                          _key())
+        response = await self._idempotent(
+            "POST", f"/v1/sessions/{session_id}/step", _Calls.step(name, arguments), _key()
+        )
         _raise_for(response)
         return StepResponse.model_validate(response.json())
 
@@ -178,25 +195,37 @@ class AsyncEnvClient:
 class EnvClient:
     """Blocking twin of AsyncEnvClient (same methods, same retry rules)."""
 
-    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 1200.0, retries: int = 3,
-                 max_capacity_wait_s: float = 600.0, transport: httpx.BaseTransport | None = None):
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=_headers(token),
-                                  timeout=httpx.Timeout(timeout_s, connect=10.0), transport=transport,
-                                  limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S))
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout_s: float = 1200.0,
+        retries: int = 3,
+        max_capacity_wait_s: float = 600.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers=_headers(token),
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
+            transport=transport,
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S),
+        )
         self.retries = retries
         self.max_capacity_wait_s = max_capacity_wait_s
 
-    def __enter__(self) -> "EnvClient":
+    def __enter__(self) -> EnvClient:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
         self._http.close()
 
-    def _idempotent(self, method: str, path: str, body: dict[str, Any] | None = None,
-                    headers: dict[str, str] | None = None) -> httpx.Response:
+    def _idempotent(
+        self, method: str, path: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
         for attempt in range(self.retries + 1):
             try:
                 response = self._http.request(method, path, json=body, headers=headers)

@@ -48,8 +48,10 @@ def run_demo(port: int) -> int:
                     session = client.reset(task.instance_id).session_id
                     started, steps = time.perf_counter(), 0
                     if gold:
-                        command = (f"cd {task.workdir} && cat > /tmp/fix.patch <<'DEMO_EOF'\n{task.patch}DEMO_EOF\n"
-                                   "git apply /tmp/fix.patch && git status --short")
+                        command = (
+                            f"cd {task.workdir} && cat > /tmp/fix.patch <<'DEMO_EOF'\n{task.patch}DEMO_EOF\n"
+                            "git apply /tmp/fix.patch && git status --short"
+                        )
                         client.step(session, "execute_bash", {"command": command})
                         steps += 1
                     for _ in range(5):
@@ -61,8 +63,11 @@ def run_demo(port: int) -> int:
                     client.close_session(session)
                 ok = rewards == [1.0, 0.0]
                 failures += not ok
-                print(f"{task.instance_id:<40}{rewards[0]:>12.1f}{rewards[1]:>12.1f}{rate:>10.0f}"
-                      f"{'' if ok else '   <-- unexpected'}", flush=True)
+                print(
+                    f"{task.instance_id:<40}{rewards[0]:>12.1f}{rewards[1]:>12.1f}{rate:>10.0f}"
+                    f"{'' if ok else '   <-- unexpected'}",
+                    flush=True,
+                )
         print("all sample tasks graded as expected" if not failures else f"{failures} task(s) graded unexpectedly")
         return 1 if failures else 0
     finally:

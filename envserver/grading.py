@@ -189,23 +189,26 @@ def runner_files(task: TaskInstance, image: str | None) -> list[str]:
 def runner_script(workdir: str) -> str:
     """Applies the model patch the way the swebench harness does (git apply, then patch --fuzz), then the eval."""
     patch = f"{GRADE_DIR}/model.patch"
-    return "\n".join(
-        [
-            "#!/bin/bash",
-            "exec 2>&1",
-            f"cd {shlex.quote(workdir)} || exit 90",
-            f"if [ -s {patch} ]; then",
-            f"  if git apply --verbose {patch} || patch --batch --fuzz=5 -p1 -i {patch}; then",
-            f"    echo '{APPLY_PATCH_PASS}'",
-            "  else",
-            f"    echo '{APPLY_PATCH_FAIL}'; exit 0",
-            "  fi",
-            "else",
-            f"  echo '{APPLY_PATCH_PASS} (empty patch)'",
-            "fi",
-            f"bash {GRADE_DIR}/eval.sh",
-        ]
-    ) + "\n"
+    return (
+        "\n".join(
+            [
+                "#!/bin/bash",
+                "exec 2>&1",
+                f"cd {shlex.quote(workdir)} || exit 90",
+                f"if [ -s {patch} ]; then",
+                f"  if git apply --verbose {patch} || patch --batch --fuzz=5 -p1 -i {patch}; then",
+                f"    echo '{APPLY_PATCH_PASS}'",
+                "  else",
+                f"    echo '{APPLY_PATCH_FAIL}'; exit 0",
+                "  fi",
+                "else",
+                f"  echo '{APPLY_PATCH_PASS} (empty patch)'",
+                "fi",
+                f"bash {GRADE_DIR}/eval.sh",
+            ]
+        )
+        + "\n"
+    )
 
 
 def evaluate_log(test_spec: TestSpec, log: str) -> tuple[dict[str, dict[str, list[str]]], bool, bool]:
@@ -230,8 +233,9 @@ def _evaluate(test_spec: TestSpec, log: str) -> tuple[dict[str, dict[str, list[s
     return tests, resolved, found, status_map
 
 
-def _infra(reason: str, started: float, model_patch: str, tail: str = "", applied: bool | None = None,
-           **fields: object) -> GradeReport:
+def _infra(
+    reason: str, started: float, model_patch: str, tail: str = "", applied: bool | None = None, **fields: object
+) -> GradeReport:
     return GradeReport(
         resolved=False,
         reward=0.0,
@@ -310,9 +314,16 @@ async def grade(
 
     def plain(**fields: object) -> GradeReport:
         """A grade that counts (not an infra failure)."""
-        values: dict[str, object] = dict(resolved=False, reward=0.0, infra_failure=False, patch_applied=True,
-                                         model_patch=model_patch, test_output_tail=log[-OUTPUT_TAIL_CHARS:],
-                                         duration_s=time.monotonic() - started, **verified)
+        values: dict[str, object] = dict(
+            resolved=False,
+            reward=0.0,
+            infra_failure=False,
+            patch_applied=True,
+            model_patch=model_patch,
+            test_output_tail=log[-OUTPUT_TAIL_CHARS:],
+            duration_s=time.monotonic() - started,
+            **verified,
+        )
         return GradeReport(**{**values, **fields})  # type: ignore[arg-type]
 
     if APPLY_PATCH_FAIL in log:
@@ -320,14 +331,17 @@ async def grade(
     if TEST_PATCH_FAIL in log:
         if environment_verified:
             return plain()
-        return _infra("test_patch_failed: the hidden test patch did not apply", started, model_patch, log, True,
-                      **verified)
+        return _infra(
+            "test_patch_failed: the hidden test patch did not apply", started, model_patch, log, True, **verified
+        )
     if exit_code in (137, 139) and END_TEST_OUTPUT not in log:
-        return _infra(f"container_died: the test container exited with {exit_code}", started, model_patch, log, True,
-                      **verified)
+        return _infra(
+            f"container_died: the test container exited with {exit_code}", started, model_patch, log, True, **verified
+        )
     if START_TEST_OUTPUT not in log:
-        return _infra(f"no_test_output: the tests never started (exit {exit_code})", started, model_patch, log, True,
-                      **verified)
+        return _infra(
+            f"no_test_output: the tests never started (exit {exit_code})", started, model_patch, log, True, **verified
+        )
     tests, resolved, _, _ = _evaluate(test_spec, log)
     wanted = [*test_spec.FAIL_TO_PASS, *test_spec.PASS_TO_PASS]
     parsed = parsed_tests(test_spec, log)
@@ -338,8 +352,21 @@ async def grade(
         patch_paths = [path for file_patch in split_patch(model_patch)[1] for path in file_patch.paths]
         fix_paths = [path for file_patch in split_patch(task.patch)[1] for path in file_patch.paths]
         if not patch_caused(error, patch_paths, model_patch, fix_paths, task.workdir):
-            return _infra(f"env_error: {error.line}", started, model_patch, log, True, env_error=env_error, tests=tests,
-                          **verified)
+            return _infra(
+                f"env_error: {error.line}",
+                started,
+                model_patch,
+                log,
+                True,
+                env_error=env_error,
+                tests=tests,
+                **verified,
+            )
     network_error = None if resolved else find_network_error(log)
-    return plain(resolved=resolved, reward=1.0 if resolved else 0.0, tests=tests, env_error=env_error,
-                 network_error=network_error)
+    return plain(
+        resolved=resolved,
+        reward=1.0 if resolved else 0.0,
+        tests=tests,
+        env_error=env_error,
+        network_error=network_error,
+    )

@@ -28,8 +28,14 @@ class UnicodeText(spaces.Text):
 class SWEEnv(gymnasium.Env[str, Any]):
     metadata = {"render_modes": []}
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", task_id: str | None = None,
-                 token: str | None = None, max_steps: int | None = None, client: EnvClient | None = None):
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        task_id: str | None = None,
+        token: str | None = None,
+        max_steps: int | None = None,
+        client: EnvClient | None = None,
+    ):
         """`task_id` fixes the task; otherwise each reset draws one from the server's list with the env's RNG
         (or takes `options={"task_id": ...}`)."""
         self.client = client or EnvClient(base_url, token=token)
@@ -72,8 +78,13 @@ class SWEEnv(gymnasium.Env[str, Any]):
             return f"ERROR: invalid tool call: {message}", 0.0, False, False, {"error": message}
         if response.terminated or response.truncated:
             self.session_id = None  # the server already removed the container; the state stays readable
-        return (response.observation, response.reward, response.terminated, response.truncated,
-                response.info.model_dump())
+        return (
+            response.observation,
+            response.reward,
+            response.terminated,
+            response.truncated,
+            response.info.model_dump(),
+        )
 
     def _close_session(self) -> None:
         if self.session_id is not None:
@@ -90,8 +101,9 @@ def _parse_action(action: Any) -> tuple[str, dict[str, Any] | str]:
         try:
             action = json.loads(action)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"the action is not a JSON tool call ({exc.msg}); expected "
-                             '{"name": ..., "arguments": {...}}') from None
+            raise ValueError(
+                f'the action is not a JSON tool call ({exc.msg}); expected {{"name": ..., "arguments": {{...}}}}'
+            ) from None
     if not isinstance(action, dict) or not isinstance(action.get("name"), str):
         raise ValueError('expected a tool call {"name": ..., "arguments": {...}}')
     arguments = action.get("arguments", {})

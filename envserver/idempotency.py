@@ -80,8 +80,12 @@ class IdempotencyCache:
         entry = self._entries.get(key)
         if entry is not None:
             if entry.fingerprint != print_:
-                raise SessionError(409, "idempotency_key_reused", "this Idempotency-Key was sent before with a "
-                                   "different request; use a new key for each reset or step")
+                raise SessionError(
+                    409,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was sent before with a "
+                    "different request; use a new key for each reset or step",
+                )
             outcome = await asyncio.shield(entry.done)
             if isinstance(outcome, BaseException) and not isinstance(outcome, SessionError):
                 return await self.run(key, path, body, call)  # the first failed unexpectedly: not kept, run afresh

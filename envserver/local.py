@@ -23,8 +23,16 @@ def free_port() -> int:
 class LocalServer:
     """A running `python -m envserver serve` subprocess; `stop()` (or the context manager) ends it."""
 
-    def __init__(self, log_dir: Path, *args: str, name: str | None = None, port: int | None = None,
-                 wait_s: float = 120.0, cwd: Path | None = None, own_process_group: bool = True):
+    def __init__(
+        self,
+        log_dir: Path,
+        *args: str,
+        name: str | None = None,
+        port: int | None = None,
+        wait_s: float = 120.0,
+        cwd: Path | None = None,
+        own_process_group: bool = True,
+    ):
         """`args`: extra `serve` flags; `name`: the server name on its containers (a restart with the same name
         removes what a killed predecessor left); `own_process_group`: False keeps the server in the caller's
         process group, so that a `kill -9` of the caller's group takes the server down with it."""
@@ -34,9 +42,22 @@ class LocalServer:
         self.log_path = Path(log_dir) / f"server-{self.name}-{self.port}.log"
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "envserver", "serve", "--port", str(self.port), "--server-name", self.name,
-                 *args], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=own_process_group)
+                [
+                    sys.executable,
+                    "-m",
+                    "envserver",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--server-name",
+                    self.name,
+                    *args,
+                ],
+                cwd=cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=own_process_group,
+            )
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -63,7 +84,7 @@ class LocalServer:
                 self.process.kill()
                 self.process.wait()
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -12,24 +12,27 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.sessions_active = Gauge("envserver_sessions_active", "Sessions currently open", registry=r)
-        self.sessions_created = Counter(
-            "envserver_sessions_created", "Sessions started", ["warm"], registry=r
-        )
-        self.sessions_ended = Counter(
-            "envserver_sessions_ended", "Sessions ended, by how", ["reason"], registry=r
-        )
+        self.sessions_created = Counter("envserver_sessions_created", "Sessions started", ["warm"], registry=r)
+        self.sessions_ended = Counter("envserver_sessions_ended", "Sessions ended, by how", ["reason"], registry=r)
         self.steps = Counter("envserver_steps", "Tool calls executed", ["tool", "status"], registry=r)
         self.step_latency = Histogram(
-            "envserver_step_latency_seconds", "Server-side latency of one step", ["tool"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "envserver_step_latency_seconds",
+            "Server-side latency of one step",
+            ["tool"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.reset_latency = Histogram(
-            "envserver_reset_latency_seconds", "Server-side latency of a reset", ["warm"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "envserver_reset_latency_seconds",
+            "Server-side latency of a reset",
+            ["warm"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.grades = Counter("envserver_grades", "Grading outcomes", ["outcome"], registry=r)
         self.grade_cache_hits = Counter(
-            "envserver_grade_cache_hits", "Grades answered from the grade cache (identical patch of the same task)",
+            "envserver_grade_cache_hits",
+            "Grades answered from the grade cache (identical patch of the same task)",
             registry=r,
         )
         self.grade_latency = Histogram(
@@ -43,12 +46,16 @@ class Metrics:
             "envserver_request_errors", "Requests answered with an error", ["type"], registry=r
         )
         self.runtime_frames_rejected = Counter(
-            "envserver_runtime_frames_rejected", "Lines on a runtime's response stream that were not true responses "
-            "(forged or corrupted from inside the sandbox), by why", ["why"], registry=r,
+            "envserver_runtime_frames_rejected",
+            "Lines on a runtime's response stream that were not true responses "
+            "(forged or corrupted from inside the sandbox), by why",
+            ["why"],
+            registry=r,
         )
         self.idempotent_replays = Counter(
-            "envserver_idempotent_replays", "Resets and steps answered from an earlier request with the same "
-            "Idempotency-Key (a client's retry)", registry=r,
+            "envserver_idempotent_replays",
+            "Resets and steps answered from an earlier request with the same Idempotency-Key (a client's retry)",
+            registry=r,
         )
 
     def runtime_frames_rejected_by(self, why: str) -> None:

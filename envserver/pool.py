@@ -103,7 +103,8 @@ class WarmPool(Generic[Item]):
             async with self._changed:
                 try:
                     await asyncio.wait_for(
-                        self._changed.wait_for(lambda: bool(self.ready(key)) or not self.starting(key)), wait_s)
+                        self._changed.wait_for(lambda: bool(self.ready(key)) or not self.starting(key)), wait_s
+                    )
                 except TimeoutError:
                     pass
         return self.take(key)

@@ -31,18 +31,21 @@ DEFAULT_INIT_SCRIPT = "if [ -f /opt/miniconda3/bin/activate ]; then . /opt/minic
 def runtime_files() -> dict[str, bytes]:
     """The runtime's source files, keyed by their path inside the sandbox."""
     return {
-        f"{RUNTIME_DIR_IN_SANDBOX}/{path.name}": path.read_bytes()
-        for path in sorted(RUNTIME_SOURCE_DIR.glob("*.py"))
+        f"{RUNTIME_DIR_IN_SANDBOX}/{path.name}": path.read_bytes() for path in sorted(RUNTIME_SOURCE_DIR.glob("*.py"))
     }
 
 
 def runtime_argv(cwd: str, init_script: str, max_output_chars: int, hard_timeout_s: float) -> list[str]:
     args = [
         f"{RUNTIME_DIR_IN_SANDBOX}/server.py",
-        "--cwd", cwd,
-        "--init-script", init_script,
-        "--max-output-chars", str(max_output_chars),
-        "--hard-timeout", str(hard_timeout_s),
+        "--cwd",
+        cwd,
+        "--init-script",
+        init_script,
+        "--max-output-chars",
+        str(max_output_chars),
+        "--hard-timeout",
+        str(hard_timeout_s),
     ]
     quoted = " ".join(_shell_quote(arg) for arg in args)
     return ["/bin/sh", "-c", f"{_PYTHON} -u {quoted}"]
@@ -82,8 +85,9 @@ class RuntimeClient:
         self._reader = asyncio.create_task(self._read_loop())
 
     @classmethod
-    async def start(cls, sandbox: Sandbox, argv: list[str],
-                    on_rejected: Callable[[str], None] | None = None) -> "RuntimeClient":
+    async def start(
+        cls, sandbox: Sandbox, argv: list[str], on_rejected: Callable[[str], None] | None = None
+    ) -> RuntimeClient:
         return cls(await sandbox.open_stream(argv), on_rejected)
 
     async def handshake(self, timeout: float) -> dict[str, Any]:
@@ -91,8 +95,11 @@ class RuntimeClient:
         self._signed = True
         result = await self.request("ping", {"key": self._key.hex()}, timeout=timeout)
         if not result.get("signed"):
-            raise RuntimeRequestError("internal", f"the runtime does not sign its responses (it speaks protocol "
-                                      f"{result.get('protocol')}; this server needs 2)")
+            raise RuntimeRequestError(
+                "internal",
+                f"the runtime does not sign its responses (it speaks protocol "
+                f"{result.get('protocol')}; this server needs 2)",
+            )
         return result
 
     @property
@@ -141,7 +148,7 @@ class RuntimeClient:
                 return
             if start > 0:
                 self._reject("junk ahead of a frame")
-            mac, _, payload = line[start + len(FRAME_MARK):].partition(b" ")
+            mac, _, payload = line[start + len(FRAME_MARK) :].partition(b" ")
             expected = hmac.new(self._key, payload, hashlib.sha256).hexdigest().encode("ascii")
             if not hmac.compare_digest(mac, expected):
                 self._reject("bad signature")

@@ -80,8 +80,15 @@ class Prepared:
 
 
 class Session:
-    def __init__(self, manager: "SessionManager", session_id: str, task: TaskInstance, image: str,
-                 prepared: Prepared, max_steps: int):
+    def __init__(
+        self,
+        manager: SessionManager,
+        session_id: str,
+        task: TaskInstance,
+        image: str,
+        prepared: Prepared,
+        max_steps: int,
+    ):
         self.manager = manager
         self.id = session_id
         self.task = task
@@ -108,9 +115,15 @@ class Session:
 
     def state(self) -> SessionState:
         return SessionState(
-            session_id=self.id, task_id=self.task.instance_id, status=self.status, steps=self.steps,
-            max_steps=self.max_steps, created_at=self.created_at, last_active_at=self.last_active_wall,
-            reward=self.grade.reward if self.grade else None, grade=self.grade,
+            session_id=self.id,
+            task_id=self.task.instance_id,
+            status=self.status,
+            steps=self.steps,
+            max_steps=self.max_steps,
+            created_at=self.created_at,
+            last_active_at=self.last_active_wall,
+            reward=self.grade.reward if self.grade else None,
+            grade=self.grade,
         )
 
     def touch(self) -> None:
@@ -119,12 +132,19 @@ class Session:
 
     async def step(self, name: str, arguments: dict[str, Any]) -> StepResponse:
         if self.lock.locked():
-            raise SessionError(409, "session_busy", f"session {self.id} is still running its previous step; "
-                               "steps of one session must be sent one at a time")
+            raise SessionError(
+                409,
+                "session_busy",
+                f"session {self.id} is still running its previous step; "
+                "steps of one session must be sent one at a time",
+            )
         async with self.lock:
             if self.status != "running":
-                raise SessionError(409, "session_ended", f"session {self.id} has ended ({self.status}); "
-                                   "start a new one with POST /v1/sessions")
+                raise SessionError(
+                    409,
+                    "session_ended",
+                    f"session {self.id} has ended ({self.status}); start a new one with POST /v1/sessions",
+                )
             try:
                 tool, args = tools.parse_tool_call(name, arguments)
             except tools.ToolCallError as exc:
@@ -141,8 +161,9 @@ class Session:
                     return await self._end_over_disk(started)
                 info.step = self.steps
                 info.duration_s = time.monotonic() - started
-                response = StepResponse(observation=observation, reward=0.0, terminated=False, truncated=False,
-                                        info=info)
+                response = StepResponse(
+                    observation=observation, reward=0.0, terminated=False, truncated=False, info=info
+                )
                 if self.steps >= self.max_steps:
                     response = await self._truncate(response, started)
             self.manager.metrics.steps.labels(tool=tool, status=response.info.status or "ok").inc()
@@ -156,12 +177,16 @@ class Session:
             if tool == tools.EXECUTE_BASH:
                 timeout = min(args.timeout or config.command_timeout_s, config.max_command_timeout_s)
                 request = {
-                    "command": args.command, "is_input": args.is_input, "timeout": timeout,
-                    "no_output_timeout": config.no_output_timeout_s, "max_output_chars": config.max_output_chars,
+                    "command": args.command,
+                    "is_input": args.is_input,
+                    "timeout": timeout,
+                    "no_output_timeout": config.no_output_timeout_s,
+                    "max_output_chars": config.max_output_chars,
                 }
                 result = await self._runtime_call("bash", request, timeout + config.no_output_timeout_s)
                 return tools.format_bash_observation(result), StepInfo(
-                    step=0, tool=tool, exit_code=result.get("exit_code"), status=result.get("status"))
+                    step=0, tool=tool, exit_code=result.get("exit_code"), status=result.get("status")
+                )
             result = await self._runtime_call("edit", args.model_dump(exclude_none=True), 120.0)
         except ToolFailure as exc:
             return str(exc), StepInfo(step=0, tool=tool, status="error", error=str(exc))
@@ -182,7 +207,7 @@ class Session:
                 return await runtime.request(op, args, timeout=timeout + RUNTIME_SLACK_S)
             except RuntimeRequestError as exc:
                 raise ToolFailure(f"ERROR: {exc}") from None
-            except (RuntimeDied, asyncio.TimeoutError) as exc:
+            except (TimeoutError, RuntimeDied) as exc:
                 why = "stopped answering" if isinstance(exc, asyncio.TimeoutError) else f"was killed ({exc})"
             self._live_sandbox()  # closed (DELETE, expiry) while the call ran: its runtime died with it
             await runtime.close()
@@ -190,12 +215,22 @@ class Session:
         try:
             self.runtime = await self.manager.start_runtime(sandbox, self.task)
         except Exception as exc:  # noqa: BLE001 - the agent is told; `finish` still grades what is there
-            raise ToolFailure(f"ERROR: the sandbox is no longer usable: the tool runtime {why} and could not be "
-                              f"restarted ({exc}). Call `finish` to end the episode.") from None
-        note = (f"[The tool runtime {why} during this call. A new shell was started in {self.task.workdir}; "
-                "environment variables and background jobs of the old shell are gone.]")
-        return {"output": note if op == "edit" else "", "error": True, "exit_code": None,
-                "status": "shell_restarted", "cwd": self.task.workdir, "note": note}
+            raise ToolFailure(
+                f"ERROR: the sandbox is no longer usable: the tool runtime {why} and could not be "
+                f"restarted ({exc}). Call `finish` to end the episode."
+            ) from None
+        note = (
+            f"[The tool runtime {why} during this call. A new shell was started in {self.task.workdir}; "
+            "environment variables and background jobs of the old shell are gone.]"
+        )
+        return {
+            "output": note if op == "edit" else "",
+            "error": True,
+            "exit_code": None,
+            "status": "shell_restarted",
+            "cwd": self.task.workdir,
+            "note": note,
+        }
 
     async def _with_disk_watch(self, call: Awaitable[T]) -> T:
         """`call` while the sandbox's disk use is checked every DISK_CHECK_S: past the budget, the container is
@@ -231,18 +266,29 @@ class Session:
         self.status = "disk_limit"
         await self.manager.release(self, reason="disk_limit")
         self.manager.metrics.steps.labels(tool=tools.EXECUTE_BASH, status="disk_limit").inc()
-        observation = (f"[Episode stopped: the sandbox wrote {self.disk_used / 1e9:.2f} GB, over its disk budget of "
-                       f"{budget / 1e9:.2f} GB. Its container was removed; the episode is not graded.]")
-        info = StepInfo(step=self.steps, tool=tools.EXECUTE_BASH, status="disk_limit", error=observation,
-                        duration_s=time.monotonic() - started)
+        observation = (
+            f"[Episode stopped: the sandbox wrote {self.disk_used / 1e9:.2f} GB, over its disk budget of "
+            f"{budget / 1e9:.2f} GB. Its container was removed; the episode is not graded.]"
+        )
+        info = StepInfo(
+            step=self.steps,
+            tool=tools.EXECUTE_BASH,
+            status="disk_limit",
+            error=observation,
+            duration_s=time.monotonic() - started,
+        )
         return StepResponse(observation=observation, reward=0.0, terminated=True, truncated=False, info=info)
 
     def _live_sandbox(self) -> Sandbox:
         """The episode's container; 409 `session_ended` once the session was closed (a DELETE or the idle reaper can
         end it while a step is in flight: steps hold the session's lock, closing does not wait for it)."""
         if self.sandbox is None:
-            raise SessionError(409, "session_ended", f"session {self.id} was closed ({self.status}) while this step "
-                               "ran; start a new one with POST /v1/sessions")
+            raise SessionError(
+                409,
+                "session_ended",
+                f"session {self.id} was closed ({self.status}) while this step "
+                "ran; start a new one with POST /v1/sessions",
+            )
         return self.sandbox
 
     async def _truncate(self, response: StepResponse, started: float) -> StepResponse:
@@ -264,18 +310,25 @@ class Session:
         elif report.no_patch:
             observation = f"Episode ended. The change could not be read from the sandbox: {report.no_patch}"
         elif report.patch_too_large:
-            observation = (f"Episode ended. The change was not graded: its diff is {report.patch_bytes} bytes, over "
-                           f"the limit of {self.manager.config.max_patch_bytes}.")
+            observation = (
+                f"Episode ended. The change was not graded: its diff is {report.patch_bytes} bytes, over "
+                f"the limit of {self.manager.config.max_patch_bytes}."
+            )
         elif report.hack_attempt and report.patch_policy == "reject":
-            observation = ("Episode ended. The change was not graded: it modifies test infrastructure "
-                           f"({', '.join(report.excluded_paths)}).")
+            observation = (
+                "Episode ended. The change was not graded: it modifies test infrastructure "
+                f"({', '.join(report.excluded_paths)})."
+            )
         else:
-            observation = "Episode ended. " + ("The hidden tests pass." if report.resolved
-                                               else "The hidden tests do not pass.")
-        info = StepInfo(step=self.steps, tool=tools.FINISH, status="graded", grade=report,
-                        duration_s=time.monotonic() - started)
-        return StepResponse(observation=observation, reward=report.reward, terminated=status == "finished",
-                            truncated=False, info=info)
+            observation = "Episode ended. " + (
+                "The hidden tests pass." if report.resolved else "The hidden tests do not pass."
+            )
+        info = StepInfo(
+            step=self.steps, tool=tools.FINISH, status="graded", grade=report, duration_s=time.monotonic() - started
+        )
+        return StepResponse(
+            observation=observation, reward=report.reward, terminated=status == "finished", truncated=False, info=info
+        )
 
     async def stop_processes(self) -> None:
         """Before the diff is taken: stop every process the agent left running (background jobs, a fork bomb), so
@@ -288,8 +341,11 @@ class Session:
             self.runtime = None
         try:
             result = await sandbox.exec(["sh", "-c", STOP_PROCESSES_SCRIPT], timeout=30)
-            why = "" if result.exit_code == 0 and "stopped" in result.output else (
-                result.output.strip()[-200:] or f"exit {result.exit_code}")
+            why = (
+                ""
+                if result.exit_code == 0 and "stopped" in result.output
+                else (result.output.strip()[-200:] or f"exit {result.exit_code}")
+            )
         except Exception as exc:  # noqa: BLE001 - the engine refuses an exec in a container at its pids limit
             why = f"{type(exc).__name__}: {exc}"
         if why:
@@ -306,8 +362,9 @@ class Session:
         (envserver/submission.py)."""
         self._live_sandbox()
         try:
-            return await submission.read_submission(self.exec, self.task, self.manager.config.max_patch_bytes,
-                                                    PATCH_TIMEOUT_S, self.start_head)
+            return await submission.read_submission(
+                self.exec, self.task, self.manager.config.max_patch_bytes, PATCH_TIMEOUT_S, self.start_head
+            )
         except submission.SubmissionError as exc:
             raise PatchError(str(exc)) from None
 
@@ -319,20 +376,29 @@ class Session:
     async def read_versions(self, paths: list[str]) -> dict[str, FileVersions]:
         """Base and submitted contents of `paths` (the patch policy's setup.cfg / pyproject.toml), while the episode
         container still exists."""
-        return await submission.read_file_versions(self.exec, self.task, paths, PATCH_TIMEOUT_S,
-                                                   self.manager.config.max_patch_bytes, self.start_head)
+        return await submission.read_file_versions(
+            self.exec, self.task, paths, PATCH_TIMEOUT_S, self.manager.config.max_patch_bytes, self.start_head
+        )
 
     def patch_view(self) -> SessionPatch:
         """`GET /v1/sessions/{id}/patch`: the whole graded patch of an ended episode."""
         if self.grade is None or self.submission is None:
-            raise SessionError(409, "not_graded", f"session {self.id} has no graded patch yet: the patch is read "
-                               "when the episode ends (`finish`, or its step limit)")
+            raise SessionError(
+                409,
+                "not_graded",
+                f"session {self.id} has no graded patch yet: the patch is read "
+                "when the episode ends (`finish`, or its step limit)",
+            )
         submitted = self.submission.patch
         return SessionPatch(
-            session_id=self.id, task_id=self.task.instance_id, patch=self.graded_patch,
+            session_id=self.id,
+            task_id=self.task.instance_id,
+            patch=self.graded_patch,
             submitted_patch=submitted if submitted != self.graded_patch else None,
-            patch_bytes=self.grade.patch_bytes, patch_sha256=self.grade.patch_sha256,
-            patch_too_large=self.grade.patch_too_large, excluded_paths=self.grade.excluded_paths,
+            patch_bytes=self.grade.patch_bytes,
+            patch_sha256=self.grade.patch_sha256,
+            patch_too_large=self.grade.patch_too_large,
+            excluded_paths=self.grade.excluded_paths,
             hack_attempt=self.grade.hack_attempt,
         )
 
@@ -357,8 +423,14 @@ class PatchError(RuntimeError):
 
 
 class SessionManager:
-    def __init__(self, config: ServerConfig, backend: SandboxBackend, tasks: dict[str, TaskInstance],
-                 metrics: Metrics, validation: ValidationReport | None = None):
+    def __init__(
+        self,
+        config: ServerConfig,
+        backend: SandboxBackend,
+        tasks: dict[str, TaskInstance],
+        metrics: Metrics,
+        validation: ValidationReport | None = None,
+    ):
         """`validation`: a validation report (`python -m envserver validate`); when given, only its valid tasks are
         served and their grades count the environment verified."""
         self.config = config
@@ -383,7 +455,9 @@ class SessionManager:
         self._reaper: asyncio.Task[None] | None = None
         self.grade_cache = GradeCache(config.grade_cache_size)
         self.pool: WarmPool[Prepared] = WarmPool(
-            config.warm_pool_size, self._prepare, self._discard,
+            config.warm_pool_size,
+            self._prepare,
+            self._discard,
             on_change=lambda key, ready: metrics.pool_ready.labels(image=key[0]).set(ready),
             max_parallel_starts=config.warm_pool_parallel_starts,
         )
@@ -416,22 +490,32 @@ class SessionManager:
         host_memory = await self.backend.host_memory_bytes() if self.config.memory_overcommit > 0 else None
         if host_memory:
             self.memory_budget = int(host_memory * self.config.memory_overcommit)
-            log.info("memory admission: %d sessions of %s (host %.1f GiB × %.1f)",
-                     self.memory_budget // self.session_memory, self.config.sandbox.memory, host_memory / 2**30,
-                     self.config.memory_overcommit)
+            log.info(
+                "memory admission: %d sessions of %s (host %.1f GiB × %.1f)",
+                self.memory_budget // self.session_memory,
+                self.config.sandbox.memory,
+                host_memory / 2**30,
+                self.config.memory_overcommit,
+            )
         if removed:
-            log.warning("removed %d container(s) left by an earlier server named %r", removed,
-                        self.config.server_name)
+            log.warning("removed %d container(s) left by an earlier server named %r", removed, self.config.server_name)
         for task in self.tasks.values():
             self.images[task.instance_id] = await self.resolve_image(task)
         if self.validation is not None:
             unknown = sorted(set(self.validation) - set(self.tasks))
             if unknown:
-                log.warning("the validation file names %d instance(s) that are not in the task files: %s%s",
-                            len(unknown), ", ".join(unknown[:10]), ", …" if len(unknown) > 10 else "")
+                log.warning(
+                    "the validation file names %d instance(s) that are not in the task files: %s%s",
+                    len(unknown),
+                    ", ".join(unknown[:10]),
+                    ", …" if len(unknown) > 10 else "",
+                )
             valid = sum(1 for task_id in self.tasks if self.task_status(task_id)[2])
-            log.info("serving %d valid task(s) of %d; the others are listed with their status and refused at reset",
-                     valid, len(self.tasks))
+            log.info(
+                "serving %d valid task(s) of %d; the others are listed with their status and refused at reset",
+                valid,
+                len(self.tasks),
+            )
         if self.config.warm_pool_size > 0:
             wanted = set(self.config.warm_pool_tasks) or set(self.tasks)
             for task_id in sorted(task_id for task_id in wanted if self.task_status(task_id)[2]):
@@ -451,15 +535,27 @@ class SessionManager:
 
     def _spec(self, image: str, role: str, task_id: str = "") -> SandboxSpec:
         sandbox = self.config.sandbox
-        return SandboxSpec(image=image, labels=self.labels(role, task_id), cpus=sandbox.cpus, memory=sandbox.memory,
-                           pids_limit=sandbox.pids_limit, network=sandbox.network, files=runtime_files(),
-                           max_file_bytes=self.disk_budget)
+        return SandboxSpec(
+            image=image,
+            labels=self.labels(role, task_id),
+            cpus=sandbox.cpus,
+            memory=sandbox.memory,
+            pids_limit=sandbox.pids_limit,
+            network=sandbox.network,
+            files=runtime_files(),
+            max_file_bytes=self.disk_budget,
+        )
 
-    async def start_runtime(self, sandbox: Sandbox, task: TaskInstance | None, workdir: str | None = None
-                            ) -> RuntimeClient:
+    async def start_runtime(
+        self, sandbox: Sandbox, task: TaskInstance | None, workdir: str | None = None
+    ) -> RuntimeClient:
         config = self.config
-        argv = runtime_argv(workdir or (task.workdir if task else "/"), DEFAULT_INIT_SCRIPT,
-                            config.max_output_chars, config.command_timeout_s)
+        argv = runtime_argv(
+            workdir or (task.workdir if task else "/"),
+            DEFAULT_INIT_SCRIPT,
+            config.max_output_chars,
+            config.command_timeout_s,
+        )
         runtime = await RuntimeClient.start(sandbox, argv, self.metrics.runtime_frames_rejected_by)
         try:
             await runtime.handshake(timeout=RUNTIME_START_TIMEOUT_S)
@@ -483,9 +579,15 @@ class SessionManager:
         if image not in self.image_heads:
             try:
                 result = await runtime.request(
-                    "exec", {"argv": ["git", "-C", workdir, "rev-parse", "--verify", "HEAD"], "timeout": 30,
-                             "max_output_bytes": 1024}, timeout=30 + RUNTIME_SLACK_S)
-            except (RuntimeDied, RuntimeRequestError, asyncio.TimeoutError):
+                    "exec",
+                    {
+                        "argv": ["git", "-C", workdir, "rev-parse", "--verify", "HEAD"],
+                        "timeout": 30,
+                        "max_output_bytes": 1024,
+                    },
+                    timeout=30 + RUNTIME_SLACK_S,
+                )
+            except (TimeoutError, RuntimeDied, RuntimeRequestError):
                 return None  # not cached: the next container tries again
             head = str(result.get("stdout", "")).strip()
             # Not a git checkout (or no commit): the diff falls back to base_commit, and says so if that fails.
@@ -505,8 +607,12 @@ class SessionManager:
                 raise SessionError(404, "unknown_task", f"no task {task_id!r} on this server")
             status, reason, playable = self.task_status(task_id)
             if not playable:
-                raise SessionError(409, "instance_not_valid", f"task {task_id} is not served: its validation "
-                                   f"status is {status}{f' ({reason})' if reason else ''}")
+                raise SessionError(
+                    409,
+                    "instance_not_valid",
+                    f"task {task_id} is not served: its validation "
+                    f"status is {status}{f' ({reason})' if reason else ''}",
+                )
             image = self.images.get(task_id) or await self.resolve_image(task)
             if image is None:
                 raise SessionError(503, "image_missing", f"no image for task {task_id} on this docker host")
@@ -515,12 +621,18 @@ class SessionManager:
             keys[key] = keys.get(key, 0) + count
         total = sum(request.tasks.values())
         if total > self.config.max_sessions:
-            raise SessionError(422, "invalid_request", f"{total} resets announced, more than this server's "
-                               f"{self.config.max_sessions} concurrent sessions")
+            raise SessionError(
+                422,
+                "invalid_request",
+                f"{total} resets announced, more than this server's {self.config.max_sessions} concurrent sessions",
+            )
         for key, count in keys.items():
             self.pool.announce(key, count, request.ttl_s)
-        return PrefetchResponse(announced=dict(request.tasks), ready=sum(self.pool.ready(k) for k in keys),
-                                starting=sum(self.pool.starting(k) for k in keys))
+        return PrefetchResponse(
+            announced=dict(request.tasks),
+            ready=sum(self.pool.ready(k) for k in keys),
+            starting=sum(self.pool.starting(k) for k in keys),
+        )
 
     async def _disk_budget(self) -> int:
         """Bytes one episode may write: the configured `max_disk_gb`, else the Docker root's free space over the
@@ -543,34 +655,56 @@ class SessionManager:
     async def create(self, task_id: str, max_steps: int | None) -> ResetResponse:
         task = self.tasks.get(task_id)
         if task is None:
-            raise SessionError(404, "unknown_task", f"no task {task_id!r} on this server; GET /v1/tasks lists "
-                               f"the {len(self.tasks)} it serves")
+            raise SessionError(
+                404,
+                "unknown_task",
+                f"no task {task_id!r} on this server; GET /v1/tasks lists the {len(self.tasks)} it serves",
+            )
         status, reason, playable = self.task_status(task_id)
         if not playable:
-            raise SessionError(409, "instance_not_valid", f"task {task_id} is not served: its validation status is "
-                               f"{status}{f' ({reason})' if reason else ''}; this server serves only valid tasks "
-                               "(GET /v1/tasks lists each task's status)")
+            raise SessionError(
+                409,
+                "instance_not_valid",
+                f"task {task_id} is not served: its validation status is "
+                f"{status}{f' ({reason})' if reason else ''}; this server serves only valid tasks "
+                "(GET /v1/tasks lists each task's status)",
+            )
         if max_steps is not None and max_steps > self.config.max_steps_cap:
-            raise SessionError(422, "invalid_request", f"max_steps {max_steps} is above this server's cap of "
-                               f"{self.config.max_steps_cap}")
+            raise SessionError(
+                422,
+                "invalid_request",
+                f"max_steps {max_steps} is above this server's cap of {self.config.max_steps_cap}",
+            )
         if self.active_count() >= self.config.max_sessions:
-            raise SessionError(429, "capacity", f"the server is at its limit of {self.config.max_sessions} "
-                               "concurrent sessions; retry later or close finished sessions",
-                               headers={"Retry-After": "5"})
+            raise SessionError(
+                429,
+                "capacity",
+                f"the server is at its limit of {self.config.max_sessions} "
+                "concurrent sessions; retry later or close finished sessions",
+                headers={"Retry-After": "5"},
+            )
         if self.memory_budget is not None and self.memory_committed() + self.session_memory > self.memory_budget:
-            raise SessionError(429, "memory", f"the running sessions' memory limits ({self.memory_committed()} "
-                               f"bytes) leave no room for another of {self.config.sandbox.memory} within this "
-                               f"server's budget of {self.memory_budget} bytes (host memory × memory_overcommit "
-                               f"{self.config.memory_overcommit}); retry later or close finished sessions",
-                               headers={"Retry-After": "5"})
+            raise SessionError(
+                429,
+                "memory",
+                f"the running sessions' memory limits ({self.memory_committed()} "
+                f"bytes) leave no room for another of {self.config.sandbox.memory} within this "
+                f"server's budget of {self.memory_budget} bytes (host memory × memory_overcommit "
+                f"{self.config.memory_overcommit}); retry later or close finished sessions",
+                headers={"Retry-After": "5"},
+            )
         image = self.images.get(task_id)
         if image is None:
             image = self.images[task_id] = await self.resolve_image(task)
         if image is None:
             self.metrics.infra("image_missing")
-            raise SessionError(503, "image_missing", f"no image for task {task_id} on this docker host (tried: "
-                               f"{', '.join(candidate_images(task, self.config.image_templates))}); build it with "
-                               "`python -m images build`")
+            raise SessionError(
+                503,
+                "image_missing",
+                f"no image for task {task_id} on this docker host (tried: "
+                f"{', '.join(candidate_images(task, self.config.image_templates))}); build it with "
+                "`python -m images build`",
+            )
         started = time.monotonic()
         self._starting += 1
         try:
@@ -582,13 +716,15 @@ class SessionManager:
                 except SandboxError as exc:
                     self.metrics.infra(exc.reason)
                     raise SessionError(503, exc.reason, f"could not start a sandbox for {task_id}: {exc}") from None
-                except (RuntimeDied, RuntimeRequestError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, RuntimeDied, RuntimeRequestError) as exc:
                     self.metrics.infra("runtime_start_failed")
-                    raise SessionError(503, "runtime_start_failed", f"the tool runtime did not start in the "
-                                       f"sandbox of {task_id}: {exc}") from None
+                    raise SessionError(
+                        503,
+                        "runtime_start_failed",
+                        f"the tool runtime did not start in the sandbox of {task_id}: {exc}",
+                    ) from None
             session_id = uuid.uuid4().hex
-            session = Session(self, session_id, task, image, prepared,
-                              max_steps or self.config.default_max_steps)
+            session = Session(self, session_id, task, image, prepared, max_steps or self.config.default_max_steps)
             self.sessions[session_id] = session
         finally:
             self._starting -= 1
@@ -596,17 +732,29 @@ class SessionManager:
         self.metrics.sessions_created.labels(warm=str(warm).lower()).inc()
         self.metrics.reset_latency.labels(warm=str(warm).lower()).observe(elapsed)
         self.metrics.sessions_active.set(self.active_count())
-        info = ResetInfo(task_id=task_id, repo=task.repo, workdir=task.workdir,
-                         tools=[ToolSpec.model_validate(spec) for spec in tools.TOOL_SCHEMAS],
-                         max_steps=session.max_steps, image=image, warm_start=warm, reset_s=elapsed)
-        return ResetResponse(session_id=session_id, observation=tools.task_prompt(task.problem_statement,
-                                                                                    task.workdir), info=info)
+        info = ResetInfo(
+            task_id=task_id,
+            repo=task.repo,
+            workdir=task.workdir,
+            tools=[ToolSpec.model_validate(spec) for spec in tools.TOOL_SCHEMAS],
+            max_steps=session.max_steps,
+            image=image,
+            warm_start=warm,
+            reset_s=elapsed,
+        )
+        return ResetResponse(
+            session_id=session_id, observation=tools.task_prompt(task.problem_statement, task.workdir), info=info
+        )
 
     def get(self, session_id: str) -> Session:
         session = self.sessions.get(session_id)
         if session is None:
-            raise SessionError(404, "unknown_session", f"no session {session_id!r}: it never existed, was deleted, "
-                               f"or expired after {self.config.session_ttl_s:.0f} s idle")
+            raise SessionError(
+                404,
+                "unknown_session",
+                f"no session {session_id!r}: it never existed, was deleted, "
+                f"or expired after {self.config.session_ttl_s:.0f} s idle",
+            )
         return session
 
     async def grade_session(self, session: Session) -> GradeReport:
@@ -615,15 +763,22 @@ class SessionManager:
             await session.stop_processes()
             session.submission = await session.extract_patch()
         except PatchError as exc:
-            report = GradeReport(resolved=False, reward=0.0, infra_failure=False, patch_applied=False,
-                                 no_patch=str(exc), test_output_tail=str(exc))
+            report = GradeReport(
+                resolved=False,
+                reward=0.0,
+                infra_failure=False,
+                patch_applied=False,
+                no_patch=str(exc),
+                test_output_tail=str(exc),
+            )
             self.metrics.grades.labels(outcome="no_patch").inc()
             return report
         except SandboxError as exc:
             report = GradeReport(resolved=False, reward=0.0, infra_failure=True, infra_reason=f"{exc.reason}: {exc}")
         else:
             report, session.graded_patch = await self.grade_submission(
-                session.task, session.image, session.submission, session.read_versions)
+                session.task, session.image, session.submission, session.read_versions
+            )
             if report.cached:
                 self.metrics.grade_cache_hits.inc()
         if report.infra_failure:
@@ -658,10 +813,16 @@ class SessionManager:
         policy = task.patch_policy or config.patch_policy  # a row's value was checked when the file was loaded
         if change.patch is None or change.size > config.max_patch_bytes:
             return GradeReport(
-                resolved=False, reward=0.0, infra_failure=False, patch_too_large=True, patch_bytes=change.size,
-                patch_sha256=change.sha256, patch_policy=policy, environment_verified=verified,
+                resolved=False,
+                reward=0.0,
+                infra_failure=False,
+                patch_too_large=True,
+                patch_bytes=change.size,
+                patch_sha256=change.sha256,
+                patch_policy=policy,
+                environment_verified=verified,
                 test_output_tail=f"not graded: the patch is {change.size} bytes, over this server's max_patch_bytes "
-                                 f"of {config.max_patch_bytes}",
+                f"of {config.max_patch_bytes}",
             ), None
         raw = change.patch
         versions: dict[str, FileVersions] = {}
@@ -672,30 +833,53 @@ class SessionManager:
                     versions = await read_versions(needed)
                 elif image is not None:
                     versions = await submission.image_file_versions(
-                        self.backend, self._spec(image, "grade", task.instance_id), task, raw, needed,
-                        PATCH_TIMEOUT_S, config.max_patch_bytes)
+                        self.backend,
+                        self._spec(image, "grade", task.instance_id),
+                        task,
+                        raw,
+                        needed,
+                        PATCH_TIMEOUT_S,
+                        config.max_patch_bytes,
+                    )
             except (SandboxError, PatchError) as exc:
                 # Unread files lose their whole change (the policy's safe side); the grade goes on.
                 log.warning("could not read %s of task %s for the patch policy: %s", needed, task.instance_id, exc)
-        outcome = patch_policy.apply_policy(raw, policy, hidden_tests=task.test_files(), versions=versions,
-                                            runner_files=grading.runner_files(task, image))
+        outcome = patch_policy.apply_policy(
+            raw,
+            policy,
+            hidden_tests=task.test_files(),
+            versions=versions,
+            runner_files=grading.runner_files(task, image),
+        )
         policy_fields: dict[str, Any] = {
             "excluded_paths": list(dict.fromkeys([*change.hidden_paths, *outcome.excluded_paths])),
-            "hack_attempt": outcome.hack_attempt, "patch_policy": policy,
+            "hack_attempt": outcome.hack_attempt,
+            "patch_policy": policy,
         }
         if outcome.rejected:
             return GradeReport(
-                resolved=False, reward=0.0, infra_failure=False, environment_verified=verified,
+                resolved=False,
+                reward=0.0,
+                infra_failure=False,
+                environment_verified=verified,
                 test_output_tail="not graded: the patch changes test infrastructure "
-                                 f"({', '.join(outcome.excluded_paths)}) and the patch policy is `reject`",
-                **policy_fields, **submission.patch_fields("", config.inline_patch_bytes),
+                f"({', '.join(outcome.excluded_paths)}) and the patch policy is `reject`",
+                **policy_fields,
+                **submission.patch_fields("", config.inline_patch_bytes),
             ), ""
         graded = outcome.patch
 
         async def run() -> GradeReport:
-            report = await grading.grade(self.backend, task, image, graded, self._spec(image or "", "grade"),
-                                         config.grade_timeout_s, self.labels("grade", task.instance_id),
-                                         environment_verified=verified)
+            report = await grading.grade(
+                self.backend,
+                task,
+                image,
+                graded,
+                self._spec(image or "", "grade"),
+                config.grade_timeout_s,
+                self.labels("grade", task.instance_id),
+                environment_verified=verified,
+            )
             # What the cache keeps and the finish answer carries: never a multi-MB patch.
             return report.model_copy(update=submission.patch_fields(graded, config.inline_patch_bytes))
 
@@ -747,4 +931,3 @@ class SessionManager:
         await asyncio.gather(*(self.release(s, reason="shutdown") for s in sessions), return_exceptions=True)
         # Anything still labelled as ours (a start that was cancelled mid-flight) goes too.
         await self.backend.remove_labelled(self.owner_labels)
-

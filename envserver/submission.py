@@ -88,12 +88,9 @@ def submission_script(task: TaskInstance, max_bytes: int, base: str | None = Non
     base = base or task.base_commit
     hidden = task.test_files()
     excludes = _pathspecs(hidden, "exclude,literal")
-    diff = (
-        f"git -c core.fileMode=false diff --cached --binary --no-color {shlex.quote(base)} -- . {excludes}"
-    )
+    diff = f"git -c core.fileMode=false diff --cached --binary --no-color {shlex.quote(base)} -- . {excludes}"
     hidden_names = (
-        f"git diff --cached --name-only --no-renames {shlex.quote(base)} -- "
-        f"{_pathspecs(hidden, 'literal')} 2>/dev/null"
+        f"git diff --cached --name-only --no-renames {shlex.quote(base)} -- {_pathspecs(hidden, 'literal')} 2>/dev/null"
         if hidden
         else "true"
     )

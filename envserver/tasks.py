@@ -150,8 +150,9 @@ def _read_records(path: Path) -> Iterable[tuple[str, Any]]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise TaskFileError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); task files are JSON, JSONL "
-                            "or parquet") from None
+        raise TaskFileError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); task files are JSON, JSONL or parquet"
+        ) from None
     except OSError as exc:
         raise TaskFileError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     if suffix == ".jsonl":

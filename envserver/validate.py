@@ -219,10 +219,15 @@ def classify(gold: Sequence[GradeReport], empty: Sequence[GradeReport]) -> tuple
         if any(r.patch_applied is False for r in gold):
             return "gold_fails", "the gold patch does not apply"
         excluded = list(dict.fromkeys(path for r in gold for path in r.excluded_paths))
-        policy_note = (f" — the patch policy left out its change to {', '.join(excluded)} (a row's `patch_policy: "
-                       "keep` grades it as the harness does)") if excluded else ""
-        return "gold_fails", (f"gold patch does not resolve: {_failing(gold[0])}{_network_hint(gold[0])}"
-                              f"{policy_note}")
+        policy_note = (
+            (
+                f" — the patch policy left out its change to {', '.join(excluded)} (a row's `patch_policy: "
+                "keep` grades it as the harness does)"
+            )
+            if excluded
+            else ""
+        )
+        return "gold_fails", (f"gold patch does not resolve: {_failing(gold[0])}{_network_hint(gold[0])}{policy_note}")
     if empty and all(empty_resolved):
         f2p = empty[0].tests.get("FAIL_TO_PASS", {})
         if not f2p.get("success") and not f2p.get("failure"):
@@ -242,8 +247,10 @@ def _stops_early(report: GradeReport) -> bool:
 def _network_hint(report: GradeReport) -> str:
     """Why a gold run failed when its tests wanted the network: they cannot pass in an offline grading container."""
     if report.network_error:
-        return (f" — the tests try to reach the network, which grading turns off (cannot be valid offline): "
-                f"{report.network_error}")
+        return (
+            f" — the tests try to reach the network, which grading turns off (cannot be valid offline): "
+            f"{report.network_error}"
+        )
     return ""
 
 

@@ -90,7 +90,9 @@ class BuildGroup:
             "base_image": base_image_id,
             "ca": ca_digest,
             # the template itself, so that a change to it makes existing images stale
-            "dockerfile": render_dockerfile("BASE", (EDITABLE_INSTALL,) if self.install is True else self.install, True),
+            "dockerfile": render_dockerfile(
+                "BASE", (EDITABLE_INSTALL,) if self.install is True else self.install, True
+            ),
         }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -53,15 +53,15 @@ def base(
 def build(
     tasks: Annotated[Path, typer.Option(help="Task file (.json, .jsonl or .parquet).")],
     repo_source: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(help="owner/name=PATH_OR_URL: where to clone a repository from (cloned on the host); repeatable."),
     ] = None,
     source_template: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="Source for repositories without --repo-source, e.g. '/mirrors/{owner}__{name}'."),
     ] = None,
     ca_bundle: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="Opt-in: copy this CA bundle into the images and set PIP_CERT, for pip behind a TLS proxy. "
             "The images then trust that CA.",
@@ -70,17 +70,17 @@ def build(
         ),
     ] = None,
     instance: Annotated[
-        Optional[list[str]], typer.Option(help="Build only this instance id; repeatable (default: all).")
+        list[str] | None, typer.Option(help="Build only this instance id; repeatable (default: all).")
     ] = None,
     install: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(help="Shell line run in /testbed for tasks without an 'install' field; repeatable."),
     ] = None,
     base_image: Annotated[
         str, typer.Option(help="Image to build rows with an 'install' or 'eval' field on; built first when missing.")
     ] = DEFAULT_BASE_TAG,
     specs: Annotated[
-        Optional[list[Path]], typer.Option(help="Extra spec-table file (YAML/JSON, see envserver/specs); repeatable.")
+        list[Path] | None, typer.Option(help="Extra spec-table file (YAML/JSON, see envserver/specs); repeatable.")
     ] = None,
     python_fallback: Annotated[
         bool,
@@ -195,7 +195,12 @@ def build_samples(
                 return str(path)
 
             plans = build_groups(
-                client, group_tasks(tasks), sources=source, base_image=base_image, force=force, verbose=verbose,
+                client,
+                group_tasks(tasks),
+                sources=source,
+                base_image=base_image,
+                force=force,
+                verbose=verbose,
                 log=typer.echo,
             )
         built = sum(p.action == "build" for p in plans)
@@ -231,7 +236,7 @@ def sample_tasks_cmd(
 @app.command("verify-samples")
 def verify_samples(
     instance: Annotated[
-        Optional[list[str]], typer.Option(help="Verify only this instance id; repeatable (default: all).")
+        list[str] | None, typer.Option(help="Verify only this instance id; repeatable (default: all).")
     ] = None,
     update_meta: Annotated[
         bool, typer.Option(help="Write the measured FAIL_TO_PASS / PASS_TO_PASS into each meta.json.")

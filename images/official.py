@@ -158,7 +158,7 @@ def env_recipe(task: TaskInstance, spec: ResolvedSpec, source: str | Path, pytho
     converted = PipRequirements()
     lines = [
         "set -euxo pipefail",
-        'if [ -f /run/envserver-build/ca.crt ]; then export PIP_CERT=/run/envserver-build/ca.crt; fi',
+        "if [ -f /run/envserver-build/ca.crt ]; then export PIP_CERT=/run/envserver-build/ca.crt; fi",
         "export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore",
         f"mkdir -p {CONDA_ROOT}/bin {CONDA_ROOT}/envs /opt/envserver",
         f"cat > {CONDA_ROOT}/bin/activate <<'EOF_ENVSERVER_SHIM'\n{ACTIVATE_SHIM}EOF_ENVSERVER_SHIM",
@@ -238,7 +238,7 @@ def instance_script(spec: ResolvedSpec, build_requires: Sequence[str], scm_versi
     lines = [
         *([f"export SETUPTOOLS_SCM_PRETEND_VERSION={shlex.quote(scm_version)}"] if scm_version else []),
         "set -euxo pipefail",
-        'if [ -f /run/envserver-build/ca.crt ]; then export PIP_CERT=/run/envserver-build/ca.crt; fi',
+        "if [ -f /run/envserver-build/ca.crt ]; then export PIP_CERT=/run/envserver-build/ca.crt; fi",
         "export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore",
         "git config --system user.email setup@swebench.config",
         "git config --system user.name SWE-bench",
@@ -393,9 +393,7 @@ def build_official(
         result = OfficialResult(list(group.instance_ids), "failed", python=group.env.python.version)
         results.append(result)
         try:
-            env_tag, env_id = env_ids.get(id(group.env)) or _ensure_env(
-                client, group.env, mounts, force, verbose, log
-            )
+            env_tag, env_id = env_ids.get(id(group.env)) or _ensure_env(client, group.env, mounts, force, verbose, log)
             env_ids[id(group.env)] = (env_tag, env_id)
             result.env_tag = env_tag
             result.image_id, result.action = _ensure_instance(

@@ -101,9 +101,10 @@ def ensure_python_base(
         return choice.tag
     labels = {PYTHON_LABEL: choice.version}
     if registry_answers(client, registry_timeout_s, log):
-        from images.docker_util import build_context
         import tempfile
         from pathlib import Path
+
+        from images.docker_util import build_context
 
         dockerfile = (
             f"FROM debian:{choice.suite}-slim\n"

@@ -281,9 +281,7 @@ def run_tests(repo_dir: Path, test_cmd: str, test_files: Sequence[str], python: 
         argv[0] = python
     env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("PYTEST_ADDOPTS", None)
-    proc = subprocess.run(
-        [*argv, *test_files], cwd=repo_dir, env=env, capture_output=True, text=True, timeout=300
-    )
+    proc = subprocess.run([*argv, *test_files], cwd=repo_dir, env=env, capture_output=True, text=True, timeout=300)
     return proc.stdout + proc.stderr
 
 
@@ -334,9 +332,7 @@ def verify_instance(instance: SampleInstance, repo_dir: Path, python: str = sys.
     return Verification(instance.instance_id, before, after, fail_to_pass, pass_to_pass, problems)
 
 
-def verify_all(
-    instance_ids: Sequence[str] = (), python: str = sys.executable
-) -> list[Verification]:
+def verify_all(instance_ids: Sequence[str] = (), python: str = sys.executable) -> list[Verification]:
     """Verify the given sample instances (all when empty), building each repository once."""
     instances = [i for i in load_instances() if not instance_ids or i.instance_id in instance_ids]
     unknown = set(instance_ids) - {i.instance_id for i in instances}

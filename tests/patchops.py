@@ -25,8 +25,14 @@ def editor_calls(patch: str, workdir: str) -> list[dict[str, Any]]:
         if new_file:
             calls.append({"command": "create", "path": f"{workdir}/{path}", "file_text": "".join(new)})
         else:
-            calls.append({"command": "str_replace", "path": f"{workdir}/{path}",
-                          "old_str": "".join(old), "new_str": "".join(new)})
+            calls.append(
+                {
+                    "command": "str_replace",
+                    "path": f"{workdir}/{path}",
+                    "old_str": "".join(old),
+                    "new_str": "".join(new),
+                }
+            )
         old, new = [], []
 
     for line in patch.splitlines(keepends=True):

@@ -53,9 +53,16 @@ def training_reward(trajectory: Trajectory, malformed_penalty: float = 0.0) -> f
     return reward - malformed_penalty if trajectory.malformed_tool_calls else reward
 
 
-def build_batch(trajectories: list[Trajectory], pad_token_id: int, mode: str = "grpo", scale_by_std: bool = True,
-                mask_truncated: bool = False, drop_zero_variance: bool = True, negative_scale: float = 1.0,
-                malformed_penalty: float = 0.0) -> RolloutBatch:
+def build_batch(
+    trajectories: list[Trajectory],
+    pad_token_id: int,
+    mode: str = "grpo",
+    scale_by_std: bool = True,
+    mask_truncated: bool = False,
+    drop_zero_variance: bool = True,
+    negative_scale: float = 1.0,
+    malformed_penalty: float = 0.0,
+) -> RolloutBatch:
     """Group episodes by task, compute advantages, and pad every sequence of every episode into one batch.
 
     drop_zero_variance: groups whose rewards are all equal (or with under 2 rewards) leave the loss entirely (their
@@ -79,8 +86,9 @@ def build_batch(trajectories: list[Trajectory], pad_token_id: int, mode: str = "
                 masked[reason] += 1
             else:
                 rewards[row, col] = training_reward(trajectory, malformed_penalty)
-    advantages, keep, stats = compute_advantages(rewards, mode=mode, scale_by_std=scale_by_std,
-                                                 negative_scale=negative_scale)
+    advantages, keep, stats = compute_advantages(
+        rewards, mode=mode, scale_by_std=scale_by_std, negative_scale=negative_scale
+    )
     rows: list[tuple[Any, float, bool]] = []
     for row, members in enumerate(groups.values()):
         for col, trajectory in enumerate(members):
@@ -105,7 +113,11 @@ def build_batch(trajectories: list[Trajectory], pad_token_id: int, mode: str = "
     # Masked episodes and dropped (zero-variance) groups train nothing: their tokens leave the loss and its
     # token count entirely, rather than diluting it with zero-advantage tokens.
     advantage = torch.tensor([a for _, a, _ in rows], dtype=torch.float32)
-    stats = {**{k: float(v) for k, v in stats.items()}, **{f"masked_{k}": float(v) for k, v in masked.items()},
-             "sequences": float(len(rows)), "sequences_trained": float(sum(t for _, _, t in rows)),
-             "episodes": float(len(trajectories))}
+    stats = {
+        **{k: float(v) for k, v in stats.items()},
+        **{f"masked_{k}": float(v) for k, v in masked.items()},
+        "sequences": float(len(rows)),
+        "sequences_trained": float(sum(t for _, _, t in rows)),
+        "episodes": float(len(trajectories)),
+    }
     return RolloutBatch(input_ids, attention_mask, loss_mask, engine_logprobs, advantage, stats)

@@ -36,12 +36,15 @@ def label(run_dir: Path) -> str:
 
 
 def table(runs: dict[str, list[dict[str, Any]]]) -> str:
-    lines = [f"{'run':<36} {'steps':>5}  {'success (evaluation)':>20}  {'success (rollouts)':>20}  "
-             f"{'held-out accuracy':>18}"]
+    lines = [
+        f"{'run':<36} {'steps':>5}  {'success (evaluation)':>20}  {'success (rollouts)':>20}  {'held-out accuracy':>18}"
+    ]
     for name, rows in runs.items():
         summary = start_end_summary(rows)
-        cells = [f"{c['start']:.2f} → {c['end']:.2f}" if c else "-"
-                 for c in (summary.get("success_eval"), summary.get("success_rate"), summary.get("heldout_ca_accuracy"))]
+        cells = [
+            f"{c['start']:.2f} → {c['end']:.2f}" if c else "-"
+            for c in (summary.get("success_eval"), summary.get("success_rate"), summary.get("heldout_ca_accuracy"))
+        ]
         lines.append(f"{name:<36} {summary['steps']:>5}  {cells[0]:>20}  {cells[1]:>20}  {cells[2]:>18}")
     return "\n".join(lines)
 
@@ -64,8 +67,10 @@ def plot(runs: dict[str, list[dict[str, Any]]], out_path: Path, smooth: int = 5)
             steps, values = zip(*points)
             if key == "success_rate" and len(values) > 1:
                 axis.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
-                means = [sum(values[max(0, i - smooth + 1): i + 1]) / len(values[max(0, i - smooth + 1): i + 1])
-                         for i in range(len(values))]
+                means = [
+                    sum(values[max(0, i - smooth + 1) : i + 1]) / len(values[max(0, i - smooth + 1) : i + 1])
+                    for i in range(len(values))
+                ]
                 axis.plot(steps, means, color=color, label=name)
             else:
                 axis.plot(steps, values, color=color, marker="o", markersize=3, label=name)

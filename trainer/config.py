@@ -212,12 +212,14 @@ class TrainerConfig(BaseModel):
         # An older config's `pairs:` would otherwise fail as an unknown field, with no hint that it was renamed, nor
         # that the synthetic pairs now train beside the file (`synthetic_pairs: false` for the file alone).
         if isinstance(data, dict) and "pairs" in data:
-            raise ValueError("`pairs` is now `pairs_file`; with `synthetic_pairs` on (the default) the synthetic "
-                             "pairs train beside it")
+            raise ValueError(
+                "`pairs` is now `pairs_file`; with `synthetic_pairs` on (the default) the synthetic "
+                "pairs train beside it"
+            )
         return data
 
     @classmethod
-    def from_yaml(cls, path: str | Path | None, overrides: Sequence[str] = ()) -> "TrainerConfig":
+    def from_yaml(cls, path: str | Path | None, overrides: Sequence[str] = ()) -> TrainerConfig:
         """The YAML file's fields (None: the embedded default), then each `key=value` override in order: a dotted key
         reaches into a section (`grpo.kl_coef=0`), the value is read as YAML (`0.5`, `true`, `[a, b]`, `null`).
         A malformed override raises ValueError; invalid fields raise pydantic's ValidationError."""

@@ -104,8 +104,9 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
     device = _device(backend, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
-                            **({"device_id": device} if device.type == "cuda" else {}))
+    dist.init_process_group(
+        backend, timeout=timedelta(seconds=timeout_s), **({"device_id": device} if device.type == "cuda" else {})
+    )
     return DistContext(rank, world_size, local_rank, backend, device)
 
 
@@ -148,8 +149,10 @@ def all_gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
 
 # ----------------------------------------------------------------------------------------------------- sharding
 
-def shard_indices(costs: list[float] | torch.Tensor, rank: int, world_size: int,
-                  strategy: ShardStrategy = "balanced") -> list[int]:
+
+def shard_indices(
+    costs: list[float] | torch.Tensor, rank: int, world_size: int, strategy: ShardStrategy = "balanced"
+) -> list[int]:
     """The rows (ascending) that `rank` takes out of len(costs) rows; every row goes to exactly one rank, and every
     rank computes the same split (it depends on nothing but the arguments). A rank may get no row.
 
@@ -194,18 +197,25 @@ def shard_rollouts(batch: RolloutBatch, indices: list[int], device: torch.device
         out = t[rows][:, :length] if t.dim() == 2 else t[rows]
         return out.to(device) if device is not None else out
 
-    return RolloutBatch(take(batch.input_ids), take(batch.attention_mask), take(batch.loss_mask),
-                        take(batch.engine_logprobs), take(batch.advantages), dict(batch.stats))
+    return RolloutBatch(
+        take(batch.input_ids),
+        take(batch.attention_mask),
+        take(batch.loss_mask),
+        take(batch.engine_logprobs),
+        take(batch.advantages),
+        dict(batch.stats),
+    )
 
 
-def shard_rollouts_with_old(batch: RolloutBatch, old_logprobs: torch.Tensor | None, indices: list[int],
-                            device: torch.device | None = None) -> tuple[RolloutBatch, torch.Tensor | None]:
+def shard_rollouts_with_old(
+    batch: RolloutBatch, old_logprobs: torch.Tensor | None, indices: list[int], device: torch.device | None = None
+) -> tuple[RolloutBatch, torch.Tensor | None]:
     """`shard_rollouts`, and the same rows of the batch's [B, T] old logprobs cut to the shard's length (None stays
     None): a rank's shard, or one mini-batch of a step."""
     shard = shard_rollouts(batch, indices, device)
     if old_logprobs is None:
         return shard, None
-    old = old_logprobs[torch.tensor(indices, dtype=torch.long)][:, :shard.input_ids.shape[1]]
+    old = old_logprobs[torch.tensor(indices, dtype=torch.long)][:, : shard.input_ids.shape[1]]
     return shard, old.to(device) if device is not None else old
 
 
@@ -227,6 +237,7 @@ def shard_pairs(pairs: dict[str, Any], indices: list[int], device: torch.device 
 
 
 # -------------------------------------------------------------------------------------------- loss and metrics
+
 
 class StepOutput(NamedTuple):
     loss: float
@@ -301,8 +312,16 @@ def _all_reduce_counts(counts: list[float], ctx: DistContext) -> list[float]:
 def _empty_grpo(config: ObjectiveConfig, with_ref: bool, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
     """A rank without rollout rows: loss 0 and the same metric keys as a non-empty shard (each with weight 0)."""
     empty = torch.zeros(0, 1)
-    loss, metrics = grpo_loss(empty, empty, torch.zeros(0), empty, ref_logprobs=empty if with_ref else None,
-                              engine_logprobs=empty, config=config.grpo, normalizer=normalizer)
+    loss, metrics = grpo_loss(
+        empty,
+        empty,
+        torch.zeros(0),
+        empty,
+        ref_logprobs=empty if with_ref else None,
+        engine_logprobs=empty,
+        config=config.grpo,
+        normalizer=normalizer,
+    )
     metrics["entropy"] = math.nan
     return loss, metrics
 
@@ -313,9 +332,15 @@ def _empty_ca(config: ObjectiveConfig, with_order: bool, normalizer: float) -> t
     return ca_loss(torch.zeros(0), config.ca_clip, order, normalizer=normalizer, clip_mode=config.ca_clip_mode)
 
 
-def sharded_objective(model: Any, batch: RolloutBatch | None, pairs: dict[str, Any] | None, config: ObjectiveConfig,
-                      ctx: DistContext, ref_model: Any = None, old_logprobs: torch.Tensor | None = None,
-                      ) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
+def sharded_objective(
+    model: Any,
+    batch: RolloutBatch | None,
+    pairs: dict[str, Any] | None,
+    config: ObjectiveConfig,
+    ctx: DistContext,
+    ref_model: Any = None,
+    old_logprobs: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
     """This rank's part of L = L_GRPO + λ·L_CA: its shard's sums over the global normalizers, so the ranks' losses
     (and their gradients) add up to those of the whole batch. `batch` / `pairs`: this rank's shard (None or zero
     rows: nothing here; the ranks need not hold the same global batch — the counts are all-reduced).
@@ -359,6 +384,7 @@ def sharded_objective(model: Any, batch: RolloutBatch | None, pairs: dict[str, A
 
 # ------------------------------------------------------------------------------------------------ gradients
 
+
 def reduce_gradients(model: Any, ctx: DistContext, bucket_bytes: int = 25 * 2**20) -> None:
     """Sum every parameter's gradient over the ranks, in place, in flat buckets of about `bucket_bytes`.
 
@@ -380,8 +406,12 @@ def reduce_gradients(model: Any, ctx: DistContext, bucket_bytes: int = 25 * 2**2
     size = 0
     for grad in grads:  # consecutive gradients of one dtype and device share a bucket up to bucket_bytes
         nbytes = grad.numel() * grad.element_size()
-        if (not buckets or size + nbytes > bucket_bytes or buckets[-1][0].dtype != grad.dtype
-                or buckets[-1][0].device != grad.device):
+        if (
+            not buckets
+            or size + nbytes > bucket_bytes
+            or buckets[-1][0].dtype != grad.dtype
+            or buckets[-1][0].device != grad.device
+        ):
             buckets.append([])
             size = 0
         buckets[-1].append(grad)
@@ -391,17 +421,25 @@ def reduce_gradients(model: Any, ctx: DistContext, bucket_bytes: int = 25 * 2**2
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         offset = 0
         for grad in bucket:
-            grad.copy_(flat[offset: offset + grad.numel()].view_as(grad))
+            grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
             offset += grad.numel()
 
 
 # --------------------------------------------------------------------------------------------------- the step
 
-def distributed_step(model: Any, optimizer: torch.optim.Optimizer, global_batch: RolloutBatch | None,
-                     global_pairs: dict[str, Any] | None, config: ObjectiveConfig, ctx: DistContext,
-                     ref_model: Any = None, max_grad_norm: float | None = 1.0,
-                     old_logprobs: torch.Tensor | None = None, strategy: ShardStrategy = "balanced",
-                     ) -> StepOutput:
+
+def distributed_step(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    global_batch: RolloutBatch | None,
+    global_pairs: dict[str, Any] | None,
+    config: ObjectiveConfig,
+    ctx: DistContext,
+    ref_model: Any = None,
+    max_grad_norm: float | None = 1.0,
+    old_logprobs: torch.Tensor | None = None,
+    strategy: ShardStrategy = "balanced",
+) -> StepOutput:
     """One optimizer step on a global batch held (identically) by every rank: this rank's shard of the rollout
     rows and of the presentations, forward and backward with the global normalizers, gradients summed over the
     ranks, clipped to `max_grad_norm` (None: not clipped; the norm is still reported), one `optimizer.step()`.

@@ -56,17 +56,34 @@ def main(argv: list[str] | None = None) -> int:
             ref = AutoModelForCausalLM.from_pretrained(case["ref_dir"], dtype=torch.float32).eval()
             ref.requires_grad_(False)
         optimizer = torch.optim.AdamW(model.parameters(), lr=case["lr"], eps=case.get("eps", 1e-8))
-        out = distributed_step(model, optimizer, case["batch"], case["pairs"], case["config"], ctx, ref_model=ref,
-                               max_grad_norm=case["max_grad_norm"], strategy=case.get("strategy", "balanced"))
-        record = {"loss": out.loss, "metrics": out.metrics, "grad_norm": out.grad_norm, "world_size": ctx.world_size,
-                  "rank_spread": rank_spread(model, ctx)}
+        out = distributed_step(
+            model,
+            optimizer,
+            case["batch"],
+            case["pairs"],
+            case["config"],
+            ctx,
+            ref_model=ref,
+            max_grad_norm=case["max_grad_norm"],
+            strategy=case.get("strategy", "balanced"),
+        )
+        record = {
+            "loss": out.loss,
+            "metrics": out.metrics,
+            "grad_norm": out.grad_norm,
+            "world_size": ctx.world_size,
+            "rank_spread": rank_spread(model, ctx),
+        }
         if ctx.is_main:
             record["params"] = {n: p.detach().clone() for n, p in model.named_parameters()}
             record["grads"] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         torch.save(record, out_dir / f"case{index}-rank{ctx.rank}.pt")
     if ctx.is_main:
-        print(f"distributed_check: world size {ctx.world_size} ({ctx.backend}), imports + group "
-              f"{ready - started:.1f} s, {len(cases)} steps {time.perf_counter() - ready:.1f} s", file=sys.stderr)
+        print(
+            f"distributed_check: world size {ctx.world_size} ({ctx.backend}), imports + group "
+            f"{ready - started:.1f} s, {len(cases)} steps {time.perf_counter() - ready:.1f} s",
+            file=sys.stderr,
+        )
     destroy_distributed(ctx)
     return 0
 

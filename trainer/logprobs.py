@@ -35,25 +35,32 @@ IGNORE_INDEX = -100
 """A target id that means "no target here": its logprob is 0 and it gets no gradient."""
 
 
-def _chunk_logits(hidden_chunk: torch.Tensor, weight32: torch.Tensor, inv_temperature: float,
-                  buffer: torch.Tensor) -> torch.Tensor:
+def _chunk_logits(
+    hidden_chunk: torch.Tensor, weight32: torch.Tensor, inv_temperature: float, buffer: torch.Tensor
+) -> torch.Tensor:
     """float32 logits [c, V] of one chunk (divided by the temperature), written into the first c rows of `buffer`.
 
     One buffer serves every chunk of a call: a fresh [c, V] allocation per chunk (620 MB at c = 1024) is a fresh
     mmap whose pages all fault in again — measured at ~24% of a GRPO step on CPU."""
-    logits = torch.matmul(hidden_chunk.to(torch.float32), weight32.T, out=buffer[:hidden_chunk.shape[0]])
+    logits = torch.matmul(hidden_chunk.to(torch.float32), weight32.T, out=buffer[: hidden_chunk.shape[0]])
     if inv_temperature != 1.0:
         logits.mul_(inv_temperature)
     return logits
 
 
 class _ChunkedTokenLogprobs(torch.autograd.Function):
-    """logprobs [N] (and entropy [N], no gradient) of targets [N] under softmax(hidden [N, H] @ weight [V, H]ᵀ / τ).
-    """
+    """logprobs [N] (and entropy [N], no gradient) of targets [N] under softmax(hidden [N, H] @ weight [V, H]ᵀ / τ)."""
 
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int,
-                inv_temperature: float, want_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        chunk_size: int,
+        inv_temperature: float,
+        want_entropy: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n = hidden.shape[0]
         valid = targets != IGNORE_INDEX
         safe_targets = torch.where(valid, targets, torch.zeros_like(targets))
@@ -71,7 +78,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             shifted.sub_(row_max[:, None])  # s = logit − max: exp(s) cannot overflow, Σ exp(s) ≥ 1
             target_shifted = shifted.gather(1, safe_targets[start:stop, None]).squeeze(1)
             if want_entropy:  # H = log Z − Σ exp(s)·s / Z; needs s and exp(s) at once: a second buffer
-                exps = torch.exp(shifted, out=exps_buffer[:stop - start])  # type: ignore[index]
+                exps = torch.exp(shifted, out=exps_buffer[: stop - start])  # type: ignore[index]
                 norm = exps.sum(dim=-1)
                 weighted = exps.mul_(shifted).sum(dim=-1)  # Σ exp(s)·s, in place (torch's sum is pairwise: accurate)
                 del exps
@@ -102,8 +109,9 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         weight32 = weight.to(torch.float32)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight32 = torch.zeros_like(weight32) if need_weight else None
-        buffer = torch.empty((min(ctx.chunk_size, hidden.shape[0]), weight.shape[0]), dtype=torch.float32,
-                             device=hidden.device)
+        buffer = torch.empty(
+            (min(ctx.chunk_size, hidden.shape[0]), weight.shape[0]), dtype=torch.float32, device=hidden.device
+        )
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             stop = min(start + ctx.chunk_size, hidden.shape[0])
             hidden32 = hidden[start:stop].to(torch.float32)
@@ -121,9 +129,14 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None, None, None
 
 
-def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, target_ids: torch.Tensor,
-                   chunk_size: int = 1024, return_entropy: bool = False, temperature: float = 1.0,
-                   ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs(
+    hidden: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    target_ids: torch.Tensor,
+    chunk_size: int = 1024,
+    return_entropy: bool = False,
+    temperature: float = 1.0,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log softmax(hidden @ lm_head_weightᵀ / temperature)[target] per token, chunked in forward and backward.
 
     hidden: [B, T, H] (any float dtype; each chunk is upcast to float32).
@@ -137,8 +150,9 @@ def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, target_id
     their gradients come back in their own dtypes.
     """
     if hidden.dim() != 3 or target_ids.shape != hidden.shape[:2]:
-        raise ValueError(f"hidden must be [B, T, H] and target_ids [B, T]; got {tuple(hidden.shape)} and "
-                         f"{tuple(target_ids.shape)}")
+        raise ValueError(
+            f"hidden must be [B, T, H] and target_ids [B, T]; got {tuple(hidden.shape)} and {tuple(target_ids.shape)}"
+        )
     if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != hidden.shape[2]:
         raise ValueError(f"lm_head_weight must be [V, {hidden.shape[2]}]; got {tuple(lm_head_weight.shape)}")
     if chunk_size < 1:
@@ -151,8 +165,9 @@ def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, target_id
     out_of_range = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= vocab))
     if bool(out_of_range.any()):
         raise ValueError(f"target ids outside [0, {vocab}): {targets[out_of_range][:5].tolist()}")
-    logprobs, entropy = _ChunkedTokenLogprobs.apply(hidden.reshape(-1, width), lm_head_weight, targets, chunk_size,
-                                                    1.0 / temperature, return_entropy)
+    logprobs, entropy = _ChunkedTokenLogprobs.apply(
+        hidden.reshape(-1, width), lm_head_weight, targets, chunk_size, 1.0 / temperature, return_entropy
+    )
     logprobs = logprobs.view(batch, length)
     if return_entropy:
         return logprobs, entropy.view(batch, length)
@@ -169,10 +184,16 @@ def _enable_activation_checkpointing(model: Any) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def model_token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                         chunk_size: int = 1024, gradient_checkpointing: bool = False, return_entropy: bool = False,
-                         temperature: float = 1.0, **model_kwargs: Any,
-                         ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def model_token_logprobs(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    chunk_size: int = 1024,
+    gradient_checkpointing: bool = False,
+    return_entropy: bool = False,
+    temperature: float = 1.0,
+    **model_kwargs: Any,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-token logprobs [B, T] of `input_ids` under a transformers causal LM, without its [B, T, V] logits.
 
     Alignment: result[:, t] = log p(input_ids[:, t] | input_ids[:, :t]) for t ≥ 1, from the hidden state at t − 1;
@@ -204,8 +225,9 @@ def model_token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: to
     targets[:, :-1] = input_ids[:, 1:]
     if attention_mask is not None:
         targets[:, :-1].masked_fill_(attention_mask[:, 1:] == 0, IGNORE_INDEX)
-    result = token_logprobs(hidden, head.weight, targets, chunk_size=chunk_size, return_entropy=return_entropy,
-                            temperature=temperature)
+    result = token_logprobs(
+        hidden, head.weight, targets, chunk_size=chunk_size, return_entropy=return_entropy, temperature=temperature
+    )
     logprobs, entropy = result if return_entropy else (result, None)
     # Shift right by one so that index t holds token t's logprob; position 0 gets 0.
     logprobs = torch.nn.functional.pad(logprobs[:, :-1], (1, 0))
@@ -217,10 +239,16 @@ def model_token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: to
     return logprobs, entropy
 
 
-def masked_model_token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                                mask: torch.Tensor, chunk_size: int = 1024, return_entropy: bool = False,
-                                gradient_checkpointing: bool = False, temperature: float = 1.0,
-                                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def masked_model_token_logprobs(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    mask: torch.Tensor,
+    chunk_size: int = 1024,
+    return_entropy: bool = False,
+    gradient_checkpointing: bool = False,
+    temperature: float = 1.0,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """`model_token_logprobs`, but the output head runs only where `mask` [B, T] is set (the sampled tokens).
 
     A rollout's sampled tokens are a small part of its sequence (prompt and tool output are the rest), and at a
@@ -235,8 +263,14 @@ def masked_model_token_logprobs(model: Any, input_ids: torch.Tensor, attention_m
     wanted[:, 0] = False
     rows, cols = wanted.nonzero(as_tuple=True)
     predicting = hidden[rows, cols - 1]  # the hidden state at t − 1 predicts token t
-    result = token_logprobs(predicting[None], model.get_output_embeddings().weight, input_ids[rows, cols][None],
-                            chunk_size=chunk_size, return_entropy=return_entropy, temperature=temperature)
+    result = token_logprobs(
+        predicting[None],
+        model.get_output_embeddings().weight,
+        input_ids[rows, cols][None],
+        chunk_size=chunk_size,
+        return_entropy=return_entropy,
+        temperature=temperature,
+    )
     values, entropy = result if return_entropy else (result, None)
     zeros = torch.zeros(input_ids.shape, dtype=torch.float32, device=values.device)
     logprobs = zeros.index_put((rows, cols), values[0])

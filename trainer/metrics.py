@@ -22,8 +22,11 @@ class MetricsLog:
         if resume_step is None:
             self.path.unlink(missing_ok=True)
         elif self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= resume_step
+            ]
             self.path.write_text("".join(line + "\n" for line in kept))
         self.writer: Any = None
         if tensorboard:
@@ -31,16 +34,21 @@ class MetricsLog:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # the `tensorboard` package is optional: JSONL and PNG are the record
                 return
-            self.writer = SummaryWriter(str(output_dir / "tensorboard"),
-                                        purge_step=None if resume_step is None else resume_step + 1)
+            self.writer = SummaryWriter(
+                str(output_dir / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1
+            )
 
     def write(self, row: dict[str, Any]) -> None:
         with open(self.path, "a") as handle:
             handle.write(json.dumps(row) + "\n")
         if self.writer is not None:
             for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool) \
-                        and math.isfinite(value):
+                if (
+                    key != "step"
+                    and isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and math.isfinite(value)
+                ):
                     self.writer.add_scalar(key, value, row["step"])
             self.writer.flush()
 

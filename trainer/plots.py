@@ -32,14 +32,17 @@ def plot_metrics(metrics_path: Path, out_path: Path) -> Path:
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     panels = [(key, title) for key, title in PANELS if any(key in row for row in rows)]
     columns = 3
-    figure, axes = plt.subplots(-(-len(panels) // columns), columns, figsize=(12, 3 * -(-len(panels) // columns)),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        -(-len(panels) // columns), columns, figsize=(12, 3 * -(-len(panels) // columns)), squeeze=False
+    )
     for axis, (key, title) in zip(axes.flat, panels):
         points = [(row["step"], row[key]) for row in rows if key in row and row[key] == row[key]]
         if points:
             axis.plot(*zip(*points), marker="o", markersize=3, label="training rollouts")
-        overlays = [(label, [(row["step"], row[k]) for row in rows if k in row and row[k] == row[k]])
-                    for k, label in OVERLAYS.get(key, [])]
+        overlays = [
+            (label, [(row["step"], row[k]) for row in rows if k in row and row[k] == row[k]])
+            for k, label in OVERLAYS.get(key, [])
+        ]
         overlays = [(label, points) for label, points in overlays if points]
         for label, overlay in overlays:
             axis.plot(*zip(*overlay), marker="s", markersize=6, linestyle="--", label=label)
@@ -48,7 +51,7 @@ def plot_metrics(metrics_path: Path, out_path: Path) -> Path:
         axis.set_title(title, fontsize=9)
         axis.set_xlabel("step", fontsize=8)
         axis.grid(alpha=0.3)
-    for axis in list(axes.flat)[len(panels):]:
+    for axis in list(axes.flat)[len(panels) :]:
         axis.axis("off")
     figure.tight_layout()
     figure.savefig(out_path, dpi=110)

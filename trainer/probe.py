@@ -22,10 +22,10 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -48,7 +48,7 @@ PROBE_VERSION = 2
 SCORING = {
     "option_logits": "logits of the option tokens '1' and '2' at the answer position; the larger one is the answer",
     "answer_text": "a short greedy reply, parsed for the first standalone '1' or '2'; a reply naming neither is "
-                   "wrong and counted under 'unanswered'",
+    "wrong and counted under 'unanswered'",
 }
 
 
@@ -120,11 +120,14 @@ def _check_engine(config: ProbeConfig) -> None:
     if config.engine not in {kind.value for kind in EngineKind}:
         raise ProbeError(f"unknown engine {config.engine!r}; choose one of {', '.join(k.value for k in EngineKind)}")
     if config.engine == "hf" and not (Path(config.model) / "config.json").is_file():
-        raise ProbeError(f"--model: no transformers model directory at {config.model} (the hf engine loads a local "
-                         "model; for a served one use --engine vllm or openai)")
+        raise ProbeError(
+            f"--model: no transformers model directory at {config.model} (the hf engine loads a local "
+            "model; for a served one use --engine vllm or openai)"
+        )
     if config.engine != "hf" and not config.base_url:
-        raise ProbeError(f"--engine {config.engine} needs --base-url (the server's API root, e.g. "
-                         "http://127.0.0.1:8001/v1)")
+        raise ProbeError(
+            f"--engine {config.engine} needs --base-url (the server's API root, e.g. http://127.0.0.1:8001/v1)"
+        )
 
 
 def _tokenizer(config: ProbeConfig) -> tuple[Any, str]:
@@ -191,24 +194,34 @@ def score(config: ProbeConfig, pairs: list[PairRecord], tokenizer: Any, progress
         # float32, as the trainer loads it: margins comparable with its held-out accuracy
         model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32)
         model.to(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return score_hf(model, tokenizer, items, config.max_context_tokens, config.batch_size, progress,
-                        config.shared_prefix), "option_logits"
+        return score_hf(
+            model, tokenizer, items, config.max_context_tokens, config.batch_size, progress, config.shared_prefix
+        ), "option_logits"
     assert config.base_url  # _check_engine
     if config.engine == "vllm":
         from agent.engines.vllm import VLLMEngine
 
         engine: Any = VLLMEngine(config.base_url, model=config.model)
         _check_reachable(engine.base_url)
-        run = score_vllm(engine, tokenizer, items, config.max_context_tokens, config.concurrency, progress,
-                         config.shared_prefix)
+        run = score_vllm(
+            engine, tokenizer, items, config.max_context_tokens, config.concurrency, progress, config.shared_prefix
+        )
         method = "option_logits"
     elif config.engine == "openai":
         from agent.engines.openai import OpenAIChatEngine
 
         _check_reachable(config.base_url)
         engine = OpenAIChatEngine(config.base_url, config.model)
-        run = score_chat(engine, tokenizer, items, config.max_context_tokens, config.max_answer_tokens,
-                         config.concurrency, progress, config.shared_prefix)
+        run = score_chat(
+            engine,
+            tokenizer,
+            items,
+            config.max_context_tokens,
+            config.max_answer_tokens,
+            config.concurrency,
+            progress,
+            config.shared_prefix,
+        )
         method = "answer_text"
     else:
         raise AssertionError(config.engine)  # _check_engine
@@ -235,16 +248,25 @@ def run_probe(config: ProbeConfig, show_progress: bool = True) -> dict[str, Any]
     _check_settings(pairs, tokenizer, config, needs_option_ids=config.engine != "openai")
     with tqdm(total=2 * len(pairs), desc="presentations", unit="p", disable=not show_progress) as bar:
         answers, method = score(config, pairs, tokenizer, progress=bar.update)
-    shown = {pair.pair_id: shown_fractions(pair, tokenizer, config.max_context_tokens, config.shared_prefix)
-             for pair in pairs}
+    shown = {
+        pair.pair_id: shown_fractions(pair, tokenizer, config.max_context_tokens, config.shared_prefix)
+        for pair in pairs
+    }
     report = build_report(answers, pairs, shown)
     report["run"] = {
-        "probe_version": PROBE_VERSION, "prompt_version": PROMPT_VERSION, "engine": config.engine,
-        "model": config.model, "base_url": config.base_url, "tokenizer": tokenizer_name, "scoring": method,
-        "scoring_detail": SCORING[method], "pairs_file": str(config.pairs),
-        "max_context_tokens": config.max_context_tokens, "shared_prefix": config.shared_prefix,
+        "probe_version": PROBE_VERSION,
+        "prompt_version": PROMPT_VERSION,
+        "engine": config.engine,
+        "model": config.model,
+        "base_url": config.base_url,
+        "tokenizer": tokenizer_name,
+        "scoring": method,
+        "scoring_detail": SCORING[method],
+        "pairs_file": str(config.pairs),
+        "max_context_tokens": config.max_context_tokens,
+        "shared_prefix": config.shared_prefix,
         "max_answer_tokens": config.max_answer_tokens if method == "answer_text" else None,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "elapsed_s": round(time.perf_counter() - started, 3),
     }
     report = _finite(report)
@@ -254,11 +276,24 @@ def run_probe(config: ProbeConfig, show_progress: bool = True) -> dict[str, Any]
     with (config.out / "answers.jsonl").open("w") as handle:
         for answer in answers:
             pair = by_id[answer.pair_id]
-            handle.write(json.dumps(_finite({
-                "pair_id": answer.pair_id, "positive_first": answer.positive_first, "choice": answer.choice,
-                "correct": answer.correct, "option_margin": answer.option_margin, "reply": answer.reply,
-                "source": pair.provenance.get("source"), "funnel_stage": pair.funnel_stage,
-                "shown": shown[answer.pair_id]})) + "\n")
+            handle.write(
+                json.dumps(
+                    _finite(
+                        {
+                            "pair_id": answer.pair_id,
+                            "positive_first": answer.positive_first,
+                            "choice": answer.choice,
+                            "correct": answer.correct,
+                            "option_margin": answer.option_margin,
+                            "reply": answer.reply,
+                            "source": pair.provenance.get("source"),
+                            "funnel_stage": pair.funnel_stage,
+                            "shown": shown[answer.pair_id],
+                        }
+                    )
+                )
+                + "\n"
+            )
     write_chart(report, config.out / "report.png")
     return report
 
@@ -280,12 +315,15 @@ def summary_lines(report: dict[str, Any], out: Path) -> list[str]:
         lines.append(f"  source {source}: {num(group['accuracy'])} ({group['pairs']} pairs)")
     if "shown" in report:
         shown = report["shown"]
-        lines.append(f"shown of each context, mean (min) over pairs — after the shared opening / whole "
-                     f"({shown['pairs_with_shared_opening']} pairs share one, {report['run']['shared_prefix']}):")
+        lines.append(
+            f"shown of each context, mean (min) over pairs — after the shared opening / whole "
+            f"({shown['pairs_with_shared_opening']} pairs share one, {report['run']['shared_prefix']}):"
+        )
         for side in ("positive", "negative"):
             rest, whole = shown[side]["rest"], shown[side]["whole"]
-            lines.append(f"  {side}s: {num(rest['mean'])} ({num(rest['min'])}) / {num(whole['mean'])} "
-                         f"({num(whole['min'])})")
+            lines.append(
+                f"  {side}s: {num(rest['mean'])} ({num(rest['min'])}) / {num(whole['mean'])} ({num(whole['min'])})"
+            )
     lines.append(f"wrote {out / 'report.json'}, {out / 'report.png'}, {out / 'answers.jsonl'}")
     return lines
 
@@ -298,29 +336,49 @@ app = typer.Typer(add_completion=False)
 @app.command()
 def main(
     pairs: Path = typer.Option(..., help="Pair records (JSONL)."),
-    engine: EngineKind = typer.Option(..., help="hf (local model directory), vllm (a vLLM server) or openai "
-                                                "(a chat-completions API: scored by the reply's text)."),
+    engine: EngineKind = typer.Option(
+        ...,
+        help="hf (local model directory), vllm (a vLLM server) or openai "
+        "(a chat-completions API: scored by the reply's text).",
+    ),
     model: str = typer.Option(..., help="hf: the model directory; vllm / openai: the served model name."),
     out: Path = typer.Option(Path("probe"), help="Output folder (report.json, report.png, answers.jsonl)."),
     max_context_tokens: int = typer.Option(1024, min=16, help="Token budget of the two contexts together."),
-    shared_prefix: SharedPrefixKind = typer.Option(SharedPrefixKind.omit, help="The opening both contexts share: "
-                                                   "omit (as L_CA), once (shown before the options) or keep (in both "
-                                                   "options: prompt version 1's presentation)."),
-    base_url: Optional[str] = typer.Option(None, help="vllm / openai: the API root, e.g. http://HOST:8001/v1 "
-                                                      "(openai: the key comes from OPENAI_API_KEY)."),
-    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer directory (default: the model's own when it is "
-                                                       "a local directory, else the bundled Qwen3 tokenizer)."),
+    shared_prefix: SharedPrefixKind = typer.Option(
+        SharedPrefixKind.omit,
+        help="The opening both contexts share: "
+        "omit (as L_CA), once (shown before the options) or keep (in both "
+        "options: prompt version 1's presentation).",
+    ),
+    base_url: str | None = typer.Option(
+        None, help="vllm / openai: the API root, e.g. http://HOST:8001/v1 (openai: the key comes from OPENAI_API_KEY)."
+    ),
+    tokenizer: str | None = typer.Option(
+        None,
+        help="Tokenizer directory (default: the model's own when it is "
+        "a local directory, else the bundled Qwen3 tokenizer).",
+    ),
     batch_size: int = typer.Option(8, min=1, help="hf: presentations per forward pass."),
     concurrency: int = typer.Option(16, min=1, help="vllm / openai: requests in flight."),
     max_answer_tokens: int = typer.Option(16, min=1, help="openai: the reply's token limit."),
-    device: Optional[str] = typer.Option(None, help="hf: torch device (default: cuda when available, else cpu)."),
+    device: str | None = typer.Option(None, help="hf: torch device (default: cuda when available, else cpu)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
     """Context-selection accuracy of a model on contrastive pairs, each pair in both orders."""
-    config = ProbeConfig(pairs=pairs, engine=engine.value, model=model, out=out, base_url=base_url,
-                         tokenizer=tokenizer, max_context_tokens=max_context_tokens,
-                         shared_prefix=shared_prefix.value, batch_size=batch_size,  # type: ignore[arg-type]
-                         concurrency=concurrency, max_answer_tokens=max_answer_tokens, device=device)
+    config = ProbeConfig(
+        pairs=pairs,
+        engine=engine.value,
+        model=model,
+        out=out,
+        base_url=base_url,
+        tokenizer=tokenizer,
+        max_context_tokens=max_context_tokens,
+        shared_prefix=shared_prefix.value,
+        batch_size=batch_size,  # type: ignore[arg-type]
+        concurrency=concurrency,
+        max_answer_tokens=max_answer_tokens,
+        device=device,
+    )
     try:
         report = run_probe(config, show_progress=not quiet)
     except (ProbeError, EngineError) as exc:

@@ -21,12 +21,14 @@ from trainer.probe_scoring import Answer
 
 CI_LEVEL = 0.95
 BOOTSTRAP_RESAMPLES = 4000
-CI_METHOD = (f"percentile bootstrap over pairs ({BOOTSTRAP_RESAMPLES} resamples; both orders of a pair resampled "
-             "together)")
+CI_METHOD = (
+    f"percentile bootstrap over pairs ({BOOTSTRAP_RESAMPLES} resamples; both orders of a pair resampled together)"
+)
 
 
-def bootstrap_ci(pair_scores: Sequence[float], level: float = CI_LEVEL, resamples: int = BOOTSTRAP_RESAMPLES,
-                 seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    pair_scores: Sequence[float], level: float = CI_LEVEL, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
     """The percentile bootstrap interval of the mean of per-pair scores (a pair's share of its presentations
     answered correctly). Seeded: the same answers give the same interval. NaNs when there are no pairs."""
     import numpy as np
@@ -56,8 +58,14 @@ def accuracy_summary(answers: Sequence[Answer]) -> dict[str, Any]:
         by_pair[answer.pair_id].append(answer.correct)
     low, high = bootstrap_ci([sum(marks) / len(marks) for marks in by_pair.values()])
     correct = sum(answer.correct for answer in answers)
-    return {"accuracy": _share(correct, len(answers)), "ci_low": low, "ci_high": high, "correct": correct,
-            "presentations": len(answers), "pairs": len(by_pair)}
+    return {
+        "accuracy": _share(correct, len(answers)),
+        "ci_low": low,
+        "ci_high": high,
+        "correct": correct,
+        "presentations": len(answers),
+        "pairs": len(by_pair),
+    }
 
 
 def _grouped(answers: Sequence[Answer], key_of: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -71,21 +79,24 @@ def shown_summary(fractions: Sequence[Mapping[str, float | int]]) -> dict[str, A
     """Mean and min over pairs of how much of each context the prompt showed (`trainer.pairs.record.shown_fractions`
     per pair): `positive` / `negative` → `rest` (of the context after the opening both share) and `whole` (of the
     whole context) → {mean, min}; `pairs_with_shared_opening`. NaNs when there are no pairs."""
+
     def stats(key: str) -> dict[str, float]:
         values = [float(f[key]) for f in fractions]
-        return {"mean": sum(values) / len(values), "min": min(values)} if values else {"mean": math.nan,
-                                                                                       "min": math.nan}
+        return (
+            {"mean": sum(values) / len(values), "min": min(values)} if values else {"mean": math.nan, "min": math.nan}
+        )
 
     return {
         **{side: {part: stats(f"{side}_{part}") for part in ("rest", "whole")} for side in ("positive", "negative")},
         "pairs_with_shared_opening": sum(bool(f["shared_opening_tokens"]) for f in fractions),
         "note": "share of each context's tokens the prompt shows: 'rest' of the context after the opening both "
-                "contexts share (the whole context when they share none), 'whole' of the whole context",
+        "contexts share (the whole context when they share none), 'whole' of the whole context",
     }
 
 
-def build_report(answers: Sequence[Answer], pairs: Sequence[PairRecord],
-                 shown: Mapping[str, Mapping[str, float | int]] | None = None) -> dict[str, Any]:
+def build_report(
+    answers: Sequence[Answer], pairs: Sequence[PairRecord], shown: Mapping[str, Mapping[str, float | int]] | None = None
+) -> dict[str, Any]:
     """The probe's statistics (JSON-ready). Every answer with no option (`choice` None) counts as wrong.
 
     shown: pair_id → `shown_fractions` of the pair; when given, `report["shown"]` is their `shown_summary` over the
@@ -111,8 +122,11 @@ def build_report(answers: Sequence[Answer], pairs: Sequence[PairRecord],
         "num_pairs": overall["pairs"],
         "num_presentations": total,
         "num_correct": overall["correct"],
-        "unanswered": {"count": unanswered, "share": _share(unanswered, total),
-                       "note": "answers naming neither option; counted as wrong"},
+        "unanswered": {
+            "count": unanswered,
+            "share": _share(unanswered, total),
+            "note": "answers naming neither option; counted as wrong",
+        },
         "position": {
             "accuracy_positive_first": first_summary,
             "accuracy_positive_second": second_summary,
@@ -124,8 +138,9 @@ def build_report(answers: Sequence[Answer], pairs: Sequence[PairRecord],
             "both_orders_correct": _share(sum(all(a.correct for a in g) for g in complete), len(complete)),
             "one_order_correct": _share(sum(sum(a.correct for a in g) == 1 for g in complete), len(complete)),
             "neither_correct": _share(sum(not any(a.correct for a in g) for g in complete), len(complete)),
-            "same_option_both_orders": _share(sum(g[0].choice is not None and g[0].choice == g[1].choice
-                                                  for g in complete), len(complete)),
+            "same_option_both_orders": _share(
+                sum(g[0].choice is not None and g[0].choice == g[1].choice for g in complete), len(complete)
+            ),
         },
         "by_source": _grouped(answers, {p.pair_id: str(p.provenance.get("source", "unknown")) for p in pairs}),
         "by_funnel_stage": _grouped(answers, {p.pair_id: p.funnel_stage for p in pairs}),
@@ -133,8 +148,10 @@ def build_report(answers: Sequence[Answer], pairs: Sequence[PairRecord],
     margins = [a for a in answers if a.option_margin is not None]
     if margins:
         report["margin"] = {
-            "mean_positive_minus_negative": sum(a.option_margin if a.positive_first else -a.option_margin
-                                                for a in margins) / len(margins),  # type: ignore[operator]
+            "mean_positive_minus_negative": sum(
+                a.option_margin if a.positive_first else -a.option_margin for a in margins
+            )
+            / len(margins),  # type: ignore[operator]
             "mean_option1_minus_option2": sum(a.option_margin for a in margins) / len(margins),  # type: ignore
         }
     if shown is not None:
@@ -152,12 +169,18 @@ def write_chart(report: dict[str, Any], path: Path) -> Path:
 
     position = report["position"]
     panels: list[tuple[str, list[tuple[str, dict[str, Any] | float]]]] = [
-        ("overall and by position", [
-            ("all", {"accuracy": report["accuracy"], "ci_low": report["ci"]["low"], "ci_high": report["ci"]["high"]}),
-            ("positive = 1", position["accuracy_positive_first"]),
-            ("positive = 2", position["accuracy_positive_second"]),
-            ('answers "1"\n(share)', position["share_answer_1"]),
-        ]),
+        (
+            "overall and by position",
+            [
+                (
+                    "all",
+                    {"accuracy": report["accuracy"], "ci_low": report["ci"]["low"], "ci_high": report["ci"]["high"]},
+                ),
+                ("positive = 1", position["accuracy_positive_first"]),
+                ("positive = 2", position["accuracy_positive_second"]),
+                ('answers "1"\n(share)', position["share_answer_1"]),
+            ],
+        ),
         ("by data source", list(report["by_source"].items())),
         ("by funnel stage", list(report["by_funnel_stage"].items())),
     ]
@@ -188,8 +211,11 @@ def write_chart(report: dict[str, Any], path: Path) -> Path:
         axis.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel(f"accuracy (whiskers: {int(CI_LEVEL * 100)}% bootstrap interval over pairs)", fontsize=9)
     meta = report.get("run", {})
-    figure.suptitle(f"context-selection probe: {meta.get('model', '?')} ({meta.get('engine', '?')}, scored by "
-                    f"{meta.get('scoring', '?')}), {report['num_pairs']} pairs × 2 orders", fontsize=11)
+    figure.suptitle(
+        f"context-selection probe: {meta.get('model', '?')} ({meta.get('engine', '?')}, scored by "
+        f"{meta.get('scoring', '?')}), {report['num_pairs']} pairs × 2 orders",
+        fontsize=11,
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

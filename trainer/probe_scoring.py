@@ -63,8 +63,15 @@ def _choice_from_margin(first_minus_second: float) -> int | None:
 # -------------------------------------------------------------------------------------------------------------- hf
 
 
-def score_hf(model: Any, tokenizer: Any, items: Sequence[Item], max_context_tokens: int, batch_size: int = 8,
-             progress: Progress | None = None, shared_prefix: SharedPrefix = "omit") -> list[Answer]:
+def score_hf(
+    model: Any,
+    tokenizer: Any,
+    items: Sequence[Item],
+    max_context_tokens: int,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+    shared_prefix: SharedPrefix = "omit",
+) -> list[Answer]:
     """Option logits from an in-process transformers model, `batch_size` presentations per forward pass.
     max_context_tokens, shared_prefix: as `trainer.pairs.prompt_text` (here and in the other scorers)."""
     import torch
@@ -79,20 +86,22 @@ def score_hf(model: Any, tokenizer: Any, items: Sequence[Item], max_context_toke
     model.eval()
     try:
         for start in range(0, len(items), batch_size):
-            chunk = items[start:start + batch_size]
+            chunk = items[start : start + batch_size]
             shown = [present(pair, tokenizer, first, max_context_tokens, shared_prefix) for pair, first in chunk]
             batch = {key: value.to(device) for key, value in collate_presentations(shown, pad).items()}
             with torch.inference_mode():
                 # The decoder's hidden states, then the output head at the answer positions only: [N, V], never
                 # the [N, T, V] logits of the whole prompts (as the trainer's L_CA computes them).
-                outputs = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                      use_cache=False)
+                outputs = model.model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+                )
                 hidden = outputs.last_hidden_state[torch.arange(len(shown), device=device), batch["answer_positions"]]
                 logits = model.get_output_embeddings()(hidden)
                 # ca_margin with "positive first" for every row gives ℓ1 − ℓ2: the margin the trainer computes,
                 # read as a preference between positions rather than between contexts.
-                first_minus_second = ca_margin(logits, option_ids,
-                                               torch.ones(len(shown), dtype=torch.bool, device=device))
+                first_minus_second = ca_margin(
+                    logits, option_ids, torch.ones(len(shown), dtype=torch.bool, device=device)
+                )
             for (pair, first), value in zip(chunk, first_minus_second.tolist()):
                 answers.append(Answer(pair.pair_id, first, _choice_from_margin(value), option_margin=value))
             if progress:
@@ -105,9 +114,15 @@ def score_hf(model: Any, tokenizer: Any, items: Sequence[Item], max_context_toke
 # ------------------------------------------------------------------------------------------------------------ vllm
 
 
-async def score_vllm(engine: Any, tokenizer: Any, items: Sequence[Item], max_context_tokens: int,
-                     concurrency: int = 16, progress: Progress | None = None,
-                     shared_prefix: SharedPrefix = "omit") -> list[Answer]:
+async def score_vllm(
+    engine: Any,
+    tokenizer: Any,
+    items: Sequence[Item],
+    max_context_tokens: int,
+    concurrency: int = 16,
+    progress: Progress | None = None,
+    shared_prefix: SharedPrefix = "omit",
+) -> list[Answer]:
     """Option logits from a vLLM server (`agent.engines.vllm.VLLMEngine`): per presentation one `/v1/completions`
     request with two prompts, the prompt ids followed by "1" and by "2", and `prompt_logprobs: 0` (the logprob of
     each prompt token): the last entries are log p("1") and log p("2") at the answer position."""
@@ -116,8 +131,13 @@ async def score_vllm(engine: Any, tokenizer: Any, items: Sequence[Item], max_con
 
     async def one(pair: PairRecord, first: bool) -> Answer:
         ids = present(pair, tokenizer, first, max_context_tokens, shared_prefix).input_ids
-        body = {"prompt": [ids + [option_ids[0]], ids + [option_ids[1]]], "max_tokens": 1, "temperature": 0.0,
-                "prompt_logprobs": 0, "n": 1}
+        body = {
+            "prompt": [ids + [option_ids[0]], ids + [option_ids[1]]],
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "prompt_logprobs": 0,
+            "n": 1,
+        }
         async with semaphore:
             data = await engine.completions(body)
         logprobs = _last_prompt_logprobs(data, option_ids)
@@ -139,8 +159,10 @@ def _last_prompt_logprobs(data: Any, option_ids: tuple[int, int]) -> tuple[float
             entry = choice["prompt_logprobs"][-1]
             values.append(float(entry[str(option)]["logprob"]))
     except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise EngineError("the vLLM server's reply has no prompt logprobs for the option tokens (is it vLLM, with "
-                          f"prompt_logprobs support?): {str(data)[:500]}") from exc
+        raise EngineError(
+            "the vLLM server's reply has no prompt logprobs for the option tokens (is it vLLM, with "
+            f"prompt_logprobs support?): {str(data)[:500]}"
+        ) from exc
     return values[0], values[1]
 
 
@@ -159,17 +181,23 @@ def parse_choice(reply: str | None) -> int | None:
     return int(match.group()) if match else None
 
 
-async def score_chat(engine: Any, tokenizer: Any, items: Sequence[Item], max_context_tokens: int,
-                     max_answer_tokens: int = 16, concurrency: int = 16,
-                     progress: Progress | None = None, shared_prefix: SharedPrefix = "omit") -> list[Answer]:
+async def score_chat(
+    engine: Any,
+    tokenizer: Any,
+    items: Sequence[Item],
+    max_context_tokens: int,
+    max_answer_tokens: int = 16,
+    concurrency: int = 16,
+    progress: Progress | None = None,
+    shared_prefix: SharedPrefix = "omit",
+) -> list[Answer]:
     """Answer text from a chat engine (`agent.engines.openai.OpenAIChatEngine`): the user turn alone, greedy,
     at most `max_answer_tokens` tokens. The tokenizer only sizes the contexts' truncation."""
     semaphore = asyncio.Semaphore(concurrency)
     params = SamplingParams(max_tokens=max_answer_tokens, temperature=0.0)
 
     async def one(pair: PairRecord, first: bool) -> Answer:
-        messages = [{"role": "user", "content": prompt_text(pair, tokenizer, first, max_context_tokens,
-                                                            shared_prefix)}]
+        messages = [{"role": "user", "content": prompt_text(pair, tokenizer, first, max_context_tokens, shared_prefix)}]
         async with semaphore:
             message, _ = await engine.chat(messages, [], params)
         if progress:

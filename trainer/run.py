@@ -36,12 +36,21 @@ from envserver.local import LocalServer
 from trainer.batch import build_batch
 from trainer.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from trainer.config import TrainerConfig
-from trainer.distributed import (DistContext, StepOutput, broadcast_object, broadcast_parameters,
-                                 destroy_distributed, distributed_step, init_distributed, shard_indices,
-                                 shard_rollouts, shard_rollouts_with_old)
+from trainer.distributed import (
+    DistContext,
+    StepOutput,
+    broadcast_object,
+    broadcast_parameters,
+    destroy_distributed,
+    distributed_step,
+    init_distributed,
+    shard_indices,
+    shard_rollouts,
+    shard_rollouts_with_old,
+)
 from trainer.losses import GRPOLossConfig
-from trainer.objective import ObjectiveConfig
 from trainer.metrics import MetricsLog
+from trainer.objective import ObjectiveConfig
 from trainer.pairs import balanced_presentations, collate_presentations, load_pairs, present
 from trainer.summary import SUCCESS_EVAL_TASK_PREFIX, print_summary, start_end_summary
 
@@ -59,7 +68,7 @@ def take(items: list[Any], count: int, seed: int, position: dict[str, int], key:
     while len(taken) < count and items:
         epoch, cursor = position.get(f"{key}_epoch", 0), position.get(f"{key}_cursor", 0)
         order = epoch_order(items, seed, epoch)
-        chunk = order[cursor: cursor + count - len(taken)]
+        chunk = order[cursor : cursor + count - len(taken)]
         taken += chunk
         cursor += len(chunk)
         if cursor >= len(order):
@@ -80,9 +89,16 @@ EVAL_STEP = -1
 """The `step` of the success evaluation's sampling seeds: the same at both ends of a run, never a training step's."""
 
 
-async def collect_rollouts(engine: Any, env_urls: list[str], task_ids: list[str], config: TrainerConfig,
-                           tokenizer: Any, step: int, group_size: int | None = None,
-                           log: Any = print) -> list[Trajectory]:
+async def collect_rollouts(
+    engine: Any,
+    env_urls: list[str],
+    task_ids: list[str],
+    config: TrainerConfig,
+    tokenizer: Any,
+    step: int,
+    group_size: int | None = None,
+    log: Any = print,
+) -> list[Trajectory]:
     """B × G episodes (G: `group_size`, default the config's), spread over the env servers by `agent.fleet.Fleet`
     (task i's episodes on `env_urls[i % n]`, where `announce_resets` started their containers, while that server is
     live and has room; else on the live server with the most free capacity); sampling seeds depend only on (seed,
@@ -100,8 +116,9 @@ async def collect_rollouts(engine: Any, env_urls: list[str], task_ids: list[str]
         replays = fleet.config.lost_replays if config.replay_lost_episodes else 0
 
         async def one(index: int, task_id: str, group: int) -> list[Trajectory]:
-            settings = agent_config(config, seed=(config.seed * 1_000_003 + step * 10_007 + index * 101 + group)
-                                    % 2**31)
+            settings = agent_config(
+                config, seed=(config.seed * 1_000_003 + step * 10_007 + index * 101 + group) % 2**31
+            )
             lost: list[Trajectory] = []
 
             play = episode_player(engine, task_id, settings, tokenizer, group)
@@ -111,15 +128,19 @@ async def collect_rollouts(engine: Any, env_urls: list[str], task_ids: list[str]
                 lost.append(trajectory)
 
             async with semaphore:
-                final = await fleet.run(play, prefer=env_urls[index % len(env_urls)], replays=replays,
-                                        on_lost=keep_lost)
+                final = await fleet.run(
+                    play, prefer=env_urls[index % len(env_urls)], replays=replays, on_lost=keep_lost
+                )
             return [*lost, final]
 
         try:
             # A TaskGroup: when the fleet gives up (FleetUnavailable), the waiting episodes are cancelled with it.
             async with asyncio.TaskGroup() as episodes:
-                tasks = [episodes.create_task(one(i, task_id, g)) for i, task_id in enumerate(task_ids)
-                         for g in range(group_size)]
+                tasks = [
+                    episodes.create_task(one(i, task_id, g))
+                    for i, task_id in enumerate(task_ids)
+                    for g in range(group_size)
+                ]
         except BaseExceptionGroup as exc:
             raise exc.exceptions[0] from None
         finally:
@@ -137,8 +158,9 @@ def rollouts_for_batch(trajectories: list[Trajectory]) -> list[Trajectory]:
     return [trajectory for trajectory in trajectories if not is_replayed_attempt(trajectory)]
 
 
-async def announce_resets(env_urls: list[str], task_ids: list[str], group_size: int, ttl_s: float = 600.0,
-                          log: Any = print) -> None:
+async def announce_resets(
+    env_urls: list[str], task_ids: list[str], group_size: int, ttl_s: float = 600.0, log: Any = print
+) -> None:
     """Announce B × G resets to the env servers as `collect_rollouts` will spread them (task i's episodes on
     `env_urls[i % n]`): their containers start now. A server that cannot take the announcement is only logged."""
     per_url: dict[str, dict[str, int]] = {}
@@ -165,15 +187,25 @@ def success_eval_tasks(task_pool: list[str], config: TrainerConfig) -> list[str]
     return [task_id for index, task_id in enumerate(task_pool) if index in chosen]
 
 
-def evaluate_success(engine: Any, env_urls: list[str], task_ids: list[str], config: TrainerConfig, tokenizer: Any,
-                     runner: asyncio.Runner, log: Any) -> dict[str, Any]:
+def evaluate_success(
+    engine: Any,
+    env_urls: list[str],
+    task_ids: list[str],
+    config: TrainerConfig,
+    tokenizer: Any,
+    runner: asyncio.Runner,
+    log: Any,
+) -> dict[str, Any]:
     """`success_eval_episodes` episodes of every task with the evaluation's fixed seeds (EVAL_STEP); appended to
     `eval-rollouts.jsonl`. Returns the metrics row's `success_eval` (the share resolved), its infrastructure
     failures (`success_eval_infra_failures`), its seconds (`success_eval_s`) and each task's share
     (`SUCCESS_EVAL_TASK_PREFIX` + task id)."""
     started = time.perf_counter()
-    trajectories = runner.run(collect_rollouts(engine, env_urls, task_ids, config, tokenizer, EVAL_STEP,
-                                               group_size=config.success_eval_episodes, log=log))
+    trajectories = runner.run(
+        collect_rollouts(
+            engine, env_urls, task_ids, config, tokenizer, EVAL_STEP, group_size=config.success_eval_episodes, log=log
+        )
+    )
     write_jsonl(config.output_dir / "eval-rollouts.jsonl", trajectories)
     lost_replayed = len(trajectories)
     trajectories = rollouts_for_batch(trajectories)
@@ -181,13 +213,17 @@ def evaluate_success(engine: Any, env_urls: list[str], task_ids: list[str], conf
     by_task: dict[str, list[bool]] = {task_id: [] for task_id in task_ids}
     for trajectory in trajectories:
         by_task[trajectory.task_id].append(bool(trajectory.resolved))
-    row: dict[str, Any] = {"success_eval": sum(map(sum, by_task.values())) / len(trajectories),
-                           "success_eval_infra_failures": sum(t.infra_failure for t in trajectories),
-                           "success_eval_lost_replayed": lost_replayed,
-                           "success_eval_s": time.perf_counter() - started,
-                           **{SUCCESS_EVAL_TASK_PREFIX + task_id: sum(v) / len(v) for task_id, v in by_task.items()}}
-    log(f"success eval ({len(task_ids)} tasks × {config.success_eval_episodes} episodes, fixed seeds): "
-        f"{row['success_eval']:.2f} ({row['success_eval_s']:.0f} s)")
+    row: dict[str, Any] = {
+        "success_eval": sum(map(sum, by_task.values())) / len(trajectories),
+        "success_eval_infra_failures": sum(t.infra_failure for t in trajectories),
+        "success_eval_lost_replayed": lost_replayed,
+        "success_eval_s": time.perf_counter() - started,
+        **{SUCCESS_EVAL_TASK_PREFIX + task_id: sum(v) / len(v) for task_id, v in by_task.items()},
+    }
+    log(
+        f"success eval ({len(task_ids)} tasks × {config.success_eval_episodes} episodes, fixed seeds): "
+        f"{row['success_eval']:.2f} ({row['success_eval_s']:.0f} s)"
+    )
     return row
 
 
@@ -198,13 +234,15 @@ def selection_accuracy(model: Any, tokenizer: Any, pairs: list[Any], max_context
 
     if not pairs:
         return float("nan")
-    answers = score_hf(model, tokenizer, balanced_presentations(pairs, random.Random(0)), max_context_tokens,
-                       batch_size=32)
+    answers = score_hf(
+        model, tokenizer, balanced_presentations(pairs, random.Random(0)), max_context_tokens, batch_size=32
+    )
     return sum(answer.correct for answer in answers) / len(answers)
 
 
-def load_model_and_tokenizer(config: TrainerConfig, output_dir: Path, resume_from: Path | None,
-                             build: bool = True) -> tuple[Any, Any]:
+def load_model_and_tokenizer(
+    config: TrainerConfig, output_dir: Path, resume_from: Path | None, build: bool = True
+) -> tuple[Any, Any]:
     """The policy and its tokenizer: from the checkpoint resumed from, else the configured model (`tiny`: built into
     `<output_dir>/base-model`, or read from there when `build` is False — the other ranks under torchrun)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -216,9 +254,14 @@ def load_model_and_tokenizer(config: TrainerConfig, output_dir: Path, resume_fro
     elif config.model == "tiny":
         from agent.tiny import build_tiny_model
 
-        path = build_tiny_model(output_dir / "base-model", seed=config.seed, tokenizer=config.tiny_tokenizer,
-                                hidden_size=config.tiny_hidden_size, num_layers=config.tiny_layers,
-                                intermediate_size=2 * config.tiny_hidden_size)
+        path = build_tiny_model(
+            output_dir / "base-model",
+            seed=config.seed,
+            tokenizer=config.tiny_tokenizer,
+            hidden_size=config.tiny_hidden_size,
+            num_layers=config.tiny_layers,
+            intermediate_size=2 * config.tiny_hidden_size,
+        )
     else:
         path = Path(config.model)
     torch.manual_seed(config.seed)
@@ -229,10 +272,16 @@ def load_model_and_tokenizer(config: TrainerConfig, output_dir: Path, resume_fro
 
 def agent_config(config: TrainerConfig, seed: int | None = None) -> AgentConfig:
     """The agent loop's settings of this run (rollouts and demonstrations share the prompt and limits)."""
-    return AgentConfig(max_turns=config.max_turns, max_tokens_per_turn=config.max_tokens_per_turn,
-                       max_context_tokens=config.max_context_tokens, temperature=config.temperature,
-                       top_p=config.top_p, top_k=config.top_k, seed=seed,
-                       tools=tuple(config.agent_tools) if config.agent_tools is not None else None)
+    return AgentConfig(
+        max_turns=config.max_turns,
+        max_tokens_per_turn=config.max_tokens_per_turn,
+        max_context_tokens=config.max_context_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        seed=seed,
+        tools=tuple(config.agent_tools) if config.agent_tools is not None else None,
+    )
 
 
 def task_instances(config: TrainerConfig, local: bool) -> list[Any]:
@@ -244,8 +293,9 @@ def task_instances(config: TrainerConfig, local: bool) -> list[Any]:
     return load_tasks(path) if path else []
 
 
-def training_pairs(config: TrainerConfig, tasks: list[Any], output_dir: Path | None,
-                   log: Any = print) -> tuple[list[Any], list[Any]]:
+def training_pairs(
+    config: TrainerConfig, tasks: list[Any], output_dir: Path | None, log: Any = print
+) -> tuple[list[Any], list[Any]]:
     """(train pairs, held-out pairs): the pair file's (`file_pairs`) and, with `synthetic_pairs` and tasks, the
     synthetic test-outcome pairs of the task file besides them; written to `output_dir` (when given) as
     `pairs.train.jsonl` and `pairs.heldout.jsonl`, so the run's data can be read back."""
@@ -254,8 +304,10 @@ def training_pairs(config: TrainerConfig, tasks: list[Any], output_dir: Path | N
         from trainer.pairs.synthetic import synthetic_pairs
 
         made_train, made_heldout = synthetic_pairs(tasks, seed=config.seed)
-        log(f"pairs: {len(made_train)} train / {len(made_heldout)} held-out synthetic test-outcome pairs from "
-            f"{len(tasks)} tasks")
+        log(
+            f"pairs: {len(made_train)} train / {len(made_heldout)} held-out synthetic test-outcome pairs from "
+            f"{len(tasks)} tasks"
+        )
         train, heldout = train + made_train, heldout + made_heldout
     if not train and not heldout:
         return train, heldout
@@ -283,18 +335,23 @@ def file_pairs(config: TrainerConfig, log: Any = print) -> tuple[list[Any], list
     if pairs and config.heldout_pairs:
         log(f"pairs: {config.pairs_file}: {len(train)} train ({len(train_groups)} groups): the whole file")
     elif pairs:
-        log(f"pairs: {config.pairs_file}: {len(train)} train ({len(train_groups)} groups), {len(heldout)} held out "
-            f"({len(heldout_groups)} groups, heldout_fraction {config.heldout_fraction:g})")
+        log(
+            f"pairs: {config.pairs_file}: {len(train)} train ({len(train_groups)} groups), {len(heldout)} held out "
+            f"({len(heldout_groups)} groups, heldout_fraction {config.heldout_fraction:g})"
+        )
     if config.heldout_pairs:
         log(f"pairs: {config.heldout_pairs}: {len(heldout)} held out ({len(heldout_groups)} groups)")
     if train_groups & heldout_groups:  # only a separate heldout_pairs file can share groups with the pair file
-        log(f"pairs: warning: {len(train_groups & heldout_groups)} groups of {config.heldout_pairs} are also in "
-            f"{config.pairs_file}: the held-out accuracy is partly on pairs trained on")
+        log(
+            f"pairs: warning: {len(train_groups & heldout_groups)} groups of {config.heldout_pairs} are also in "
+            f"{config.pairs_file}: the held-out accuracy is partly on pairs trained on"
+        )
     return train, heldout
 
 
-def warm_start(model: Any, tokenizer: Any, env_url: str, tasks: list[Any], config: TrainerConfig,
-               runner: asyncio.Runner, log: Any) -> tuple[dict[str, float], dict[str, Any]]:
+def warm_start(
+    model: Any, tokenizer: Any, env_url: str, tasks: list[Any], config: TrainerConfig, runner: asyncio.Runner, log: Any
+) -> tuple[dict[str, float], dict[str, Any]]:
     """Demonstrations through the env server, then `warm_start_steps` SFT steps on them (DESIGN: a random policy
     never earns a reward, so GRPO would have no signal). Returns the metrics and the SFT optimizer's second moments
     (`trainer.warmstart.second_moments`)."""
@@ -308,15 +365,31 @@ def warm_start(model: Any, tokenizer: Any, env_url: str, tasks: list[Any], confi
     if not demos:
         raise RuntimeError("warm start: no demonstration earned reward 1; check the task file and the env server")
     write_jsonl(config.output_dir / "demonstrations.jsonl", demos, append=False)
-    log(f"warm start: {len(demos)}/{len(tasks)} tasks demonstrated; {config.warm_start_steps} SFT steps "
-        f"at lr {config.warm_start_lr:g}")
+    log(
+        f"warm start: {len(demos)}/{len(tasks)} tasks demonstrated; {config.warm_start_steps} SFT steps "
+        f"at lr {config.warm_start_lr:g}"
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.warm_start_lr, weight_decay=0.0)
-    losses = sft_steps(model, demos, config.warm_start_steps, lr=config.warm_start_lr, seed=config.seed,
-                       chunk_size=config.logprob_chunk_size, optimizer=optimizer, log=log,
-                       log_every=max(1, config.warm_start_steps // 10))
-    return ({"warm_start/demonstrations": len(demos), "warm_start/first_loss": losses[0] if losses else float("nan"),
-             "warm_start/last_loss": losses[-1] if losses else float("nan"),
-             "warm_start/seconds": time.perf_counter() - started}, second_moments(model, optimizer))
+    losses = sft_steps(
+        model,
+        demos,
+        config.warm_start_steps,
+        lr=config.warm_start_lr,
+        seed=config.seed,
+        chunk_size=config.logprob_chunk_size,
+        optimizer=optimizer,
+        log=log,
+        log_every=max(1, config.warm_start_steps // 10),
+    )
+    return (
+        {
+            "warm_start/demonstrations": len(demos),
+            "warm_start/first_loss": losses[0] if losses else float("nan"),
+            "warm_start/last_loss": losses[-1] if losses else float("nan"),
+            "warm_start/seconds": time.perf_counter() - started,
+        },
+        second_moments(model, optimizer),
+    )
 
 
 def save_warm_start(model: Any, tokenizer: Any, moments: dict[str, Any], folder: Path) -> None:
@@ -342,8 +415,10 @@ def saved_second_moments(config: TrainerConfig, model: Any, log: Any = print) ->
         return None
     fingerprint = folder / MOMENTS_WEIGHTS_FILE
     if not fingerprint.is_file() or not same_weights(json.loads(fingerprint.read_text()), model):
-        log(f"{path}: not used — the weights in {folder} are not the ones these moments were saved with "
-            f"(no {MOMENTS_WEIGHTS_FILE}, or it does not match); RL's AdamW starts fresh")
+        log(
+            f"{path}: not used — the weights in {folder} are not the ones these moments were saved with "
+            f"(no {MOMENTS_WEIGHTS_FILE}, or it does not match); RL's AdamW starts fresh"
+        )
         return None
     return torch.load(path, weights_only=True)
 
@@ -353,8 +428,9 @@ def make_engine(config: TrainerConfig, model: Any, tokenizer: Any, version: int)
     if config.engine == "hf":
         # processed logprobs: the behaviour policy (after temperature / top-k / top-p) that truncated importance
         # sampling compares the trainer's tempered logprobs with.
-        engine: Any = HFEngine(model, model_name=config.model, eos_token_ids=[tokenizer.eos_token_id],
-                               logprobs_mode="processed_logprobs")
+        engine: Any = HFEngine(
+            model, model_name=config.model, eos_token_ids=[tokenizer.eos_token_id], logprobs_mode="processed_logprobs"
+        )
     else:
         from agent.engines.vllm import VLLMEngine
 
@@ -444,8 +520,11 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
         model, tokenizer = load_model_and_tokenizer(config, output_dir, checkpoint, build=False)
     model.train()
     # In the trainer's process group: a kill -9 of the run takes its env server with it.
-    local = LocalServer(output_dir, "--max-sessions", "64", name=local_server_name(output_dir),
-                        own_process_group=False) if main and not config.env_urls else None
+    local = (
+        LocalServer(output_dir, "--max-sessions", "64", name=local_server_name(output_dir), own_process_group=False)
+        if main and not config.env_urls
+        else None
+    )
     env_urls = config.env_urls or ([local.url] if local is not None else [])
     metrics: MetricsLog | None = None
     try:
@@ -470,8 +549,9 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
                     moments = broadcast_object(moments, ctx)
                 if config.grpo.kl_coef > 0 and main:  # the reference is the policy RL starts from (for --resume)
                     model.save_pretrained(reference_dir)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                          eps=config.adam_eps)
+            optimizer = torch.optim.AdamW(
+                model.parameters(), lr=config.lr, weight_decay=config.weight_decay, eps=config.adam_eps
+            )
             if checkpoint is None and moments and config.inherit_warm_start_moments:
                 from trainer.warmstart import adopt_second_moments
 
@@ -482,16 +562,17 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
             if separate_ca_updates(config, pairs):
                 embeddings = {id(p) for p in token_embeddings(model)}
                 ca_params = [p for p in model.parameters() if config.ca_trains_embeddings or id(p) not in embeddings]
-                ca_optimizer = torch.optim.AdamW(ca_params, lr=config.ca_weight * config.lr,
-                                                 weight_decay=config.weight_decay, eps=config.adam_eps)
+                ca_optimizer = torch.optim.AdamW(
+                    ca_params, lr=config.ca_weight * config.lr, weight_decay=config.weight_decay, eps=config.adam_eps
+                )
                 ca_scheduler = warmup_scheduler(ca_optimizer, config)
             if checkpoint is not None:
-                start_step, position = load_trainer_state(checkpoint, optimizer, scheduler, ca_optimizer,
-                                                          ca_scheduler)
+                start_step, position = load_trainer_state(checkpoint, optimizer, scheduler, ca_optimizer, ca_scheduler)
                 log(f"resumed from {checkpoint.name} (step {start_step})")
             if main:
-                metrics = MetricsLog(output_dir, resume_step=None if checkpoint is None else start_step,
-                                     tensorboard=config.tensorboard)
+                metrics = MetricsLog(
+                    output_dir, resume_step=None if checkpoint is None else start_step, tensorboard=config.tensorboard
+                )
                 if checkpoint is None:  # a fresh run in a used folder starts its rollout record afresh too
                     (output_dir / "rollouts.jsonl").unlink(missing_ok=True)
                 else:
@@ -503,8 +584,15 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
                 from transformers import AutoModelForCausalLM
 
                 broadcast_object(None, ctx)  # rank 0 has written the reference
-                ref_model = (AutoModelForCausalLM.from_pretrained(str(reference_dir), dtype=torch.float32)
-                             if reference_dir.exists() else copy.deepcopy(model)).eval().requires_grad_(False)
+                ref_model = (
+                    (
+                        AutoModelForCausalLM.from_pretrained(str(reference_dir), dtype=torch.float32)
+                        if reference_dir.exists()
+                        else copy.deepcopy(model)
+                    )
+                    .eval()
+                    .requires_grad_(False)
+                )
             all_tasks = None
             if main:
                 with EnvClient(env_urls[0]) as client:
@@ -523,24 +611,46 @@ def train(config: TrainerConfig, resume: bool = False, log: Any = print) -> dict
                     if heldout:
                         start_row["heldout_ca_accuracy"] = selection_accuracy(model, tokenizer, heldout)
                     if config.success_eval_episodes > 0:
-                        start_row.update(evaluate_success(engine, env_urls, eval_tasks, config, tokenizer, runner,
-                                                          log))
+                        start_row.update(evaluate_success(engine, env_urls, eval_tasks, config, tokenizer, runner, log))
                     metrics.write(start_row)  # type: ignore[union-attr]
                 else:  # an evaluation after the checkpoint (the end's, cut short by the kill) is redone
                     keep_rollouts_before(eval_rollouts, start_step + 1)
-            state = _RunState(config=config, ctx=ctx, model=model, tokenizer=tokenizer, engine=engine,
-                              env_urls=env_urls, task_pool=task_pool, eval_tasks=eval_tasks,
-                              pairs=pairs, heldout=heldout, position=position, optimizer=optimizer,
-                              scheduler=scheduler, ca_optimizer=ca_optimizer, ca_scheduler=ca_scheduler,
-                              objective_config=objective_config(config), ref_model=ref_model,
-                              runner=runner, log=log)
+            state = _RunState(
+                config=config,
+                ctx=ctx,
+                model=model,
+                tokenizer=tokenizer,
+                engine=engine,
+                env_urls=env_urls,
+                task_pool=task_pool,
+                eval_tasks=eval_tasks,
+                pairs=pairs,
+                heldout=heldout,
+                position=position,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                ca_optimizer=ca_optimizer,
+                ca_scheduler=ca_scheduler,
+                objective_config=objective_config(config),
+                ref_model=ref_model,
+                runner=runner,
+                log=log,
+            )
             for step in range(start_step, config.steps):
                 row = _train_step(state, step)
                 if main:
                     metrics.write(row)  # type: ignore[union-attr]
                     if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                        save_checkpoint(output_dir / "checkpoints", model, optimizer, scheduler, step + 1, position,
-                                        ca_optimizer, ca_scheduler)
+                        save_checkpoint(
+                            output_dir / "checkpoints",
+                            model,
+                            optimizer,
+                            scheduler,
+                            step + 1,
+                            position,
+                            ca_optimizer,
+                            ca_scheduler,
+                        )
             if engine is not None:
                 runner.run(engine.close())
     finally:
@@ -568,17 +678,27 @@ def separate_ca_updates(config: TrainerConfig, pairs: list[Any]) -> bool:
 def warmup_scheduler(optimizer: Any, config: TrainerConfig) -> Any:
     """The linear learning-rate warm-up over `warmup_steps` steps, then constant."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) if config.warmup_steps else 1.0)
+        optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    )
 
 
 def objective_config(config: TrainerConfig) -> ObjectiveConfig:
     return ObjectiveConfig(
-        grpo=GRPOLossConfig(clip_low=config.grpo.clip_low, clip_high=config.grpo.clip_high,
-                            aggregation=config.grpo.aggregation, kl_coef=config.grpo.kl_coef,
-                            kl_clamp=config.grpo.kl_clamp, tis_cap=config.grpo.tis_cap),
-        ca_weight=config.ca_weight, ca_clip=config.ca_clip, ca_clip_mode=config.ca_clip_mode,
+        grpo=GRPOLossConfig(
+            clip_low=config.grpo.clip_low,
+            clip_high=config.grpo.clip_high,
+            aggregation=config.grpo.aggregation,
+            kl_coef=config.grpo.kl_coef,
+            kl_clamp=config.grpo.kl_clamp,
+            tis_cap=config.grpo.tis_cap,
+        ),
+        ca_weight=config.ca_weight,
+        ca_clip=config.ca_clip,
+        ca_clip_mode=config.ca_clip_mode,
         logprob_chunk_size=config.logprob_chunk_size,
-        gradient_checkpointing=config.gradient_checkpointing, temperature=config.temperature)
+        gradient_checkpointing=config.gradient_checkpointing,
+        temperature=config.temperature,
+    )
 
 
 def _sampling_logprobs(state: _RunState, batch: Any) -> torch.Tensor:
@@ -608,17 +728,26 @@ def _ca_updates(state: _RunState, step: int, first_update: int) -> list[StepOutp
     outputs = []
     with frozen(token_embeddings(state.model) if not config.ca_trains_embeddings else []):
         for update in range(config.ca_updates_per_step):
-            outputs.append(distributed_step(state.model, state.ca_optimizer, None,
-                                            _pair_batch(state, step, first_update + update), ca_config, state.ctx,
-                                            max_grad_norm=config.max_grad_norm))
+            outputs.append(
+                distributed_step(
+                    state.model,
+                    state.ca_optimizer,
+                    None,
+                    _pair_batch(state, step, first_update + update),
+                    ca_config,
+                    state.ctx,
+                    max_grad_norm=config.max_grad_norm,
+                )
+            )
     state.ca_scheduler.step()
     return outputs
 
 
 def token_embeddings(model: Any) -> list[Any]:
     """The token embedding matrix and the output head (one tensor when tied)."""
-    return list({id(p): p for p in (model.get_input_embeddings().weight,
-                                     model.get_output_embeddings().weight)}.values())
+    return list(
+        {id(p): p for p in (model.get_input_embeddings().weight, model.get_output_embeddings().weight)}.values()
+    )
 
 
 @contextlib.contextmanager
@@ -657,9 +786,10 @@ def _pair_batch(state: _RunState, step: int, update: int = 0) -> dict[str, Any] 
     if not state.pairs or config.ca_weight <= 0:
         return None
     chosen = take(state.pairs, config.pairs_per_step, config.seed + 1, state.position, "pair")
-    presentations = [present(p, state.tokenizer, first, max_context_tokens=1024)
-                     for p, first in balanced_presentations(chosen, random.Random(
-                         step if not update else f"{step}:{update}"))]
+    presentations = [
+        present(p, state.tokenizer, first, max_context_tokens=1024)
+        for p, first in balanced_presentations(chosen, random.Random(step if not update else f"{step}:{update}"))
+    ]
     batch = collate_presentations(presentations, state.tokenizer.pad_token_id)
     batch["positive_is_first"] = torch.tensor([p.positive_is_first for p in presentations])
     return batch
@@ -673,8 +803,9 @@ def _train_step(state: _RunState, step: int) -> dict[str, Any]:
     task_ids = take(state.task_pool, config.tasks_per_step, config.seed, state.position, "task")
     trajectories = None
     if main:
-        trajectories = state.runner.run(collect_rollouts(state.engine, state.env_urls, task_ids, config,
-                                                         state.tokenizer, step, log=state.log))
+        trajectories = state.runner.run(
+            collect_rollouts(state.engine, state.env_urls, task_ids, config, state.tokenizer, step, log=state.log)
+        )
         write_jsonl(config.output_dir / "rollouts.jsonl", trajectories)
         if config.announce_next_step and step + 1 < config.steps:
             # A peek (on a copy of the position): the next step takes exactly these.
@@ -687,11 +818,16 @@ def _train_step(state: _RunState, step: int) -> dict[str, Any]:
     trajectories = rollouts_for_batch(trajectories)
     lost_replayed -= len(trajectories)
     rollout_s = time.perf_counter() - started
-    batch = build_batch(trajectories, state.tokenizer.pad_token_id, mode=config.grpo.advantage,
-                        scale_by_std=config.grpo.scale_by_std, mask_truncated=config.grpo.mask_truncated,
-                        drop_zero_variance=config.grpo.drop_zero_variance,
-                        negative_scale=config.grpo.negative_advantage_scale,
-                        malformed_penalty=config.grpo.malformed_call_penalty)
+    batch = build_batch(
+        trajectories,
+        state.tokenizer.pad_token_id,
+        mode=config.grpo.advantage,
+        scale_by_std=config.grpo.scale_by_std,
+        mask_truncated=config.grpo.mask_truncated,
+        drop_zero_variance=config.grpo.drop_zero_variance,
+        negative_scale=config.grpo.negative_advantage_scale,
+        malformed_penalty=config.grpo.malformed_call_penalty,
+    )
     # All-zero advantages with no KL term give a zero GRPO gradient: skip its forward and backward.
     has_tokens = bool(batch.loss_mask.sum() > 0) and (bool((batch.advantages != 0).any()) or config.grpo.kl_coef > 0)
     update_started = time.perf_counter()
@@ -703,34 +839,60 @@ def _train_step(state: _RunState, step: int) -> dict[str, Any]:
     for update in range(updates):
         part, part_old = shard_rollouts_with_old(batch, old_logprobs, minibatches[update % len(minibatches)])
         pair_batch = None if separate else _pair_batch(state, step, update)
-        outputs.append(distributed_step(state.model, state.optimizer, part if has_tokens else None, pair_batch,
-                                        state.objective_config, state.ctx, ref_model=state.ref_model,
-                                        max_grad_norm=config.max_grad_norm, old_logprobs=part_old))
+        outputs.append(
+            distributed_step(
+                state.model,
+                state.optimizer,
+                part if has_tokens else None,
+                pair_batch,
+                state.objective_config,
+                state.ctx,
+                ref_model=state.ref_model,
+                max_grad_norm=config.max_grad_norm,
+                old_logprobs=part_old,
+            )
+        )
     ca_outputs = _ca_updates(state, step, first_update=updates) if separate else []
     out = merge_step_outputs(outputs, ca_outputs, config.ca_weight)
     state.scheduler.step()
     update_s = time.perf_counter() - update_started
     sync_s = sync_weights(state.engine, state.model, config, step + 1, state.runner) if main else 0.0
     rewards = [t.reward for t in trajectories if t.reward is not None]
-    row = {"step": step + 1, "reward": statistics.fmean(rewards) if rewards else float("nan"),
-           "success_rate": sum(bool(t.resolved) for t in trajectories) / len(trajectories),
-           "infra_failures": sum(t.infra_failure for t in trajectories), "lost_replayed": lost_replayed,
-           "truncated": sum(t.truncation is not None for t in trajectories),
-           "malformed_episodes": sum(bool(t.malformed_tool_calls) for t in trajectories),
-           "malformed_successes": sum(bool(t.malformed_tool_calls and t.resolved) for t in trajectories),
-           "weights_version": step + 1, "grad_norm": out.grad_norm, "lr": state.scheduler.get_last_lr()[0],
-           "rollout_s": rollout_s, "update_s": update_s, "sync_s": sync_s, "tasks": task_ids,
-           "world_size": state.ctx.world_size, **{f"batch/{k}": v for k, v in batch.stats.items()}, **out.metrics}
+    row = {
+        "step": step + 1,
+        "reward": statistics.fmean(rewards) if rewards else float("nan"),
+        "success_rate": sum(bool(t.resolved) for t in trajectories) / len(trajectories),
+        "infra_failures": sum(t.infra_failure for t in trajectories),
+        "lost_replayed": lost_replayed,
+        "truncated": sum(t.truncation is not None for t in trajectories),
+        "malformed_episodes": sum(bool(t.malformed_tool_calls) for t in trajectories),
+        "malformed_successes": sum(bool(t.malformed_tool_calls and t.resolved) for t in trajectories),
+        "weights_version": step + 1,
+        "grad_norm": out.grad_norm,
+        "lr": state.scheduler.get_last_lr()[0],
+        "rollout_s": rollout_s,
+        "update_s": update_s,
+        "sync_s": sync_s,
+        "tasks": task_ids,
+        "world_size": state.ctx.world_size,
+        **{f"batch/{k}": v for k, v in batch.stats.items()},
+        **out.metrics,
+    }
     if state.heldout and main and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
         row["heldout_ca_accuracy"] = selection_accuracy(state.model, state.tokenizer, state.heldout)
     row["step_s"] = time.perf_counter() - started  # the step itself: the end evaluation has its own success_eval_s
     if main and config.success_eval_episodes > 0 and step + 1 == config.steps:
-        row.update(evaluate_success(state.engine, state.env_urls, state.eval_tasks, config, state.tokenizer,
-                                    state.runner, state.log))
-    state.log(f"step {step + 1}/{config.steps}: reward {row['reward']:.3f} success {row['success_rate']:.2f} "
-              f"loss {row['loss']:.4f}" + (f" heldout-acc {row['heldout_ca_accuracy']:.2f}"
-                                           if "heldout_ca_accuracy" in row else "")
-              + f" ({row['step_s']:.1f} s)")
+        row.update(
+            evaluate_success(
+                state.engine, state.env_urls, state.eval_tasks, config, state.tokenizer, state.runner, state.log
+            )
+        )
+    state.log(
+        f"step {step + 1}/{config.steps}: reward {row['reward']:.3f} success {row['success_rate']:.2f} "
+        f"loss {row['loss']:.4f}"
+        + (f" heldout-acc {row['heldout_ca_accuracy']:.2f}" if "heldout_ca_accuracy" in row else "")
+        + f" ({row['step_s']:.1f} s)"
+    )
     return row
 
 
@@ -752,9 +914,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="Continue from the output folder's last checkpoint.")
     parser.add_argument("--steps", type=int, help="Override the number of steps.")
     parser.add_argument("--output-dir", type=Path, help="Override the output folder.")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="Override one config field (repeatable; dotted keys for sections), e.g. the λ = 0 "
-                             "control: --set ca_weight=0 --output-dir runs/lambda0.")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override one config field (repeatable; dotted keys for sections), e.g. the λ = 0 "
+        "control: --set ca_weight=0 --output-dir runs/lambda0.",
+    )
     args = parser.parse_args(argv)
     import signal
     import sys

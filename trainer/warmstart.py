@@ -94,6 +94,7 @@ def _span(old: str, new: str) -> tuple[str, str]:
     end_old, end_new = len(old), len(new)
     while end_old > start and end_new > start and old[end_old - 1] == new[end_new - 1]:
         end_old, end_new = end_old - 1, end_new - 1
+
     def word(i: int) -> bool:
         return 0 <= i < len(old) and bool(_WORD.match(old[i]))
 
@@ -132,7 +133,8 @@ def _text_block(command: str, lines: list[str]) -> list[str]:
     """`Na\\` / `Ni\\` with its text lines as separate -e fragments (GNU sed joins them with newlines)."""
     escaped = [line.replace("\\", "\\\\") for line in lines]
     return [command + "\\" + escaped[0] + ("\\" if len(escaped) > 1 else "")] + [
-        line + ("\\" if i < len(escaped) - 2 else "") for i, line in enumerate(escaped[1:])]
+        line + ("\\" if i < len(escaped) - 2 else "") for i, line in enumerate(escaped[1:])
+    ]
 
 
 def _run_commands(run: _Run) -> list[str]:
@@ -192,8 +194,10 @@ def compact_command(patch: str) -> str:
 
 def patch_command(patch: str, workdir: str) -> str:
     """The long form: write the gold patch with a here-document and `git apply` it."""
-    return (f"cd {workdir} && cat > /tmp/gold.patch <<'ENVSERVER_PATCH_EOF'\n{patch}ENVSERVER_PATCH_EOF\n"
-            "git apply /tmp/gold.patch")
+    return (
+        f"cd {workdir} && cat > /tmp/gold.patch <<'ENVSERVER_PATCH_EOF'\n{patch}ENVSERVER_PATCH_EOF\n"
+        "git apply /tmp/gold.patch"
+    )
 
 
 def solution_turns(task: Any, style: SolutionStyle = "sed") -> list[str]:
@@ -204,9 +208,17 @@ def solution_turns(task: Any, style: SolutionStyle = "sed") -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ demonstrations
 
-async def demonstrations(env_url: str, tasks: Sequence[Any], tokenizer: Any, agent_config: AgentConfig | None = None,
-                         style: SolutionStyle = "sed", copies: int = 1, concurrency: int = 4,
-                         log: Callable[[str], Any] = lambda _: None) -> list[Trajectory]:
+
+async def demonstrations(
+    env_url: str,
+    tasks: Sequence[Any],
+    tokenizer: Any,
+    agent_config: AgentConfig | None = None,
+    style: SolutionStyle = "sed",
+    copies: int = 1,
+    concurrency: int = 4,
+    log: Callable[[str], Any] = lambda _: None,
+) -> list[Trajectory]:
     """Successful, token-exact trajectories: each task (TaskInstance with `patch`) played through the env server at
     `env_url` by the agent loop with a ReplayEngine scripting `solution_turns(task, style)`; a task whose short
     solution is not rewarded 1.0 is played again with the gold patch (`patch` style). Tasks that fail both ways are
@@ -224,12 +236,15 @@ async def demonstrations(env_url: str, tasks: Sequence[Any], tokenizer: Any, age
         for attempt in styles:
             engine = ReplayEngine(tokenizer, solution_turns(task, attempt), model_name=f"replay-{attempt}")
             async with semaphore:
-                trajectory = await run_episode(engine, client, task.instance_id, config, tokenizer=tokenizer,
-                                               group=group)
+                trajectory = await run_episode(
+                    engine, client, task.instance_id, config, tokenizer=tokenizer, group=group
+                )
             if trajectory.reward == 1.0 and trajectory.sequences:
                 return trajectory
-            log(f"demonstration {task.instance_id} ({attempt}): reward {trajectory.reward}, "
-                f"infra {trajectory.infra_reason}, truncation {trajectory.truncation}")
+            log(
+                f"demonstration {task.instance_id} ({attempt}): reward {trajectory.reward}, "
+                f"infra {trajectory.infra_reason}, truncation {trajectory.truncation}"
+            )
         return None
 
     try:
@@ -240,6 +255,7 @@ async def demonstrations(env_url: str, tasks: Sequence[Any], tokenizer: Any, age
 
 
 # ------------------------------------------------------------------------------------------------------------ SFT
+
 
 def _sequences(trajectories: Sequence[Trajectory]) -> list[tuple[list[int], list[int]]]:
     return [(list(s.token_ids), list(s.loss_mask)) for t in trajectories for s in t.sequences if any(s.loss_mask)]
@@ -256,18 +272,28 @@ def sft_loss(model: Any, sequences: Sequence[tuple[list[int], list[int]]], chunk
     attention = torch.zeros((len(sequences), length), dtype=torch.long)
     mask = torch.zeros((len(sequences), length), dtype=torch.bool)
     for row, (ids, loss_mask) in enumerate(sequences):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        attention[row, :len(ids)] = 1
-        mask[row, :len(ids)] = torch.tensor(loss_mask, dtype=torch.bool)
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention[row, : len(ids)] = 1
+        mask[row, : len(ids)] = torch.tensor(loss_mask, dtype=torch.bool)
     logprobs = masked_model_token_logprobs(model, input_ids, attention, mask, chunk_size=chunk_size)
     mask[:, 0] = False  # nothing predicts the first token
     return -logprobs[mask].mean()
 
 
-def sft_steps(model: Any, trajectories: Sequence[Trajectory], steps: int, lr: float = 1e-3,
-              batch_size: int | None = None, weight_decay: float = 0.0, max_grad_norm: float = 1.0,
-              seed: int = 0, chunk_size: int = 1024, optimizer: torch.optim.Optimizer | None = None,
-              log: Callable[[str], Any] = lambda _: None, log_every: int = 1) -> list[float]:
+def sft_steps(
+    model: Any,
+    trajectories: Sequence[Trajectory],
+    steps: int,
+    lr: float = 1e-3,
+    batch_size: int | None = None,
+    weight_decay: float = 0.0,
+    max_grad_norm: float = 1.0,
+    seed: int = 0,
+    chunk_size: int = 1024,
+    optimizer: torch.optim.Optimizer | None = None,
+    log: Callable[[str], Any] = lambda _: None,
+    log_every: int = 1,
+) -> list[float]:
     """`steps` AdamW steps on −mean logprob of the demonstrations' sampled (loss-mask-1) tokens; returns the loss of
     each step (before its update).
 
@@ -322,7 +348,8 @@ def same_weights(fingerprint: dict[str, float], model: Any, rel_tol: float = 1e-
     """Whether `model` holds the weights `fingerprint` was taken of (up to the rounding of a save/load round trip)."""
     current = weights_fingerprint(model)
     return set(current) == set(fingerprint) and all(
-        math.isclose(current[name], fingerprint[name], rel_tol=rel_tol, abs_tol=1e-6) for name in current)
+        math.isclose(current[name], fingerprint[name], rel_tol=rel_tol, abs_tol=1e-6) for name in current
+    )
 
 
 def second_moments(model: Any, optimizer: torch.optim.Optimizer) -> dict[str, dict[str, torch.Tensor]]:
@@ -332,13 +359,16 @@ def second_moments(model: Any, optimizer: torch.optim.Optimizer) -> dict[str, di
     for name, parameter in model.named_parameters():
         state = optimizer.state.get(parameter, {})
         if "exp_avg_sq" in state:
-            moments[name] = {"step": torch.as_tensor(state["step"]).detach().clone(),
-                             "exp_avg_sq": state["exp_avg_sq"].detach().clone()}
+            moments[name] = {
+                "step": torch.as_tensor(state["step"]).detach().clone(),
+                "exp_avg_sq": state["exp_avg_sq"].detach().clone(),
+            }
     return moments
 
 
-def adopt_second_moments(model: Any, optimizer: torch.optim.Optimizer,
-                         moments: dict[str, dict[str, torch.Tensor]]) -> int:
+def adopt_second_moments(
+    model: Any, optimizer: torch.optim.Optimizer, moments: dict[str, dict[str, torch.Tensor]]
+) -> int:
     """Start a fresh Adam-family `optimizer` over `model`'s parameters from `moments` (`second_moments` of another
     optimizer over a model of the same shapes): second moments and step counts copied, first moments zero. Returns
     how many parameters took them.
@@ -357,10 +387,13 @@ def adopt_second_moments(model: Any, optimizer: torch.optim.Optimizer,
     for name, moment in moments.items():
         parameter = parameters[name]
         if moment["exp_avg_sq"].shape != parameter.shape:
-            raise ValueError(f"second moments of {name} have shape {tuple(moment['exp_avg_sq'].shape)}, "
-                             f"the parameter {tuple(parameter.shape)}")
+            raise ValueError(
+                f"second moments of {name} have shape {tuple(moment['exp_avg_sq'].shape)}, "
+                f"the parameter {tuple(parameter.shape)}"
+            )
         optimizer.state[parameter] = {
             "step": moment["step"].detach().clone().to(torch.float32),
             "exp_avg": torch.zeros_like(parameter, memory_format=torch.preserve_format),
-            "exp_avg_sq": moment["exp_avg_sq"].detach().clone().to(parameter.device, parameter.dtype)}
+            "exp_avg_sq": moment["exp_avg_sq"].detach().clone().to(parameter.device, parameter.dtype),
+        }
     return len(moments)

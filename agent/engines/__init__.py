@@ -43,4 +43,4 @@ def load_tokenizer(path: str | Path | None) -> Any:
     return AutoTokenizer.from_pretrained(str(path))
 
 
-__all__ = ["ChatEngine", "Engine", "EngineError", "Generation", "SamplingParams", "make_engine", "load_tokenizer"]
+__all__ = ["ChatEngine", "Engine", "EngineError", "Generation", "SamplingParams", "load_tokenizer", "make_engine"]

@@ -78,8 +78,9 @@ class ChatEngine(abc.ABC):
     weights_version: int = 0
 
     @abc.abstractmethod
-    async def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
-                   params: SamplingParams) -> tuple[dict[str, Any], float]:
+    async def chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], params: SamplingParams
+    ) -> tuple[dict[str, Any], float]:
         """(assistant message in OpenAI format, engine seconds)."""
 
     async def close(self) -> None:

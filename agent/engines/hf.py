@@ -45,9 +45,15 @@ _CACHE_KWARG = _cache_kwarg()
 class HFEngine(Engine):
     name = "hf"
 
-    def __init__(self, model: Any, model_name: str = "", eos_token_ids: list[int] | None = None,
-                 decode_threads: int | None = 1, max_batch_size: int = 16,
-                 logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = "raw_logprobs"):
+    def __init__(
+        self,
+        model: Any,
+        model_name: str = "",
+        eos_token_ids: list[int] | None = None,
+        decode_threads: int | None = 1,
+        max_batch_size: int = 16,
+        logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = "raw_logprobs",
+    ):
         """`model`: a transformers causal LM (kept in eval mode for sampling; the trainer may train it in between).
 
         decode_threads: torch intra-op threads while sampling (None: leave torch's setting). One decode step of a
@@ -101,7 +107,7 @@ class HFEngine(Engine):
     def _drain(self) -> None:
         while True:
             with self._pending_lock:
-                batch, self._pending = self._pending[:self.max_batch_size], self._pending[self.max_batch_size:]
+                batch, self._pending = self._pending[: self.max_batch_size], self._pending[self.max_batch_size :]
                 if not batch:
                     self._draining = False
                     return
@@ -137,8 +143,8 @@ class HFEngine(Engine):
         inputs = torch.full((rows, longest), pad, dtype=torch.long)
         attention = torch.zeros((rows, longest), dtype=torch.long)
         for row, (prompt, _) in enumerate(requests):  # left padding: every row's next token is the last column
-            inputs[row, longest - len(prompt):] = torch.tensor(prompt)
-            attention[row, longest - len(prompt):] = 1
+            inputs[row, longest - len(prompt) :] = torch.tensor(prompt)
+            attention[row, longest - len(prompt) :] = 1
         positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
         report_raw = self.logprobs_mode == "raw_logprobs"
         with self._lock, torch.inference_mode():
@@ -151,20 +157,30 @@ class HFEngine(Engine):
                 cache = None
                 while not all(done):
                     # logits_to_keep=1: a long prompt's full [tokens x vocab] logits would cost GBs for nothing.
-                    out = self.model(input_ids=inputs, attention_mask=attention, position_ids=positions,
-                                     use_cache=True, logits_to_keep=1, **{_CACHE_KWARG: cache})
+                    out = self.model(
+                        input_ids=inputs,
+                        attention_mask=attention,
+                        position_ids=positions,
+                        use_cache=True,
+                        logits_to_keep=1,
+                        **{_CACHE_KWARG: cache},
+                    )
                     cache = getattr(out, "cache", None) or out.past_key_values
                     logits = out.logits[:, -1].float()
                     raw_logprobs = torch.log_softmax(logits, dim=-1) if report_raw else None
                     next_ids = torch.full((rows, 1), pad, dtype=torch.long)
                     active = [row for row in range(rows) if not done[row]]
-                    drawn = _sample_rows(logits if len(active) == rows else logits[active],
-                                         [requests[row][1] for row in active], [generators[row] for row in active])
+                    drawn = _sample_rows(
+                        logits if len(active) == rows else logits[active],
+                        [requests[row][1] for row in active],
+                        [generators[row] for row in active],
+                    )
                     for row, (token, processed_logprob) in zip(active, drawn):
                         params = requests[row][1]
                         token_ids[row].append(token)
-                        logprobs[row].append(float(raw_logprobs[row, token]) if raw_logprobs is not None
-                                             else processed_logprob)
+                        logprobs[row].append(
+                            float(raw_logprobs[row, token]) if raw_logprobs is not None else processed_logprob
+                        )
                         next_ids[row, 0] = token
                         if token in stops[row]:
                             finish[row], done[row] = "stop", True
@@ -177,8 +193,15 @@ class HFEngine(Engine):
                 torch.set_num_threads(threads)
                 self.model.train(was_training)
         elapsed = time.perf_counter() - started
-        return [Generation(token_ids=token_ids[row], logprobs=logprobs[row],  # type: ignore[arg-type]
-                           finish_reason=finish[row], engine_s=elapsed) for row in range(rows)]
+        return [
+            Generation(
+                token_ids=token_ids[row],
+                logprobs=logprobs[row],  # type: ignore[arg-type]
+                finish_reason=finish[row],
+                engine_s=elapsed,
+            )
+            for row in range(rows)
+        ]
 
     async def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
@@ -208,8 +231,9 @@ def _processed_scores(scores: torch.Tensor, params: SamplingParams) -> torch.Ten
     return scores
 
 
-def _sample_rows(logits: torch.Tensor, params: list[SamplingParams],
-                 generators: list[torch.Generator]) -> list[tuple[int, float]]:
+def _sample_rows(
+    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]
+) -> list[tuple[int, float]]:
     """`_sample` for each row of `logits` [R, V] with its own settings and generator, in batched tensor ops: at a
     151k vocabulary the per-row softmax / cumsum / search are most of a tiny model's decode step, and one [R, V]
     op costs little more than one row's."""
@@ -254,12 +278,14 @@ def _inverse_cdf(probs: torch.Tensor, uniforms: list[float]) -> list[int]:
     tokens = []
     for row, uniform in enumerate(uniforms):
         target = uniform * float(block_cdf[row, -1])
-        block = min(int(torch.searchsorted(block_cdf[row], torch.tensor(target, dtype=torch.float64), right=True)),
-                    block_cdf.shape[1] - 1)
+        block = min(
+            int(torch.searchsorted(block_cdf[row], torch.tensor(target, dtype=torch.float64), right=True)),
+            block_cdf.shape[1] - 1,
+        )
         while float(sums[row, block]) <= 0.0:  # rounding at the very top: step back to a block with mass
             block -= 1
         before = float(block_cdf[row, block - 1]) if block else 0.0
-        inside = probs[row, block * _BLOCK:(block + 1) * _BLOCK].double()
+        inside = probs[row, block * _BLOCK : (block + 1) * _BLOCK].double()
         offset = torch.searchsorted(inside.cumsum(0), torch.tensor(target - before, dtype=torch.float64), right=True)
         index = int(offset)
         if index >= inside.numel() or float(inside[index]) <= 0.0:

@@ -21,20 +21,35 @@ RETRY_STATUSES = {429, 500, 502, 503, 504}
 class OpenAIChatEngine(ChatEngine):
     name = "openai"
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 600.0,
-                 retries: int = 5, max_connections: int = 256):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        timeout_s: float = 600.0,
+        retries: int = 5,
+        max_connections: int = 256,
+    ):
         self.model_name = model
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), timeout=httpx.Timeout(timeout_s, connect=10.0),
+            base_url=base_url.rstrip("/"),
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
             headers={"Authorization": f"Bearer {key}"} if key else {},
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
         self.retries = retries
 
-    async def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
-                   params: SamplingParams) -> tuple[dict[str, Any], float]:
-        body: dict[str, Any] = {"model": self.model_name, "messages": messages, "max_tokens": params.max_tokens,
-                                "temperature": params.temperature, "top_p": params.top_p}
+    async def chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], params: SamplingParams
+    ) -> tuple[dict[str, Any], float]:
+        body: dict[str, Any] = {
+            "model": self.model_name,
+            "messages": messages,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+        }
         if tools:
             body["tools"] = tools
         if params.seed is not None:
@@ -62,6 +77,8 @@ class OpenAIChatEngine(ChatEngine):
 def require_token_ids(engine: Any) -> None:
     """Raise a clear error for engines whose trajectories cannot be trained on."""
     if not getattr(engine, "supports_token_ids", False):
-        raise EngineError(f"engine {getattr(engine, 'name', type(engine).__name__)!r} returns no token ids, so its "
-                          "trajectories cannot be used for training (the loss needs the exact sampled ids and "
-                          "their logprobs); use the vllm or hf engine")
+        raise EngineError(
+            f"engine {getattr(engine, 'name', type(engine).__name__)!r} returns no token ids, so its "
+            "trajectories cannot be used for training (the loss needs the exact sampled ids and "
+            "their logprobs); use the vllm or hf engine"
+        )

@@ -35,6 +35,7 @@ class ReplayEngine(Engine):
         self.turn += 1
         ids = self.tokenizer.encode(text, add_special_tokens=False) + [self._end]
         if len(ids) > params.max_tokens:
-            return Generation(token_ids=ids[: params.max_tokens], logprobs=[0.0] * params.max_tokens,
-                              finish_reason="length")
+            return Generation(
+                token_ids=ids[: params.max_tokens], logprobs=[0.0] * params.max_tokens, finish_reason="length"
+            )
         return Generation(token_ids=ids, logprobs=[0.0] * len(ids), finish_reason="stop")

@@ -101,7 +101,7 @@ class VLLMEngine(Engine):
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
-            "top_k": params.top_k if params.top_k > 0 else 0,  # vLLM: 0 disables top-k
+            "top_k": max(0, params.top_k),  # vLLM: 0 disables top-k
             "min_p": 0.0,
             "repetition_penalty": 1.0,
             "presence_penalty": 0.0,
@@ -161,8 +161,7 @@ class VLLMEngine(Engine):
             await self._post("/pause", None, params={"mode": "wait"})
             paused = True
         try:
-            await self._post("/collective_rpc",
-                             {"method": self.reload_method, "kwargs": {"weights_path": str(path)}})
+            await self._post("/collective_rpc", {"method": self.reload_method, "kwargs": {"weights_path": str(path)}})
             for attempt in range(self.max_retries + 1):
                 # fails (success=false) while blocks are still held by running requests; those end soon
                 result = await self._post("/reset_prefix_cache", None)
@@ -178,8 +177,7 @@ class VLLMEngine(Engine):
 
     # ---------------------------------------------------------------- HTTP
 
-    async def _post(self, path: str, body: Any, *, api: bool = False,
-                    params: dict[str, str] | None = None) -> Any:
+    async def _post(self, path: str, body: Any, *, api: bool = False, params: dict[str, str] | None = None) -> Any:
         url = f"{self.base_url if api else self.server_url}{path}"
         return await self._request("POST", url, json=body, params=params)
 
@@ -193,8 +191,9 @@ class VLLMEngine(Engine):
             except httpx.TransportError as exc:
                 # connection refused/reset, the server restarting, a full pool: worth another try
                 if last:
-                    raise EngineError(f"{method} {url}: {type(exc).__name__}: {exc} "
-                                      f"(after {self.max_retries} retries)") from exc
+                    raise EngineError(
+                        f"{method} {url}: {type(exc).__name__}: {exc} (after {self.max_retries} retries)"
+                    ) from exc
                 log.warning("%s %s: %s; retrying", method, url, exc)
                 await asyncio.sleep(self._backoff(attempt))
                 continue
@@ -218,7 +217,7 @@ class VLLMEngine(Engine):
                 return min(float(retry_after), self.max_backoff_s)
             except ValueError:
                 pass
-        delay = min(self.backoff_s * 2 ** attempt, self.max_backoff_s)
+        delay = min(self.backoff_s * 2**attempt, self.max_backoff_s)
         return delay * (0.5 + random.random() / 2)
 
     async def close(self) -> None:
@@ -249,8 +248,9 @@ def _parse_choice(choice: dict[str, Any], engine_s: float) -> Generation:
     logprobs_obj = choice.get("logprobs") or {}
     logprobs = logprobs_obj.get("token_logprobs")
     if token_ids is None or logprobs is None:
-        raise EngineError("vLLM returned no token ids or logprobs (a server older than return_token_ids?): "
-                          f"{str(choice)[:500]}")
+        raise EngineError(
+            f"vLLM returned no token ids or logprobs (a server older than return_token_ids?): {str(choice)[:500]}"
+        )
     if len(token_ids) != len(logprobs):
         raise EngineError(f"vLLM returned {len(token_ids)} token ids but {len(logprobs)} logprobs")
     token_ids = [int(t) for t in token_ids]

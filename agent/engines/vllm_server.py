@@ -62,8 +62,10 @@ def check_cpu_model(model_dir: Path) -> None:
     config = config.get("text_config", config)
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     if head_dim not in CPU_ATTENTION_HEAD_DIMS:
-        raise VLLMServerError(f"{model_dir}: head_dim {head_dim} is not supported by vLLM's CPU attention "
-                              f"(one of {CPU_ATTENTION_HEAD_DIMS})")
+        raise VLLMServerError(
+            f"{model_dir}: head_dim {head_dim} is not supported by vLLM's CPU attention "
+            f"(one of {CPU_ATTENTION_HEAD_DIMS})"
+        )
 
 
 CPU_WORKER_EXTENSION = "agent.engines.vllm_worker_ext.CPUWorkerExtension"
@@ -165,11 +167,24 @@ def start_vllm_server(
         log_path = Path(tmp)
     progress = progress or log.info
     cmd = [
-        str(python), "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir), "--served-model-name", name,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", dtype, "--enforce-eager", "--max-model-len", str(max_model_len),
-        "--kv-cache-memory-bytes", kv_cache_memory,
+        str(python),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--served-model-name",
+        name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        dtype,
+        "--enforce-eager",
+        "--max-model-len",
+        str(max_model_len),
+        "--kv-cache-memory-bytes",
+        kv_cache_memory,
         *(["--worker-extension-cls", CPU_WORKER_EXTENSION] if cpu else []),
         *(["--logprobs-mode", logprobs_mode] if logprobs_mode else []),
         *extra_args,
@@ -189,10 +204,18 @@ def start_vllm_server(
     if cpu:  # the worker imports the extension (a dependency-free module) from this checkout
         child_env["PYTHONPATH"] = str(ROOT)
     with open(log_path, "ab") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=child_env, cwd=str(model_dir.parent), start_new_session=True)
-    server = VLLMServer(model_dir, port, process, log_path, name,
-                        reload_method="reload_weights_repacked" if cpu else "reload_weights")
+        process = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=child_env,
+            cwd=str(model_dir.parent),
+            start_new_session=True,
+        )
+    server = VLLMServer(
+        model_dir, port, process, log_path, name, reload_method="reload_weights_repacked" if cpu else "reload_weights"
+    )
     progress(f"starting vLLM server for {model_dir} on port {port} (log: {log_path})")
     started = time.monotonic()
     next_note = started + 10
@@ -201,7 +224,8 @@ def start_vllm_server(
             if process.poll() is not None:
                 raise VLLMServerError(
                     f"vLLM server exited with {process.returncode} before it was ready; log {log_path}:\n"
-                    f"{server.log_tail()}")
+                    f"{server.log_tail()}"
+                )
             try:
                 if httpx.get(f"{server.base_url}/models", timeout=2).status_code == 200:
                     progress(f"vLLM server ready on port {port} after {time.monotonic() - started:.1f} s")
@@ -211,7 +235,8 @@ def start_vllm_server(
             now = time.monotonic()
             if now - started > timeout_s:
                 raise VLLMServerError(
-                    f"vLLM server not ready after {timeout_s:.0f} s; log {log_path}:\n{server.log_tail()}")
+                    f"vLLM server not ready after {timeout_s:.0f} s; log {log_path}:\n{server.log_tail()}"
+                )
             if now >= next_note:
                 progress(f"waiting for the vLLM server on port {port} ({now - started:.0f} s)")
                 next_note = now + 10

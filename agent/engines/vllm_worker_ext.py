@@ -26,8 +26,11 @@ class CPUWorkerExtension:
             config = config.get_text_config()
         lm_head = getattr(model, "lm_head", None)
         method = getattr(lm_head, "quant_method", None)
-        repacked = bool(getattr(config, "tie_word_embeddings", False) and method is not None
-                        and hasattr(method, "process_weights_after_loading"))
+        repacked = bool(
+            getattr(config, "tie_word_embeddings", False)
+            and method is not None
+            and hasattr(method, "process_weights_after_loading")
+        )
         if repacked:
             method.process_weights_after_loading(lm_head)
         return {"reloaded": weights_path, "repacked_tied_lm_head": repacked}

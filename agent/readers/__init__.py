@@ -32,9 +32,15 @@ FORMATS: dict[str, Callable[[dict[str, Any]], Trajectory]] = {
 }
 """Format name (= the `source` it writes) -> record converter."""
 
-ALIASES = {"smith": swe_smith.SOURCE, "openhands": openhands.SOURCE, "swe-gym": openhands.SOURCE,
-           "nebius": swe_agent.SOURCE, "nebius-swe-agent": swe_agent.SOURCE, "mini": mini_swe_agent.SOURCE,
-           "mini-swe": mini_swe_agent.SOURCE}
+ALIASES = {
+    "smith": swe_smith.SOURCE,
+    "openhands": openhands.SOURCE,
+    "swe-gym": openhands.SOURCE,
+    "nebius": swe_agent.SOURCE,
+    "nebius-swe-agent": swe_agent.SOURCE,
+    "mini": mini_swe_agent.SOURCE,
+    "mini-swe": mini_swe_agent.SOURCE,
+}
 
 
 def _format_name(name: str) -> str:
@@ -67,8 +73,9 @@ def convert_record(record: dict[str, Any], format: str | None = None) -> Traject
     return FORMATS[name](record)
 
 
-def read_trajectories(path: str | Path, format: str | None = None,
-                      results: str | Path | None = None) -> Iterator[Trajectory]:
+def read_trajectories(
+    path: str | Path, format: str | None = None, results: str | Path | None = None
+) -> Iterator[Trajectory]:
     """Stream the trajectories of a third-party set; `format` is a name in FORMATS (or an alias), else the first
     record decides. A directory (or a `.traj.json` file) is read as a mini-swe-agent run, with resolved flags from
     `results` or from the run folder's own results files."""
@@ -87,6 +94,8 @@ def _read_sniffed(path: str | Path) -> Iterator[Trajectory]:
     name = sniff_format(first[1])
     if name is None:
         keys = sorted(first[1]) if isinstance(first[1], dict) else type(first[1]).__name__
-        raise ReaderError(f"{path}: record 0: cannot tell the trajectory format from its keys {keys}; "
-                          f"pass format= one of {sorted(FORMATS)}")
+        raise ReaderError(
+            f"{path}: record 0: cannot tell the trajectory format from its keys {keys}; "
+            f"pass format= one of {sorted(FORMATS)}"
+        )
     yield from read_with(path, FORMATS[name], itertools.chain([first], records))

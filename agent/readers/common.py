@@ -97,8 +97,9 @@ def iter_records(path: str | Path, chunk_chars: int = CHUNK_CHARS) -> Iterator[t
                     raise fail(index, f"invalid JSON: expected ',' or ']' after record {index - 1}, found {sep!r}")
 
 
-def read_with(path: str | Path, convert: Callable[[dict[str, Any]], Trajectory],
-              records: Iterable[tuple[int, Any]] | None = None) -> Iterator[Trajectory]:
+def read_with(
+    path: str | Path, convert: Callable[[dict[str, Any]], Trajectory], records: Iterable[tuple[int, Any]] | None = None
+) -> Iterator[Trajectory]:
     """Stream `convert(record)` over a file's records (or over `records`, already read from `path`); any failure
     raises ReaderError naming the file and the record."""
     for index, record in iter_records(path) if records is None else records:
@@ -183,8 +184,13 @@ def text_content(content: Any) -> Any:
     """None -> "", a single text part -> its text; strings and other part lists are kept as they are."""
     if content is None:
         return ""
-    if isinstance(content, list) and len(content) == 1 and isinstance(content[0], dict) \
-            and content[0].get("type", "text") == "text" and isinstance(content[0].get("text"), str):
+    if (
+        isinstance(content, list)
+        and len(content) == 1
+        and isinstance(content[0], dict)
+        and content[0].get("type", "text") == "text"
+        and isinstance(content[0].get("text"), str)
+    ):
         return content[0]["text"]
     return content
 
@@ -200,8 +206,11 @@ def normalize_tool_call(call: Any, where: str) -> dict[str, Any]:
         arguments = "{}"
     elif not isinstance(arguments, str):
         arguments = json.dumps(arguments, ensure_ascii=False)
-    return {"id": call.get("id") or where.replace(" ", "_"), "type": "function",
-            "function": {"name": name, "arguments": arguments}}
+    return {
+        "id": call.get("id") or where.replace(" ", "_"),
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
 
 
 def normalize_message(raw: Any, index: int) -> dict[str, Any]:
@@ -213,8 +222,9 @@ def normalize_message(raw: Any, index: int) -> dict[str, Any]:
         raise ValueError(f"message {index}: not a chat message with a role")
     message: dict[str, Any] = {"role": raw["role"], "content": text_content(raw.get("content"))}
     if raw.get("tool_calls"):
-        message["tool_calls"] = [normalize_tool_call(call, f"call {index} {k}")
-                                 for k, call in enumerate(raw["tool_calls"])]
+        message["tool_calls"] = [
+            normalize_tool_call(call, f"call {index} {k}") for k, call in enumerate(raw["tool_calls"])
+        ]
     call_id = raw.get("tool_call_id")
     ids = raw.get("tool_call_ids")
     if not call_id and isinstance(ids, list) and len(ids) == 1:
@@ -249,8 +259,7 @@ ParsedAction = tuple[str, str, dict[str, Any]]
 """(the assistant text left as content, tool name, arguments)."""
 
 
-def link_text_actions(messages: list[dict[str, Any]],
-                      parse: Callable[[str], ParsedAction | None]) -> int:
+def link_text_actions(messages: list[dict[str, Any]], parse: Callable[[str], ParsedAction | None]) -> int:
     """Turn text-format actions into tool calls, in place, and return the turns that carry none (malformed).
 
     Each assistant message whose text `parse` accepts gets one tool call (`call_<message index>`) and keeps the rest
@@ -270,12 +279,20 @@ def link_text_actions(messages: list[dict[str, Any]],
             content, name, arguments = parsed
             pending = (f"call_{index}", name)
             message["content"] = content
-            message["tool_calls"] = [{"id": pending[0], "type": "function",
-                                      "function": {"name": name,
-                                                   "arguments": json.dumps(arguments, ensure_ascii=False)}}]
+            message["tool_calls"] = [
+                {
+                    "id": pending[0],
+                    "type": "function",
+                    "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
+                }
+            ]
         elif role == "user" and pending is not None:
-            messages[index] = {"role": "tool", "tool_call_id": pending[0], "name": pending[1],
-                               "content": message["content"]}
+            messages[index] = {
+                "role": "tool",
+                "tool_call_id": pending[0],
+                "name": pending[1],
+                "content": message["content"],
+            }
             pending = None
         else:
             pending = None
@@ -288,8 +305,10 @@ SHELL_TOOL: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "bash",
-        "description": ("Run one action in SWE-agent's shell: a bash command or one of the special commands the system "
-                        "prompt lists. (Synthesized by the reader: the model wrote the action in a ``` block.)"),
+        "description": (
+            "Run one action in SWE-agent's shell: a bash command or one of the special commands the system "
+            "prompt lists. (Synthesized by the reader: the model wrote the action in a ``` block.)"
+        ),
         "parameters": {
             "type": "object",
             "properties": {"command": {"type": "string", "description": "The action text, as written in the block."}},
@@ -318,6 +337,6 @@ def parse_fenced_action(text: str) -> ParsedAction | None:
     if last is None:
         return None
     start, end = last
-    action = text[start.end():end.start()].removesuffix("\n")
-    thought = (text[:start.start()] + text[end.end():]).rstrip()
+    action = text[start.end() : end.start()].removesuffix("\n")
+    thought = (text[: start.start()] + text[end.end() :]).rstrip()
     return thought, SHELL_TOOL["function"]["name"], {"command": action}

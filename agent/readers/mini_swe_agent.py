@@ -31,9 +31,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.readers.common import (SHELL_TOOL, ParsedAction, ReaderError, checked_patch, content_hash, count_turns,
-                                  link_text_actions, malformed_structured_calls, normalize_message, require,
-                                  reward_of)
+from agent.readers.common import (
+    SHELL_TOOL,
+    ParsedAction,
+    ReaderError,
+    checked_patch,
+    content_hash,
+    count_turns,
+    link_text_actions,
+    malformed_structured_calls,
+    normalize_message,
+    require,
+    reward_of,
+)
 from agent.trajectory import Trajectory
 
 SOURCE = "mini-swe-agent"
@@ -51,13 +61,19 @@ def parse_bash_action(text: str) -> ParsedAction | None:
     if len(blocks) != 1:
         return None
     block = blocks[0]
-    thought = (text[:block.start()] + text[block.end():]).rstrip()
+    thought = (text[: block.start()] + text[block.end() :]).rstrip()
     return thought, SHELL_TOOL["function"]["name"], {"command": block.group(1)}
 
 
 def is_trajectory(record: Any) -> bool:
-    return isinstance(record, dict) and isinstance(record.get("messages"), list) and (
-        str(record.get("trajectory_format", "")).startswith("mini-swe-agent") or isinstance(record.get("info"), dict))
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("messages"), list)
+        and (
+            str(record.get("trajectory_format", "")).startswith("mini-swe-agent")
+            or isinstance(record.get("info"), dict)
+        )
+    )
 
 
 def convert(record: dict[str, Any]) -> Trajectory:
@@ -81,8 +97,8 @@ def convert(record: dict[str, Any]) -> Trajectory:
     instance_id = record["instance_id"]
     return Trajectory(
         task_id=instance_id,
-        episode_id=f"{instance_id}/" + content_hash([m.get("content") for m in record["messages"]
-                                                     if isinstance(m, dict)], submission),
+        episode_id=f"{instance_id}/"
+        + content_hash([m.get("content") for m in record["messages"] if isinstance(m, dict)], submission),
         messages=messages,
         tools=tools,
         reward=reward_of(resolved),
@@ -108,16 +124,19 @@ def read_results(path: str | Path) -> dict[str, bool]:
             with path.open(newline="", encoding="utf-8") as handle:
                 rows = list(csv.DictReader(handle))
             if rows and not {"instance_id", "resolved"} <= set(rows[0]):
-                raise ReaderError(f"{path}: a results CSV needs instance_id and resolved columns, "
-                                  f"found {sorted(rows[0])}")
+                raise ReaderError(
+                    f"{path}: a results CSV needs instance_id and resolved columns, found {sorted(rows[0])}"
+                )
             return {row["instance_id"]: row["resolved"].strip().lower() in ("true", "1", "yes") for row in rows}
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
         raise ReaderError(f"{path}: cannot read the results: {exc}") from None
     results = results_from_json(data)
     if results is None:
-        raise ReaderError(f"{path}: not a results file (expected an sb-cli report with resolved_ids, a harness "
-                          f"report {{instance: {{resolved: …}}}} or a CSV)")
+        raise ReaderError(
+            f"{path}: not a results file (expected an sb-cli report with resolved_ids, a harness "
+            f"report {{instance: {{resolved: …}}}} or a CSV)"
+        )
     return results
 
 

@@ -22,8 +22,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agent.readers.common import (checked_patch, content_hash, count_turns, drop_none, malformed_structured_calls,
-                                  normalize_message, read_with, require, reward_of, split_instance_id)
+from agent.readers.common import (
+    checked_patch,
+    content_hash,
+    count_turns,
+    drop_none,
+    malformed_structured_calls,
+    normalize_message,
+    read_with,
+    require,
+    reward_of,
+    split_instance_id,
+)
 from agent.trajectory import Trajectory
 
 SOURCE = "swe-gym-openhands"

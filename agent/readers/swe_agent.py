@@ -22,9 +22,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agent.readers.common import (SHELL_TOOL, checked_patch, content_hash, count_turns, link_text_actions,
-                                  malformed_structured_calls, normalize_message, parse_fenced_action, read_with,
-                                  require, reward_of, split_instance_id)
+from agent.readers.common import (
+    SHELL_TOOL,
+    checked_patch,
+    content_hash,
+    count_turns,
+    link_text_actions,
+    malformed_structured_calls,
+    normalize_message,
+    parse_fenced_action,
+    read_with,
+    require,
+    reward_of,
+    split_instance_id,
+)
 from agent.trajectory import Trajectory
 
 SOURCE = "swe-agent"
@@ -68,8 +79,8 @@ def convert(record: dict[str, Any]) -> Trajectory:
     return Trajectory(
         task_id=task_id,
         group=group or 0,
-        episode_id=f"{task_id}/" + content_hash(record["trajectory"], record.get("model_name"),
-                                                 record.get("generated_patch")),
+        episode_id=f"{task_id}/"
+        + content_hash(record["trajectory"], record.get("model_name"), record.get("generated_patch")),
         messages=messages,
         tools=tools,
         reward=reward_of(resolved),

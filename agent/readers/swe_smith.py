@@ -32,9 +32,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agent.readers.common import (SHELL_TOOL, ParsedAction, checked_patch, content_hash, count_turns,
-                                  link_text_actions, malformed_structured_calls, normalize_message,
-                                  parse_fenced_action, read_with, require, reward_of)
+from agent.readers.common import (
+    SHELL_TOOL,
+    ParsedAction,
+    checked_patch,
+    content_hash,
+    count_turns,
+    link_text_actions,
+    malformed_structured_calls,
+    normalize_message,
+    parse_fenced_action,
+    read_with,
+    require,
+    reward_of,
+)
 from agent.trajectory import Trajectory
 
 SOURCE = "swe-smith"
@@ -58,19 +69,26 @@ def tools_from_prompt(system_prompt: str) -> list[dict[str, Any]]:
         required: list[str] = []
         lines = list(_PARAM_LINE.finditer(params_text))
         for k, line in enumerate(lines):
-            text = params_text[line.end():lines[k + 1].start() if k + 1 < len(lines) else len(params_text)]
+            text = params_text[line.end() : lines[k + 1].start() if k + 1 < len(lines) else len(params_text)]
             schema: dict[str, Any] = {"type": line.group(2)}
             allowed = _ALLOWED.search(text)
             if allowed:
-                text = text[:allowed.start()]
+                text = text[: allowed.start()]
                 schema["enum"] = re.findall(r"`([^`]*)`", allowed.group(1))
             schema["description"] = text.rstrip("\n")
             properties[line.group(1)] = schema
             if line.group(3) == "required":
                 required.append(line.group(1))
-        tools.append({"type": "function", "function": {
-            "name": name, "description": description,
-            "parameters": {"type": "object", "properties": properties, "required": required}}})
+        tools.append(
+            {
+                "type": "function",
+                "function": {
+                    "name": name,
+                    "description": description,
+                    "parameters": {"type": "object", "properties": properties, "required": required},
+                },
+            }
+        )
     return tools
 
 
@@ -80,8 +98,13 @@ _FUNCTION_OPEN = re.compile(r"<function=([^>\s]+)>")
 _PARAM_OPEN = re.compile(r"\s*<parameter=([^>\s]+)>")
 _PARAM_CLOSE = re.compile(r"</parameter>(?=\s*(?:<parameter=[^>\s]+>|</function>\s*\Z))")
 _FUNCTION_CLOSE = re.compile(r"\s*</function>\s*\Z")
-_JSON_TYPES: dict[str, type | tuple[type, ...]] = {"integer": int, "number": (int, float), "boolean": bool,
-                                                   "array": list, "object": dict}
+_JSON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "array": list,
+    "object": dict,
+}
 
 
 def _decode_value(raw: str, json_type: str | None) -> Any:
@@ -108,10 +131,10 @@ def parse_xml_action(text: str, param_types: dict[str, dict[str, str]] | None = 
             close = _PARAM_CLOSE.search(text, param.end()) if param else None
             if param is None or close is None or param.group(1) in arguments:
                 break
-            arguments[param.group(1)] = _decode_value(text[param.end():close.start()], types.get(param.group(1)))
+            arguments[param.group(1)] = _decode_value(text[param.end() : close.start()], types.get(param.group(1)))
             pos = close.end()
         else:
-            return text[:opening.start()].rstrip(), name, arguments
+            return text[: opening.start()].rstrip(), name, arguments
     return None
 
 
@@ -131,8 +154,9 @@ def action_format(messages: list[dict[str, Any]]) -> str:
     """`tool` (structured calls), `xml` (`<function=…>` text) or `ticks` (``` blocks)."""
     if any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
         return "tool"
-    if any(m["role"] == "assistant" and isinstance(m["content"], str) and "<function=" in m["content"]
-           for m in messages):
+    if any(
+        m["role"] == "assistant" and isinstance(m["content"], str) and "<function=" in m["content"] for m in messages
+    ):
         return "xml"
     return "ticks"
 
@@ -147,9 +171,12 @@ def convert(record: dict[str, Any]) -> Trajectory:
     elif fmt == "xml":
         system = next((m["content"] for m in messages if m["role"] == "system" and isinstance(m["content"], str)), "")
         tools = tools_from_prompt(system)
-        types = {t["function"]["name"]: {p: s.get("type", "string")
-                                         for p, s in t["function"]["parameters"]["properties"].items()}
-                 for t in tools}
+        types = {
+            t["function"]["name"]: {
+                p: s.get("type", "string") for p, s in t["function"]["parameters"]["properties"].items()
+            }
+            for t in tools
+        }
         malformed = link_text_actions(messages, lambda text: parse_xml_action(text, types))
     else:
         tools = [SHELL_TOOL]

@@ -7,6 +7,7 @@ private file and `source`d, so a multi-line command yields one prompt. Completio
 printing a marker that holds a per-session nonce, the exit code and $PWD; PS1/PS2 are kept empty.
 Output is streamed through a head + tail window, so memory stays bounded however much a command prints.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -45,7 +46,7 @@ class Window:
             take = self.head_cap - len(self.head)
             self.head, text = self.head + text[:take], text[take:]
         if text:
-            self.tail = (self.tail + text)[-self.tail_cap:] if self.tail_cap else ""
+            self.tail = (self.tail + text)[-self.tail_cap :] if self.tail_cap else ""
 
     def render(self, scrub: str) -> tuple:
         head, tail = self.head.replace(scrub, ""), self.tail.replace(scrub, "")
@@ -54,7 +55,11 @@ class Window:
             return head + tail, 0
         lines = self.lines - self.head.count("\n") - self.tail.count("\n")
         note = "[... %d characters (%d lines) truncated: showing the first %d and last %d characters ...]" % (
-            cut, lines, len(head), len(tail))
+            cut,
+            lines,
+            len(head),
+            len(tail),
+        )
         return head + ("" if head.endswith("\n") or not head else "\n") + note + "\n" + tail, cut
 
 
@@ -67,7 +72,7 @@ def _procs() -> dict:
         try:
             with open("/proc/%s/stat" % name, "rb") as f:
                 data = f.read()
-            rest = data[data.rfind(b")") + 2:].split()
+            rest = data[data.rfind(b")") + 2 :].split()
             out[int(name)] = (int(rest[1]), int(rest[2]), int(rest[3]), rest[0])
         except (OSError, ValueError, IndexError):
             continue
@@ -113,8 +118,7 @@ class ShellDied(Exception):
 
 
 class BashSession:
-    def __init__(self, cwd: str, init_script: str = None, max_output_chars: int = 30000,
-                 hard_timeout: float = 120.0):
+    def __init__(self, cwd: str, init_script: str = None, max_output_chars: int = 30000, hard_timeout: float = 120.0):
         self.cwd0 = cwd if os.path.isdir(cwd) else "/"
         self.cwd = self.cwd0
         self.init_script = init_script
@@ -136,11 +140,13 @@ class BashSession:
         rc = os.path.join(self.dir, "rc")
         self._ensure_dir()
         with open(rc, "w") as f:  # printf's arguments keep the marker from appearing verbatim in `declare -f`
-            f.write("unset HISTFILE PROMPT_COMMAND\nPS1=''; PS2=''\n"
-                    "__envserver_prompt() { local e=$? f='\\036__RT%%s:%%s:%%s:%%sTR__\\036'; PS1=''; PS2=''; "
-                    "{ printf \"$f\" %s \"$e\" \"$PWD\" %s >/dev/tty; } 2>/dev/null || "
-                    "printf \"$f\" %s \"$e\" \"$PWD\" %s; }\n"  # /dev/tty: the agent may `exec >log`
-                    "PROMPT_COMMAND=__envserver_prompt\n" % (nonce, nonce, nonce, nonce))
+            f.write(
+                "unset HISTFILE PROMPT_COMMAND\nPS1=''; PS2=''\n"
+                "__envserver_prompt() { local e=$? f='\\036__RT%%s:%%s:%%s:%%sTR__\\036'; PS1=''; PS2=''; "
+                '{ printf "$f" %s "$e" "$PWD" %s >/dev/tty; } 2>/dev/null || '
+                'printf "$f" %s "$e" "$PWD" %s; }\n'  # /dev/tty: the agent may `exec >log`
+                "PROMPT_COMMAND=__envserver_prompt\n" % (nonce, nonce, nonce, nonce)
+            )
         env = dict(os.environ, TERM="dumb", PAGER="cat", GIT_PAGER="cat", COLUMNS=str(COLS), LINES=str(ROWS))
         for k in ("PS1", "PS2", "PROMPT_COMMAND", "BASH_ENV", "ENV"):
             env.pop(k, None)
@@ -148,8 +154,15 @@ class BashSession:
         pid, fd = os.forkpty()
         if pid == 0:  # child: only async-safe-ish work, always leave via exec or _exit
             try:
-                for sig in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGQUIT, signal.SIGTERM,
-                            signal.SIGHUP, signal.SIGCHLD):
+                for sig in (
+                    signal.SIGINT,
+                    signal.SIGPIPE,
+                    signal.SIGXFSZ,
+                    signal.SIGQUIT,
+                    signal.SIGTERM,
+                    signal.SIGHUP,
+                    signal.SIGCHLD,
+                ):
                     signal.signal(sig, signal.SIG_DFL)
                 try:
                     with open("/proc/self/oom_score_adj", "w") as f:
@@ -179,8 +192,13 @@ class BashSession:
             window = Window(8000)
             res = self._collect(window, time.monotonic() + 300, 300)
             if res["status"] != "completed" or res["exit_code"] != 0:
-                os.write(2, ("runtime: init script ended with %s/%s: %s\n" % (
-                    res["status"], res["exit_code"], window.render("")[0])).encode("utf-8", "replace"))
+                os.write(
+                    2,
+                    (
+                        "runtime: init script ended with %s/%s: %s\n"
+                        % (res["status"], res["exit_code"], window.render("")[0])
+                    ).encode("utf-8", "replace"),
+                )
             if res["status"] != "completed":  # a broken init script must not leave us without a shell
                 self._kill_shell()
                 self.start(init=False)
@@ -201,7 +219,7 @@ class BashSession:
         end = time.monotonic() + 5
         while data:
             try:
-                data = data[os.write(self.fd, data):]
+                data = data[os.write(self.fd, data) :]
             except BlockingIOError:
                 if time.monotonic() > end:
                     return
@@ -281,8 +299,8 @@ class BashSession:
                 if buf.endswith(self.start_marker[:k]):
                     hold = k
                     break
-            self.pending = buf[len(buf) - hold:] if hold else b""
-            return buf[:len(buf) - hold], None
+            self.pending = buf[len(buf) - hold :] if hold else b""
+            return buf[: len(buf) - hold], None
         j = buf.find(self.end_marker, i)
         if j < 0:
             if len(buf) - i > 16384:  # not a marker after all
@@ -290,9 +308,9 @@ class BashSession:
                 return buf, None
             self.pending = buf[i:]
             return buf[:i], None
-        body = buf[i + len(self.start_marker):j].decode("utf-8", "replace").replace("\r\n", "\n")
+        body = buf[i + len(self.start_marker) : j].decode("utf-8", "replace").replace("\r\n", "\n")
         code, _, cwd = body.partition(":")
-        self.pending = buf[j + len(self.end_marker):]
+        self.pending = buf[j + len(self.end_marker) :]
         try:
             code = int(code)
         except ValueError:
@@ -344,8 +362,14 @@ class BashSession:
         return {"status": status, "exit_code": code}
 
     # ---- the op --------------------------------------------------------------------------------------------------
-    def run(self, command: str, is_input: bool = False, timeout: float = None, no_output_timeout: float = 30.0,
-            max_output_chars: int = None) -> dict:
+    def run(
+        self,
+        command: str,
+        is_input: bool = False,
+        timeout: float = None,
+        no_output_timeout: float = 30.0,
+        max_output_chars: int = None,
+    ) -> dict:
         t0 = time.monotonic()
         timeout = self.hard_timeout if timeout is None else timeout
         window = Window(max_output_chars or self.max_output_chars)
@@ -355,26 +379,40 @@ class BashSession:
                 self.start()
             except OSError as e:
                 self._kill_shell()
-                return self._result(window, "shell_restarted", None, t0, "The shell could not be started (%s); "
-                                    "the command was NOT run. It will be retried with the next command." % e)
+                return self._result(
+                    window,
+                    "shell_restarted",
+                    None,
+                    t0,
+                    "The shell could not be started (%s); "
+                    "the command was NOT run. It will be retried with the next command." % e,
+                )
         # take whatever arrived since the last call (background jobs, or the end of a running command)
         res = self._collect(window, t0, 1e9) if (self.running or self.pending) else None
         if res and res["status"] == "shell_died":
             return self._restart(window, t0, "")
         if is_input:
             if not self.running:
-                return self._result(window, "completed", None, t0,
-                                    "ERROR: No previous running command to interact with.")
+                return self._result(
+                    window, "completed", None, t0, "ERROR: No previous running command to interact with."
+                )
             keys = KEYS.get(command, command.encode("utf-8", "replace") + b"\n" if command else b"")
         else:
             if self.running:
-                return self._result(window, "busy", None, t0, (
-                    "[Your command was NOT executed. The previous command is still running - you CANNOT send new "
-                    "commands until the previous command is completed. By setting `is_input` to `true`, you can "
-                    "interact with the current process: you may wait longer to see additional output by sending "
-                    "empty command '', send other commands to interact with the current process, or send keys "
-                    "(\"C-c\", \"C-z\", \"C-d\") to interrupt/kill the previous command before sending your new "
-                    "command.]"))
+                return self._result(
+                    window,
+                    "busy",
+                    None,
+                    t0,
+                    (
+                        "[Your command was NOT executed. The previous command is still running - you CANNOT send new "
+                        "commands until the previous command is completed. By setting `is_input` to `true`, you can "
+                        "interact with the current process: you may wait longer to see additional output by sending "
+                        "empty command '', send other commands to interact with the current process, or send keys "
+                        '("C-c", "C-z", "C-d") to interrupt/kill the previous command before sending your new '
+                        "command.]"
+                    ),
+                )
         try:
             if is_input:
                 self._write(keys)
@@ -387,10 +425,12 @@ class BashSession:
         if status == "shell_died":
             return self._restart(window, t0, "")
         if status == "no_output_timeout":
-            note = ("[The command has no new output after %g seconds. You may wait longer to see additional output "
-                    "by sending empty command '', send other commands to interact with the current process, send "
-                    "keys to interrupt/kill the command, or use the timeout parameter in execute_bash for future "
-                    "commands.]" % no_output_timeout)
+            note = (
+                "[The command has no new output after %g seconds. You may wait longer to see additional output "
+                "by sending empty command '', send other commands to interact with the current process, send "
+                "keys to interrupt/kill the command, or use the timeout parameter in execute_bash for future "
+                "commands.]" % no_output_timeout
+            )
         elif status == "hard_timeout":
             return self._interrupt(window, t0, timeout)
         return self._result(window, status, code, t0, note)
@@ -418,25 +458,38 @@ class BashSession:
                 kill_tree(lambda p, info: info[1] == fg, spare=[bash])
             elif step == 1:
                 kill_tree(lambda p, info: info[0] == bash or info[2] == bash, spare=[bash])
-        return self._restart(window, t0, note + " [The shell itself did not come back and was killed.] ",
-                             "hard_timeout")
+        return self._restart(
+            window, t0, note + " [The shell itself did not come back and was killed.] ", "hard_timeout"
+        )
 
     def _restart(self, window: Window, t0: float, note: str, status: str = "shell_restarted") -> dict:
         self._kill_shell()
         code = self.exit_status
         try:
             self.start()
-            note += ("[The shell exited (status %s); a new shell was started in %s. Variables, functions and "
-                     "background jobs from before are gone.]" % (code, self.cwd0) if not note else
-                     "[A new shell was started in %s. Variables, functions and background jobs from before are "
-                     "gone.]" % self.cwd0)
+            note += (
+                "[The shell exited (status %s); a new shell was started in %s. Variables, functions and "
+                "background jobs from before are gone.]" % (code, self.cwd0)
+                if not note
+                else "[A new shell was started in %s. Variables, functions and background jobs from before are "
+                "gone.]" % self.cwd0
+            )
         except OSError as e:
             self._kill_shell()
-            note += ("[The shell exited (status %s) and a new one could not be started (%s); it will be retried "
-                     "with the next command.]" % (code, e))
+            note += (
+                "[The shell exited (status %s) and a new one could not be started (%s); it will be retried "
+                "with the next command.]" % (code, e)
+            )
         return self._result(window, status, code if status == "shell_restarted" else None, t0, note)
 
     def _result(self, window: Window, status: str, code, t0: float, note) -> dict:
         output, cut = window.render(self.cmd_path + ": ")
-        return {"output": output, "exit_code": code, "status": status, "cwd": self.cwd, "truncated_chars": cut,
-                "duration_s": round(time.monotonic() - t0, 3), "note": note}
+        return {
+            "output": output,
+            "exit_code": code,
+            "status": status,
+            "cwd": self.cwd,
+            "truncated_chars": cut,
+            "duration_s": round(time.monotonic() - t0, 3),
+            "note": note,
+        }

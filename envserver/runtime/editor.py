@@ -68,8 +68,7 @@ SNIPPET_CONTEXT_WINDOW = 4
 MAX_HISTORY_PER_FILE = 10
 
 CONTENT_TRUNCATED_NOTICE = (
-    "<response clipped><NOTE>Due to the max output limit, only part of the full response has been shown "
-    "to you.</NOTE>"
+    "<response clipped><NOTE>Due to the max output limit, only part of the full response has been shown to you.</NOTE>"
 )
 TEXT_FILE_CONTENT_TRUNCATED_NOTICE = (
     "<response clipped><NOTE>Due to the max output limit, only part of this file has been shown to you. "
@@ -129,15 +128,44 @@ _PRINTABLE_HIGH_ASCII = bytes(range(127, 256))
 # chardet 5's UTF-8 state machine (mbcssm.UTF8_CLS / UTF8_ST / UTF8_CHAR_LEN_TABLE): it rejects some valid
 # UTF-8 (e.g. U+10000..U+3FFFF, emoji) and the bytes 0x0e, 0x0f and 0x1b, which matters to the verdict.
 _UTF8_CLS = bytes(
-    [1] * 14 + [0, 0] + [1] * 11 + [0] + [1] * 4 + [1] * 96 + [2, 2, 2, 2, 3, 3, 3, 3] + [4] * 24 + [5] * 32
-    + [0, 0] + [6] * 30 + [7] + [8] * 12 + [9] + [8, 8] + [10] + [11] * 7 + [12, 13, 13, 13, 14, 15, 0, 0]
+    [1] * 14
+    + [0, 0]
+    + [1] * 11
+    + [0]
+    + [1] * 4
+    + [1] * 96
+    + [2, 2, 2, 2, 3, 3, 3, 3]
+    + [4] * 24
+    + [5] * 32
+    + [0, 0]
+    + [6] * 30
+    + [7]
+    + [8] * 12
+    + [9]
+    + [8, 8]
+    + [10]
+    + [11] * 7
+    + [12, 13, 13, 13, 14, 15, 0, 0]
 )
 _UTF8_ST = bytes.fromhex(
-    "".join("0" + c for c in (
-        "101111ca9b876543" "1111111111111111" "2222222222222222" "1155551111111111" "1115551111111111"
-        "1177771111111111" "1111771111111111" "1199991111111111" "1111191111111111" "11cccc1111111111"
-        "11111c1111111111" "11ccc11111111111" "1100001111111111"
-    ))
+    "".join(
+        "0" + c
+        for c in (
+            "101111ca9b876543"
+            "1111111111111111"
+            "2222222222222222"
+            "1155551111111111"
+            "1115551111111111"
+            "1177771111111111"
+            "1111771111111111"
+            "1199991111111111"
+            "1111191111111111"
+            "11cccc1111111111"
+            "11111c1111111111"
+            "11ccc11111111111"
+            "1100001111111111"
+        )
+    )
 )
 _UTF8_CHAR_LEN = (0, 1, 0, 0, 0, 0, 2, 3, 3, 3, 4, 4, 5, 5, 6, 6)
 
@@ -155,7 +183,7 @@ def _chardet_utf8_confidence(chunk: bytes) -> float:
         if state == 0 and char_len >= 2:
             multibyte += 1
     if multibyte < 6:
-        return 1.0 - 0.99 * 0.5 ** multibyte
+        return 1.0 - 0.99 * 0.5**multibyte
     return 0.99
 
 
@@ -208,7 +236,7 @@ def is_binary(filename: str) -> bool:
     try:
         with open(filename, "rb") as f:
             chunk = f.read(_BINARY_CHUNK_BYTES)
-    except (IOError, OSError):
+    except OSError:
         return False
     return is_binary_string(chunk)
 
@@ -463,7 +491,7 @@ class Editor:
             )
 
         replacement_line, matched_text, idx = occurrences[0]
-        new_file_content = file_content[:idx] + new_str + file_content[idx + len(matched_text):]
+        new_file_content = file_content[:idx] + new_str + file_content[idx + len(matched_text) :]
 
         self.write_file(path, new_file_content)
         self._add_history(path, file_content)
@@ -669,10 +697,7 @@ class Editor:
     @staticmethod
     def _make_output(snippet_content: str, snippet_description: str, start_line=1) -> str:
         snippet_content = maybe_truncate(snippet_content, truncate_notice=TEXT_FILE_CONTENT_TRUNCATED_NOTICE)
-        snippet_content = "\n".join(
-            "{:6}\t{}".format(i + start_line, line)
-            for i, line in enumerate(snippet_content.split("\n"))
-        )
+        snippet_content = "\n".join(f"{i + start_line:6}\t{line}" for i, line in enumerate(snippet_content.split("\n")))
         return "Here's the result of running `cat -n` on %s:\n" % (snippet_description,) + snippet_content + "\n"
 
 

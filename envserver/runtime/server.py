@@ -5,6 +5,7 @@ the image's own python3 (>= 3.8); nothing can be installed there. Usage:
 
     python3 -u server.py --cwd DIR [--init-script S] [--max-output-chars N] [--hard-timeout S]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,9 @@ def run_exec(argv, cwd=None, timeout=60.0, stdin=None, max_output_bytes=50000000
         if stdin:
             fin.write(stdin.encode("utf-8", "replace"))
             fin.seek(0)
-        proc = subprocess.Popen(argv, cwd=cwd, stdin=fin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, cwd=cwd, stdin=fin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
     finally:
         if stdin:
             fin.close()
@@ -78,7 +80,7 @@ def run_exec(argv, cwd=None, timeout=60.0, stdin=None, max_output_bytes=50000000
             if not data:
                 sel.unregister(key.fileobj)
             elif sizes[key.fileobj] < max_output_bytes:
-                bufs[key.fileobj].append(data[:max_output_bytes - sizes[key.fileobj]])
+                bufs[key.fileobj].append(data[: max_output_bytes - sizes[key.fileobj]])
                 sizes[key.fileobj] += len(bufs[key.fileobj][-1])
     sel.close()
     proc.stdout.close()
@@ -88,16 +90,18 @@ def run_exec(argv, cwd=None, timeout=60.0, stdin=None, max_output_bytes=50000000
     except subprocess.TimeoutExpired:
         bash_session.kill_tree(lambda p, info: p == proc.pid)
         code = proc.wait()
-    return {"exit_code": None if timed_out else code, "timed_out": timed_out,
-            "stdout": b"".join(bufs[proc.stdout]).decode("utf-8", "replace"),
-            "stderr": b"".join(bufs[proc.stderr]).decode("utf-8", "replace")}
+    return {
+        "exit_code": None if timed_out else code,
+        "timed_out": timed_out,
+        "stdout": b"".join(bufs[proc.stdout]).decode("utf-8", "replace"),
+        "stderr": b"".join(bufs[proc.stderr]).decode("utf-8", "replace"),
+    }
 
 
 class Server:
     def __init__(self, opts):
         self.opts = opts
-        self.session = bash_session.BashSession(opts.cwd, opts.init_script, opts.max_output_chars,
-                                                opts.hard_timeout)
+        self.session = bash_session.BashSession(opts.cwd, opts.init_script, opts.max_output_chars, opts.hard_timeout)
         self.editor, self.stopping = None, False
         self.key = None  # set by the first ping that carries one; from then on every response is signed
         try:
@@ -115,8 +119,12 @@ class Server:
                 self.key = bytes.fromhex(key)
             except ValueError:
                 raise BadRequest("argument 'key' must be a hex string")
-        return {"pid": os.getpid(), "python": platform.python_version(), "protocol": PROTOCOL,
-                "signed": self.key is not None}
+        return {
+            "pid": os.getpid(),
+            "python": platform.python_version(),
+            "protocol": PROTOCOL,
+            "signed": self.key is not None,
+        }
 
     def op_bash(self, args):
         return self.session.run(
@@ -124,7 +132,8 @@ class Server:
             is_input=_arg(args, "is_input", bool, False),
             timeout=_positive(args, "timeout", (int, float), None),
             no_output_timeout=_positive(args, "no_output_timeout", (int, float), 30.0),
-            max_output_chars=_positive(args, "max_output_chars", int, None))
+            max_output_chars=_positive(args, "max_output_chars", int, None),
+        )
 
     def op_edit(self, args):
         if self.editor is None:
@@ -139,9 +148,13 @@ class Server:
         argv = _arg(args, "argv", list, required=True)
         if not argv or not all(isinstance(a, str) for a in argv):
             raise BadRequest("argument 'argv' must be a non-empty list of strings")
-        return run_exec(argv, cwd=_arg(args, "cwd", str), timeout=_positive(args, "timeout", (int, float), 60.0),
-                        stdin=_arg(args, "stdin", str),
-                        max_output_bytes=_positive(args, "max_output_bytes", int, 50000000))
+        return run_exec(
+            argv,
+            cwd=_arg(args, "cwd", str),
+            timeout=_positive(args, "timeout", (int, float), 60.0),
+            stdin=_arg(args, "stdin", str),
+            max_output_bytes=_positive(args, "max_output_bytes", int, 50000000),
+        )
 
     def op_shutdown(self, args):
         self.stopping = True
@@ -186,8 +199,9 @@ class Server:
             try:
                 data = json.dumps(resp, ensure_ascii=True)
             except (TypeError, ValueError) as e:
-                data = json.dumps({"id": None, "ok": False, "error": "unencodable response: %s" % e,
-                                   "kind": "internal"})
+                data = json.dumps(
+                    {"id": None, "ok": False, "error": "unencodable response: %s" % e, "kind": "internal"}
+                )
             out.write(self.frame(data.encode("ascii")))
             out.flush()
             if self.stopping:

@@ -19,8 +19,9 @@ import io
 import os
 import struct
 import tarfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
@@ -79,7 +80,7 @@ class DockerExecStream(ByteStream):
         self._stderr_size = 0
 
     @classmethod
-    async def open(cls, raw_socket: Any) -> "DockerExecStream":
+    async def open(cls, raw_socket: Any) -> DockerExecStream:
         reader, writer = await asyncio.open_connection(sock=raw_socket, limit=2**20)
         return cls(raw_socket, reader, writer)
 
@@ -114,12 +115,12 @@ class DockerExecStream(ByteStream):
         try:
             self._writer.close()
             await asyncio.wait_for(self._writer.wait_closed(), timeout=2)
-        except (OSError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, OSError, ConnectionError):
             pass
 
 
 class DockerSandbox(Sandbox):
-    def __init__(self, backend: "DockerBackend", container: Any, image: str):
+    def __init__(self, backend: DockerBackend, container: Any, image: str):
         self._backend = backend
         self._container = container
         self.id = container.id
@@ -144,7 +145,7 @@ class DockerSandbox(Sandbox):
             code, output = await asyncio.wait_for(
                 self._backend.call(self._container.exec_run, wrapped, demux=False), timeout=timeout + 15
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return ExecResult(None, "", timed_out=True)
         text = (output or b"").decode("utf-8", errors="replace")
         return ExecResult(code, text, timed_out=code == 137)
@@ -164,8 +165,9 @@ class DockerSandbox(Sandbox):
         # The engine sizes the container's writable layer (SizeRw) when asked: a walk of what it changed, cheap
         # next to a step.
         try:
-            rows = await self._backend.call(self._backend.client.api.containers, all=True, size=True,
-                                            filters={"id": self.id})
+            rows = await self._backend.call(
+                self._backend.client.api.containers, all=True, size=True, filters={"id": self.id}
+            )
         except docker.errors.APIError:
             return None
         return int(rows[0].get("SizeRw") or 0) if rows else None
@@ -250,7 +252,8 @@ class DockerBackend(SandboxBackend):
                 memswap_limit=spec.memory,
                 pids_limit=spec.pids_limit,
                 ulimits=[docker.types.Ulimit(name="fsize", soft=spec.max_file_bytes, hard=spec.max_file_bytes)]
-                if spec.max_file_bytes else None,
+                if spec.max_file_bytes
+                else None,
                 privileged=False,
                 security_opt=["no-new-privileges"],
                 init=False,

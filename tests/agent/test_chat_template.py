@@ -11,11 +11,18 @@ from agent.tokenizer import build_qwen3_tokenizer
 from agent.toolcalls import parse_assistant
 
 TOOLS = [
-    {"type": "function", "function": {"name": "execute_bash", "description": "Run a bash command — ünïcode",
-                                      "parameters": {"type": "object", "properties": {"command": {"type": "string"}},
-                                                     "required": ["command"]}}},
-    {"type": "function", "function": {"name": "finish", "description": "Stop.", "parameters": {"type": "object",
-                                                                                                "properties": {}}}},
+    {
+        "type": "function",
+        "function": {
+            "name": "execute_bash",
+            "description": "Run a bash command — ünïcode",
+            "parameters": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]},
+        },
+    },
+    {
+        "type": "function",
+        "function": {"name": "finish", "description": "Stop.", "parameters": {"type": "object", "properties": {}}},
+    },
 ]
 
 TOOLS_TEXT = (
@@ -23,7 +30,7 @@ TOOLS_TEXT = (
     "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
     + "\n".join(json.dumps(tool, ensure_ascii=False) for tool in TOOLS)
     + "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
-    "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}"
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}'
     "\n</tool_call>"
 )
 
@@ -40,18 +47,23 @@ def call(call_id: str, name: str, arguments: object) -> dict:
 def test_system_user_generation_prompt(tokenizer) -> None:  # type: ignore[no-untyped-def]
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi 🐛"}]
     assert render(tokenizer, messages, add_generation_prompt=True) == (
-        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi 🐛<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi 🐛<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert render(tokenizer, messages, add_generation_prompt=True, enable_thinking=False).endswith(
-        "<|im_start|>assistant\n" + EMPTY_THINK)
+        "<|im_start|>assistant\n" + EMPTY_THINK
+    )
     assert render(tokenizer, messages) == (
-        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi 🐛<|im_end|>\n")
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi 🐛<|im_end|>\n"
+    )
 
 
 def test_tools_in_system_turn(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    with_system = render(tokenizer, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
-                         TOOLS)
-    assert with_system == ("<|im_start|>system\nBe brief.\n\n" + TOOLS_TEXT + "<|im_end|>\n"
-                           "<|im_start|>user\nHi<|im_end|>\n")
+    with_system = render(
+        tokenizer, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}], TOOLS
+    )
+    assert with_system == (
+        "<|im_start|>system\nBe brief.\n\n" + TOOLS_TEXT + "<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+    )
     without_system = render(tokenizer, [{"role": "user", "content": "Hi"}], TOOLS)
     assert without_system == "<|im_start|>system\n" + TOOLS_TEXT + "<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
     assert render(tokenizer, [{"role": "user", "content": "Hi"}]) == "<|im_start|>user\nHi<|im_end|>\n"
@@ -60,12 +72,16 @@ def test_tools_in_system_turn(tokenizer) -> None:  # type: ignore[no-untyped-def
 def test_assistant_tool_calls_and_grouped_results(tokenizer) -> None:  # type: ignore[no-untyped-def]
     messages = [
         {"role": "user", "content": "go"},
-        {"role": "assistant", "content": "Looking.", "tool_calls": [
-            call("a", "execute_bash", '{"command": "ls"}'),              # OpenAI string arguments: as given
-            call("b", "execute_bash", {"command": "echo 'é' \"q\""}),    # dict arguments: JSON, unicode kept
-        ]},
+        {
+            "role": "assistant",
+            "content": "Looking.",
+            "tool_calls": [
+                call("a", "execute_bash", '{"command": "ls"}'),  # OpenAI string arguments: as given
+                call("b", "execute_bash", {"command": "echo 'é' \"q\""}),  # dict arguments: JSON, unicode kept
+            ],
+        },
         {"role": "tool", "tool_call_id": "a", "name": "execute_bash", "content": "a.py\nb.py"},
-        {"role": "tool", "tool_call_id": "b", "name": "execute_bash", "content": "é \"q\""},
+        {"role": "tool", "tool_call_id": "b", "name": "execute_bash", "content": 'é "q"'},
         {"role": "assistant", "content": None, "tool_calls": [{"name": "finish", "arguments": {}}]},  # bare form
         {"role": "tool", "tool_call_id": "c", "name": "finish", "content": ""},
         {"role": "user", "content": "thanks"},
@@ -73,21 +89,29 @@ def test_assistant_tool_calls_and_grouped_results(tokenizer) -> None:  # type: i
     assert render(tokenizer, messages) == (
         "<|im_start|>user\ngo<|im_end|>\n"
         "<|im_start|>assistant\nLooking.\n"
-        "<tool_call>\n{\"name\": \"execute_bash\", \"arguments\": {\"command\": \"ls\"}}\n</tool_call>\n"
-        "<tool_call>\n{\"name\": \"execute_bash\", \"arguments\": {\"command\": \"echo 'é' \\\"q\\\"\"}}\n</tool_call>"
+        '<tool_call>\n{"name": "execute_bash", "arguments": {"command": "ls"}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "execute_bash", "arguments": {"command": "echo \'é\' \\"q\\""}}\n</tool_call>'
         "<|im_end|>\n"
-        "<|im_start|>user\n<tool_response>\na.py\nb.py\n</tool_response>\n<tool_response>\né \"q\"\n</tool_response>"
+        '<|im_start|>user\n<tool_response>\na.py\nb.py\n</tool_response>\n<tool_response>\né "q"\n</tool_response>'
         "<|im_end|>\n"
-        "<|im_start|>assistant\n<tool_call>\n{\"name\": \"finish\", \"arguments\": {}}\n</tool_call><|im_end|>\n"
+        '<|im_start|>assistant\n<tool_call>\n{"name": "finish", "arguments": {}}\n</tool_call><|im_end|>\n'
         "<|im_start|>user\n<tool_response>\n\n</tool_response><|im_end|>\n"
         "<|im_start|>user\nthanks<|im_end|>\n"
     )
 
 
 def test_missing_arguments_render_as_empty_object(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    text = render(tokenizer, [{"role": "assistant", "content": "", "tool_calls": [
-        {"id": "x", "type": "function", "function": {"name": "finish"}}]}])
-    assert text == "<|im_start|>assistant\n<tool_call>\n{\"name\": \"finish\", \"arguments\": {}}\n</tool_call><|im_end|>\n"
+    text = render(
+        tokenizer,
+        [
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"id": "x", "type": "function", "function": {"name": "finish"}}],
+            }
+        ],
+    )
+    assert text == '<|im_start|>assistant\n<tool_call>\n{"name": "finish", "arguments": {}}\n</tool_call><|im_end|>\n'
 
 
 def test_reasoning(tokenizer) -> None:  # type: ignore[no-untyped-def]
@@ -95,10 +119,10 @@ def test_reasoning(tokenizer) -> None:  # type: ignore[no-untyped-def]
         {"role": "user", "content": "q"},
         {"role": "assistant", "content": "\nA1", "reasoning_content": "\nthink 1\n"},
         {"role": "user", "content": "q2"},
-        {"role": "assistant", "content": "<think>\nthink 2\n</think>\n\nA2"},      # reasoning inline in content
+        {"role": "assistant", "content": "<think>\nthink 2\n</think>\n\nA2"},  # reasoning inline in content
         {"role": "user", "content": "q3"},
-        {"role": "assistant", "content": "A3", "reasoning_content": ""},           # empty: rendered (no-think turns)
-        {"role": "assistant", "content": "A4"},                                    # none: no block
+        {"role": "assistant", "content": "A3", "reasoning_content": ""},  # empty: rendered (no-think turns)
+        {"role": "assistant", "content": "A4"},  # none: no block
         {"role": "assistant", "content": "A5", "reasoning": "vllm field"},
     ]
     kept = render(tokenizer, messages)
@@ -107,13 +131,15 @@ def test_reasoning(tokenizer) -> None:  # type: ignore[no-untyped-def]
         "<|im_start|>user\nq2<|im_end|>\n<|im_start|>assistant\n<think>\nthink 2\n</think>\n\nA2<|im_end|>\n"
         "<|im_start|>user\nq3<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nA3<|im_end|>\n"
         "<|im_start|>assistant\nA4<|im_end|>\n"
-        "<|im_start|>assistant\n<think>\nvllm field\n</think>\n\nA5<|im_end|>\n")
+        "<|im_start|>assistant\n<think>\nvllm field\n</think>\n\nA5<|im_end|>\n"
+    )
     dropped = render(tokenizer, messages, keep_reasoning=False)
     assert dropped == (
         "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n"
         "<|im_start|>user\nq2<|im_end|>\n<|im_start|>assistant\nA2<|im_end|>\n"
         "<|im_start|>user\nq3<|im_end|>\n<|im_start|>assistant\nA3<|im_end|>\n"
-        "<|im_start|>assistant\nA4<|im_end|>\n<|im_start|>assistant\nA5<|im_end|>\n")
+        "<|im_start|>assistant\nA4<|im_end|>\n<|im_start|>assistant\nA5<|im_end|>\n"
+    )
 
 
 def test_content_parts_and_unknown_role(tokenizer) -> None:  # type: ignore[no-untyped-def]
@@ -137,11 +163,21 @@ def test_tokenizer_applies_the_same_template(tokenizer) -> None:  # type: ignore
 CONVERSATION = [
     {"role": "system", "content": "You fix bugs."},
     {"role": "user", "content": "Fix the ünïcode bug"},
-    {"role": "assistant", "content": "Look.", "reasoning_content": "plan",
-     "tool_calls": [call("c0", "execute_bash", '{"command": "ls"}')]},
+    {
+        "role": "assistant",
+        "content": "Look.",
+        "reasoning_content": "plan",
+        "tool_calls": [call("c0", "execute_bash", '{"command": "ls"}')],
+    },
     {"role": "tool", "tool_call_id": "c0", "name": "execute_bash", "content": "a.py"},
-    {"role": "assistant", "content": "", "tool_calls": [call("c1", "execute_bash", '{"command": "cat a.py"}'),
-                                                        call("c2", "execute_bash", '{"command": "pwd"}')]},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            call("c1", "execute_bash", '{"command": "cat a.py"}'),
+            call("c2", "execute_bash", '{"command": "pwd"}'),
+        ],
+    },
     {"role": "tool", "tool_call_id": "c1", "name": "execute_bash", "content": "print('x')"},
     {"role": "tool", "tool_call_id": "c2", "name": "execute_bash", "content": "/repo"},
     {"role": "user", "content": "Hurry."},
@@ -167,10 +203,11 @@ def test_parse_of_rendered_assistant_round_trips(tokenizer) -> None:  # type: ig
     """The text the template renders for an assistant message parses back to the same message."""
     for message in (m for m in CONVERSATION if m["role"] == "assistant"):
         text = render(tokenizer, [message])
-        body = text[len("<|im_start|>assistant\n"):-len("<|im_end|>\n")]
+        body = text[len("<|im_start|>assistant\n") : -len("<|im_end|>\n")]
         parsed = parse_assistant(body)
         assert parsed.errors == []
         assert parsed.content == message["content"] and parsed.reasoning == message.get("reasoning_content")
         assert [(c.name, c.arguments) for c in parsed.tool_calls] == [
-            (c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message.get("tool_calls", [])]
+            (c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message.get("tool_calls", [])
+        ]
         assert render(tokenizer, [parsed.to_message()]) == text

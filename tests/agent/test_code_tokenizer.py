@@ -18,12 +18,15 @@ def tok(tmp_path_factory):  # type: ignore[no-untyped-def]
     return build_code_tokenizer(cache_dir=tmp_path_factory.mktemp("code-bpe"))
 
 
-@pytest.mark.parametrize("text", [
-    "sed -i -e '11s|ROUND_HALF_EVEN|ROUND_HALF_UP|' minicalc/money.py",
-    "ünïcode 🐛 中文 tabs\tand\r\nCRLF  double  spaces \x00\x7f",
-    "def f(x):\n    return x ** 2  # comment\n",
-    "",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sed -i -e '11s|ROUND_HALF_EVEN|ROUND_HALF_UP|' minicalc/money.py",
+        "ünïcode 🐛 中文 tabs\tand\r\nCRLF  double  spaces \x00\x7f",
+        "def f(x):\n    return x ** 2  # comment\n",
+        "",
+    ],
+)
 def test_any_text_round_trips(tok, text: str) -> None:  # type: ignore[no-untyped-def]
     ids = tok.encode(text, add_special_tokens=False)
     assert tok.decode(ids) == text

@@ -55,7 +55,9 @@ def test_a_certain_token_and_the_seed() -> None:
     logits = torch.full((151_669,), -1e4)
     logits[123_456] = 10.0
     generator = torch.Generator().manual_seed(1)
-    assert {_sample(logits, SamplingParams(max_tokens=1, temperature=1.0), generator)[0] for _ in range(50)} == {123_456}
+    assert {_sample(logits, SamplingParams(max_tokens=1, temperature=1.0), generator)[0] for _ in range(50)} == {
+        123_456
+    }
     wide = torch.randn(151_669)
     params = SamplingParams(max_tokens=1, temperature=1.0)
     first = [_sample(wide, params, torch.Generator().manual_seed(7))[0] for _ in range(3)]
@@ -74,10 +76,12 @@ def test_a_batch_samples_what_each_request_samples_alone(tmp_path) -> None:  # t
 
     engine = HFEngine.from_pretrained(build_tiny_model(tmp_path / "tiny"))
     prompts = [list(range(100, 140)), list(range(500, 507)), list(range(900, 1000)), [42]]
-    params = [SamplingParams(max_tokens=12, temperature=1.0, seed=1),
-              SamplingParams(max_tokens=5, temperature=0.0),
-              SamplingParams(max_tokens=20, temperature=0.8, top_k=50, seed=3),
-              SamplingParams(max_tokens=9, temperature=1.0, seed=4)]
+    params = [
+        SamplingParams(max_tokens=12, temperature=1.0, seed=1),
+        SamplingParams(max_tokens=5, temperature=0.0),
+        SamplingParams(max_tokens=20, temperature=0.8, top_k=50, seed=3),
+        SamplingParams(max_tokens=9, temperature=1.0, seed=4),
+    ]
     alone = [engine._generate_sync(prompt, p) for prompt, p in zip(prompts, params)]
     # a stop token the first request samples alone: in the batch it must end that row there and only that row
     params[0] = SamplingParams(max_tokens=12, temperature=1.0, seed=1, stop_token_ids=[alone[0].token_ids[3]])
@@ -91,12 +95,12 @@ def test_a_batch_samples_what_each_request_samples_alone(tmp_path) -> None:  # t
     for got, want in zip(batched[1:], alone[1:]):
         assert got.token_ids == want.token_ids and got.finish_reason == "length"
     for got, want in zip(batched, alone):
-        assert torch.allclose(torch.tensor(got.logprobs), torch.tensor(want.logprobs[:len(got.logprobs)]), atol=1e-4)
+        assert torch.allclose(torch.tensor(got.logprobs), torch.tensor(want.logprobs[: len(got.logprobs)]), atol=1e-4)
     model = engine.model
     for prompt, got in zip(prompts, batched):
         ids = torch.tensor([prompt + got.token_ids])
         with torch.no_grad():
-            logp = torch.log_softmax(model(ids).logits[0, len(prompt) - 1:-1].float(), dim=-1)
+            logp = torch.log_softmax(model(ids).logits[0, len(prompt) - 1 : -1].float(), dim=-1)
         expected = logp.gather(1, torch.tensor(got.token_ids)[:, None])[:, 0]
         assert torch.allclose(torch.tensor(got.logprobs), expected, atol=1e-4)
 
@@ -114,12 +118,12 @@ def test_processed_logprobs_equal_the_trainers_tempered_recomputation(tmp_path) 
     got = engine._generate_sync(prompt, SamplingParams(max_tokens=16, temperature=0.7, seed=5))
     ids = torch.tensor([prompt + got.token_ids])
     mask = torch.zeros_like(ids)
-    mask[0, len(prompt):] = 1
+    mask[0, len(prompt) :] = 1
     with torch.no_grad():
         tempered = masked_model_token_logprobs(engine.model, ids, torch.ones_like(ids), mask, temperature=0.7)
         raw = masked_model_token_logprobs(engine.model, ids, torch.ones_like(ids), mask)
-    assert torch.allclose(torch.tensor(got.logprobs), tempered[0, len(prompt):], atol=1e-4)
-    assert (torch.tensor(got.logprobs) - raw[0, len(prompt):]).abs().max() > 1e-2  # raw would be a different policy
+    assert torch.allclose(torch.tensor(got.logprobs), tempered[0, len(prompt) :], atol=1e-4)
+    assert (torch.tensor(got.logprobs) - raw[0, len(prompt) :]).abs().max() > 1e-2  # raw would be a different policy
     with pytest.raises(ValueError, match="logprobs_mode"):
         HFEngine(engine.model, logprobs_mode="logits")  # type: ignore[arg-type]
 
@@ -131,15 +135,17 @@ def test_the_two_level_search_matches_a_full_cumulative_sum() -> None:
 
     generator = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(3, 5 * _BLOCK + 77, generator=generator) * 4, dim=-1)
-    probs[1, 2 * _BLOCK:4 * _BLOCK] = 0.0  # empty blocks in the middle, and a ragged last block
+    probs[1, 2 * _BLOCK : 4 * _BLOCK] = 0.0  # empty blocks in the middle, and a ragged last block
     probs[2, -200:] = 0.0
     uniforms = [0.0, 0.3, 0.999999999, *torch.rand(40, generator=generator, dtype=torch.float64).tolist()]
     for u in uniforms:
         got = _inverse_cdf(probs, [u] * 3)
         for row in range(3):
             cdf = probs[row].double().cumsum(0)
-            want = min(int(torch.searchsorted(cdf, torch.tensor(u, dtype=torch.float64) * cdf[-1], right=True)),
-                       probs.shape[1] - 1)
+            want = min(
+                int(torch.searchsorted(cdf, torch.tensor(u, dtype=torch.float64) * cdf[-1], right=True)),
+                probs.shape[1] - 1,
+            )
             assert probs[row, got[row]] > 0
             if abs(float(cdf[want]) - u * float(cdf[-1])) > 1e-9:  # away from a float tie, the very same token
                 assert got[row] == want or probs[row, want] == 0, (u, row, got[row], want)

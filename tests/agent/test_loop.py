@@ -75,8 +75,8 @@ def assert_token_exact(trajectory: Trajectory, engine: Recording) -> None:
         sequence = trajectory.sequences[0] if len(trajectory.sequences) == 1 else trajectory.sequences[turn]
         ids = sequence.token_ids
         assert ids[: len(prompt)] == prompt, f"turn {turn}: the engine read something the record does not hold"
-        assert ids[len(prompt): len(prompt) + len(output)] == output, f"turn {turn}: sampled ids differ"
-        mask = sequence.loss_mask[len(prompt): len(prompt) + len(output)]
+        assert ids[len(prompt) : len(prompt) + len(output)] == output, f"turn {turn}: sampled ids differ"
+        mask = sequence.loss_mask[len(prompt) : len(prompt) + len(output)]
         assert mask == [1] * len(output)
     for sequence in trajectory.sequences:
         sampled = sum(sequence.loss_mask)
@@ -155,8 +155,13 @@ def test_truncation_by_turns_and_by_tokens(server, sample_tasks, tokenizer):  # 
     by_tokens = play(server, chatty, task_id, AgentConfig(max_context_tokens=2600, max_turns=50), tokenizer)
     assert by_tokens.truncation == "max_tokens"
     assert len(by_tokens.sequences[0].token_ids) <= 2600
-    ungraded = play(server, Replay(tokenizer, [call("execute_bash", command="true")]), task_id,
-                    AgentConfig(max_turns=1, grade_on_truncation=False), tokenizer)
+    ungraded = play(
+        server,
+        Replay(tokenizer, [call("execute_bash", command="true")]),
+        task_id,
+        AgentConfig(max_turns=1, grade_on_truncation=False),
+        tokenizer,
+    )
     assert ungraded.truncation == "max_turns" and ungraded.reward is None and not ungraded.infra_failure
 
 

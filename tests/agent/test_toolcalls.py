@@ -23,8 +23,12 @@ def test_plain_text() -> None:
 
 
 def test_canonical_turn_with_reasoning_and_two_calls() -> None:
-    text = ("<think>\nI should look first.\nThen edit.\n</think>\n\nLet me look.\n" + block(BASH) + "\n"
-            + block({"name": "str_replace_editor", "arguments": {"command": "view", "path": "/repo/ü.py"}}))
+    text = (
+        "<think>\nI should look first.\nThen edit.\n</think>\n\nLet me look.\n"
+        + block(BASH)
+        + "\n"
+        + block({"name": "str_replace_editor", "arguments": {"command": "view", "path": "/repo/ü.py"}})
+    )
     parsed = parse_assistant(text, turn=3)
     assert parsed.reasoning == "I should look first.\nThen edit."
     assert parsed.content == "Let me look."
@@ -35,25 +39,34 @@ def test_canonical_turn_with_reasoning_and_two_calls() -> None:
     ]
     message = parsed.to_message()
     assert message["role"] == "assistant" and message["reasoning_content"] == parsed.reasoning
-    assert message["tool_calls"][1] == {"id": "call_3_1", "type": "function", "function": {
-        "name": "str_replace_editor", "arguments": '{"command": "view", "path": "/repo/ü.py"}'}}
+    assert message["tool_calls"][1] == {
+        "id": "call_3_1",
+        "type": "function",
+        "function": {"name": "str_replace_editor", "arguments": '{"command": "view", "path": "/repo/ü.py"}'},
+    }
 
 
 def test_message_omits_absent_fields() -> None:
     assert parse_assistant("ok").to_message() == {"role": "assistant", "content": "ok"}
-    assert parse_assistant("<think></think>ok").to_message() == {"role": "assistant", "content": "ok",
-                                                                   "reasoning_content": ""}
+    assert parse_assistant("<think></think>ok").to_message() == {
+        "role": "assistant",
+        "content": "ok",
+        "reasoning_content": "",
+    }
 
 
-@pytest.mark.parametrize("text, reasoning, rest", [
-    ("no think", None, "no think"),
-    ("<think>\nr\n</think>\n\nc", "r", "\n\nc"),
-    ("  \n<think>r</think>c", "r", "c"),
-    ("<think>\nunclosed, cut by max_tokens", "unclosed, cut by max_tokens", ""),
-    ("<think></think>", "", ""),
-    ("text first <think>r</think>", None, "text first <think>r</think>"),  # not leading: content
-    ("<think>a</think>b</think>c", "a", "b</think>c"),
-])
+@pytest.mark.parametrize(
+    "text, reasoning, rest",
+    [
+        ("no think", None, "no think"),
+        ("<think>\nr\n</think>\n\nc", "r", "\n\nc"),
+        ("  \n<think>r</think>c", "r", "c"),
+        ("<think>\nunclosed, cut by max_tokens", "unclosed, cut by max_tokens", ""),
+        ("<think></think>", "", ""),
+        ("text first <think>r</think>", None, "text first <think>r</think>"),  # not leading: content
+        ("<think>a</think>b</think>c", "a", "b</think>c"),
+    ],
+)
 def test_split_reasoning(text: str, reasoning: str | None, rest: str) -> None:
     assert split_reasoning(text) == (reasoning, rest)
 
@@ -102,28 +115,31 @@ def test_extra_keys_are_ignored() -> None:
     assert parsed.tool_calls == [ToolCall("call_0_0", "finish", {})]
 
 
-@pytest.mark.parametrize("body, fragment", [
-    ('{"name": "execute_bash", "arguments": {"command": "ls"}', "invalid JSON"),
-    ("{'name': 'execute_bash'}", "invalid JSON"),
-    ('{"name": "x", "arguments": {}} trailing', "invalid JSON"),
-    ("execute_bash ls", "invalid JSON"),
-    ("", "empty <tool_call> block"),
-    ("   \n ", "empty <tool_call> block"),
-    ('["execute_bash", {"command": "ls"}]', "got list"),
-    ('"execute_bash"', "got str"),
-    ("42", "got int"),
-    ("null", "got NoneType"),
-    ('{"arguments": {"command": "ls"}}', 'missing "name"'),
-    ('{"name": null, "arguments": {}}', 'missing "name"'),
-    ('{"name": "", "arguments": {}}', '"name" must be a non-empty string'),
-    ('{"name": 7, "arguments": {}}', '"name" must be a non-empty string'),
-    ('{"name": ["a"], "arguments": {}}', '"name" must be a non-empty string'),
-    ('{"name": "execute_bash", "arguments": ["ls"]}', '"arguments" must be a JSON object, got list'),
-    ('{"name": "execute_bash", "arguments": "ls -la"}', '"arguments" is a string that is not valid JSON'),
-    ('{"name": "execute_bash", "arguments": "[1, 2]"}', '"arguments" must be a JSON object, got list'),
-    ('{"name": "execute_bash", "arguments": 3}', '"arguments" must be a JSON object, got int'),
-    ('{"name": "execute_bash", "arguments": true}', '"arguments" must be a JSON object, got bool'),
-])
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ('{"name": "execute_bash", "arguments": {"command": "ls"}', "invalid JSON"),
+        ("{'name': 'execute_bash'}", "invalid JSON"),
+        ('{"name": "x", "arguments": {}} trailing', "invalid JSON"),
+        ("execute_bash ls", "invalid JSON"),
+        ("", "empty <tool_call> block"),
+        ("   \n ", "empty <tool_call> block"),
+        ('["execute_bash", {"command": "ls"}]', "got list"),
+        ('"execute_bash"', "got str"),
+        ("42", "got int"),
+        ("null", "got NoneType"),
+        ('{"arguments": {"command": "ls"}}', 'missing "name"'),
+        ('{"name": null, "arguments": {}}', 'missing "name"'),
+        ('{"name": "", "arguments": {}}', '"name" must be a non-empty string'),
+        ('{"name": 7, "arguments": {}}', '"name" must be a non-empty string'),
+        ('{"name": ["a"], "arguments": {}}', '"name" must be a non-empty string'),
+        ('{"name": "execute_bash", "arguments": ["ls"]}', '"arguments" must be a JSON object, got list'),
+        ('{"name": "execute_bash", "arguments": "ls -la"}', '"arguments" is a string that is not valid JSON'),
+        ('{"name": "execute_bash", "arguments": "[1, 2]"}', '"arguments" must be a JSON object, got list'),
+        ('{"name": "execute_bash", "arguments": 3}', '"arguments" must be a JSON object, got int'),
+        ('{"name": "execute_bash", "arguments": true}', '"arguments" must be a JSON object, got bool'),
+    ],
+)
 def test_malformed_block(body: str, fragment: str) -> None:
     parsed = parse_assistant("text\n" + block(body) + "\n" + block(BASH), turn=2)
     assert len(parsed.errors) == 1 and fragment in parsed.errors[0], parsed.errors
@@ -160,12 +176,22 @@ def test_stray_close() -> None:
 
 
 def test_every_problem_reported_once() -> None:
-    text = (block("not json") + block({"arguments": {}}) + "</tool_call>" + block({"name": "ok", "arguments": 1})
-            + block(BASH) + "<tool_call>")
+    text = (
+        block("not json")
+        + block({"arguments": {}})
+        + "</tool_call>"
+        + block({"name": "ok", "arguments": 1})
+        + block(BASH)
+        + "<tool_call>"
+    )
     parsed = parse_assistant(text)
     assert len(parsed.errors) == 5, parsed.errors
     assert [error.split(":")[0] for error in parsed.errors if not error.startswith("stray")] == [
-        "tool call 1", "tool call 2", "tool call 3 (ok)", "tool call 5"]
+        "tool call 1",
+        "tool call 2",
+        "tool call 3 (ok)",
+        "tool call 5",
+    ]
     assert parsed.errors[2].startswith("stray </tool_call>")
     assert len(parsed.tool_calls) == 1
 
@@ -176,18 +202,24 @@ def test_long_bodies_are_shortened_in_errors() -> None:
 
 
 def test_from_openai_tool_calls() -> None:
-    calls, errors = from_openai_tool_calls([
-        {"id": "abc", "type": "function", "function": {"name": "execute_bash", "arguments": '{"command": "ls"}'}},
-        {"type": "function", "function": {"name": "finish", "arguments": "{}"}},
-        {"id": "", "function": {"name": "finish", "arguments": {"already": "dict"}}},
-        {"id": "bad1", "function": {"name": "x", "arguments": "{not json"}},
-        {"id": "bad2", "function": {"arguments": "{}"}},
-        {"id": "bad3", "function": {"name": "x", "arguments": "[1]"}},
-        {"id": "bad4"},
-        "nonsense",
-    ], turn=4)
-    assert calls == [ToolCall("abc", "execute_bash", {"command": "ls"}), ToolCall("call_4_1", "finish", {}),
-                     ToolCall("call_4_2", "finish", {"already": "dict"})]
+    calls, errors = from_openai_tool_calls(
+        [
+            {"id": "abc", "type": "function", "function": {"name": "execute_bash", "arguments": '{"command": "ls"}'}},
+            {"type": "function", "function": {"name": "finish", "arguments": "{}"}},
+            {"id": "", "function": {"name": "finish", "arguments": {"already": "dict"}}},
+            {"id": "bad1", "function": {"name": "x", "arguments": "{not json"}},
+            {"id": "bad2", "function": {"arguments": "{}"}},
+            {"id": "bad3", "function": {"name": "x", "arguments": "[1]"}},
+            {"id": "bad4"},
+            "nonsense",
+        ],
+        turn=4,
+    )
+    assert calls == [
+        ToolCall("abc", "execute_bash", {"command": "ls"}),
+        ToolCall("call_4_1", "finish", {}),
+        ToolCall("call_4_2", "finish", {"already": "dict"}),
+    ]
     assert len(errors) == 5
     assert "not valid JSON" in errors[0] and 'missing "name"' in errors[1] and "got list" in errors[2]
     assert 'missing "function"' in errors[3] and "got str" in errors[4]
@@ -195,6 +227,6 @@ def test_from_openai_tool_calls() -> None:
 
 
 def test_to_openai_round_trip() -> None:
-    call = ToolCall("call_1_0", "str_replace_editor", {"command": "create", "file_text": "é\n\"q\""})
+    call = ToolCall("call_1_0", "str_replace_editor", {"command": "create", "file_text": 'é\n"q"'})
     calls, errors = from_openai_tool_calls([call.to_openai()])
     assert calls == [call] and errors == []

@@ -62,8 +62,13 @@ def tokenizer(model_dir: Path):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def server(vllm_venv: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
     log_path = tmp_path_factory.mktemp("vllm-log") / "server.log"
-    with start_vllm_server(model_dir, venv=vllm_venv, log_path=log_path, timeout_s=300,
-                           progress=lambda line: print(f"[vllm] {line}", flush=True)) as srv:
+    with start_vllm_server(
+        model_dir,
+        venv=vllm_venv,
+        log_path=log_path,
+        timeout_s=300,
+        progress=lambda line: print(f"[vllm] {line}", flush=True),
+    ) as srv:
         yield srv
 
 
@@ -89,14 +94,18 @@ def prompts(tokenizer) -> list[list[int]]:  # type: ignore[no-untyped-def]
 # ------------------------------------------------------------------------------------------------ reference
 
 
-def hf_logprobs(model, prompt: list[int], completion: list[int],  # type: ignore[no-untyped-def]
-                params: SamplingParams | None = None) -> list[float]:
+def hf_logprobs(
+    model,
+    prompt: list[int],
+    completion: list[int],  # type: ignore[no-untyped-def]
+    params: SamplingParams | None = None,
+) -> list[float]:
     """Teacher-force prompt + completion; the log-probability of each completion token under `model`, or, given
     sampling `params` (temperature > 0), under the distribution they make of it: tempered, then top-k / top-p
     (the hf engine's `_processed_scores`, vLLM's order) — what a server started with processed logprobs reports."""
     ids = torch.tensor([prompt + completion])
     with torch.no_grad():
-        logits = model(ids).logits[0].float()[len(prompt) - 1: -1]
+        logits = model(ids).logits[0].float()[len(prompt) - 1 : -1]
     if params is not None and params.temperature > 0:
         from agent.engines.hf import _processed_scores
 
@@ -132,8 +141,10 @@ async def test_sampled_ids_and_logprobs_match_transformers(server, hf_model, pro
     engine = VLLMEngine(server.base_url, reload_method=server.reload_method)
     try:
         # many requests in flight at once, as the agent runs them (the server batches them)
-        jobs = [(prompt, SamplingParams(max_tokens=24, temperature=1.0, seed=seed))
-                for seed, prompt in enumerate(prompts * 3)]
+        jobs = [
+            (prompt, SamplingParams(max_tokens=24, temperature=1.0, seed=seed))
+            for seed, prompt in enumerate(prompts * 3)
+        ]
         # logprobs are those of the distribution the token was drawn from (the launcher asks for processed logprobs):
         # temperature, top-k and top-p reshape them as they reshape the sampling
         jobs.append((prompts[0], SamplingParams(max_tokens=24, temperature=0.7, top_k=20, top_p=0.9, seed=7)))
@@ -151,12 +162,14 @@ async def test_sampled_ids_and_logprobs_match_transformers(server, hf_model, pro
         prompt, top = jobs[-1][0], gens[-1]
         ids = torch.tensor([prompt + top.token_ids])
         with torch.no_grad():
-            logits = hf_model(ids).logits[0, len(prompt) - 1: -1]
+            logits = hf_model(ids).logits[0, len(prompt) - 1 : -1]
         top20 = logits.topk(20, dim=-1).indices
         assert all(t in top20[i].tolist() for i, t in enumerate(top.token_ids))
         n_tokens = sum(len(g.token_ids) for g in gens)
-        print(f"\n[vllm] sampled logprobs vs transformers float32: max |Δ logprob| = {worst:.3g} "
-              f"over {n_tokens} tokens in {len(gens)} concurrent requests")
+        print(
+            f"\n[vllm] sampled logprobs vs transformers float32: max |Δ logprob| = {worst:.3g} "
+            f"over {n_tokens} tokens in {len(gens)} concurrent requests"
+        )
         assert worst < LOGPROB_TOL
 
         # the same seed gives the same sample
@@ -171,8 +184,9 @@ async def test_sampled_ids_and_logprobs_match_transformers(server, hf_model, pro
 async def test_greedy_matches_transformers_argmax(server, hf_model, prompts, stop_ids) -> None:  # type: ignore
     engine = VLLMEngine(server.base_url, reload_method=server.reload_method)
     try:
-        gens = await asyncio.gather(*(engine.generate(p, SamplingParams(max_tokens=32, temperature=0.0))
-                                      for p in prompts))
+        gens = await asyncio.gather(
+            *(engine.generate(p, SamplingParams(max_tokens=32, temperature=0.0)) for p in prompts)
+        )
         agree = 0
         for prompt, gen in zip(prompts, gens, strict=True):
             ref = hf_greedy(hf_model, prompt, 32, stop_ids)
@@ -180,14 +194,14 @@ async def test_greedy_matches_transformers_argmax(server, hf_model, prompts, sto
             assert gen.finish_reason == ("stop" if ref[-1] in stop_ids else "length")
             assert max_delta(hf_model, prompt, gen) < LOGPROB_TOL
             agree += len(ref)
-        print(f"\n[vllm] greedy: {agree}/{agree} tokens equal transformers' argmax continuation "
-              f"({len(prompts)} prompts)")
+        print(
+            f"\n[vllm] greedy: {agree}/{agree} tokens equal transformers' argmax continuation ({len(prompts)} prompts)"
+        )
 
         # a stop_token_ids stop: the turn ends on that token, and the token is in the returned ids
         prompt, greedy = prompts[0], gens[0].token_ids
         stop_token = greedy[5]
-        gen = await engine.generate(prompt, SamplingParams(max_tokens=32, temperature=0.0,
-                                                           stop_token_ids=[stop_token]))
+        gen = await engine.generate(prompt, SamplingParams(max_tokens=32, temperature=0.0, stop_token_ids=[stop_token]))
         assert gen.finish_reason == "stop"
         assert gen.token_ids == greedy[: greedy.index(stop_token) + 1]
         assert len(gen.logprobs) == len(gen.token_ids)
@@ -201,8 +215,9 @@ async def test_greedy_matches_transformers_argmax(server, hf_model, prompts, sto
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-async def test_update_weights_switches_the_served_model(server, model_dir, hf_model, tokenizer, prompts, stop_ids,
-                                                        tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_update_weights_switches_the_served_model(
+    server, model_dir, hf_model, tokenizer, prompts, stop_ids, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     """New weights (perturbed, and rigged so that greedy decoding soon hits EOS) replace the old ones in place."""
     new_dir = tmp_path / "perturbed"
     new_model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -235,8 +250,10 @@ async def test_update_weights_switches_the_served_model(server, model_dir, hf_mo
         after = await engine.generate(prompt, sample)
         delta_new = max_delta(new_model, prompt, after)
         delta_old = max_delta(hf_model, prompt, after)
-        print(f"\n[vllm] after update_weights: max |Δ logprob| vs new weights {delta_new:.3g}, "
-              f"vs old weights {delta_old:.3g}")
+        print(
+            f"\n[vllm] after update_weights: max |Δ logprob| vs new weights {delta_new:.3g}, "
+            f"vs old weights {delta_old:.3g}"
+        )
         assert delta_new < LOGPROB_TOL
         assert delta_old > 0.05, "the server still answers with the old weights"
 
@@ -254,14 +271,23 @@ async def test_update_weights_switches_the_served_model(server, model_dir, hf_mo
 
 
 def choice(token_ids: list[int], finish: str = "length", stop_reason: int | None = None) -> dict:  # type: ignore
-    return {"choices": [{"index": 0, "token_ids": token_ids, "finish_reason": finish, "stop_reason": stop_reason,
-                         "logprobs": {"token_logprobs": [-0.5] * len(token_ids),
-                                      "tokens": [f"token_id:{t}" for t in token_ids]}}]}
+    return {
+        "choices": [
+            {
+                "index": 0,
+                "token_ids": token_ids,
+                "finish_reason": finish,
+                "stop_reason": stop_reason,
+                "logprobs": {"token_logprobs": [-0.5] * len(token_ids), "tokens": [f"token_id:{t}" for t in token_ids]},
+            }
+        ]
+    }
 
 
 def mock_engine(handler) -> VLLMEngine:  # type: ignore[no-untyped-def]
-    return VLLMEngine("http://vllm.test:8000", model="m", transport=httpx.MockTransport(handler),
-                      backoff_s=0.001, max_retries=3)
+    return VLLMEngine(
+        "http://vllm.test:8000", model="m", transport=httpx.MockTransport(handler), backoff_s=0.001, max_retries=3
+    )
 
 
 async def test_request_body_and_reply_parsing() -> None:
@@ -273,8 +299,9 @@ async def test_request_body_and_reply_parsing() -> None:
         return httpx.Response(200, json=choice([5, 6, 7], "stop", stop_reason=7))
 
     engine = mock_engine(handler)
-    gen = await engine.generate([1, 2], SamplingParams(max_tokens=9, temperature=0.5, top_k=-1, seed=4,
-                                                       stop_token_ids=[7]))
+    gen = await engine.generate(
+        [1, 2], SamplingParams(max_tokens=9, temperature=0.5, top_k=-1, seed=4, stop_token_ids=[7])
+    )
     await engine.close()
     assert gen.token_ids == [5, 6, 7] and gen.logprobs == [-0.5] * 3 and gen.finish_reason == "stop"
     body = seen[0]
@@ -332,19 +359,32 @@ async def test_update_weights_calls() -> None:
             return httpx.Response(200, json={"success": True})
         return httpx.Response(200, json={"status": "ok"})
 
-    engine = VLLMEngine("http://vllm.test:8000/v1", model="m", transport=httpx.MockTransport(handler),
-                        reload_method="reload_weights_repacked")
+    engine = VLLMEngine(
+        "http://vllm.test:8000/v1",
+        model="m",
+        transport=httpx.MockTransport(handler),
+        reload_method="reload_weights_repacked",
+    )
     await engine.update_weights("/ckpt/step-3")
     assert engine.weights_version == 1
     await engine.update_weights("/ckpt/step-9", version=9, pause=False)
     assert engine.weights_version == 9
-    assert [c[0] for c in calls] == ["/pause", "/collective_rpc", "/reset_prefix_cache", "/resume",
-                                     "/collective_rpc", "/reset_prefix_cache"]
+    assert [c[0] for c in calls] == [
+        "/pause",
+        "/collective_rpc",
+        "/reset_prefix_cache",
+        "/resume",
+        "/collective_rpc",
+        "/reset_prefix_cache",
+    ]
     assert calls[0][1] == "mode=wait"
     assert calls[1][2] == {"method": "reload_weights_repacked", "kwargs": {"weights_path": "/ckpt/step-3"}}
 
-    engine = VLLMEngine("http://vllm.test:8000", model="m",
-                        transport=httpx.MockTransport(lambda r: httpx.Response(404, json={"detail": "Not Found"})))
+    engine = VLLMEngine(
+        "http://vllm.test:8000",
+        model="m",
+        transport=httpx.MockTransport(lambda r: httpx.Response(404, json={"detail": "Not Found"})),
+    )
     with pytest.raises(EngineError, match="404: Not Found"):
         await engine.update_weights("/ckpt")
     assert engine.weights_version == 0

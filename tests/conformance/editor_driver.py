@@ -37,12 +37,14 @@ def _aci_caller(workspace_root):
             try:
                 args["insert_line"] = int(insert_line)
             except ValueError:
-                return {"output": "ERROR:\nInvalid insert_line value: '%s'. Expected an integer." % insert_line,
-                        "error": True}
+                return {
+                    "output": "ERROR:\nInvalid insert_line value: '%s'. Expected an integer." % insert_line,
+                    "error": True,
+                }
         try:
             if editor is None:
                 raw = file_editor(**args)
-                m = re.match(r"<oh_aci_output_([0-9a-f]+)>\n(.*)\n</oh_aci_output_\1>\Z", raw, re.S)
+                m = re.match(r"<oh_aci_output_([0-9a-f]+)>\n(.*)\n</oh_aci_output_\1>\Z", raw, re.DOTALL)
                 if not m:
                     return {"crash": "unparsable file_editor output: %r" % raw[:500]}
                 data = json.loads(m.group(2))

@@ -40,7 +40,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from editor_scenarios import SCENARIOS, op_steps
 
 HERE = Path(__file__).resolve().parent
@@ -57,17 +56,36 @@ CONTAINER_IMAGE = os.environ.get("EDITOR_CONFORMANCE_IMAGE", "envserver/base:boo
 
 def _container_argv(root: Path) -> list:
     """`docker run` of the driver in a base-image container; the scenario root is bind-mounted at the same path."""
-    return ["docker", "run", "--rm", "-i", "--network", "none",
-            "-v", "%s:%s" % (root.parent, root.parent), "-v", "%s:/rt:ro" % RUNTIME_DIR,
-            "-v", "%s:/conf:ro" % HERE, CONTAINER_IMAGE, "python3", "/conf/editor_driver.py", "ours"]
+    return [
+        "docker",
+        "run",
+        "--rm",
+        "-i",
+        "--network",
+        "none",
+        "-v",
+        "%s:%s" % (root.parent, root.parent),
+        "-v",
+        "%s:/rt:ro" % RUNTIME_DIR,
+        "-v",
+        "%s:/conf:ro" % HERE,
+        CONTAINER_IMAGE,
+        "python3",
+        "/conf/editor_driver.py",
+        "ours",
+    ]
 
 
 def _container_available() -> bool:
     try:
-        return subprocess.run(["docker", "image", "inspect", CONTAINER_IMAGE], capture_output=True,
-                              timeout=30).returncode == 0
+        return (
+            subprocess.run(["docker", "image", "inspect", CONTAINER_IMAGE], capture_output=True, timeout=30).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
 STEPS = list(op_steps())
 
 
@@ -75,9 +93,7 @@ def _aci_python() -> str:
     env = dict(os.environ)
     env.setdefault("ACI_VENV", str(REPO / ".venv-aci"))
     try:
-        proc = subprocess.run(
-            ["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, env=env, timeout=1800
-        )
+        proc = subprocess.run(["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, env=env, timeout=1800)
     except (OSError, subprocess.TimeoutExpired) as e:
         pytest.skip("openhands-aci venv could not be built: %s" % e)
     if proc.returncode != 0:
@@ -122,24 +138,22 @@ def runs(tmp_path_factory):
 
 
 def _diff(expected: str, got: str) -> str:
-    return "".join(
-        difflib.unified_diff(
-            expected.splitlines(True), got.splitlines(True), "openhands-aci", "ours", n=2
-        )
-    )
+    return "".join(difflib.unified_diff(expected.splitlines(True), got.splitlines(True), "openhands-aci", "ours", n=2))
 
 
 def _check_output(ref: dict, got: dict, what: str) -> None:
     assert got["output"] == ref["output"], "%s: output differs\n%s\nexpected: %r\ngot:      %r" % (
-        what, _diff(ref["output"], got["output"]), ref["output"][:3000], got["output"][:3000])
+        what,
+        _diff(ref["output"], got["output"]),
+        ref["output"][:3000],
+        got["output"][:3000],
+    )
     assert got["error"] == ref["error"], "%s: error flag %r, expected %r" % (what, got["error"], ref["error"])
 
 
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("impl", list(IMPLS))
-@pytest.mark.parametrize(
-    "scenario,step", STEPS, ids=["%s/%s" % (name, step["id"]) for name, step in STEPS]
-)
+@pytest.mark.parametrize("scenario,step", STEPS, ids=["%s/%s" % (name, step["id"]) for name, step in STEPS])
 def test_matches_openhands_aci(runs, impl, scenario, step):
     root, results = runs
     if impl not in results:
@@ -147,8 +161,10 @@ def test_matches_openhands_aci(runs, impl, scenario, step):
             pytest.skip("no Docker engine or no %s image (python -m images base)" % CONTAINER_IMAGE)
         pytest.skip("%s not found (set EDITOR_CONFORMANCE_PY38)" % PY38)
     if results["aci"]["python"] < step.get("reference_python", [3, 0]):
-        pytest.skip("the openhands-aci venv runs Python %s.%s; this reference needs %s.%s"
-                    % (tuple(results["aci"]["python"]) + tuple(step["reference_python"])))
+        pytest.skip(
+            "the openhands-aci venv runs Python %s.%s; this reference needs %s.%s"
+            % (tuple(results["aci"]["python"]) + tuple(step["reference_python"]))
+        )
     key = "%s/%s" % (scenario, step["id"])
     ref = results["aci"]["results"][key]
     got = results[impl]["results"][key]
@@ -170,7 +186,9 @@ def test_matches_openhands_aci(runs, impl, scenario, step):
     )
     _check_output(ref, got, key)
     assert got["state"] == ref["state"], "file-system state after the call differs:\naci:  %s\nours: %s" % (
-        ref["state"], got["state"])
+        ref["state"],
+        got["state"],
+    )
 
 
 def test_enough_operations():

@@ -37,17 +37,20 @@ def test_unknown_task(http):  # type: ignore[no-untyped-def]
 
 
 def test_unknown_session(http):  # type: ignore[no-untyped-def]
-    _assert_error(http.post("/v1/sessions/deadbeef/step", json={"name": "execute_bash",
-                                                                 "arguments": {"command": "ls"}}),
-                  404, "unknown_session")
+    _assert_error(
+        http.post("/v1/sessions/deadbeef/step", json={"name": "execute_bash", "arguments": {"command": "ls"}}),
+        404,
+        "unknown_session",
+    )
     _assert_error(http.get("/v1/sessions/deadbeef"), 404, "unknown_session")
     _assert_error(http.delete("/v1/sessions/deadbeef"), 404, "unknown_session")
 
 
 @pytest.mark.parametrize("body", ['{"task_id": ', "not json at all", '{"task_id": "x",}'])
 def test_bad_json(http, body):  # type: ignore[no-untyped-def]
-    _assert_error(http.post("/v1/sessions", content=body, headers={"content-type": "application/json"}),
-                  400, "invalid_json")
+    _assert_error(
+        http.post("/v1/sessions", content=body, headers={"content-type": "application/json"}), 400, "invalid_json"
+    )
 
 
 def test_missing_and_wrong_fields(http):  # type: ignore[no-untyped-def]
@@ -58,40 +61,49 @@ def test_missing_and_wrong_fields(http):  # type: ignore[no-untyped-def]
 
 
 def test_unknown_tool(http, session_id):  # type: ignore[no-untyped-def]
-    message = _assert_error(http.post(f"/v1/sessions/{session_id}/step", json={"name": "rm_everything"}),
-                            422, "invalid_tool_call")
+    message = _assert_error(
+        http.post(f"/v1/sessions/{session_id}/step", json={"name": "rm_everything"}), 422, "invalid_tool_call"
+    )
     assert "execute_bash" in message  # tells the caller what exists
 
 
-@pytest.mark.parametrize("call", [
-    {"name": "execute_bash", "arguments": {}},
-    {"name": "execute_bash", "arguments": {"cmd": "ls"}},
-    {"name": "execute_bash", "arguments": {"command": "ls", "timeout": "soon"}},
-    {"name": "execute_bash", "arguments": "{not json"},
-    {"name": "str_replace_editor", "arguments": {"path": "/testbed"}},
-    {"name": "str_replace_editor", "arguments": {"command": "view"}},
-    {"arguments": {"command": "ls"}},
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        {"name": "execute_bash", "arguments": {}},
+        {"name": "execute_bash", "arguments": {"cmd": "ls"}},
+        {"name": "execute_bash", "arguments": {"command": "ls", "timeout": "soon"}},
+        {"name": "execute_bash", "arguments": "{not json"},
+        {"name": "str_replace_editor", "arguments": {"path": "/testbed"}},
+        {"name": "str_replace_editor", "arguments": {"command": "view"}},
+        {"arguments": {"command": "ls"}},
+    ],
+)
 def test_missing_or_bad_arguments(http, session_id, call):  # type: ignore[no-untyped-def]
     status = http.post(f"/v1/sessions/{session_id}/step", json=call).status_code
     assert 400 <= status < 500
     # A rejected call is not a step: the session is untouched and still works.
-    ok = http.post(f"/v1/sessions/{session_id}/step", json={"name": "execute_bash", "arguments": {"command": "echo ok"}})
+    ok = http.post(
+        f"/v1/sessions/{session_id}/step", json={"name": "execute_bash", "arguments": {"command": "echo ok"}}
+    )
     assert ok.status_code == 200 and ok.json()["observation"].startswith("ok")
 
 
 def test_editor_errors_are_observations(http, session_id):  # type: ignore[no-untyped-def]
     """Editor misuse is the agent's business: it gets openhands-aci's error text as the observation."""
-    response = http.post(f"/v1/sessions/{session_id}/step", json={
-        "name": "str_replace_editor", "arguments": {"command": "view", "path": "relative/path.py"}})
+    response = http.post(
+        f"/v1/sessions/{session_id}/step",
+        json={"name": "str_replace_editor", "arguments": {"command": "view", "path": "relative/path.py"}},
+    )
     assert response.status_code == 200
     assert response.json()["observation"].startswith("ERROR:")
 
 
 def test_huge_body(http, server):  # type: ignore[no-untyped-def]
     huge = b'{"task_id": "' + b"x" * (11 * 2**20) + b'"}'
-    _assert_error(http.post("/v1/sessions", content=huge, headers={"content-type": "application/json"}),
-                  413, "body_too_large")
+    _assert_error(
+        http.post("/v1/sessions", content=huge, headers={"content-type": "application/json"}), 413, "body_too_large"
+    )
 
 
 def test_unknown_route_and_method(http):  # type: ignore[no-untyped-def]
@@ -115,8 +127,11 @@ def test_a_chunked_body_over_the_limit_is_413(http):  # type: ignore[no-untyped-
     response = http.post("/v1/sessions", content=chunks(), headers={"content-type": "application/json"})
     assert "content-length" not in response.request.headers
     _assert_error(response, 413, "body_too_large")
-    small = http.post("/v1/sessions", content=iter([b'{"task_id": ', b'"nope__nope-2"}']),
-                      headers={"content-type": "application/json"})
+    small = http.post(
+        "/v1/sessions",
+        content=iter([b'{"task_id": ', b'"nope__nope-2"}']),
+        headers={"content-type": "application/json"},
+    )
     _assert_error(small, 404, "unknown_task")  # a small chunked body is read and served as usual
 
 
@@ -132,9 +147,25 @@ def test_the_schema_tells_the_truth(server):  # type: ignore[no-untyped-def]
     assert st, "schemathesis is part of the test extra (pyproject.toml)"
     # A fixed seed: the same ~900 cases every run (a CI that fails by chance teaches nothing); runs with other seeds
     # and 200 examples an operation passed too when this was written.
-    proc = subprocess.run([st, "run", f"{server.url}/openapi.json", "--checks", "all", "--max-examples", "60",
-                           "--workers", "1", "--no-color", "--seed", "20261205"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            st,
+            "run",
+            f"{server.url}/openapi.json",
+            "--checks",
+            "all",
+            "--max-examples",
+            "60",
+            "--workers",
+            "1",
+            "--no-color",
+            "--seed",
+            "20261205",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert " passed" in proc.stdout and "failures" not in proc.stdout.split("SUMMARY")[-1].lower()
 
@@ -144,7 +175,9 @@ def test_deeply_nested_arguments_string_is_a_4xx(http, session_id):  # type: ign
     body = {"name": "execute_bash", "arguments": "[" * 100_000}
     message = _assert_error(http.post(f"/v1/sessions/{session_id}/step", json=body), 422, "invalid_request")
     assert "too deeply" in message
-    ok = http.post(f"/v1/sessions/{session_id}/step", json={"name": "execute_bash", "arguments": {"command": "echo ok"}})
+    ok = http.post(
+        f"/v1/sessions/{session_id}/step", json={"name": "execute_bash", "arguments": {"command": "echo ok"}}
+    )
     assert ok.status_code == 200 and ok.json()["observation"].startswith("ok\n")
 
 
@@ -167,8 +200,11 @@ def test_delete_while_a_step_runs(http, sample_tasks):  # type: ignore[no-untype
 
     def long_step() -> None:
         with httpx.Client(base_url=str(http.base_url), timeout=120) as other:
-            answers.append(other.post(f"/v1/sessions/{sid}/step",
-                                      json={"name": "execute_bash", "arguments": {"command": "sleep 20"}}))
+            answers.append(
+                other.post(
+                    f"/v1/sessions/{sid}/step", json={"name": "execute_bash", "arguments": {"command": "sleep 20"}}
+                )
+            )
 
     thread = threading.Thread(target=long_step)
     thread.start()

@@ -50,8 +50,9 @@ def test_gold_patch_resolves_every_task(client, sample_tasks, via):  # type: ign
     for task in sample_tasks:
         reset = client.reset(task.instance_id)
         if via == "bash":
-            step = client.step(reset.session_id, "execute_bash",
-                               {"command": bash_apply_command(task.patch, task.workdir)})
+            step = client.step(
+                reset.session_id, "execute_bash", {"command": bash_apply_command(task.patch, task.workdir)}
+            )
             assert "APPLIED" in step.observation, step.observation
         else:
             for call in editor_calls(task.patch, task.workdir):
@@ -136,8 +137,13 @@ def test_max_steps_truncates_and_grades(client, sample_tasks):  # type: ignore[n
 
 def test_metrics_exposed(server, client, sample_tasks):  # type: ignore[no-untyped-def]
     text = httpx.get(f"{server.url}/metrics").text
-    for name in ("envserver_sessions_active", "envserver_steps_total", "envserver_step_latency_seconds_bucket",
-                 "envserver_grades_total", "envserver_reset_latency_seconds_bucket"):
+    for name in (
+        "envserver_sessions_active",
+        "envserver_steps_total",
+        "envserver_step_latency_seconds_bucket",
+        "envserver_grades_total",
+        "envserver_reset_latency_seconds_bucket",
+    ):
         assert name in text, name
 
 

@@ -55,11 +55,13 @@ class FakeReplica:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                self._send(200, {"status": "ok", "server_name": "fake", "sessions": 0, "max_sessions": max_sessions,
-                                 "tasks": 8})
+            def do_GET(self) -> None:
+                self._send(
+                    200,
+                    {"status": "ok", "server_name": "fake", "sessions": 0, "max_sessions": max_sessions, "tasks": 8},
+                )
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 fake.resets += 1
                 self._send(503, {"error": {"type": "image_missing", "message": "no image for this task here"}})
@@ -132,8 +134,17 @@ async def test_no_live_replica_stops_collection_within_patience(tokenizer, tmp_p
     started = time.monotonic()
     with pytest.raises(FleetUnavailable) as caught:
         async with Fleet(urls, FAST, log=logged.append) as fleet:
-            await collect(sleeper(tokenizer), urls, ["contextrl-samples__minicalc-1"], 50, out, EPISODE, tokenizer,
-                          concurrency=8, fleet=fleet)
+            await collect(
+                sleeper(tokenizer),
+                urls,
+                ["contextrl-samples__minicalc-1"],
+                50,
+                out,
+                EPISODE,
+                tokenizer,
+                concurrency=8,
+                fleet=fleet,
+            )
     elapsed = time.monotonic() - started
     assert elapsed < FAST.patience_s + 3, f"took {elapsed:.1f} s for a patience of {FAST.patience_s} s"
     message = str(caught.value)
@@ -143,17 +154,31 @@ async def test_no_live_replica_stops_collection_within_patience(tokenizer, tmp_p
 
 
 @pytest.mark.docker
-def test_a_replica_answering_503_to_resets_is_routed_around(sample_images, sample_tasks, tokenizer, fakes,  # type: ignore[no-untyped-def]
-                                                            tmp_path):
+def test_a_replica_answering_503_to_resets_is_routed_around(
+    sample_images,
+    sample_tasks,
+    tokenizer,
+    fakes,  # type: ignore[no-untyped-def]
+    tmp_path,
+):
     server = start_server(tmp_path)
     refusing = fakes(1000)  # the most free capacity: routing tries it first
     out = tmp_path / "out.jsonl"
     try:
+
         async def run() -> tuple[Fleet, object]:
             async with Fleet([refusing.url, server.url], FAST, log=lambda _: None) as fleet:
-                summary = await collect(sleeper(tokenizer), [], [sample_tasks[0].instance_id], 3, out,
-                                        AgentConfig(max_turns=1, grade_on_truncation=False), tokenizer,
-                                        concurrency=3, fleet=fleet)
+                summary = await collect(
+                    sleeper(tokenizer),
+                    [],
+                    [sample_tasks[0].instance_id],
+                    3,
+                    out,
+                    AgentConfig(max_turns=1, grade_on_truncation=False),
+                    tokenizer,
+                    concurrency=3,
+                    fleet=fleet,
+                )
                 return fleet, summary
 
         fleet, summary = asyncio.run(run())
@@ -167,12 +192,17 @@ def test_a_replica_answering_503_to_resets_is_routed_around(sample_images, sampl
 
 
 @pytest.mark.docker
-def test_kill_one_of_three_mid_collection_then_it_comes_back_then_all_die(sample_images, sample_tasks,  # type: ignore[no-untyped-def]
-                                                                         tokenizer, tmp_path):
+def test_kill_one_of_three_mid_collection_then_it_comes_back_then_all_die(
+    sample_images,
+    sample_tasks,  # type: ignore[no-untyped-def]
+    tokenizer,
+    tmp_path,
+):
     servers = [start_server(tmp_path) for _ in range(3)]
     task_ids = [task.instance_id for task in sample_tasks[:2]]
     logged: list[str] = []
     try:
+
         async def scenario() -> None:
             async with Fleet([s.url for s in servers], FAST, log=logged.append) as fleet:
                 victim = fleet.by_url(servers[2].url)
@@ -180,8 +210,9 @@ def test_kill_one_of_three_mid_collection_then_it_comes_back_then_all_die(sample
                 # 1. kill -9 of one replica while every replica holds sessions: its episodes are lost, written as
                 # infra failures marked `replayed`, and played again on the live replicas (replay is the default).
                 out = tmp_path / "first.jsonl"
-                collection = asyncio.create_task(collect(sleeper(tokenizer), [], task_ids, 4, out, EPISODE,
-                                                         tokenizer, concurrency=6, fleet=fleet))
+                collection = asyncio.create_task(
+                    collect(sleeper(tokenizer), [], task_ids, 4, out, EPISODE, tokenizer, concurrency=6, fleet=fleet)
+                )
                 await until(lambda: all(r.open_sessions >= 1 for r in fleet.replicas), 90, "sessions everywhere")
                 in_flight_on_victim = victim.in_flight
                 kill_9(servers[2])
@@ -206,18 +237,26 @@ def test_kill_one_of_three_mid_collection_then_it_comes_back_then_all_die(sample
                 assert any("dead" in line for line in summary.lines())
                 assert any(f"{len(lost)} replayed" in line for line in summary.lines())
                 # A rerun on the same file resumes: nothing is played again, the lost attempts stay as they were.
-                resumed = await collect(sleeper(tokenizer), [], task_ids, 4, out, EPISODE, tokenizer, concurrency=6,
-                                        fleet=fleet)
+                resumed = await collect(
+                    sleeper(tokenizer), [], task_ids, 4, out, EPISODE, tokenizer, concurrency=6, fleet=fleet
+                )
                 assert resumed.episodes == 0 and resumed.skipped == 8 and list(read_jsonl(out)) == records
 
                 # 2. The replica comes back (same port, same name): it is probed back in and used again.
-                servers[2] = await asyncio.to_thread(start_server, tmp_path, name=servers[2].name,
-                                                     port=servers[2].port)
+                servers[2] = await asyncio.to_thread(start_server, tmp_path, name=servers[2].name, port=servers[2].port)
                 await until(lambda: victim.live, 15, "the restarted replica back in rotation")
                 served_before = victim.served
-                again = await collect(sleeper(tokenizer), [], task_ids[:1], 3, tmp_path / "second.jsonl",
-                                      AgentConfig(max_turns=1, grade_on_truncation=False), tokenizer,
-                                      concurrency=3, fleet=fleet)
+                again = await collect(
+                    sleeper(tokenizer),
+                    [],
+                    task_ids[:1],
+                    3,
+                    tmp_path / "second.jsonl",
+                    AgentConfig(max_turns=1, grade_on_truncation=False),
+                    tokenizer,
+                    concurrency=3,
+                    fleet=fleet,
+                )
                 assert again.infra_failures == 0 and victim.served > served_before
 
                 # 3. Every replica killed: new episodes wait, then a clear error within the patience.
@@ -225,8 +264,17 @@ def test_kill_one_of_three_mid_collection_then_it_comes_back_then_all_die(sample
                     kill_9(server)
                 started = time.monotonic()
                 with pytest.raises(FleetUnavailable) as caught:
-                    await collect(sleeper(tokenizer), [], task_ids, 4, tmp_path / "third.jsonl", EPISODE, tokenizer,
-                                  concurrency=6, fleet=fleet)
+                    await collect(
+                        sleeper(tokenizer),
+                        [],
+                        task_ids,
+                        4,
+                        tmp_path / "third.jsonl",
+                        EPISODE,
+                        tokenizer,
+                        concurrency=6,
+                        fleet=fleet,
+                    )
                 assert time.monotonic() - started < FAST.patience_s + 8
                 assert all(server.url in str(caught.value) for server in servers)
                 assert not (tmp_path / "third.jsonl").exists() or not list(read_jsonl(tmp_path / "third.jsonl"))
@@ -273,10 +321,32 @@ def test_collect_cli_stops_with_a_clear_error_when_no_env_server_answers(tmp_pat
     urls = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
     out = tmp_path / "out.jsonl"
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "agent.collect", *(a for url in urls for a in ("--env-url", url)),
-                           "--engine", "openai", "--engine-url", "http://127.0.0.1:9/v1", "--model", "m",
-                           "--tasks", "contextrl-samples__minicalc-1", "--group-size", "20", "--out", str(out),
-                           "--patience", "2"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent.collect",
+            *(a for url in urls for a in ("--env-url", url)),
+            "--engine",
+            "openai",
+            "--engine-url",
+            "http://127.0.0.1:9/v1",
+            "--model",
+            "m",
+            "--tasks",
+            "contextrl-samples__minicalc-1",
+            "--group-size",
+            "20",
+            "--out",
+            str(out),
+            "--patience",
+            "2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "error: no env server answered for 2 s" in proc.stderr and "Traceback" not in proc.stderr
     assert all(f"{url}: dead" in proc.stderr for url in urls), proc.stderr[-3000:]
@@ -317,8 +387,13 @@ def test_trainer_finishes_on_full_groups_when_one_of_two_env_servers_dies(sample
             # only retried elsewhere, and would lose nothing
             try:
                 text = httpx.get(f"{victim.url}/metrics", timeout=2).text
-                if sum(float(v) for v in re.findall(r"^envserver_sessions_active(?:\{[^}]*\})? (\S+)$", text,
-                                                    re.MULTILINE)) >= 1:
+                if (
+                    sum(
+                        float(v)
+                        for v in re.findall(r"^envserver_sessions_active(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE)
+                    )
+                    >= 1
+                ):
                     break
             except httpx.HTTPError:
                 pass
@@ -333,8 +408,17 @@ def test_trainer_finishes_on_full_groups_when_one_of_two_env_servers_dies(sample
         assert [r["step"] for r in rows] == [0, 1, 2, 3]
         rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
         lost = [r for r in rollouts if r.get("replayed")]
-        summary = [(r["task_id"], r.get("weights_version"), r["infra_failure"], r.get("replayed"), r.get("attempt"),
-                    r.get("error")) for r in rollouts]
+        summary = [
+            (
+                r["task_id"],
+                r.get("weights_version"),
+                r["infra_failure"],
+                r.get("replayed"),
+                r.get("attempt"),
+                r.get("error"),
+            )
+            for r in rollouts
+        ]
         assert lost and all(r["infra_failure"] for r in lost), ("the kill cut no episode", summary)
         assert sum(r.get("lost_replayed", 0) for r in rows[1:]) == len(lost)
         kept = [r for r in rollouts if not r.get("replayed")]

@@ -21,8 +21,7 @@ def _grade(task, image, patch, timeout_s=300.0):  # type: ignore[no-untyped-def]
     async def run():  # type: ignore[no-untyped-def]
         backend = DockerBackend()
         try:
-            report = await grading.grade(backend, task, image, patch, SandboxSpec(image=image or ""), timeout_s,
-                                         labels)
+            report = await grading.grade(backend, task, image, patch, SandboxSpec(image=image or ""), timeout_s, labels)
             left = await backend.count_labelled(labels)
         finally:
             await backend.close()
@@ -59,8 +58,9 @@ def test_missing_image_is_an_infra_failure(sample_tasks):  # type: ignore[no-unt
 
 def test_test_timeout_is_an_infra_failure(sample_images, sample_tasks):  # type: ignore[no-untyped-def]
     task = sample_tasks[0]
-    slow = task.model_copy(update={"eval": task.eval.model_copy(update={"test_cmd": "sleep 600; true",
-                                                                         "timeout_s": 3})})
+    slow = task.model_copy(
+        update={"eval": task.eval.model_copy(update={"test_cmd": "sleep 600; true", "timeout_s": 3})}
+    )
     report = _grade(slow, local_image_name(task.instance_id), task.patch)
     assert report.infra_failure and report.infra_reason.startswith("test_timeout")
     assert report.reward == 0.0 and not report.resolved

@@ -34,8 +34,9 @@ def test_episode_through_gymnasium(server, sample_tasks):  # type: ignore[no-unt
         assert observation.startswith("ERROR") and not terminated and reward == 0.0
         observation, *_ = env.step({"name": "no_such_tool", "arguments": {}})
         assert "unknown tool" in observation
-        action = json.dumps({"name": "execute_bash",
-                             "arguments": {"command": bash_apply_command(task.patch, task.workdir)}})
+        action = json.dumps(
+            {"name": "execute_bash", "arguments": {"command": bash_apply_command(task.patch, task.workdir)}}
+        )
         observation, reward, terminated, truncated, info = env.step(action)
         assert "APPLIED" in observation and not terminated
         observation, reward, terminated, truncated, info = env.step({"name": "submit", "arguments": {}})

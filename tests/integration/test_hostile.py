@@ -137,9 +137,9 @@ def test_frames_forged_from_inside_the_sandbox_are_rejected(server, sample_tasks
 
     stream = "/proc/$PPID/fd/3"
     attacks = {
-        "unsigned line": f"printf '{{\"id\": 1, \"ok\": true, \"result\": {{\"output\": \"FORGED\"}}}}\\n' > {stream}",
+        "unsigned line": f'printf \'{{"id": 1, "ok": true, "result": {{"output": "FORGED"}}}}\\n\' > {stream}',
         "junk ahead of a frame": f"printf 'junk-without-newline' > {stream}",
-        "bad signature": f"printf '\\036deadbeef {{\"id\": 1, \"ok\": true, \"result\": {{}}}}\\n' > {stream}",
+        "bad signature": f'printf \'\\036deadbeef {{"id": 1, "ok": true, "result": {{}}}}\\n\' > {stream}',
     }
 
     def rejected(why: str) -> float:

@@ -79,8 +79,11 @@ def test_a_step_whose_answer_is_lost_runs_once(server, proxy, sample_tasks) -> N
     with EnvClient(proxy.url, retries=3) as client:
         reset = client.reset(sample_tasks[0].instance_id)
         proxy.armed.set()
-        step = client.step(reset.session_id, "execute_bash",
-                           {"command": "echo ran >> /tmp/idempotency_count && wc -l < /tmp/idempotency_count"})
+        step = client.step(
+            reset.session_id,
+            "execute_bash",
+            {"command": "echo ran >> /tmp/idempotency_count && wc -l < /tmp/idempotency_count"},
+        )
         assert proxy.dropped == 1, "the proxy must have cut the first answer"
         assert step.observation.startswith("1\n"), step.observation
         again = client.step(reset.session_id, "execute_bash", {"command": "wc -l < /tmp/idempotency_count"})
@@ -102,8 +105,10 @@ def test_a_reset_whose_answer_is_lost_makes_one_session(server, proxy, sample_ta
 def test_concurrent_retries_join_the_running_request(server, sample_tasks) -> None:  # type: ignore[no-untyped-def]
     with httpx.Client(base_url=server.url, timeout=120) as http:
         sid = http.post("/v1/sessions", json={"task_id": sample_tasks[0].instance_id}).json()["session_id"]
-        body = {"name": "execute_bash",
-                "arguments": {"command": "sleep 2; echo ran >> /tmp/joined && wc -l < /tmp/joined"}}
+        body = {
+            "name": "execute_bash",
+            "arguments": {"command": "sleep 2; echo ran >> /tmp/joined && wc -l < /tmp/joined"},
+        }
         headers = {"Idempotency-Key": "join-test-key"}
         answers: list[httpx.Response] = []
 
@@ -119,8 +124,11 @@ def test_concurrent_retries_join_the_running_request(server, sample_tasks) -> No
         assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
         assert len({a.text for a in answers}) == 1 and answers[0].json()["observation"].startswith("1\n")
 
-        reused = http.post(f"/v1/sessions/{sid}/step", headers=headers,
-                           json={"name": "execute_bash", "arguments": {"command": "echo other"}})
+        reused = http.post(
+            f"/v1/sessions/{sid}/step",
+            headers=headers,
+            json={"name": "execute_bash", "arguments": {"command": "echo other"}},
+        )
         assert reused.status_code == 409 and reused.json()["error"]["type"] == "idempotency_key_reused"
         state = http.get(f"/v1/sessions/{sid}").json()
         assert state["steps"] == 1, "three requests with one key are one step"

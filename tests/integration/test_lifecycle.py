@@ -97,9 +97,14 @@ def test_bearer_token_required_when_set(sample_images, sample_tasks, tmp_path): 
 
 
 def test_non_loopback_without_token_refuses_to_start(tmp_path):  # type: ignore[no-untyped-def]
-    result = subprocess.run([sys.executable, "-m", "envserver", "serve", "--host", "0.0.0.0", "--port", "1"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60,
-                            env={k: v for k, v in os.environ.items() if k != "ENVSERVER_AUTH_TOKEN"})
+    result = subprocess.run(
+        [sys.executable, "-m", "envserver", "serve", "--host", "0.0.0.0", "--port", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "ENVSERVER_AUTH_TOKEN"},
+    )
     assert result.returncode != 0
     assert "auth-token" in result.stderr
 
@@ -188,8 +193,11 @@ def test_announced_resets_find_their_containers_started(sample_images, sample_ta
                 assert time.monotonic() < deadline, "unused containers of an expired announcement stay"
                 time.sleep(0.5)
 
-            for tasks, status, type_ in (({"nope__nope-1": 1}, 404, "unknown_task"), ({task_id: 0}, 422,
-                                         "invalid_request"), ({task_id: 10_000}, 422, "invalid_request")):
+            for tasks, status, type_ in (
+                ({"nope__nope-1": 1}, 404, "unknown_task"),
+                ({task_id: 0}, 422, "invalid_request"),
+                ({task_id: 10_000}, 422, "invalid_request"),
+            ):
                 # Raw: the client's own model refuses a count of 0 before sending.
                 answer = httpx.post(f"{server.url}/v1/prefetch", json={"tasks": tasks}, timeout=30)
                 assert (answer.status_code, answer.json()["error"]["type"]) == (status, type_), answer.text

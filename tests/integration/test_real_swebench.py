@@ -72,16 +72,11 @@ def test_real_rows_validate(real_swebench: RealSet, validated) -> None:  # type:
     assert report.counts == {"valid": len(real_swebench.rows)}, proc.stdout[-3000:]
     for row in real_swebench.rows:
         entry = entries[row["instance_id"]]
-        assert entry.status == "valid" and entry.image == local_image_name(
-            row["instance_id"]
-        ), entry
+        assert entry.status == "valid" and entry.image == local_image_name(row["instance_id"]), entry
         assert entry.gold.resolved == [True] and entry.gold.env_error is None
         assert entry.empty.resolved == [False] and entry.empty.env_error is None
         # With no fix, the failing tests are FAIL_TO_PASS ones (swebench counts a test missing from the log as failed).
-        assert (
-            set(entry.empty.failed_tests) <= set(_listed(row, "FAIL_TO_PASS"))
-            and entry.empty.failed_tests
-        )
+        assert set(entry.empty.failed_tests) <= set(_listed(row, "FAIL_TO_PASS")) and entry.empty.failed_tests
 
 
 def test_real_images_are_in_the_official_layout(real_swebench: RealSet) -> None:
@@ -106,16 +101,12 @@ def test_real_images_are_in_the_official_layout(real_swebench: RealSet) -> None:
         )
         parent, subject, mode_changes, version = output.split("\n")[:4]
         assert parent == row["base_commit"] and subject == "SWE-bench"
-        assert mode_changes == "0", (
-            f"{row['instance_id']}: the setup commit changes file modes"
-        )
+        assert mode_changes == "0", f"{row['instance_id']}: the setup commit changes file modes"
         assert version == "(3, 9)"
 
 
 @pytest.fixture(scope="module")
-def served(
-    real_swebench: RealSet, validated, tmp_path_factory
-) -> Iterator[ServerProcess]:  # type: ignore[no-untyped-def]
+def served(real_swebench: RealSet, validated, tmp_path_factory) -> Iterator[ServerProcess]:  # type: ignore[no-untyped-def]
     out = validated[0]
     server = start_server(
         tmp_path_factory.mktemp("real-serve"),
@@ -129,9 +120,7 @@ def served(
     leftover = server.containers()
     for container in leftover:
         container.remove(force=True)
-    assert not leftover, (
-        f"server {server.name} left containers behind: {[c.name for c in leftover]}"
-    )
+    assert not leftover, f"server {server.name} left containers behind: {[c.name for c in leftover]}"
 
 
 def _finish(server: ServerProcess, session_id: str) -> dict:  # type: ignore[type-arg]
@@ -144,18 +133,10 @@ def _finish(server: ServerProcess, session_id: str) -> dict:  # type: ignore[typ
     return answer.json()
 
 
-def test_served_real_episodes_grade_the_fix_and_only_the_fix(
-    real_swebench: RealSet, served: ServerProcess
-) -> None:
-    tasks = {
-        task["instance_id"]: task
-        for task in httpx.get(f"{served.url}/v1/tasks").json()["tasks"]
-    }
+def test_served_real_episodes_grade_the_fix_and_only_the_fix(real_swebench: RealSet, served: ServerProcess) -> None:
+    tasks = {task["instance_id"]: task for task in httpx.get(f"{served.url}/v1/tasks").json()["tasks"]}
     for row in real_swebench.rows:
-        assert (
-            tasks[row["instance_id"]]["status"] == "valid"
-            and tasks[row["instance_id"]]["playable"]
-        )
+        assert tasks[row["instance_id"]]["status"] == "valid" and tasks[row["instance_id"]]["playable"]
         with EnvClient(served.url) as client:
             reset = client.reset(row["instance_id"])
             step = client.step(
@@ -169,25 +150,13 @@ def test_served_real_episodes_grade_the_fix_and_only_the_fix(
             assert step.info.exit_code == 0, step.observation
             empty = client.reset(row["instance_id"])
         grade = _finish(served, reset.session_id)["info"]["grade"]
-        assert (
-            grade["reward"] == 1.0
-            and not grade["infra_failure"]
-            and grade["environment_verified"]
-        ), grade
+        assert grade["reward"] == 1.0 and not grade["infra_failure"] and grade["environment_verified"], grade
         # The agent's diff is taken against the commit the episode started from: exactly the gold patch's files.
-        gold_paths = {
-            path for part in split_patch(row["patch"])[1] for path in part.paths
-        }
-        graded_paths = {
-            path for part in split_patch(grade["model_patch"])[1] for path in part.paths
-        }
+        gold_paths = {path for part in split_patch(row["patch"])[1] for path in part.paths}
+        graded_paths = {path for part in split_patch(grade["model_patch"])[1] for path in part.paths}
         assert graded_paths == gold_paths and "old mode" not in grade["model_patch"]
         nothing = _finish(served, empty.session_id)["info"]["grade"]
-        assert (
-            nothing["reward"] == 0.0
-            and not nothing["infra_failure"]
-            and nothing["model_patch"] == ""
-        )
+        assert nothing["reward"] == 0.0 and not nothing["infra_failure"] and nothing["model_patch"] == ""
         assert set(nothing["tests"]["FAIL_TO_PASS"]["failure"]), nothing
 
 
@@ -196,8 +165,4 @@ def test_the_real_rows_load_with_no_field_added(real_swebench: RealSet) -> None:
     published = {row["instance_id"]: row for row in json.loads(LITE_TASKS.read_text())}
     for line in real_swebench.rows_file.read_text().splitlines():
         row = json.loads(line)
-        assert (
-            row == published[row["instance_id"]]
-            and "eval" not in row
-            and "eval_script" not in row
-        )
+        assert row == published[row["instance_id"]] and "eval" not in row and "eval_script" not in row

@@ -52,39 +52,62 @@ def issues() -> list[dict[str, str]]:
     rare = vocabulary(random.Random(2), 40 * 4, syllables=5)
     out = []
     for index in range(40):
-        own = rare[4 * index:4 * index + 4]
+        own = rare[4 * index : 4 * index + 4]
         module, function, klass = own[0] + "_utils", own[1] + "_value", own[2].capitalize() + "Parser"
         title = f"{klass}.{function} raises KeyError when the {own[3]} option is empty"
-        query = (f"### {title}\n\nCalling `{klass}().{function}()` after setting `{own[3]}=''` fails with a "
-                 f"KeyError instead of falling back to the default. {salad(rng, 60)}\n\nTo reproduce:\n\n```python\n"
-                 f"from pkg.{module} import {klass}\n{klass}({own[3]}='').{function}()\n```\n\n{salad(rng, 40)}\n")
-        answer = (f"Edits `src/pkg/{module}.py`: in `{klass}.{function}` the lookup of `{own[3]}` now goes "
-                  f"through `options.get` with a default; adds `_{own[3]}_default`.")
-        out.append({"title": title, "query": query, "answer": answer, "module": module, "klass": klass,
-                    "function": function, "word": own[3]})
+        query = (
+            f"### {title}\n\nCalling `{klass}().{function}()` after setting `{own[3]}=''` fails with a "
+            f"KeyError instead of falling back to the default. {salad(rng, 60)}\n\nTo reproduce:\n\n```python\n"
+            f"from pkg.{module} import {klass}\n{klass}({own[3]}='').{function}()\n```\n\n{salad(rng, 40)}\n"
+        )
+        answer = (
+            f"Edits `src/pkg/{module}.py`: in `{klass}.{function}` the lookup of `{own[3]}` now goes "
+            f"through `options.get` with a default; adds `_{own[3]}_default`."
+        )
+        out.append(
+            {
+                "title": title,
+                "query": query,
+                "answer": answer,
+                "module": module,
+                "klass": klass,
+                "function": function,
+                "word": own[3],
+            }
+        )
     return out
 
 
 def trajectory(rng: random.Random, issue: dict[str, str] | None, steps: int = 8, quote: bool = False) -> str:
     """An agent trajectory rendered the way masking.render does, issue text omitted and edits masked. With `issue`, the
     agent greps for that issue's identifiers; with `quote`, its reproduction script prints the issue's title."""
-    lines = ["[system]\nYou are a helpful assistant that can interact with a computer to solve tasks.",
-             "[user]\n<uploaded_files>\n/repo\n</uploaded_files>\n[issue text omitted]"]
+    lines = [
+        "[system]\nYou are a helpful assistant that can interact with a computer to solve tasks.",
+        "[user]\n<uploaded_files>\n/repo\n</uploaded_files>\n[issue text omitted]",
+    ]
     for step in range(steps):
         lines.append(f"[assistant]\nI should look at how {salad(rng, 12)} is handled.")
         if issue and step == 1:
-            lines.append(f"[assistant → execute_bash]\ncommand: grep -rn \"{issue['function']}\" src/pkg\n"
-                         f"[execute_bash output]\nsrc/pkg/{issue['module']}.py:41:    def {issue['function']}(self):\n"
-                         f"src/pkg/{issue['module']}.py:57:        return self.options[\"{issue['word']}\"]")
+            lines.append(
+                f'[assistant → execute_bash]\ncommand: grep -rn "{issue["function"]}" src/pkg\n'
+                f"[execute_bash output]\nsrc/pkg/{issue['module']}.py:41:    def {issue['function']}(self):\n"
+                f'src/pkg/{issue["module"]}.py:57:        return self.options["{issue["word"]}"]'
+            )
         elif issue and quote and step == 3:
-            lines.append(f"[assistant → execute_bash]\ncommand: python reproduce.py\n[execute_bash output]\n"
-                         f"reproducing: {issue['title']}\nKeyError: '{issue['word']}'")
+            lines.append(
+                f"[assistant → execute_bash]\ncommand: python reproduce.py\n[execute_bash output]\n"
+                f"reproducing: {issue['title']}\nKeyError: '{issue['word']}'"
+            )
         elif step % 3 == 2:
-            lines.append(f"[assistant → str_replace_editor]\ncommand: str_replace\npath: /repo/src/pkg/"
-                         f"{rng.choice(COMMON)}.py\nold_str: [patch content masked]\nnew_str: [patch content masked]")
+            lines.append(
+                f"[assistant → str_replace_editor]\ncommand: str_replace\npath: /repo/src/pkg/"
+                f"{rng.choice(COMMON)}.py\nold_str: [patch content masked]\nnew_str: [patch content masked]"
+            )
         else:
-            lines.append(f"[assistant → execute_bash]\ncommand: ls src/pkg/{rng.choice(COMMON)}\n"
-                         f"[execute_bash output]\n{salad(rng, 25)}")
+            lines.append(
+                f"[assistant → execute_bash]\ncommand: ls src/pkg/{rng.choice(COMMON)}\n"
+                f"[execute_bash output]\n{salad(rng, 25)}"
+            )
     lines.append("[assistant → submit]\n[submit output]\nsubmitted")
     return "\n".join(lines)
 
@@ -94,17 +117,27 @@ def mirrored(issues: list[dict[str, str]], contexts: list[str]) -> list[PairReco
     pairs = []
     for first in range(0, len(issues) - 1, 2):
         for positive, negative in ((first, first + 1), (first + 1, first)):
-            pairs.append(PairRecord(
-                pair_id=f"pair-{positive}-{negative}", query=issues[positive]["query"],
-                answer=issues[positive]["answer"], positive=contexts[positive], negative=contexts[negative],
-                provenance={"group": f"group-{first}", "positive": {"task_id": f"pkg-{positive}"},
-                            "negative": {"task_id": f"pkg-{negative}"}},
-                funnel_stage="same_file"))
+            pairs.append(
+                PairRecord(
+                    pair_id=f"pair-{positive}-{negative}",
+                    query=issues[positive]["query"],
+                    answer=issues[positive]["answer"],
+                    positive=contexts[positive],
+                    negative=contexts[negative],
+                    provenance={
+                        "group": f"group-{first}",
+                        "positive": {"task_id": f"pkg-{positive}"},
+                        "negative": {"task_id": f"pkg-{negative}"},
+                    },
+                    funnel_stage="same_file",
+                )
+            )
     return pairs
 
 
-def independent(count: int, seed: int, positive_words: tuple[int, int] = (150, 400),
-                negative_words: tuple[int, int] = (150, 400)) -> list[PairRecord]:
+def independent(
+    count: int, seed: int, positive_words: tuple[int, int] = (150, 400), negative_words: tuple[int, int] = (150, 400)
+) -> list[PairRecord]:
     """Pairs whose contexts are word salad from the one vocabulary, drawn independently of the label."""
     rng = random.Random(seed)
 
@@ -117,9 +150,17 @@ def independent(count: int, seed: int, positive_words: tuple[int, int] = (150, 4
     def answer() -> str:
         return f"Edits `{rng.choice(COMMON)}.py`: in `{rng.choice(COMMON)}` uses `{rng.choice(COMMON)}`."
 
-    return [PairRecord(pair_id=f"salad-{index}", query=f"{salad(rng, 6)}\n\n{salad(rng, 80)}", answer=answer(),
-                       positive=context(positive_words), negative=context(negative_words), funnel_stage="synthetic")
-            for index in range(count)]
+    return [
+        PairRecord(
+            pair_id=f"salad-{index}",
+            query=f"{salad(rng, 6)}\n\n{salad(rng, 80)}",
+            answer=answer(),
+            positive=context(positive_words),
+            negative=context(negative_words),
+            funnel_stage="synthetic",
+        )
+        for index in range(count)
+    ]
 
 
 def rows(report: AuditReport) -> dict[str, object]:
@@ -178,9 +219,15 @@ def test_a_length_cue_is_found_in_one_direction() -> None:
 def test_ties_score_half() -> None:
     # the same mask count in both contexts everywhere: the mask rules cannot choose and sit exactly at chance
     pairs = independent(10, seed=2)
-    pairs = [pair.model_copy(update={"positive": pair.positive.replace("[line masked]", "").replace(
-        "[patch content masked]", ""), "negative": pair.negative.replace("[line masked]", "").replace(
-        "[patch content masked]", "")}) for pair in pairs]
+    pairs = [
+        pair.model_copy(
+            update={
+                "positive": pair.positive.replace("[line masked]", "").replace("[patch content masked]", ""),
+                "negative": pair.negative.replace("[line masked]", "").replace("[patch content masked]", ""),
+            }
+        )
+        for pair in pairs
+    ]
     by_name = rows(audit_pairs(pairs))
     for name in ("more_masks", "fewer_masks"):
         assert by_name[name].accuracy == 0.5 and by_name[name].ties == 1.0
@@ -191,11 +238,23 @@ def test_ties_score_half() -> None:
 
 
 def test_answer_identifiers_reads_backticks_and_code_like_tokens() -> None:
-    names = answer_identifiers("Edits `src/_pytest/unittest.py`: in `TestCaseFunction.runtest` the call to "
-                               "`self._testcase(result=self)` now checks skip_marker via CallInfo.from_call.")
-    for expected in ("src/_pytest/unittest.py", "unittest.py", "_pytest", "TestCaseFunction.runtest",
-                     "TestCaseFunction", "runtest", "_testcase", "skip_marker", "CallInfo.from_call", "CallInfo",
-                     "from_call"):
+    names = answer_identifiers(
+        "Edits `src/_pytest/unittest.py`: in `TestCaseFunction.runtest` the call to "
+        "`self._testcase(result=self)` now checks skip_marker via CallInfo.from_call."
+    )
+    for expected in (
+        "src/_pytest/unittest.py",
+        "unittest.py",
+        "_pytest",
+        "TestCaseFunction.runtest",
+        "TestCaseFunction",
+        "runtest",
+        "_testcase",
+        "skip_marker",
+        "CallInfo.from_call",
+        "CallInfo",
+        "from_call",
+    ):
         assert expected in names, expected
     assert "Edits" not in names and "src" not in names and "self" not in names and "the" not in names
 
@@ -206,7 +265,7 @@ def test_quote_finder_finds_any_forty_character_stretch() -> None:
     assert find.title is None  # "Short title" is under 12 characters: too likely by chance
     flat = " ".join(query.split())
     for start in [*range(0, len(flat) - 40, 7), len(flat) - 40]:  # every alignment to the probes, the end too
-        stretch = flat[start:start + 40]
+        stretch = flat[start : start + 40]
         assert find(f"prefix#{stretch}#suffix") and not find(f"prefix#{stretch[:39]}#suffix"), start
     assert not find(f"{stretch[:20]}#{stretch[20:]}")  # two stretches of 20 are no quote
     assert find("xx\n" + stretch.replace(" ", "\n   ") + "\nyy")  # whitespace collapsed
@@ -217,8 +276,15 @@ def test_mirrored_pairs_share_a_fold(issues: list[dict[str, str]]) -> None:
     rng = random.Random(4)
     pairs = mirrored(issues[:24], [trajectory(rng, issue) for issue in issues[:24]])
     # the same two issues without a group key: the mirror is still found by its task ids
-    pairs += [pair.model_copy(update={"pair_id": pair.pair_id + "-nogroup", "provenance": {
-        "positive": pair.provenance["positive"], "negative": pair.provenance["negative"]}}) for pair in pairs[:4]]
+    pairs += [
+        pair.model_copy(
+            update={
+                "pair_id": pair.pair_id + "-nogroup",
+                "provenance": {"positive": pair.provenance["positive"], "negative": pair.provenance["negative"]},
+            }
+        )
+        for pair in pairs[:4]
+    ]
     groups = [pair_group(pair) for pair in pairs]
     folds = assign_folds(groups)
     assert len(set(folds)) == 5

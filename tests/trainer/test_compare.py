@@ -13,8 +13,13 @@ from trainer.run import agent_config, config_from_args
 from trainer.summary import start_end_summary
 
 
-def _run(folder: Path, ca_weight: float, success: list[float], accuracy: list[float],
-         evaluation: tuple[float, float] | None = None) -> Path:
+def _run(
+    folder: Path,
+    ca_weight: float,
+    success: list[float],
+    accuracy: list[float],
+    evaluation: tuple[float, float] | None = None,
+) -> Path:
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"ca_weight": ca_weight}))
     tasks = [["a", "b"], ["c", "d"]]
@@ -33,7 +38,8 @@ def _run(folder: Path, ca_weight: float, success: list[float], accuracy: list[fl
 def test_summary_windows_are_one_pass_over_the_tasks():  # type: ignore[no-untyped-def]
     rows = [{"step": 0, "heldout_ca_accuracy": 0.5}] + [
         {"step": s, "success_rate": r, "tasks": [["a", "b"], ["c", "d"]][(s - 1) % 2]}
-        for s, r in enumerate([0.0, 1.0, 0.5, 0.5, 1.0, 1.0], start=1)]
+        for s, r in enumerate([0.0, 1.0, 0.5, 0.5, 1.0, 1.0], start=1)
+    ]
     summary = start_end_summary(rows)
     assert summary["success_rate"] == {"start": 0.5, "end": 1.0, "window_steps": 2}
     assert start_end_summary(rows, window=1)["success_rate"]["start"] == 0.0
@@ -49,7 +55,10 @@ def test_compare_prints_start_and_end_and_plots(tmp_path, capsys):  # type: igno
     lines = {line.split()[0]: line for line in printed.splitlines() if line.startswith(("default", "lambda0"))}
     cells = lines["default"].split("  ")
     assert "(λ = 1)" in lines["default"] and [c.strip() for c in cells if "→" in c] == [
-        "0.38 → 0.88", "0.25 → 0.62", "0.50 → 0.80"]  # evaluation, rollouts, held-out
+        "0.38 → 0.88",
+        "0.25 → 0.62",
+        "0.50 → 0.80",
+    ]  # evaluation, rollouts, held-out
     assert "(λ = 0)" in lines["lambda0"] and "0.50 → 0.50" in lines["lambda0"]
     assert [c.strip() for c in lines["lambda0"].split("  ") if c.strip()][2] == "-"  # no evaluation in that run
     assert out.stat().st_size > 10_000
@@ -58,8 +67,9 @@ def test_compare_prints_start_and_end_and_plots(tmp_path, capsys):  # type: igno
 
 
 def test_config_overrides(tmp_path):  # type: ignore[no-untyped-def]
-    config = config_from_args(None, ["ca_weight=0", "grpo.kl_coef=0.25", "agent_tools=[execute_bash]",
-                                     "engine_url=null"])
+    config = config_from_args(
+        None, ["ca_weight=0", "grpo.kl_coef=0.25", "agent_tools=[execute_bash]", "engine_url=null"]
+    )
     assert config.ca_weight == 0.0 and config.grpo.kl_coef == 0.25 and config.agent_tools == ["execute_bash"]
     assert config.grpo.clip_high == 0.28  # the rest of the section keeps its defaults
     sampling = agent_config(config_from_args(None, ["top_p=0.8", "top_k=20", "temperature=0.5"]), seed=3)
@@ -84,6 +94,11 @@ def test_compare_runs_without_torch():  # type: ignore[no-untyped-def]
     import sys
 
     probe = "import sys, trainer.compare; print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                            cwd=Path(__file__).resolve().parents[2])
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert result.stdout.strip() == "False"

@@ -75,7 +75,7 @@ def rollout_batch(model_dir: Path, lengths: list[int], masked: tuple[int, ...] =
             prompt = 2 + row % 3
             loss_mask[row, prompt:n] = 1
             gap = (prompt + n) // 2
-            loss_mask[row, gap: gap + 2] = 0  # a tool output inside the episode
+            loss_mask[row, gap : gap + 2] = 0  # a tool output inside the episode
     with torch.no_grad():
         engine = model_token_logprobs(load(model_dir, train=False), input_ids, attention_mask)
     engine = (engine + 0.3 * torch.randn(shape, generator=generator)) * loss_mask
@@ -87,10 +87,18 @@ def pair_batch(model_dir: Path, count: int) -> dict:  # type: ignore[type-arg]
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    pairs = [PairRecord(pair_id=f"p{i}", query=f"Why does test_{i} fail?", answer=f"Because of bug {i}.",
-                        positive=f"traceback: bug {i} in module m{i} " + "frame " * (3 * i),
-                        negative=f"unrelated log line {i}" + " ok" * (5 - i),
-                        provenance={"source": "test"}, funnel_stage="synthetic") for i in range(count)]
+    pairs = [
+        PairRecord(
+            pair_id=f"p{i}",
+            query=f"Why does test_{i} fail?",
+            answer=f"Because of bug {i}.",
+            positive=f"traceback: bug {i} in module m{i} " + "frame " * (3 * i),
+            negative=f"unrelated log line {i}" + " ok" * (5 - i),
+            provenance={"source": "test"},
+            funnel_stage="synthetic",
+        )
+        for i in range(count)
+    ]
     items = balanced_presentations(pairs, random.Random(0), both_orders=False)
     presentations = [present(pair, tokenizer, first, max_context_tokens=256) for pair, first in items]
     collated = collate_presentations(presentations, tokenizer.pad_token_id)
@@ -107,24 +115,48 @@ def cases(dirs) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
     # AdamW's eps at 1e-6, not 1e-8: its first step moves a weight by about lr·g/(|g| + eps), so float32 rounding of
     # the gradient sums (~1e-8 on the tiny gradients; the ranks add in another order than one process does) moves a
     # weight by up to lr·1e-8/eps. At eps 1e-8 that is ~lr (seen: 1.2e-5 at lr 1e-3); at 1e-6, < 1e-5 at this lr.
-    base = {"model_dir": str(dirs["model"]), "ref_dir": None, "lr": 3e-4, "eps": 1e-6, "max_grad_norm": 1.0,
-            "strategy": "balanced"}
+    base = {
+        "model_dir": str(dirs["model"]),
+        "ref_dir": None,
+        "lr": 3e-4,
+        "eps": 1e-6,
+        "max_grad_norm": 1.0,
+        "strategy": "balanced",
+    }
     return [
         # token_mean + KL to a reference + truncated importance sampling; 5 sequences and 5 presentations.
-        {**base, "name": "token_mean+kl+tis", "batch": five, "pairs": pairs5, "ref_dir": str(dirs["ref"]),
-         "config": ObjectiveConfig(grpo=GRPOLossConfig(aggregation="token_mean", kl_coef=0.05, tis_cap=1.2),
-                                   ca_weight=0.5)},
+        {
+            **base,
+            "name": "token_mean+kl+tis",
+            "batch": five,
+            "pairs": pairs5,
+            "ref_dir": str(dirs["ref"]),
+            "config": ObjectiveConfig(
+                grpo=GRPOLossConfig(aggregation="token_mean", kl_coef=0.05, tis_cap=1.2), ca_weight=0.5
+            ),
+        },
         # seq_mean_token_sum (Dr. GRPO constant), 3 presentations, contiguous shards, no clipping.
-        {**base, "name": "seq_mean_token_sum", "batch": five, "pairs": shard_pairs(pairs5, [0, 1, 2]),
-         "strategy": "contiguous", "max_grad_norm": 1e9,
-         "config": ObjectiveConfig(grpo=GRPOLossConfig(aggregation="seq_mean_token_sum", max_tokens=64),
-                                   ca_weight=0.3)},
+        {
+            **base,
+            "name": "seq_mean_token_sum",
+            "batch": five,
+            "pairs": shard_pairs(pairs5, [0, 1, 2]),
+            "strategy": "contiguous",
+            "max_grad_norm": 1e9,
+            "config": ObjectiveConfig(
+                grpo=GRPOLossConfig(aggregation="seq_mean_token_sum", max_tokens=64), ca_weight=0.3
+            ),
+        },
         # one sequence and one presentation: rank 1 holds nothing at all.
-        {**base, "name": "rank-without-rows", "batch": one, "pairs": shard_pairs(pairs5, [4]),
-         "config": ObjectiveConfig(grpo=GRPOLossConfig(aggregation="seq_mean_token_mean"), ca_weight=1.0)},
+        {
+            **base,
+            "name": "rank-without-rows",
+            "batch": one,
+            "pairs": shard_pairs(pairs5, [4]),
+            "config": ObjectiveConfig(grpo=GRPOLossConfig(aggregation="seq_mean_token_mean"), ca_weight=1.0),
+        },
         # no loss-mask token in the step: GRPO is skipped (as trainer.run does), L_CA alone.
-        {**base, "name": "pairs-only", "batch": no_tokens, "pairs": pairs5,
-         "config": ObjectiveConfig(ca_weight=1.0)},
+        {**base, "name": "pairs-only", "batch": no_tokens, "pairs": pairs5, "config": ObjectiveConfig(ca_weight=1.0)},
     ]
 
 
@@ -141,12 +173,21 @@ def single_process_step(case: dict) -> dict:  # type: ignore[type-arg]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), case["max_grad_norm"]))
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     optimizer.step()
-    return {"loss": float(loss.detach()), "metrics": metrics, "grad_norm": grad_norm, "grads": grads,
-            "params": {n: p.detach().clone() for n, p in model.named_parameters()}}
+    return {
+        "loss": float(loss.detach()),
+        "metrics": metrics,
+        "grad_norm": grad_norm,
+        "grads": grads,
+        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
+    }
 
 
-def assert_metrics_match(got: dict, want: dict, rel: float = 1e-5,  # type: ignore[type-arg]
-                         abs_: float = 1e-6) -> None:
+def assert_metrics_match(
+    got: dict,
+    want: dict,
+    rel: float = 1e-5,  # type: ignore[type-arg]
+    abs_: float = 1e-6,
+) -> None:
     assert sorted(got) == sorted(want)
     for key, value in want.items():
         if math.isnan(value):
@@ -186,8 +227,15 @@ def test_shards_with_global_normalizers_add_up(dirs, cases) -> None:  # type: ig
     for rank in range(2):
         rows = shard_indices(case["batch"].attention_mask.sum(1).tolist(), rank, 2)
         prs = shard_indices(case["pairs"]["attention_mask"].sum(1).tolist(), rank, 2)
-        loss, metrics = objective(model, shard_rollouts(case["batch"], rows), shard_pairs(case["pairs"], prs),
-                                  case["config"], ref, grpo_normalizer=n_tok, ca_normalizer=n_pairs)
+        loss, metrics = objective(
+            model,
+            shard_rollouts(case["batch"], rows),
+            shard_pairs(case["pairs"], prs),
+            case["config"],
+            ref,
+            grpo_normalizer=n_tok,
+            ca_normalizer=n_pairs,
+        )
         total += float(loss.detach())
         parts.append(metrics)
     assert total == pytest.approx(float(whole.detach()), abs=1e-5)
@@ -207,9 +255,25 @@ def test_torchrun_two_ranks_match_one_process(dirs, cases) -> None:  # type: ign
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     started = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "trainer.distributed_check", str(root / "cases.pt"), str(out)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "trainer.distributed_check",
+            str(root / "cases.pt"),
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
     print(f"torchrun: {time.perf_counter() - started:.1f} s;", run.stderr.strip().splitlines()[-1])
 
@@ -235,8 +299,16 @@ def test_torchrun_two_ranks_match_one_process(dirs, cases) -> None:  # type: ign
         model = load(Path(case["model_dir"]))
         ref = load(Path(case["ref_dir"]), train=False) if case["ref_dir"] else None
         optimizer = torch.optim.AdamW(model.parameters(), lr=case["lr"], eps=case["eps"])
-        single = distributed_step(model, optimizer, case["batch"], case["pairs"], case["config"], DistContext(),
-                                  ref_model=ref, max_grad_norm=case["max_grad_norm"])
+        single = distributed_step(
+            model,
+            optimizer,
+            case["batch"],
+            case["pairs"],
+            case["config"],
+            DistContext(),
+            ref_model=ref,
+            max_grad_norm=case["max_grad_norm"],
+        )
         assert single.loss == pytest.approx(want["loss"], abs=1e-6), name
         assert_metrics_match(single.metrics, want["metrics"])
         assert max_diff({n: p.detach() for n, p in model.named_parameters()}, want["params"]) < 1e-6, name

@@ -104,10 +104,9 @@ def test_moments_saved_beside_a_warm_started_model_are_found_by_runs_started_fro
     saved over the folder afterwards (or moments without their weights' fingerprint) are refused with a message."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from agent.tiny import build_tiny_model
     from trainer.config import TrainerConfig
     from trainer.run import save_warm_start, saved_second_moments
-
-    from agent.tiny import build_tiny_model
 
     built = build_tiny_model(tmp_path / "tiny", tokenizer="code-bpe")
     model = AutoModelForCausalLM.from_pretrained(built, dtype=torch.float32)

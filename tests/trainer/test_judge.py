@@ -22,7 +22,7 @@ MALFORMED = "Looks fine to me, I would accept it."
 REPLIES = {
     "ACCEPT": 'Verdict: {"accept": true, "shortcut": false, "ambiguous": false, "reason": "clean: no cue"}',
     "SHORTCUT": '```json\n{"accept": false, "shortcut": true, "ambiguous": false, '
-                '"reason": "answer_identifiers: only the positive names parse_date"}\n```',
+    '"reason": "answer_identifiers: only the positive names parse_date"}\n```',
     "MALFORMED": MALFORMED,
 }
 """The scripted reply by the word the pair's query starts with."""
@@ -32,10 +32,13 @@ DELAY_S = {"ACCEPT": 0.4, "SHORTCUT": 0.2, "MALFORMED": 0.0}
 
 def make_pair(kind: str) -> PairRecord:
     return PairRecord(
-        pair_id=f"pair-{kind.lower()}", query=f"{kind}: parse_date crashes on a 'Z' suffix",
+        pair_id=f"pair-{kind.lower()}",
+        query=f"{kind}: parse_date crashes on a 'Z' suffix",
         answer="The agent edited utils/dates.py: parse_date now strips the 'Z' suffix.",
         positive=f"$ grep -n parse_date utils/dates.py\n12:def parse_date(s):\n{PLACEHOLDER}\n{LINE_PLACEHOLDER}",
-        negative="$ grep -n tz utils/time.py\n3:def tz(s):\n" + PLACEHOLDER, funnel_stage="same_file")
+        negative="$ grep -n tz utils/time.py\n3:def tz(s):\n" + PLACEHOLDER,
+        funnel_stage="same_file",
+    )
 
 
 def kind_of(body: Any) -> str:
@@ -50,9 +53,14 @@ def judge() -> Iterator[LoopbackServer]:
         kind = kind_of(body)
         time.sleep(DELAY_S[kind])
         answered.append(kind)
-        return {"id": "x", "object": "chat.completion", "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": REPLIES[kind]}}]}
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "model": body["model"],
+            "choices": [
+                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": REPLIES[kind]}}
+            ],
+        }
 
     server = LoopbackServer({"POST /v1/chat/completions": chat})
     server.answered = answered  # type: ignore[attr-defined]
@@ -77,11 +85,21 @@ async def test_scripted_verdicts_land_in_the_records(judge: LoopbackServer, tmp_
     accept, shortcut, malformed = (pair.judge for pair in load_pairs(tmp_path / "pairs.jsonl"))
     meta = {"model": "judge-2", "prompt_version": JUDGE_PROMPT_VERSION}
     assert accept == {"accepted": True, "reason": "clean: no cue", "shortcut": False, "ambiguous": False, **meta}
-    assert shortcut == {"accepted": False, "reason": "answer_identifiers: only the positive names parse_date",
-                        "shortcut": True, "ambiguous": False, **meta}
+    assert shortcut == {
+        "accepted": False,
+        "reason": "answer_identifiers: only the positive names parse_date",
+        "shortcut": True,
+        "ambiguous": False,
+        **meta,
+    }
     # a reply that is no verdict rejects the pair, and the rejection quotes it
-    assert malformed == {"accepted": False, "reason": f"unreadable judge reply: {MALFORMED!r}", "shortcut": None,
-                         "ambiguous": None, **meta}
+    assert malformed == {
+        "accepted": False,
+        "reason": f"unreadable judge reply: {MALFORMED!r}",
+        "shortcut": None,
+        "ambiguous": None,
+        **meta,
+    }
     assert JUDGE_PROMPT_VERSION == 2
 
 
@@ -96,8 +114,14 @@ async def test_prompt_names_the_shortcuts_and_measures_the_contexts(judge: Loopb
     # every cue the audit measures, by name and with what to look for
     for name, what in SHORTCUT_CUES:
         assert f"- {name}: {what};" in prompt
-    assert {name for name, _ in SHORTCUT_CUES} == {"query_overlap", "answer_identifiers", "length", "mask_count",
-                                                  "issue_quote", "vocabulary"}
+    assert {name for name, _ in SHORTCUT_CUES} == {
+        "query_overlap",
+        "answer_identifiers",
+        "length",
+        "mask_count",
+        "issue_quote",
+        "vocabulary",
+    }
     for words in ("bag-of-words classifier", "title", "masked placeholders", "the answer names", "distinctive words"):
         assert words in prompt
     # the judge is told which context is which, and gets the measured lengths and placeholder counts
@@ -125,13 +149,16 @@ async def test_verdicts_do_not_depend_on_order(judge: LoopbackServer) -> None:
     assert {kind_of(body): body["messages"] for _, body in judge.requests} == prompts
 
 
-@pytest.mark.parametrize("reply, accepted", [
-    ('{"accept": true, "shortcut": false, "ambiguous": false, "reason": "ok"}', True),
-    ('{"accept": "yes", "reason": "ok"}', None),       # accept must be a JSON boolean
-    ('{"accept": true, "reason": ', None),             # cut off mid-object
-    ("", None),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    "reply, accepted",
+    [
+        ('{"accept": true, "shortcut": false, "ambiguous": false, "reason": "ok"}', True),
+        ('{"accept": "yes", "reason": "ok"}', None),  # accept must be a JSON boolean
+        ('{"accept": true, "reason": ', None),  # cut off mid-object
+        ("", None),
+        (None, None),
+    ],
+)
 def test_parse_verdict(reply: str | None, accepted: bool | None) -> None:
     verdict = parse_verdict(reply)
     if accepted is None:

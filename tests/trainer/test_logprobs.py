@@ -164,9 +164,18 @@ def test_masked_model_logprobs_equal_full_at_masked_positions():
     from trainer.logprobs import masked_model_token_logprobs, model_token_logprobs
 
     torch.manual_seed(0)
-    model = Qwen3ForCausalLM(Qwen3Config(vocab_size=97, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                         num_key_value_heads=1, head_dim=16, intermediate_size=64,
-                                         tie_word_embeddings=True)).float()
+    model = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=97,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            intermediate_size=64,
+            tie_word_embeddings=True,
+        )
+    ).float()
     ids = torch.randint(0, 97, (2, 11))
     attention = torch.ones_like(ids)
     attention[1, 8:] = 0

@@ -63,8 +63,9 @@ def test_missing_rewards_left_out_of_the_group() -> None:
     rewards = torch.tensor([[1.0, nan, 0.0, 0.0], [nan, nan, nan, 1.0], [1.0, nan, 1.0, 1.0]])
     adv, keep, stats = compute_advantages(rewards, "grpo", scale_by_std=False)
     assert keep.tolist() == [True, False, False]
-    torch.testing.assert_close(adv, torch.tensor([[2 / 3, 0.0, -1 / 3, -1 / 3], [0.0] * 4, [0.0] * 4]), rtol=0,
-                               atol=1e-6)
+    torch.testing.assert_close(
+        adv, torch.tensor([[2 / 3, 0.0, -1 / 3, -1 / 3], [0.0] * 4, [0.0] * 4]), rtol=0, atol=1e-6
+    )
     assert stats["num_rewards_missing"] == 5
     assert stats["num_groups_too_few"] == 1
     assert stats["num_groups_zero_std"] == 1
@@ -147,13 +148,21 @@ def batch(dtype: torch.dtype = torch.float64, pad: float = float("nan")) -> tupl
 
 @pytest.mark.parametrize(
     ("aggregation", "max_tokens", "expected"),
-    [("token_mean", None, 0.844), ("seq_mean_token_mean", None, 0.555), ("seq_mean_token_sum", None, 2.11),
-     ("seq_mean_token_sum", 4, 0.5275)],
+    [
+        ("token_mean", None, 0.844),
+        ("seq_mean_token_mean", None, 0.555),
+        ("seq_mean_token_sum", None, 2.11),
+        ("seq_mean_token_sum", 4, 0.5275),
+    ],
 )
 def test_grpo_loss_by_hand(aggregation: str, max_tokens: int | None, expected: float) -> None:
     logp, old, adv, mask = batch()
-    cfg = GRPOLossConfig(clip_low=0.2, clip_high=0.28, aggregation=aggregation,  # type: ignore[arg-type]
-                         max_tokens=max_tokens)
+    cfg = GRPOLossConfig(
+        clip_low=0.2,
+        clip_high=0.28,
+        aggregation=aggregation,  # type: ignore[arg-type]
+        max_tokens=max_tokens,
+    )
     loss, m = grpo_loss(logp, old, adv, mask, config=cfg)
     assert loss.item() == pytest.approx(expected, abs=1e-12)
     assert m["clip_frac_low"] == pytest.approx(0.2) and m["clip_frac_high"] == pytest.approx(0.2)
@@ -276,8 +285,15 @@ def test_grpo_tis_and_kl_together_kl_not_weighted() -> None:
     ref = torch.tensor([[0.3]], dtype=torch.float64)
     engine = torch.tensor([[-LN(5)]], dtype=torch.float64)
     cfg = GRPOLossConfig(kl_coef=0.5, tis_cap=2.0)
-    loss, _ = grpo_loss(logp, torch.zeros_like(logp), torch.tensor([1.0], dtype=torch.float64), torch.ones(1, 1),
-                        ref_logprobs=ref, engine_logprobs=engine, config=cfg)
+    loss, _ = grpo_loss(
+        logp,
+        torch.zeros_like(logp),
+        torch.tensor([1.0], dtype=torch.float64),
+        torch.ones(1, 1),
+        ref_logprobs=ref,
+        engine_logprobs=engine,
+        config=cfg,
+    )
     d = 0.3 - LN(1.1)
     assert loss.item() == pytest.approx(-1.1 * 2.0 + 0.5 * (math.exp(d) - d - 1), abs=1e-12)
 
@@ -319,8 +335,9 @@ def test_grpo_padding_cannot_leak() -> None:
     clean_logp, clean_old, _, _ = batch(pad=0.0)
     clean_ref = torch.where(mask.bool(), ref, 0.0)
     clean_engine = torch.where(mask.bool(), engine, 0.0)
-    clean, _ = grpo_loss(clean_logp, clean_old, adv, mask, ref_logprobs=clean_ref, engine_logprobs=clean_engine,
-                         config=cfg)
+    clean, _ = grpo_loss(
+        clean_logp, clean_old, adv, mask, ref_logprobs=clean_ref, engine_logprobs=clean_engine, config=cfg
+    )
     assert loss.item() == clean.item()
 
 
@@ -335,8 +352,9 @@ def test_grpo_micro_batches_with_global_normalizer_sum_to_the_batch_loss(aggrega
     cfg = GRPOLossConfig(aggregation=aggregation)  # type: ignore[arg-type]
     full, _ = grpo_loss(logp, old, adv, mask, config=cfg)
     norm = float(mask.sum()) if aggregation == "token_mean" else float(B)
-    parts = [grpo_loss(logp[s], old[s], adv[s], mask[s], config=cfg, normalizer=norm)[0] for s in (slice(0, 1),
-                                                                                                    slice(1, 4))]
+    parts = [
+        grpo_loss(logp[s], old[s], adv[s], mask[s], config=cfg, normalizer=norm)[0] for s in (slice(0, 1), slice(1, 4))
+    ]
     assert (parts[0] + parts[1]).item() == pytest.approx(full.item(), abs=1e-12)
 
 
@@ -386,8 +404,9 @@ def test_ca_margin_from_raw_logits_both_orders() -> None:
     margin = ca_margin(logits, (1, 2), torch.tensor([True, False, False]))
     torch.testing.assert_close(margin, torch.tensor([3.0, -3.0, 3.5]))
     # invariant to a per-row shift (the softmax normalizer cancels)
-    torch.testing.assert_close(ca_margin(logits + torch.tensor([[7.0], [-2.0], [0.3]]), (1, 2),
-                                         torch.tensor([True, False, False])), margin)
+    torch.testing.assert_close(
+        ca_margin(logits + torch.tensor([[7.0], [-2.0], [0.3]]), (1, 2), torch.tensor([True, False, False])), margin
+    )
     with pytest.raises(ValueError):
         ca_margin(logits, (1, 1), torch.tensor([True, False, False]))
 
@@ -443,9 +462,10 @@ def test_ca_upper_clip_keeps_the_gradient_of_wrong_pairs() -> None:
     analytic = torch.where(d <= c, -(1 - torch.sigmoid(d)) / len(d), torch.zeros_like(d))
     torch.testing.assert_close(margin.grad, analytic, rtol=0, atol=1e-15)
     assert (margin.grad[d < -c] < 0).all()  # confidently wrong pairs are still pushed (symmetric: exactly 0)
-    assert torch.autograd.gradcheck(lambda x: ca_loss(x, c, clip_mode="upper")[0],
-                                    (torch.tensor([-3.0, -0.5, 0.1, 1.7, 2.5], dtype=torch.float64,
-                                                  requires_grad=True),))
+    assert torch.autograd.gradcheck(
+        lambda x: ca_loss(x, c, clip_mode="upper")[0],
+        (torch.tensor([-3.0, -0.5, 0.1, 1.7, 2.5], dtype=torch.float64, requires_grad=True),),
+    )
     with pytest.raises(ValueError, match="clip_mode"):
         ca_loss(margin, c, clip_mode="lower")
 

@@ -31,10 +31,10 @@ import pytest
 import torch
 
 trl = pytest.importorskip("trl", reason="trl is not installed (pip install trl; it keeps torch==2.13.0)")
-from trl.trainer.grpo_trainer import GRPOTrainer  # noqa: E402
-from trl.trainer.utils import nanstd  # noqa: E402
+from trl.trainer.grpo_trainer import GRPOTrainer
+from trl.trainer.utils import nanstd
 
-from trainer.losses import GRPOLossConfig, compute_advantages, grpo_loss  # noqa: E402
+from trainer.losses import GRPOLossConfig, compute_advantages, grpo_loss
 
 TOL = 1e-6
 
@@ -127,8 +127,15 @@ def test_grpo_loss_equals_trl(
 
     # TRL
     trl_logps = b["logps"].clone().requires_grad_(True)
-    t = bare_trl_trainer(trl_logps, loss_type=loss_type, epsilon=eps_low, epsilon_high=eps_high, beta=beta,
-                         max_completion_length=max_len, tis=tis_cap is not None)
+    t = bare_trl_trainer(
+        trl_logps,
+        loss_type=loss_type,
+        epsilon=eps_low,
+        epsilon_high=eps_high,
+        beta=beta,
+        max_completion_length=max_len,
+        tis=tis_cap is not None,
+    )
     inputs = {
         "prompt_ids": torch.zeros(B, 2, dtype=torch.long),
         "prompt_mask": torch.ones(B, 2, dtype=torch.long),
@@ -146,11 +153,23 @@ def test_grpo_loss_equals_trl(
 
     # ours
     logps = b["logps"].clone().requires_grad_(True)
-    cfg = GRPOLossConfig(clip_low=eps_low, clip_high=eps_high, aggregation=aggregation,  # type: ignore[arg-type]
-                         max_tokens=max_len if aggregation == "seq_mean_token_sum" else None, kl_coef=beta,
-                         tis_cap=tis_cap)
-    loss, m = grpo_loss(logps, b["old"], b["adv"], b["mask"], ref_logprobs=b["ref"],
-                        engine_logprobs=b["engine"] if tis_cap is not None else None, config=cfg)
+    cfg = GRPOLossConfig(
+        clip_low=eps_low,
+        clip_high=eps_high,
+        aggregation=aggregation,  # type: ignore[arg-type]
+        max_tokens=max_len if aggregation == "seq_mean_token_sum" else None,
+        kl_coef=beta,
+        tis_cap=tis_cap,
+    )
+    loss, m = grpo_loss(
+        logps,
+        b["old"],
+        b["adv"],
+        b["mask"],
+        ref_logprobs=b["ref"],
+        engine_logprobs=b["engine"] if tis_cap is not None else None,
+        config=cfg,
+    )
     loss.backward()
 
     assert abs(loss.item() - trl_loss.item()) <= TOL, (loss.item(), trl_loss.item())

@@ -12,9 +12,19 @@ import pytest
 
 from agent.trajectory import Trajectory
 from trainer.pairs.diffs import describe, patch_lines, summarize_patch
-from trainer.pairs.masking import (ISSUE_PLACEHOLDER, LINE_PLACEHOLDER, PLACEHOLDER, LineScrubber, issue_span,
-                                   leaked_lines, mask_diff_blocks, mask_messages, mask_shell, problem_statement,
-                                   render)
+from trainer.pairs.masking import (
+    ISSUE_PLACEHOLDER,
+    LINE_PLACEHOLDER,
+    PLACEHOLDER,
+    LineScrubber,
+    issue_span,
+    leaked_lines,
+    mask_diff_blocks,
+    mask_messages,
+    mask_shell,
+    problem_statement,
+    render,
+)
 from trainer.pairs.mine import repo_and_commit, signature, similarity
 
 
@@ -26,37 +36,67 @@ def diff(path: str, header: str, body: list[str], status: str = "modified") -> s
     new = sum(1 for line in body if line[:1] in " +")
     start = "0,0" if status == "added" else f"1,{old}"
     end = "0,0" if status == "removed" else f"1,{new}"
-    return (f"diff --git a/{path} b/{path}\n{mode}--- {minus}\n+++ {plus}\n@@ -{start} +{end} @@ {header}\n"
-            + "\n".join(body) + "\n")
+    return (
+        f"diff --git a/{path} b/{path}\n{mode}--- {minus}\n+++ {plus}\n@@ -{start} +{end} @@ {header}\n"
+        + "\n".join(body)
+        + "\n"
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------ diffs
 
 
-@pytest.mark.parametrize("header, body, functions", [
-    # the header names the function (git's python driver, or a top-level def under git's default rule)
-    ("def foo(a, b):", ["     x = a", "-    return x", "+    return x + b"], ["foo"]),
-    # a class header and a visible def: Class.method
-    ("class Parser:", ["     def parse(self, tokens):", "-        return tokens[0]", "+        return tokens[:1]"],
-     ["Parser.parse"]),
-    # a method whose def is outside the hunk: reported as the class (a class scope, not a function: see below)
-    ("class Parser:", ["         x = 1", "-        return x", "+        return x + 1"], ["Parser"]),
-    # a class attribute edited in the class body: a class scope as well
-    ("", [" class Config:", "-    debug = False", "+    debug = True"], ["Config"]),
-    # nested functions
-    ("def outer():", ["     def inner():", "-        return 1", "+        return 2"], ["outer.inner"]),
-    # a changed def line belongs to the scope it opens; the dedent closes the first scope
-    ("", ["-def old_name(x):", "+def new_name(x):", "     return x", " ", " def other():", "-    pass",
-          "+    return None"], ["old_name", "new_name", "other"]),
-    # module-level change: the file is edited, no function is
-    ("", [" import os", "-import sys", "+import re"], []),
-    # a line opening with a closing bracket ends a signature and closes nothing
-    ("class Conv:", ["     def __init__(", "         self,", "-        version: str,", "+        version: int,",
-                     "     ) -> None:", "-        self.v = version", "+        self.v = int(version)"],
-     ["Conv.__init__"]),
-    # async def, decorated
-    ("", [" @app.get('/')", " async def index():", "-    return 1", "+    return 2"], ["index"]),
-])
+@pytest.mark.parametrize(
+    "header, body, functions",
+    [
+        # the header names the function (git's python driver, or a top-level def under git's default rule)
+        ("def foo(a, b):", ["     x = a", "-    return x", "+    return x + b"], ["foo"]),
+        # a class header and a visible def: Class.method
+        (
+            "class Parser:",
+            ["     def parse(self, tokens):", "-        return tokens[0]", "+        return tokens[:1]"],
+            ["Parser.parse"],
+        ),
+        # a method whose def is outside the hunk: reported as the class (a class scope, not a function: see below)
+        ("class Parser:", ["         x = 1", "-        return x", "+        return x + 1"], ["Parser"]),
+        # a class attribute edited in the class body: a class scope as well
+        ("", [" class Config:", "-    debug = False", "+    debug = True"], ["Config"]),
+        # nested functions
+        ("def outer():", ["     def inner():", "-        return 1", "+        return 2"], ["outer.inner"]),
+        # a changed def line belongs to the scope it opens; the dedent closes the first scope
+        (
+            "",
+            [
+                "-def old_name(x):",
+                "+def new_name(x):",
+                "     return x",
+                " ",
+                " def other():",
+                "-    pass",
+                "+    return None",
+            ],
+            ["old_name", "new_name", "other"],
+        ),
+        # module-level change: the file is edited, no function is
+        ("", [" import os", "-import sys", "+import re"], []),
+        # a line opening with a closing bracket ends a signature and closes nothing
+        (
+            "class Conv:",
+            [
+                "     def __init__(",
+                "         self,",
+                "-        version: str,",
+                "+        version: int,",
+                "     ) -> None:",
+                "-        self.v = version",
+                "+        self.v = int(version)",
+            ],
+            ["Conv.__init__"],
+        ),
+        # async def, decorated
+        ("", [" @app.get('/')", " async def index():", "-    return 1", "+    return 2"], ["index"]),
+    ],
+)
 def test_python_functions_follow_the_written_rule(header: str, body: list[str], functions: list[str]) -> None:
     summary = summarize_patch(diff("pkg/mod.py", header, body))
     assert summary.error is None
@@ -69,16 +109,20 @@ def test_python_functions_follow_the_written_rule(header: str, body: list[str], 
 
 
 def test_other_languages_use_the_hunk_header() -> None:
-    summary = summarize_patch(diff("src/main.c", "int parse_args(int argc, char **argv)", ["-  x = 1;", "+  x = 2;"])
-                              + diff("README.md", "", ["-old text here", "+new text here"]))
+    summary = summarize_patch(
+        diff("src/main.c", "int parse_args(int argc, char **argv)", ["-  x = 1;", "+  x = 2;"])
+        + diff("README.md", "", ["-old text here", "+new text here"])
+    )
     assert summary.scopes == ["src/main.c::parse_args"]
     assert summary.paths == ["src/main.c", "README.md"]
 
 
 def test_scratch_files_and_file_status() -> None:
-    patch = (diff("reproduce_error.py", "", ["+print('repro')"], status="added")
-             + diff("pkg/new_module.py", "", ["+def made():", "+    return 1"], status="added")
-             + diff("pkg/gone.py", "", ["-def gone():", "-    return 1"], status="removed"))
+    patch = (
+        diff("reproduce_error.py", "", ["+print('repro')"], status="added")
+        + diff("pkg/new_module.py", "", ["+def made():", "+    return 1"], status="added")
+        + diff("pkg/gone.py", "", ["-def gone():", "-    return 1"], status="removed")
+    )
     summary = summarize_patch(patch)
     assert [(f.path, f.status) for f in summary.files] == [("pkg/new_module.py", "added"), ("pkg/gone.py", "removed")]
     assert summary.scopes == ["pkg/new_module.py::made", "pkg/gone.py::gone"]
@@ -98,21 +142,41 @@ def test_crlf_leading_newline_and_garbage() -> None:
 
 
 def test_patch_lines_definition() -> None:
-    patch = diff("m.py", "def f():", ["     unchanged_context_line = 1", "-    else:", "-    total  =  a +   b",
-                                      "+    total = a + b", "+    )))))))))))", "+    return   None", "+    x = 1"])
+    patch = diff(
+        "m.py",
+        "def f():",
+        [
+            "     unchanged_context_line = 1",
+            "-    else:",
+            "-    total  =  a +   b",
+            "+    total = a + b",
+            "+    )))))))))))",
+            "+    return   None",
+            "+    x = 1",
+        ],
+    )
     # +/- lines only, whitespace collapsed, >= 10 characters, at least one word character, unique
     assert patch_lines(patch, 10) == ["total = a + b", "return None"]
     assert patch_lines(patch, 5) == ["else:", "total = a + b", "return None", "x = 1"]
 
 
 def test_answer_has_no_diff_lines_and_names_what_changed() -> None:
-    patch = diff("pkg/mod.py", "class Parser:", [
-        "     def parse(self, tokens):", "-        first = tokens[0]  # crash on empty",
-        "+        if not tokens:  # 'quoted text' stays out", "+            return self.empty()",
-        "+        first = tokens[0]"])
+    patch = diff(
+        "pkg/mod.py",
+        "class Parser:",
+        [
+            "     def parse(self, tokens):",
+            "-        first = tokens[0]  # crash on empty",
+            "+        if not tokens:  # 'quoted text' stays out",
+            "+            return self.empty()",
+            "+        first = tokens[0]",
+        ],
+    )
     text = describe(summarize_patch(patch))
-    assert text == ("The fix edits 1 file.\n- It changes `pkg/mod.py` in `Parser.parse`: replaces 1 line with 3 "
-                    "lines; the new code uses `self.empty`.")
+    assert text == (
+        "The fix edits 1 file.\n- It changes `pkg/mod.py` in `Parser.parse`: replaces 1 line with 3 "
+        "lines; the new code uses `self.empty`."
+    )
     assert not any(line in text for line in patch_lines(patch, 5))
 
 
@@ -120,16 +184,26 @@ def test_answer_has_no_diff_lines_and_names_what_changed() -> None:
 
 
 def call(name: str, arguments: dict[str, Any], output: str, call_id: str = "c1") -> list[dict[str, Any]]:
-    return [{"role": "assistant", "content": "", "tool_calls": [
-                {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}]},
-            {"role": "tool", "tool_call_id": call_id, "name": name, "content": output}]
+    return [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": call_id, "name": name, "content": output},
+    ]
 
 
-@pytest.mark.parametrize("arguments", [
-    {"command": "create", "path": "/r/new.py", "file_text": "SECRET_LINE = 1\n"},
-    {"command": "str_replace", "path": "/r/m.py", "old_str": "SECRET_OLD", "new_str": "SECRET_LINE"},
-    {"command": "insert", "path": "/r/m.py", "insert_line": 3, "new_str": "SECRET_LINE"},
-])
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"command": "create", "path": "/r/new.py", "file_text": "SECRET_LINE = 1\n"},
+        {"command": "str_replace", "path": "/r/m.py", "old_str": "SECRET_OLD", "new_str": "SECRET_LINE"},
+        {"command": "insert", "path": "/r/m.py", "insert_line": 3, "new_str": "SECRET_LINE"},
+    ],
+)
 def test_editor_arguments_and_outputs_are_masked(arguments: dict[str, Any]) -> None:
     masked = mask_messages(call("str_replace_editor", arguments, "edited: SECRET_LINE shown in snippet"))
     text = render(masked)
@@ -138,25 +212,30 @@ def test_editor_arguments_and_outputs_are_masked(arguments: dict[str, Any]) -> N
 
 
 def test_views_and_plain_commands_are_kept() -> None:
-    masked = mask_messages(call("str_replace_editor", {"command": "view", "path": "/r/m.py"}, "1\tVISIBLE = 1")
-                           + call("execute_bash", {"command": "python -m pytest -q"}, "VISIBLE_OUTPUT", "c2"))
+    masked = mask_messages(
+        call("str_replace_editor", {"command": "view", "path": "/r/m.py"}, "1\tVISIBLE = 1")
+        + call("execute_bash", {"command": "python -m pytest -q"}, "VISIBLE_OUTPUT", "c2")
+    )
     text = render(masked)
     assert "VISIBLE = 1" in text and "VISIBLE_OUTPUT" in text and "python -m pytest -q" in text
 
 
-@pytest.mark.parametrize("command, hidden, kept, edits", [
-    ("cat > /r/fix.py <<'EOF'\nSECRET = 1\nEOF\npython /r/fix.py", "SECRET", "python /r/fix.py", True),
-    ("cat <<EOF >> /r/fix.py\nSECRET = 1\nEOF", "SECRET", "EOF", True),
-    ("tee /r/x.py <<-END\n\tSECRET = 1\n\tEND", "SECRET", "tee /r/x.py", True),
-    ("git apply <<'PATCH'\nSECRET\nPATCH", "SECRET", "git apply", True),
-    ("python3 - <<'EOF'\nopen('m.py', 'w').write(SECRET)\nEOF", "SECRET", "python3 -", True),
-    ("python3 - <<'EOF' 2>&1\nprint('KEPT_SCRIPT')\nEOF", "", "KEPT_SCRIPT", False),
-    ("sed -i 's/old/SECRET/' m.py && cat m.py", "SECRET", "", True),
-    ("echo 'SECRET = 1' > m.py", "SECRET", "", True),
-    ("edit 10:12\n    SECRET = 1\nend_of_edit", "SECRET", "edit 10:12", True),
-    ("insert 5\nSECRET = 2\nend_of_insert", "SECRET", "end_of_insert", True),
-    ("grep -n 'a > b' file.py 2>/dev/null", "", "grep -n", False),
-])
+@pytest.mark.parametrize(
+    "command, hidden, kept, edits",
+    [
+        ("cat > /r/fix.py <<'EOF'\nSECRET = 1\nEOF\npython /r/fix.py", "SECRET", "python /r/fix.py", True),
+        ("cat <<EOF >> /r/fix.py\nSECRET = 1\nEOF", "SECRET", "EOF", True),
+        ("tee /r/x.py <<-END\n\tSECRET = 1\n\tEND", "SECRET", "tee /r/x.py", True),
+        ("git apply <<'PATCH'\nSECRET\nPATCH", "SECRET", "git apply", True),
+        ("python3 - <<'EOF'\nopen('m.py', 'w').write(SECRET)\nEOF", "SECRET", "python3 -", True),
+        ("python3 - <<'EOF' 2>&1\nprint('KEPT_SCRIPT')\nEOF", "", "KEPT_SCRIPT", False),
+        ("sed -i 's/old/SECRET/' m.py && cat m.py", "SECRET", "", True),
+        ("echo 'SECRET = 1' > m.py", "SECRET", "", True),
+        ("edit 10:12\n    SECRET = 1\nend_of_edit", "SECRET", "edit 10:12", True),
+        ("insert 5\nSECRET = 2\nend_of_insert", "SECRET", "end_of_insert", True),
+        ("grep -n 'a > b' file.py 2>/dev/null", "", "grep -n", False),
+    ],
+)
 def test_shell_edits_are_masked(command: str, hidden: str, kept: str, edits: bool) -> None:
     masked, edited = mask_shell(command)
     assert edited is edits
@@ -166,16 +245,20 @@ def test_shell_edits_are_masked(command: str, hidden: str, kept: str, edits: boo
 
 
 def test_outputs_of_edits_and_diff_commands_are_masked() -> None:
-    messages = (call("execute_bash", {"command": "sed -i 's/a/b/' m.py && cat m.py"}, "SECRET after sed", "c1")
-                + call("execute_bash", {"command": "git diff HEAD"}, "index 1..2\nSECRET in diff", "c2")
-                + call("bash", {"command": "edit 1:1\nx\nend_of_edit"}, "[File: m.py]\n1:SECRET", "c3"))
+    messages = (
+        call("execute_bash", {"command": "sed -i 's/a/b/' m.py && cat m.py"}, "SECRET after sed", "c1")
+        + call("execute_bash", {"command": "git diff HEAD"}, "index 1..2\nSECRET in diff", "c2")
+        + call("bash", {"command": "edit 1:1\nx\nend_of_edit"}, "[File: m.py]\n1:SECRET", "c3")
+    )
     text = render(mask_messages(messages))
     assert "SECRET" not in text and text.count(PLACEHOLDER) >= 3
 
 
 def test_diff_blocks_anywhere_are_masked() -> None:
-    thought = ("I will apply this:\n```diff\ndiff --git a/m.py b/m.py\n--- a/m.py\n+++ b/m.py\n@@ -1,2 +1,2 @@\n"
-               " keep = 1\n-SECRET_OLD\n+SECRET_NEW\n\n unchanged = 2\n```\nThen run the tests.")
+    thought = (
+        "I will apply this:\n```diff\ndiff --git a/m.py b/m.py\n--- a/m.py\n+++ b/m.py\n@@ -1,2 +1,2 @@\n"
+        " keep = 1\n-SECRET_OLD\n+SECRET_NEW\n\n unchanged = 2\n```\nThen run the tests."
+    )
     masked = mask_diff_blocks(thought)
     assert "SECRET" not in masked and "unchanged" not in masked
     assert masked.startswith("I will apply this:\n```diff\n" + PLACEHOLDER + "\n```") and "Then run" in masked
@@ -187,13 +270,16 @@ def test_diff_blocks_anywhere_are_masked() -> None:
 ISSUE = "The widget crashes\nwhen empty."
 
 
-@pytest.mark.parametrize("prompt", [
-    f"<uploaded_files>\n/testbed\n</uploaded_files>\nConsider the following PR description:\n\n<pr_description>\n"
-    f"{ISSUE}\n</pr_description>\n\nFix it.",
-    f"Consider the following issue description:\n\n<issue_description>\n{ISSUE}\n</issue_description>\n\nGo.",
-    f"We're currently solving the following issue within our repository. Here's the issue text:\nISSUE:\n{ISSUE}\n\n"
-    "INSTRUCTIONS:\nNow, you're going to solve this issue on your own.",
-])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        f"<uploaded_files>\n/testbed\n</uploaded_files>\nConsider the following PR description:\n\n<pr_description>\n"
+        f"{ISSUE}\n</pr_description>\n\nFix it.",
+        f"Consider the following issue description:\n\n<issue_description>\n{ISSUE}\n</issue_description>\n\nGo.",
+        f"We're currently solving the following issue within our repository. Here's the issue text:\nISSUE:\n{ISSUE}\n\n"
+        "INSTRUCTIONS:\nNow, you're going to solve this issue on your own.",
+    ],
+)
 def test_issue_text_is_found_and_omitted(prompt: str) -> None:
     messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": prompt}]
     assert problem_statement(messages) == ISSUE
@@ -206,8 +292,9 @@ def test_issue_text_is_found_and_omitted(prompt: str) -> None:
 
 
 def test_long_outputs_keep_head_and_tail() -> None:
-    text = render(mask_messages(call("execute_bash", {"command": "yes"}, "HEAD" + "y" * 10000 + "TAIL")),
-                  max_output_chars=100)
+    text = render(
+        mask_messages(call("execute_bash", {"command": "yes"}, "HEAD" + "y" * 10000 + "TAIL")), max_output_chars=100
+    )
     assert "HEAD" in text and "TAIL" in text and len(text) < 400
 
 
@@ -253,14 +340,21 @@ def test_scrubber_catches_numbered_views_and_quotes() -> None:
 # ------------------------------------------------------------------------------------------------ ids, similarity
 
 
-@pytest.mark.parametrize("task_id, extra, expected", [
-    ("pudo__dataset.5c2dc8d3.func_pm_op_change__fq79104s", {}, ("pudo/dataset", "5c2dc8d3")),
-    ("pyutils__line_profiler.a646bf0f.100", {}, ("pyutils/line_profiler", "a646bf0f")),
-    ("Project-MONAI__MONAI-5686", {}, ("Project-MONAI/MONAI", None)),
-    ("getmoto__moto-6387", {"base_commit": "abc123"}, ("getmoto/moto", "abc123")),
-    ("contextrl-samples__minicalc-1", {"repo": "samples/minicalc", "base_commit": "f00"}, ("samples/minicalc", "f00")),
-    ("local-task", {}, (None, None)),
-])
+@pytest.mark.parametrize(
+    "task_id, extra, expected",
+    [
+        ("pudo__dataset.5c2dc8d3.func_pm_op_change__fq79104s", {}, ("pudo/dataset", "5c2dc8d3")),
+        ("pyutils__line_profiler.a646bf0f.100", {}, ("pyutils/line_profiler", "a646bf0f")),
+        ("Project-MONAI__MONAI-5686", {}, ("Project-MONAI/MONAI", None)),
+        ("getmoto__moto-6387", {"base_commit": "abc123"}, ("getmoto/moto", "abc123")),
+        (
+            "contextrl-samples__minicalc-1",
+            {"repo": "samples/minicalc", "base_commit": "f00"},
+            ("samples/minicalc", "f00"),
+        ),
+        ("local-task", {}, (None, None)),
+    ],
+)
 def test_repo_and_commit(task_id: str, extra: dict[str, str], expected: tuple[str | None, str | None]) -> None:
     assert repo_and_commit(Trajectory(task_id=task_id, **extra)) == expected
 

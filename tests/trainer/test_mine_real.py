@@ -55,17 +55,24 @@ def test_default_settings_pass_the_acceptance(mined_real_pairs: MinedSet) -> Non
 def test_no_patch_line_and_no_added_stretch_survives(mined_real_pairs: MinedSet) -> None:
     for pair in load_pairs(mined_real_pairs.pairs):
         sources = [raw_patch_lines(pair.provenance[side]["task_id"]) for side in ("positive", "negative")]
-        whole = [line for added, removed in sources for line in added + removed
-                 if len(line) >= MIN_LINE_CHARS and any(c.isalnum() or c == "_" for c in line)]
-        stretches = {line[i:i + WIDTH] for added, _ in sources for line in added
-                     for i in range(len(line) - WIDTH + 1)}
+        whole = [
+            line
+            for added, removed in sources
+            for line in added + removed
+            if len(line) >= MIN_LINE_CHARS and any(c.isalnum() or c == "_" for c in line)
+        ]
+        stretches = {
+            line[i : i + WIDTH] for added, _ in sources for line in added for i in range(len(line) - WIDTH + 1)
+        }
         for side in ("positive", "negative"):
             for number, line in enumerate(getattr(pair, side).split("\n")):
                 norm = squash(line)
                 leaked = [patch_line for patch_line in whole if patch_line in norm]
                 assert not leaked, (pair.pair_id, side, number, leaked[:2])
-                hit = next((norm[i:i + WIDTH] for i in range(len(norm) - WIDTH + 1) if norm[i:i + WIDTH] in stretches),
-                           None)
+                hit = next(
+                    (norm[i : i + WIDTH] for i in range(len(norm) - WIDTH + 1) if norm[i : i + WIDTH] in stretches),
+                    None,
+                )
                 assert hit is None, (pair.pair_id, side, number, hit)
 
 
@@ -104,8 +111,9 @@ def test_mirrored_pairs_share_a_group_and_the_audit_cli_agrees(mined_real_pairs:
         assert pair_group(pair) == pair.provenance["group"] == "issues:" + "|".join(tasks)
     train, heldout = split_by_group(pairs, 0.3, seed=0)
     assert train and heldout and not {pair_group(p) for p in train} & {pair_group(p) for p in heldout}
-    result = CliRunner().invoke(app, ["audit", "--pairs", str(mined_real_pairs.pairs), "--out", str(tmp_path),
-                                      "--fail-above", "0.6"])
+    result = CliRunner().invoke(
+        app, ["audit", "--pairs", str(mined_real_pairs.pairs), "--out", str(tmp_path), "--fail-above", "0.6"]
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "audit.json").read_bytes() == (mined_real_pairs.report / "audit.json").read_bytes()
 

@@ -25,8 +25,11 @@ FILES = ("swe-smith.json", "swe-gym_openhands_sampled_trajectories.json", "nebiu
 
 @pytest.fixture(scope="module")
 def samples() -> list[Path]:
-    candidates = [os.environ.get("TRAJECTORY_SAMPLES", ""), ROOT / "shared/data/trajectories",
-                  ROOT.parent / "shared/data/trajectories"]
+    candidates = [
+        os.environ.get("TRAJECTORY_SAMPLES", ""),
+        ROOT / "shared/data/trajectories",
+        ROOT.parent / "shared/data/trajectories",
+    ]
     found = next((Path(c) for c in candidates if c and all((Path(c) / name).is_file() for name in FILES)), None)
     if found is None:
         pytest.skip("sample trajectories not found (set TRAJECTORY_SAMPLES to their folder)")
@@ -50,8 +53,19 @@ def test_paper_cascade_on_the_samples(samples: list[Path], tmp_path: Path) -> No
     assert [i["format"] for i in f.inputs] == ["swe-smith", "swe-gym-openhands", "swe-agent"]
     assert f.trajectories == 15 and f.unknown_repo == 0 and f.with_edits == 10
     assert f.ineligible == {"no patch": 5} and f.anchors == 10
-    assert f.stages == {"same_repo_commit": 7, "same_file": 0, "capped": 0, "same_function": 0, "related_issue": 0,
-                        "pooled": 0, "masked": 0, "selected": 0, "filtered": 0, "judged": 0, "written": 0}
+    assert f.stages == {
+        "same_repo_commit": 7,
+        "same_file": 0,
+        "capped": 0,
+        "same_function": 0,
+        "related_issue": 0,
+        "pooled": 0,
+        "masked": 0,
+        "selected": 0,
+        "filtered": 0,
+        "judged": 0,
+        "written": 0,
+    }
     assert (tmp_path / "pairs.jsonl").read_text() == ""
 
 
@@ -68,8 +82,11 @@ def test_first_stage_pairs_on_the_samples(samples: list[Path], tmp_path: Path) -
     for pair in pairs:
         assert pair.funnel_stage == "same_repo_commit"
         patch = patches[pair.provenance["positive"]["task_id"]]
-        lines = {" ".join(line[1:].split()) for line in patch.replace("\r\n", "\n").split("\n")
-                 if line[:1] in "+-" and not line.startswith(("+++", "---"))}
+        lines = {
+            " ".join(line[1:].split())
+            for line in patch.replace("\r\n", "\n").split("\n")
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))
+        }
         lines = {line for line in lines if len(line) >= 10 and re.search(r"\w", line)}
         assert lines
         for context in (pair.positive, pair.negative):

@@ -41,17 +41,23 @@ def model(tmp_path_factory):  # type: ignore[no-untyped-def]
 def episode(tokenizer, task: str, group: int, text: str, reward, **kw) -> Trajectory:  # type: ignore[no-untyped-def]
     prompt = tokenizer.encode(f"<|im_start|>user\nsolve {task}<|im_end|>\n<|im_start|>assistant\n")
     sampled = tokenizer.encode(text + "<|im_end|>")
-    sequence = TokenSequence(token_ids=prompt + sampled, loss_mask=[0] * len(prompt) + [1] * len(sampled),
-                             logprobs=[0.0] * len(prompt) + [-1.0] * len(sampled))
+    sequence = TokenSequence(
+        token_ids=prompt + sampled,
+        loss_mask=[0] * len(prompt) + [1] * len(sampled),
+        logprobs=[0.0] * len(prompt) + [-1.0] * len(sampled),
+    )
     return Trajectory(task_id=task, group=group, sequences=[sequence], reward=reward, **kw)
 
 
 def test_batch_masks_infra_failures_truncation_and_flat_groups(tokenizer):  # type: ignore[no-untyped-def]
     trajectories = [
-        episode(tokenizer, "a", 0, "fix", 1.0), episode(tokenizer, "a", 1, "nope", 0.0),
+        episode(tokenizer, "a", 0, "fix", 1.0),
+        episode(tokenizer, "a", 1, "nope", 0.0),
         episode(tokenizer, "a", 2, "broken", None, infra_failure=True),
-        episode(tokenizer, "b", 0, "x", 0.0), episode(tokenizer, "b", 1, "y", 0.0),        # no variance: dropped
-        episode(tokenizer, "c", 0, "z", 1.0, truncation="max_turns"), episode(tokenizer, "c", 1, "w", 0.0),
+        episode(tokenizer, "b", 0, "x", 0.0),
+        episode(tokenizer, "b", 1, "y", 0.0),  # no variance: dropped
+        episode(tokenizer, "c", 0, "z", 1.0, truncation="max_turns"),
+        episode(tokenizer, "c", 1, "w", 0.0),
     ]
     batch = build_batch(trajectories, pad_token_id=tokenizer.pad_token_id, mask_truncated=True)
     assert batch.input_ids.shape[0] == 7
@@ -64,8 +70,7 @@ def test_batch_masks_infra_failures_truncation_and_flat_groups(tokenizer):  # ty
     assert (kept.loss_mask.sum(dim=1) > 0).tolist()[5:] == [True, True]
     # TRL's way: the flat group "b" and the one-reward group "c" stay in the loss with advantage 0 (still counted);
     # masked episodes (infra failure, truncation) stay out.
-    flat = build_batch(trajectories, pad_token_id=tokenizer.pad_token_id, mask_truncated=True,
-                       drop_zero_variance=False)
+    flat = build_batch(trajectories, pad_token_id=tokenizer.pad_token_id, mask_truncated=True, drop_zero_variance=False)
     assert (flat.loss_mask.sum(dim=1) > 0).tolist() == [True, True, False, True, True, False, True]
     assert flat.advantages[3:].tolist() == [0.0] * 4
     assert flat.stats["num_groups_zero_std"] == 1 and flat.stats["num_groups_too_few"] == 1
@@ -79,9 +84,12 @@ def test_malformed_calls_cost_reward_and_batch_baseline_keeps_solved_tasks(token
     """A success that also wrote a malformed tool call ranks below a clean one once penalised; the `batch`
     baseline trains the all-success group that GRPO's group baseline leaves at advantage 0."""
     trajectories = [
-        episode(tokenizer, "a", 0, "fix", 1.0), episode(tokenizer, "a", 1, "fix <bad>", 1.0, malformed_tool_calls=2),
-        episode(tokenizer, "b", 0, "x", 1.0), episode(tokenizer, "b", 1, "y", 1.0),          # solved twice
-        episode(tokenizer, "c", 0, "z", 0.0), episode(tokenizer, "c", 1, "w", 0.0),
+        episode(tokenizer, "a", 0, "fix", 1.0),
+        episode(tokenizer, "a", 1, "fix <bad>", 1.0, malformed_tool_calls=2),
+        episode(tokenizer, "b", 0, "x", 1.0),
+        episode(tokenizer, "b", 1, "y", 1.0),  # solved twice
+        episode(tokenizer, "c", 0, "z", 0.0),
+        episode(tokenizer, "c", 1, "w", 0.0),
     ]
     pad = tokenizer.pad_token_id
     plain = build_batch(trajectories, pad_token_id=pad)
@@ -144,9 +152,18 @@ def test_grpo_steps_raise_the_rewarded_completion(model, tokenizer):  # type: ig
 
 
 def test_ca_steps_learn_selection_in_both_orders(model, tokenizer):  # type: ignore[no-untyped-def]
-    pairs = [PairRecord(pair_id=f"p{i}", query=f"Why does test {i} fail?", answer=f"Because of bug {i}.",
-                        positive=f"traceback shows bug {i} in module m{i}", negative=f"unrelated log line {i}",
-                        provenance={"source": "test"}, funnel_stage="synthetic") for i in range(3)]
+    pairs = [
+        PairRecord(
+            pair_id=f"p{i}",
+            query=f"Why does test {i} fail?",
+            answer=f"Because of bug {i}.",
+            positive=f"traceback shows bug {i} in module m{i}",
+            negative=f"unrelated log line {i}",
+            provenance={"source": "test"},
+            funnel_stage="synthetic",
+        )
+        for i in range(3)
+    ]
     items = balanced_presentations(pairs, random.Random(0))
     presentations = [present(pair, tokenizer, first, max_context_tokens=256) for pair, first in items]
     collated = collate_presentations(presentations, tokenizer.pad_token_id)

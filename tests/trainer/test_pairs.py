@@ -99,7 +99,8 @@ def test_option_ids_are_single_tokens_emitted_first(tokenizer) -> None:  # type:
 
 @pytest.mark.parametrize("positive_first", [True, False])
 def test_teacher_forced_option_follows_the_answer_position(  # type: ignore[no-untyped-def]
-        tokenizer, positive_first: bool) -> None:
+    tokenizer, positive_first: bool
+) -> None:
     pair = make_pair()
     shown = present(pair, tokenizer, positive_first=positive_first, max_context_tokens=4096)
     assert shown.answer_position == len(shown.input_ids) - 1
@@ -114,11 +115,10 @@ def test_teacher_forced_option_follows_the_answer_position(  # type: ignore[no-u
     assert f"<option_1>\n{first}\n</option_1>" in text and f"<option_2>\n{second}\n</option_2>" in text
     user = text.split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
     for reply, option_id in (("1", one), ("2", two)):
-        messages = [{"role": "user", "content": user},
-                    {"role": "assistant", "content": reply, "reasoning_content": ""}]
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": reply, "reasoning_content": ""}]
         forced = tokenizer.encode(render(tokenizer, messages), add_special_tokens=False)
         # content with no special strings and no edge whitespace tokenizes as the whole text does
-        assert forced[:len(shown.input_ids)] == shown.input_ids
+        assert forced[: len(shown.input_ids)] == shown.input_ids
         assert forced[shown.answer_position + 1] == option_id
 
 
@@ -134,8 +134,12 @@ def test_both_orders_in_balance() -> None:
     pairs = [make_pair(i) for i in range(7)]
     both = balanced_presentations(pairs, random.Random(0))
     assert len(both) == 14
-    assert [(p.pair_id, first) for p, first in both[:4]] == [("pair-0", True), ("pair-0", False),
-                                                            ("pair-1", True), ("pair-1", False)]
+    assert [(p.pair_id, first) for p, first in both[:4]] == [
+        ("pair-0", True),
+        ("pair-0", False),
+        ("pair-1", True),
+        ("pair-1", False),
+    ]
     assert sum(first for _, first in both) == 7
     for seed in range(5):
         half = balanced_presentations(pairs, random.Random(seed), both_orders=False)
@@ -143,14 +147,14 @@ def test_both_orders_in_balance() -> None:
         assert sum(first for _, first in half) in (3, 4)
     even = balanced_presentations(pairs[:6], random.Random(1), both_orders=False)
     assert sum(first for _, first in even) == 3
-    draws = {tuple(f for _, f in balanced_presentations(pairs[:6], random.Random(s), both_orders=False))
-             for s in range(10)}
+    draws = {
+        tuple(f for _, f in balanced_presentations(pairs[:6], random.Random(s), both_orders=False)) for s in range(10)
+    }
     assert len(draws) > 1  # the half is random
 
 
 def test_truncation_is_symmetric_and_bounded(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    long_positive = "START positive line\n" + "".join(f"step {i}: ran pytest, 3 passed 🐛日本\n"
-                                                     for i in range(400))
+    long_positive = "START positive line\n" + "".join(f"step {i}: ran pytest, 3 passed 🐛日本\n" for i in range(400))
     long_negative = "START negative line\n" + "".join(f"step {i}: ran flake8, no output\n" for i in range(300))
     pair = make_pair(positive=long_positive + "END", negative=long_negative + "END")
     budget = 300
@@ -213,8 +217,10 @@ SHARED = "".join(f"instruction {i:02d}: read the issue, run the tests, then edit
 """30 whole lines that both contexts start with (as a mini-swe-agent trajectory's instructions are)."""
 
 
-def shared_pair(positive_tail: str = "step one: grep parse_date\nedited utils/dates.py\n",
-                negative_tail: str = "step one: grep tz\nedited utils/time.py\n") -> PairRecord:
+def shared_pair(
+    positive_tail: str = "step one: grep parse_date\nedited utils/dates.py\n",
+    negative_tail: str = "step one: grep tz\nedited utils/time.py\n",
+) -> PairRecord:
     return make_pair(positive=SHARED + positive_tail, negative=SHARED + negative_tail)
 
 
@@ -222,11 +228,13 @@ def version_1_prompt(pair: PairRecord, tokenizer, positive_first: bool, max_cont
     """The user turn as prompt version 1 built it: each whole context, cut to half the budget."""
     first, second = (pair.positive, pair.negative) if positive_first else (pair.negative, pair.positive)
     half = max_context_tokens // 2
-    return ("Below are a query, an answer to it, and two contexts. Exactly one of the contexts supports the answer; "
-            "the other looks similar but does not.\n\n"
-            f"<query>\n{pair.query}\n</query>\n\n<answer>\n{pair.answer}\n</answer>\n\n"
-            f"<option_1>\n{truncate_middle(tokenizer, first, half)}\n</option_1>\n\n"
-            f"<option_2>\n{truncate_middle(tokenizer, second, half)}\n</option_2>\n\n" + QUESTION)
+    return (
+        "Below are a query, an answer to it, and two contexts. Exactly one of the contexts supports the answer; "
+        "the other looks similar but does not.\n\n"
+        f"<query>\n{pair.query}\n</query>\n\n<answer>\n{pair.answer}\n</answer>\n\n"
+        f"<option_1>\n{truncate_middle(tokenizer, first, half)}\n</option_1>\n\n"
+        f"<option_2>\n{truncate_middle(tokenizer, second, half)}\n</option_2>\n\n" + QUESTION
+    )
 
 
 def count_tokens(tokenizer, text: str) -> int:  # type: ignore[no-untyped-def]
@@ -235,11 +243,11 @@ def count_tokens(tokenizer, text: str) -> int:  # type: ignore[no-untyped-def]
 
 def test_shared_opening_is_whole_lines_and_symmetric() -> None:
     assert shared_opening(SHARED + "a\n", SHARED + "b\n") == len(SHARED)
-    assert shared_opening(SHARED + "a\n", SHARED + "a") == len(SHARED)   # a last line without its newline differs
+    assert shared_opening(SHARED + "a\n", SHARED + "a") == len(SHARED)  # a last line without its newline differs
     assert shared_opening(SHARED + "tail a", SHARED + "tail b") == len(SHARED)  # not into the differing line
     line = SHARED.splitlines(keepends=True)[0]
-    assert shared_opening(line * 2 + "x\n", line * 2 + "y\n") == 0       # two lines: too few to bother
-    assert shared_opening("a\nb\nc\nd\nx", "a\nb\nc\nd\ny") == 0          # four lines, but under 200 characters
+    assert shared_opening(line * 2 + "x\n", line * 2 + "y\n") == 0  # two lines: too few to bother
+    assert shared_opening("a\nb\nc\nd\nx", "a\nb\nc\nd\ny") == 0  # four lines, but under 200 characters
     assert shared_opening("x" + SHARED, "y" + SHARED) == 0
     for first, second in ((SHARED + "a\n", SHARED + "b\nc\n"), (SHARED[:-1], SHARED + "z")):
         assert shared_opening(first, second) == shared_opening(second, first)
@@ -255,13 +263,13 @@ def test_shared_opening_is_left_out_or_shown_once(tokenizer, positive_first: boo
     assert omitted.count(marker) == 2 and "<shared_opening>" not in omitted
     first, second = (pair.positive, pair.negative) if positive_first else (pair.negative, pair.positive)
     # each option: the marker line, then the whole differing tail (it fits its half)
-    assert f"<option_1>\n{marker}{first[len(SHARED):]}\n</option_1>" in omitted
-    assert f"<option_2>\n{marker}{second[len(SHARED):]}\n</option_2>" in omitted
+    assert f"<option_1>\n{marker}{first[len(SHARED) :]}\n</option_1>" in omitted
+    assert f"<option_2>\n{marker}{second[len(SHARED) :]}\n</option_2>" in omitted
     once = prompt_text(pair, tokenizer, positive_first, 8192, shared_prefix="once")  # the opening fits its eighth
     assert all(once.count(line) == 1 for line in lines)
     assert f"<shared_opening>\n{SHARED}</shared_opening>\n\n<option_1>\n" in once
     assert once.count(SHARED_OPENING_MARKERS["once"]) == 2
-    assert f"<option_1>\n{SHARED_OPENING_MARKERS['once']}{first[len(SHARED):]}\n</option_1>" in once
+    assert f"<option_1>\n{SHARED_OPENING_MARKERS['once']}{first[len(SHARED) :]}\n</option_1>" in once
     kept = prompt_text(pair, tokenizer, positive_first, 4096, shared_prefix="keep")
     assert all(kept.count(line) == 2 for line in lines)
     assert kept == version_1_prompt(pair, tokenizer, positive_first, 4096)
@@ -271,17 +279,19 @@ def test_shared_opening_is_left_out_or_shown_once(tokenizer, positive_first: boo
 
 def test_shared_opening_presentation_is_symmetric_and_within_budget(tokenizer) -> None:  # type: ignore
     # long tails, cut in the middle: the same cut and the same marker whichever context is the positive
-    pair = shared_pair("".join(f"positive step {i:03d}: ran pytest, 3 passed\n" for i in range(200)),
-                       "".join(f"negative step {i:03d}: ran flake8\n" for i in range(150)))
+    pair = shared_pair(
+        "".join(f"positive step {i:03d}: ran pytest, 3 passed\n" for i in range(200)),
+        "".join(f"negative step {i:03d}: ran flake8\n" for i in range(150)),
+    )
     for mode in ("omit", "once"):
         a = prompt_text(pair, tokenizer, True, 512, shared_prefix=mode)  # type: ignore[arg-type]
         b = prompt_text(pair, tokenizer, False, 512, shared_prefix=mode)  # type: ignore[arg-type]
         option = {text: re.findall(r"<option_\d>\n(.*?)\n</option_\d>", text, re.DOTALL) for text in (a, b)}
         assert option[a] == option[b][::-1] and option[a][0] != option[a][1]
-        assert a.replace(option[a][0], "P").replace(option[a][1], "N") == \
-            b.replace(option[a][0], "N").replace(option[a][1], "P")
-        assert all(text.startswith(SHARED_OPENING_MARKERS[mode]) and TRUNCATION_MARKER in text
-                   for text in option[a])
+        assert a.replace(option[a][0], "P").replace(option[a][1], "N") == b.replace(option[a][0], "N").replace(
+            option[a][1], "P"
+        )
+        assert all(text.startswith(SHARED_OPENING_MARKERS[mode]) and TRUNCATION_MARKER in text for text in option[a])
         block = re.findall(r"<shared_opening>\n(.*?)</shared_opening>", a, re.DOTALL)
         budget = 512 - (count_tokens(tokenizer, block[0]) if block else 0)
         assert all(count_tokens(tokenizer, text) <= budget // 2 for text in option[a])
@@ -306,11 +316,20 @@ def test_shown_fractions(tokenizer) -> None:  # type: ignore[no-untyped-def]
     # line boundaries are token boundaries here, so the whole context's tokens are the opening's plus the tail's
     assert count_tokens(tokenizer, pair.positive) == shared + pos and shared > 300
     assert shown_fractions(pair, tokenizer, 1024) == {
-        "shared_opening_tokens": shared, "positive_rest": 1.0, "negative_rest": 1.0,
-        "positive_whole": pos / (shared + pos), "negative_whole": neg / (shared + neg)}
+        "shared_opening_tokens": shared,
+        "positive_rest": 1.0,
+        "negative_rest": 1.0,
+        "positive_whole": pos / (shared + pos),
+        "negative_whole": neg / (shared + neg),
+    }
     once = shown_fractions(pair, tokenizer, 8192, "once")  # the opening fits its eighth: everything shown
-    assert once == {"shared_opening_tokens": shared, "positive_rest": 1.0, "negative_rest": 1.0,
-                    "positive_whole": 1.0, "negative_whole": 1.0}
+    assert once == {
+        "shared_opening_tokens": shared,
+        "positive_rest": 1.0,
+        "negative_rest": 1.0,
+        "positive_whole": 1.0,
+        "negative_whole": 1.0,
+    }
     # keep at 1024: each context over its half of 512 tokens is cut to the tokens left beside the truncation marker
     kept = shown_fractions(pair, tokenizer, 1024, "keep")
     keep = 512 - count_tokens(tokenizer, TRUNCATION_MARKER)

@@ -14,14 +14,23 @@ from trainer.pairs import PairRecord, pair_group, split_by_group
 def mined(positive_task: str, negative_task: str, group: str | None = "", index: int = 0) -> PairRecord:
     """A pair shaped like the miner's: provenance with both sides' task ids and (unless None) the group of its two
     issues ('' : the miner's name for the group, `A|B` sorted)."""
-    provenance: dict = {"repo": "acme/widgets", "commit": "abc123",
-                        "positive": {"episode_id": f"{positive_task}-ep", "task_id": positive_task},
-                        "negative": {"episode_id": f"{negative_task}-ep", "task_id": negative_task}}
+    provenance: dict = {
+        "repo": "acme/widgets",
+        "commit": "abc123",
+        "positive": {"episode_id": f"{positive_task}-ep", "task_id": positive_task},
+        "negative": {"episode_id": f"{negative_task}-ep", "task_id": negative_task},
+    }
     if group is not None:
         provenance["group"] = group or "group-" + "|".join(sorted((positive_task, negative_task)))
-    return PairRecord(pair_id=f"pair-{positive_task}-{negative_task}-{index}", query=f"issue of {positive_task}",
-                      answer=f"fix for {positive_task}", positive=f"trajectory of {positive_task}",
-                      negative=f"trajectory of {negative_task}", provenance=provenance, funnel_stage="same_function")
+    return PairRecord(
+        pair_id=f"pair-{positive_task}-{negative_task}-{index}",
+        query=f"issue of {positive_task}",
+        answer=f"fix for {positive_task}",
+        positive=f"trajectory of {positive_task}",
+        negative=f"trajectory of {negative_task}",
+        provenance=provenance,
+        funnel_stage="same_function",
+    )
 
 
 def mirrored(issues: int, group: str | None = "") -> list[PairRecord]:

@@ -41,15 +41,18 @@ MARKER = "SUPPORTS-THE-ANSWER"
 
 def make_pairs(count: int = 6) -> list[PairRecord]:
     """Pairs from two sources and two funnel stages; only the positive holds MARKER."""
-    return [PairRecord(
-        pair_id=f"pair-{i}",
-        query=f"Why does test_{i} fail after the change to parse_{i}()?",
-        answer=f"parse_{i} drops the timezone suffix before comparing.",
-        positive=f"$ sed -n '{10 + i}p' src/parse.py\n    value = value.rstrip('Z')  # {MARKER}\n[exit code 0]",
-        negative=f"$ sed -n '{20 + i}p' src/parse.py\n    value = value.strip()\n[exit code 0]",
-        provenance={"source": "swe-smith" if i % 2 else "swe-gym", "repo": "acme/parse"},
-        funnel_stage="same_file" if i < count // 2 else "same_function",
-    ) for i in range(count)]
+    return [
+        PairRecord(
+            pair_id=f"pair-{i}",
+            query=f"Why does test_{i} fail after the change to parse_{i}()?",
+            answer=f"parse_{i} drops the timezone suffix before comparing.",
+            positive=f"$ sed -n '{10 + i}p' src/parse.py\n    value = value.rstrip('Z')  # {MARKER}\n[exit code 0]",
+            negative=f"$ sed -n '{20 + i}p' src/parse.py\n    value = value.strip()\n[exit code 0]",
+            provenance={"source": "swe-smith" if i % 2 else "swe-gym", "repo": "acme/parse"},
+            funnel_stage="same_file" if i < count // 2 else "same_function",
+        )
+        for i in range(count)
+    ]
 
 
 @pytest.fixture()
@@ -99,10 +102,10 @@ class LoopbackServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self._serve("GET")
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self._serve("POST")
 
             def log_message(self, *args: Any) -> None:
@@ -127,19 +130,27 @@ def option_text(prompt: str, option: int) -> str:
 
 def chat_server(answer: Callable[[str], str]) -> LoopbackServer:
     """An OpenAI-compatible chat-completions server whose reply is answer(user message)."""
+
     def chat(body: Any) -> Any:
         content = answer(body["messages"][-1]["content"])
-        return {"id": "x", "object": "chat.completion", "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": content}}]}
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+        }
 
-    return LoopbackServer({"GET /v1/models": lambda _: {"data": [{"id": "rule"}]},
-                           "POST /v1/chat/completions": chat})
+    return LoopbackServer({"GET /v1/models": lambda _: {"data": [{"id": "rule"}]}, "POST /v1/chat/completions": chat})
 
 
 def correct_answer(prompt: str) -> str:
-    return "Option 1." if MARKER in option_text(prompt, 1) else "Option 2." if MARKER in option_text(prompt, 2) \
+    return (
+        "Option 1."
+        if MARKER in option_text(prompt, 1)
+        else "Option 2."
+        if MARKER in option_text(prompt, 2)
         else "neither"
+    )
 
 
 @pytest.fixture()
@@ -156,8 +167,13 @@ def served() -> Iterator[Callable[[Callable[[str], str]], LoopbackServer]]:
 
 
 def probe_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "trainer.probe", "--quiet", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.probe", "--quiet", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- text (openai)
@@ -165,8 +181,10 @@ def probe_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[s
 
 def test_engine_that_answers_correctly_scores_one(served, pairs_file: Path, tmp_path: Path) -> None:  # type: ignore
     server = served(correct_answer)
-    report = run_probe(ProbeConfig(pairs=pairs_file, engine="openai", model="rule", base_url=server.url,
-                                   out=tmp_path / "out"), show_progress=False)
+    report = run_probe(
+        ProbeConfig(pairs=pairs_file, engine="openai", model="rule", base_url=server.url, out=tmp_path / "out"),
+        show_progress=False,
+    )
     assert report["accuracy"] == 1.0 and report["num_correct"] == 12 and report["num_presentations"] == 12
     assert (report["ci"]["low"], report["ci"]["high"]) == (1.0, 1.0)
     position = report["position"]
@@ -175,7 +193,9 @@ def test_engine_that_answers_correctly_scores_one(served, pairs_file: Path, tmp_
     assert report["run"]["scoring"] == "answer_text" and report["run"]["engine"] == "openai"
     assert set(report["by_source"]) == {"swe-gym", "swe-smith"}
     assert {name: group["pairs"] for name, group in report["by_funnel_stage"].items()} == {
-        "same_file": 3, "same_function": 3}
+        "same_file": 3,
+        "same_function": 3,
+    }
     # the server saw every pair in both orders, as the user turn the trainer's prompt builder makes, greedy and short
     chats = [body for key, body in server.requests if key == "POST /v1/chat/completions"]
     from agent.engines import load_tokenizer
@@ -183,14 +203,18 @@ def test_engine_that_answers_correctly_scores_one(served, pairs_file: Path, tmp_
     tokenizer = load_tokenizer(None)
     expected = sorted(prompt_text(pair, tokenizer, first, 1024) for pair in make_pairs() for first in (True, False))
     assert sorted(body["messages"][0]["content"] for body in chats) == expected
-    assert all(len(body["messages"]) == 1 and body["temperature"] == 0.0 and body["max_tokens"] == 16
-               and "tools" not in body for body in chats)
+    assert all(
+        len(body["messages"]) == 1 and body["temperature"] == 0.0 and body["max_tokens"] == 16 and "tools" not in body
+        for body in chats
+    )
     assert (tmp_path / "out" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # short contexts with no shared opening: all of each is shown
     assert report["run"]["prompt_version"] == 2 and report["run"]["shared_prefix"] == "omit"
     whole = {"mean": 1.0, "min": 1.0}
     assert {side: report["shown"][side] for side in ("positive", "negative")} == {
-        "positive": {"rest": whole, "whole": whole}, "negative": {"rest": whole, "whole": whole}}
+        "positive": {"rest": whole, "whole": whole},
+        "negative": {"rest": whole, "whole": whole},
+    }
     assert report["shown"]["pairs_with_shared_opening"] == 0
 
 
@@ -198,11 +222,18 @@ def shared_opening_pairs(count: int = 4) -> list[PairRecord]:
     """Pairs whose contexts open with the same 30 instruction lines (as mini-swe-agent trajectories do), then differ;
     pair i's positive tail grows with i, so the probe's budget cuts some of them."""
     opening = "".join(f"instruction {n:02d}: read the issue, run the tests, then edit the code\n" for n in range(30))
-    return [PairRecord(
-        pair_id=f"shared-{i}", query=f"Why does test_{i} fail?", answer=f"parse_{i} drops the timezone suffix.",
-        positive=opening + "".join(f"step {n:03d}: ran pytest, 3 passed\n" for n in range(8 * i)) + MARKER,
-        negative=opening + f"step 000: ran flake8 on parse_{i}.py\n", provenance={"source": "mini-swe-agent"},
-        funnel_stage="same_file") for i in range(count)]
+    return [
+        PairRecord(
+            pair_id=f"shared-{i}",
+            query=f"Why does test_{i} fail?",
+            answer=f"parse_{i} drops the timezone suffix.",
+            positive=opening + "".join(f"step {n:03d}: ran pytest, 3 passed\n" for n in range(8 * i)) + MARKER,
+            negative=opening + f"step 000: ran flake8 on parse_{i}.py\n",
+            provenance={"source": "mini-swe-agent"},
+            funnel_stage="same_file",
+        )
+        for i in range(count)
+    ]
 
 
 def test_report_says_how_much_of_each_context_was_shown(served, tmp_path: Path) -> None:  # type: ignore
@@ -212,8 +243,12 @@ def test_report_says_how_much_of_each_context_was_shown(served, tmp_path: Path) 
     pairs = shared_opening_pairs()
     write_pairs(path, pairs)
     server = served(correct_answer)
-    report = run_probe(ProbeConfig(pairs=path, engine="openai", model="rule", base_url=server.url,
-                                   out=tmp_path / "out", max_context_tokens=256), show_progress=False)
+    report = run_probe(
+        ProbeConfig(
+            pairs=path, engine="openai", model="rule", base_url=server.url, out=tmp_path / "out", max_context_tokens=256
+        ),
+        show_progress=False,
+    )
     # the shared instructions reach the model zero times; each option opens with the same marker line
     prompts = [body["messages"][0]["content"] for key, body in server.requests if key == "POST /v1/chat/completions"]
     assert len(prompts) == 8 and all("instruction 0" not in prompt for prompt in prompts)
@@ -233,23 +268,37 @@ def test_report_says_how_much_of_each_context_was_shown(served, tmp_path: Path) 
     assert all(a["shown"] == fractions[int(a["pair_id"].split("-")[1])] for a in answers)
     lines = summary_lines(report, tmp_path / "out")
     assert any(line.startswith("shown of each context") and "4 pairs share one, omit" in line for line in lines)
-    assert f"  positives: {shown['positive']['rest']['mean']:.3f} ({shown['positive']['rest']['min']:.3f})" in \
-        "\n".join(lines)
+    assert (
+        f"  positives: {shown['positive']['rest']['mean']:.3f} ({shown['positive']['rest']['min']:.3f})"
+        in "\n".join(lines)
+    )
     # shown once instead: the shared lines reach the model exactly once per prompt, in their own block
     server.requests.clear()
-    once = run_probe(ProbeConfig(pairs=path, engine="openai", model="rule", base_url=server.url,
-                                 out=tmp_path / "once", max_context_tokens=2048, shared_prefix="once"),
-                     show_progress=False)
+    once = run_probe(
+        ProbeConfig(
+            pairs=path,
+            engine="openai",
+            model="rule",
+            base_url=server.url,
+            out=tmp_path / "once",
+            max_context_tokens=2048,
+            shared_prefix="once",
+        ),
+        show_progress=False,
+    )
     prompts = [body["messages"][0]["content"] for key, body in server.requests if key == "POST /v1/chat/completions"]
     assert all(prompt.count("instruction 00:") == 1 and "<shared_opening>" in prompt for prompt in prompts)
     assert once["run"]["shared_prefix"] == "once" and once["accuracy"] == 1.0
 
 
 def test_engine_that_always_answers_one_has_total_position_bias(  # type: ignore[no-untyped-def]
-        served, pairs_file: Path, tmp_path: Path) -> None:
+    served, pairs_file: Path, tmp_path: Path
+) -> None:
     server = served(lambda prompt: "1")
-    report = run_probe(ProbeConfig(pairs=pairs_file, engine="openai", model="rule", base_url=server.url,
-                                   out=tmp_path / "out"), show_progress=False)
+    report = run_probe(
+        ProbeConfig(pairs=pairs_file, engine="openai", model="rule", base_url=server.url, out=tmp_path / "out"),
+        show_progress=False,
+    )
     assert report["accuracy"] == 0.5
     position = report["position"]
     assert position["position_bias"] == 1.0 and position["share_answer_1"] == 1.0
@@ -265,11 +314,14 @@ def test_engine_that_always_answers_one_has_total_position_bias(  # type: ignore
 
 
 def test_replies_naming_no_option_are_wrong_and_counted(  # type: ignore[no-untyped-def]
-        served, pairs_file: Path, tmp_path: Path) -> None:
+    served, pairs_file: Path, tmp_path: Path
+) -> None:
     # the presentations with the positive first get a reply that names no option, the others the correct one
     server = served(lambda prompt: "I cannot tell." if MARKER in option_text(prompt, 1) else correct_answer(prompt))
-    report = run_probe(ProbeConfig(pairs=pairs_file, engine="openai", model="rule", base_url=server.url,
-                                   out=tmp_path / "out"), show_progress=False)
+    report = run_probe(
+        ProbeConfig(pairs=pairs_file, engine="openai", model="rule", base_url=server.url, out=tmp_path / "out"),
+        show_progress=False,
+    )
     assert report["unanswered"]["count"] == 6 and report["unanswered"]["share"] == 0.5
     assert report["accuracy"] == 0.5
     assert report["position"]["accuracy_positive_first"]["accuracy"] == 0.0
@@ -281,8 +333,18 @@ def test_replies_naming_no_option_are_wrong_and_counted(  # type: ignore[no-unty
 
 def test_hf_tiny_model_end_to_end(tiny_model_dir: Path, tiny, pairs_file: Path, tmp_path: Path) -> None:  # type: ignore
     out = tmp_path / "probe"
-    proc = probe_cli("--pairs", str(pairs_file), "--engine", "hf", "--model", str(tiny_model_dir),
-                     "--out", str(out), "--batch-size", "5")
+    proc = probe_cli(
+        "--pairs",
+        str(pairs_file),
+        "--engine",
+        "hf",
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(out),
+        "--batch-size",
+        "5",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "accuracy" in proc.stdout and "report.json" in proc.stdout
     report = json.loads((out / "report.json").read_text())
@@ -328,23 +390,35 @@ def vllm_like_server(model: Any, served_name: str) -> LoopbackServer:
             choices.append({"index": index, "text": "", "finish_reason": "length", "prompt_logprobs": entries})
         return {"id": "cmpl", "object": "text_completion", "model": served_name, "choices": choices[::-1]}
 
-    return LoopbackServer({"POST /v1/completions": completions,
-                           "GET /v1/models": lambda _: {"data": [{"id": served_name}]}})
+    return LoopbackServer(
+        {"POST /v1/completions": completions, "GET /v1/models": lambda _: {"data": [{"id": served_name}]}}
+    )
 
 
 def test_vllm_scoring_matches_hf_margins(  # type: ignore[no-untyped-def]
-        tiny_model_dir: Path, tiny, pairs_file: Path, tmp_path: Path) -> None:
+    tiny_model_dir: Path, tiny, pairs_file: Path, tmp_path: Path
+) -> None:
     model, _ = tiny
     server = vllm_like_server(model, "tiny")
     try:
-        via_vllm = run_probe(ProbeConfig(pairs=pairs_file, engine="vllm", model="tiny", base_url=server.url,
-                                         tokenizer=str(tiny_model_dir), out=tmp_path / "vllm"), show_progress=False)
+        via_vllm = run_probe(
+            ProbeConfig(
+                pairs=pairs_file,
+                engine="vllm",
+                model="tiny",
+                base_url=server.url,
+                tokenizer=str(tiny_model_dir),
+                out=tmp_path / "vllm",
+            ),
+            show_progress=False,
+        )
     finally:
         server.close()
-    via_hf = run_probe(ProbeConfig(pairs=pairs_file, engine="hf", model=str(tiny_model_dir), out=tmp_path / "hf"),
-                       show_progress=False)
+    via_hf = run_probe(
+        ProbeConfig(pairs=pairs_file, engine="hf", model=str(tiny_model_dir), out=tmp_path / "hf"), show_progress=False
+    )
     assert via_vllm["run"]["scoring"] == "option_logits" and via_vllm["run"]["engine"] == "vllm"
-    read = lambda name: [json.loads(l) for l in (tmp_path / name / "answers.jsonl").read_text().splitlines()]  # noqa
+    read = lambda name: [json.loads(l) for l in (tmp_path / name / "answers.jsonl").read_text().splitlines()]
     for a, b in zip(read("vllm"), read("hf"), strict=True):
         assert (a["pair_id"], a["positive_first"], a["choice"]) == (b["pair_id"], b["positive_first"], b["choice"])
         assert a["option_margin"] == pytest.approx(b["option_margin"], abs=1e-4)
@@ -352,17 +426,30 @@ def test_vllm_scoring_matches_hf_margins(  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.slow
-def test_vllm_real_server_matches_hf(vllm_venv: Path, tiny_model_dir: Path, pairs_file: Path,  # type: ignore
-                                     tmp_path: Path) -> None:
+def test_vllm_real_server_matches_hf(
+    vllm_venv: Path,
+    tiny_model_dir: Path,
+    pairs_file: Path,  # type: ignore
+    tmp_path: Path,
+) -> None:
     """The real vLLM CPU server (float32): its prompt logprobs give the hf margins (DESIGN.md measured 7.6e-6)."""
     from agent.engines.vllm_server import start_vllm_server
 
     with start_vllm_server(tiny_model_dir, venv=vllm_venv, log_path=tmp_path / "vllm.log") as server:
-        via_vllm = run_probe(ProbeConfig(pairs=pairs_file, engine="vllm", model=server.served_model_name,
-                                         base_url=server.base_url, out=tmp_path / "vllm"), show_progress=False)
-    via_hf = run_probe(ProbeConfig(pairs=pairs_file, engine="hf", model=str(tiny_model_dir), out=tmp_path / "hf"),
-                       show_progress=False)
-    read = lambda name: [json.loads(l) for l in (tmp_path / name / "answers.jsonl").read_text().splitlines()]  # noqa
+        via_vllm = run_probe(
+            ProbeConfig(
+                pairs=pairs_file,
+                engine="vllm",
+                model=server.served_model_name,
+                base_url=server.base_url,
+                out=tmp_path / "vllm",
+            ),
+            show_progress=False,
+        )
+    via_hf = run_probe(
+        ProbeConfig(pairs=pairs_file, engine="hf", model=str(tiny_model_dir), out=tmp_path / "hf"), show_progress=False
+    )
+    read = lambda name: [json.loads(l) for l in (tmp_path / name / "answers.jsonl").read_text().splitlines()]
     for a, b in zip(read("vllm"), read("hf"), strict=True):
         assert a["option_margin"] == pytest.approx(b["option_margin"], abs=1e-3)
     assert via_vllm["accuracy"] == via_hf["accuracy"]
@@ -372,8 +459,16 @@ def test_vllm_real_server_matches_hf(vllm_venv: Path, tiny_model_dir: Path, pair
 
 
 def test_user_errors_are_one_line_without_traceback(pairs_file: Path, tmp_path: Path) -> None:
-    missing = probe_cli("--pairs", str(tmp_path / "nope.jsonl"), "--engine", "openai", "--model", "m",
-                        "--base-url", "http://127.0.0.1:9/v1")
+    missing = probe_cli(
+        "--pairs",
+        str(tmp_path / "nope.jsonl"),
+        "--engine",
+        "openai",
+        "--model",
+        "m",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+    )
     assert missing.returncode == 1 and "error: --pairs: no such file" in missing.stderr
     bad_engine = probe_cli("--pairs", str(pairs_file), "--engine", "tgi", "--model", "m")
     assert bad_engine.returncode == 2 and "Invalid value for '--engine'" in bad_engine.stderr
@@ -383,7 +478,7 @@ def test_user_errors_are_one_line_without_traceback(pairs_file: Path, tmp_path: 
     no_url = probe_cli("--pairs", str(pairs_file), "--engine", "vllm", "--model", "m")
     assert no_url.returncode == 1 and "needs --base-url" in no_url.stderr
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(pairs_file.read_text().splitlines()[0] + "\n{\"pair_id\": \"x\"}\n")
+    bad.write_text(pairs_file.read_text().splitlines()[0] + '\n{"pair_id": "x"}\n')
     invalid = probe_cli("--pairs", str(bad), "--engine", "hf", "--model", str(tmp_path))
     assert invalid.returncode == 1 and "line 2: field 'query'" in invalid.stderr
     no_model = probe_cli("--pairs", str(pairs_file), "--engine", "hf", "--model", str(tmp_path / "none"))

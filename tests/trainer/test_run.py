@@ -17,12 +17,37 @@ pytestmark = pytest.mark.docker
 def _config(tmp_path, name: str, steps: int) -> TrainerConfig:  # type: ignore[no-untyped-def]
     pairs = tmp_path / "pairs.jsonl"
     if not pairs.exists():
-        write_pairs(pairs, [PairRecord(pair_id=f"p{i}", query=f"q{i}", answer=f"answer {i}", positive=f"ctx {i}",
-                                       negative=f"other {i + 10}", funnel_stage="synthetic") for i in range(4)])
-    config = TrainerConfig(steps=steps, tasks_per_step=2, group_size=2, max_turns=1, max_tokens_per_turn=16,
-                           pairs_per_step=2, pairs_file=pairs, heldout_pairs=pairs, synthetic_pairs=False,
-                           checkpoint_every=1, output_dir=tmp_path / name, concurrency=4, warm_start_steps=0,
-                           eval_every=1, success_eval_episodes=1)
+        write_pairs(
+            pairs,
+            [
+                PairRecord(
+                    pair_id=f"p{i}",
+                    query=f"q{i}",
+                    answer=f"answer {i}",
+                    positive=f"ctx {i}",
+                    negative=f"other {i + 10}",
+                    funnel_stage="synthetic",
+                )
+                for i in range(4)
+            ],
+        )
+    config = TrainerConfig(
+        steps=steps,
+        tasks_per_step=2,
+        group_size=2,
+        max_turns=1,
+        max_tokens_per_turn=16,
+        pairs_per_step=2,
+        pairs_file=pairs,
+        heldout_pairs=pairs,
+        synthetic_pairs=False,
+        checkpoint_every=1,
+        output_dir=tmp_path / name,
+        concurrency=4,
+        warm_start_steps=0,
+        eval_every=1,
+        success_eval_episodes=1,
+    )
     config.grpo.minibatches = 1  # one update per step unless a test asks for more
     config.ca_updates_per_step = 0  # L_CA in each GRPO update's loss (one optimizer) unless a test asks otherwise
     return config
@@ -53,8 +78,11 @@ def test_short_run_then_resume_matches_uninterrupted(sample_images, tmp_path):  
     assert len(tasks) == 8 and [t["weights_version"] for t in evaluated] == [0] * 8 + [3] * 8
     assert [t["task_id"] for t in evaluated[:8]] == [t["task_id"] for t in evaluated[8:]] == tasks
     assert [i for i, r in enumerate(rows) if "success_eval" in r] == [0, 3]
-    assert summary["success_eval"]["start"] == rows[0]["success_eval"] == sum(
-        bool(t["resolved"]) for t in evaluated[:8]) / 8
+    assert (
+        summary["success_eval"]["start"]
+        == rows[0]["success_eval"]
+        == sum(bool(t["resolved"]) for t in evaluated[:8]) / 8
+    )
     assert set(summary["success_eval"]["end_by_task"]) == set(tasks)
 
     train(_config(tmp_path, "resumed", 2), log=lambda *_: None)
@@ -63,14 +91,19 @@ def test_short_run_then_resume_matches_uninterrupted(sample_images, tmp_path):  
     assert resumed["last"]["tasks"] == straight["last"]["tasks"]
     assert resumed["last"]["loss"] == pytest.approx(straight["last"]["loss"], rel=1e-4, abs=1e-6)
     assert resumed["last"]["reward"] == straight["last"]["reward"] or (
-        resumed["last"]["reward"] != resumed["last"]["reward"])  # both NaN when nothing was graded
+        resumed["last"]["reward"] != resumed["last"]["reward"]
+    )  # both NaN when nothing was graded
     # The rollout record holds each step once, as the uninterrupted run's does.
-    versions = [json.loads(line)["weights_version"]
-                for line in (tmp_path / "resumed" / "rollouts.jsonl").read_text().splitlines()]
+    versions = [
+        json.loads(line)["weights_version"]
+        for line in (tmp_path / "resumed" / "rollouts.jsonl").read_text().splitlines()
+    ]
     assert versions == [0] * 4 + [1] * 4 + [2] * 4
     # The evaluations: the start's, the 2-step run's end, the extended run's end (after step 3).
-    versions = [json.loads(line)["weights_version"]
-                for line in (tmp_path / "resumed" / "eval-rollouts.jsonl").read_text().splitlines()]
+    versions = [
+        json.loads(line)["weights_version"]
+        for line in (tmp_path / "resumed" / "eval-rollouts.jsonl").read_text().splitlines()
+    ]
     assert versions == [0] * 8 + [2] * 8 + [3] * 8
 
 
@@ -96,8 +129,7 @@ def test_success_evaluation_samples_with_the_same_seeds_at_both_ends(server, tmp
             self.seeds.append(params.seed)
             return await super().generate(prompt_ids, params)
 
-    config = TrainerConfig(output_dir=tmp_path, success_eval_episodes=3, group_size=3, max_turns=1,
-                           concurrency=8)
+    config = TrainerConfig(output_dir=tmp_path, success_eval_episodes=3, group_size=3, max_turns=1, concurrency=8)
     task_ids = ["contextrl-samples__minicalc-1", "contextrl-samples__textkit-2"]
     lines: list[str] = []
     seen = []
@@ -107,7 +139,9 @@ def test_success_evaluation_samples_with_the_same_seeds_at_both_ends(server, tmp
             engine.weights_version = version
             row = evaluate_success(engine, [server.url], task_ids, config, tokenizer, runner, lines.append)
             assert row["success_eval"] == 0.0 and row["success_eval_infra_failures"] == 0
-            assert {k for k in row if k.startswith("success_eval_by_task/")} == {f"success_eval_by_task/{t}" for t in task_ids}
+            assert {k for k in row if k.startswith("success_eval_by_task/")} == {
+                f"success_eval_by_task/{t}" for t in task_ids
+            }
             seen.append(sorted(engine.seeds))
         training = SeedRecorder()
         runner.run(collect_rollouts(training, [server.url], task_ids, config, tokenizer, step=0))
@@ -176,13 +210,17 @@ def test_separate_ca_updates_take_their_own_optimizer_and_resume_exactly(sample_
     train(separate("ca3-resumed", 1), log=lambda *_: None)
     resumed = train(separate("ca3-resumed", 2), resume=True, log=lambda *_: None)
     assert resumed["last"]["loss"] == pytest.approx(row["loss"], rel=1e-5, abs=1e-7)
-    weights = [torch.load(tmp_path / name / "checkpoints" / "latest" / "trainer_state.pt", weights_only=False)
-               for name in ("ca3", "ca3-resumed")]
+    weights = [
+        torch.load(tmp_path / name / "checkpoints" / "latest" / "trainer_state.pt", weights_only=False)
+        for name in ("ca3", "ca3-resumed")
+    ]
     for a, b in zip(weights[0]["ca_optimizer"]["state"].values(), weights[1]["ca_optimizer"]["state"].values()):
         assert torch.allclose(a["exp_avg_sq"], b["exp_avg_sq"], rtol=1e-4, atol=1e-12)
     # L_CA's optimizer holds every parameter but the (tied) token embeddings.
-    assert len(state["ca_optimizer"]["param_groups"][0]["params"]) == len(
-        state["optimizer"]["param_groups"][0]["params"]) - 1
+    assert (
+        len(state["ca_optimizer"]["param_groups"][0]["params"])
+        == len(state["optimizer"]["param_groups"][0]["params"]) - 1
+    )
     # With GRPO silent (no reward varies, no KL), only L_CA's updates move the weights: the decoder layers do, the
     # token embeddings do not — and with `ca_trains_embeddings` they do.
     from safetensors.torch import load_file
@@ -193,8 +231,9 @@ def test_separate_ca_updates_take_their_own_optimizer_and_resume_exactly(sample_
         train(config, log=lambda *_: None)
         base = load_file(tmp_path / name / "base-model" / "model.safetensors")
         after = load_file(tmp_path / name / "checkpoints" / "latest" / "model" / "model.safetensors")
-        assert not torch.equal(base["model.layers.0.self_attn.q_proj.weight"],
-                               after["model.layers.0.self_attn.q_proj.weight"])
+        assert not torch.equal(
+            base["model.layers.0.self_attn.q_proj.weight"], after["model.layers.0.self_attn.q_proj.weight"]
+        )
         assert torch.equal(base["model.embed_tokens.weight"], after["model.embed_tokens.weight"]) is not trains
     # A checkpoint of a shared-optimizer run cannot be resumed as a separate one: said, not silently mixed.
     train(_config(tmp_path, "shared", 1), log=lambda *_: None)
@@ -205,30 +244,51 @@ def test_separate_ca_updates_take_their_own_optimizer_and_resume_exactly(sample_
 def _mined_pairs(groups: int) -> list[PairRecord]:
     """Pairs shaped like the miner's: for each two issues of one repository the mirror pairs A/B and B/A, with
     trajectory-long contexts and the provenance the miner writes (both sides' task ids, the group of the two)."""
+
     def trajectory(task: str, number: int) -> str:
         turns = [f"[user] {task}: render_{number}() drops the last widget of a row."]
         for turn in range(12):
-            turns += [f"[assistant] execute_bash: grep -n 'render_{number}' widgets/render.py  # look {turn}",
-                      f"[tool] widgets/render.py:{40 + turn}:    for widget in row[:-1]:  # {task} pass {turn}"]
+            turns += [
+                f"[assistant] execute_bash: grep -n 'render_{number}' widgets/render.py  # look {turn}",
+                f"[tool] widgets/render.py:{40 + turn}:    for widget in row[:-1]:  # {task} pass {turn}",
+            ]
         return "\n".join(turns)
 
     def side(task: str) -> dict[str, object]:
-        return {"episode_id": f"{task}-ep", "task_id": task, "resolved": True, "file": "swe-smith.json",
-                "format": "swe-smith", "record": 0}
+        return {
+            "episode_id": f"{task}-ep",
+            "task_id": task,
+            "resolved": True,
+            "file": "swe-smith.json",
+            "format": "swe-smith",
+            "record": 0,
+        }
 
     records = []
     for number in range(groups):
         issues = (f"acme__widgets-{2 * number}", f"acme__widgets-{2 * number + 1}")
         for positive, negative in (issues, issues[::-1]):
-            records.append(PairRecord(
-                pair_id=f"pair-{positive}-{negative}", query=f"{positive}: a row of widgets renders one short",
-                answer=f"Edit widgets/render.py, function render_{number} (1 line changed)",
-                positive=trajectory(positive, number), negative=trajectory(negative, number),
-                funnel_stage="same_function",
-                provenance={"miner_version": 1, "seed": 0, "repo": "acme/widgets", "commit": "c0ffee",
-                            "positive": side(positive), "negative": side(negative),
-                            "shared_files": ["widgets/render.py"], "shared_functions": [f"render_{number}"],
-                            "group": "issues:" + "|".join(issues)}))
+            records.append(
+                PairRecord(
+                    pair_id=f"pair-{positive}-{negative}",
+                    query=f"{positive}: a row of widgets renders one short",
+                    answer=f"Edit widgets/render.py, function render_{number} (1 line changed)",
+                    positive=trajectory(positive, number),
+                    negative=trajectory(negative, number),
+                    funnel_stage="same_function",
+                    provenance={
+                        "miner_version": 1,
+                        "seed": 0,
+                        "repo": "acme/widgets",
+                        "commit": "c0ffee",
+                        "positive": side(positive),
+                        "negative": side(negative),
+                        "shared_files": ["widgets/render.py"],
+                        "shared_functions": [f"render_{number}"],
+                        "group": "issues:" + "|".join(issues),
+                    },
+                )
+            )
     return records
 
 
@@ -287,9 +347,14 @@ def test_merge_step_outputs_reports_each_losss_updates() -> None:
     from trainer.distributed import StepOutput
     from trainer.run import merge_step_outputs
 
-    grpo = [StepOutput(0.2, {"grpo/loss": 0.2, "grpo/entropy": 1.0, "loss": 0.2}, 0.1),
-            StepOutput(0.4, {"grpo/loss": 0.4, "grpo/entropy": 3.0, "loss": 0.4}, 0.3)]
-    ca = [StepOutput(0.6, {"ca/ca_loss": 0.6, "loss": 0.6}, 1.0), StepOutput(0.8, {"ca/ca_loss": 0.8, "loss": 0.8}, 2.0)]
+    grpo = [
+        StepOutput(0.2, {"grpo/loss": 0.2, "grpo/entropy": 1.0, "loss": 0.2}, 0.1),
+        StepOutput(0.4, {"grpo/loss": 0.4, "grpo/entropy": 3.0, "loss": 0.4}, 0.3),
+    ]
+    ca = [
+        StepOutput(0.6, {"ca/ca_loss": 0.6, "loss": 0.6}, 1.0),
+        StepOutput(0.8, {"ca/ca_loss": 0.8, "loss": 0.8}, 2.0),
+    ]
     out = merge_step_outputs(grpo, ca, ca_weight=0.5)
     assert out.metrics["grpo/entropy"] == pytest.approx(2.0) and out.metrics["ca/ca_loss"] == pytest.approx(0.7)
     assert out.loss == out.metrics["loss"] == pytest.approx(0.3 + 0.5 * 0.7)
@@ -351,8 +416,9 @@ def test_kill_9_then_resume_finishes(sample_images, tmp_path):  # type: ignore[n
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
     command = [sys.executable, "-m", "trainer.run", "--config", str(path)]
-    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     checkpoints = config.output_dir / "checkpoints"
     deadline = time.monotonic() + 300
     while not (checkpoints / "step-000002").exists() and time.monotonic() < deadline:
@@ -365,13 +431,17 @@ def test_kill_9_then_resume_finishes(sample_images, tmp_path):  # type: ignore[n
     steps = [json.loads(line)["step"] for line in (config.output_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3, 4]
     # The rollouts of the steps redone after the kill (and a line it may have cut short) are not kept twice.
-    versions = [json.loads(line)["weights_version"]
-                for line in (config.output_dir / "rollouts.jsonl").read_text().splitlines()]
+    versions = [
+        json.loads(line)["weights_version"] for line in (config.output_dir / "rollouts.jsonl").read_text().splitlines()
+    ]
     assert versions == sorted(versions) and versions == [v for v in range(4) for _ in range(4)]
     name = local_server_name(config.output_dir)
     orphans = subprocess.run(["pgrep", "-f", f"--server-name {name}"], capture_output=True, text=True).stdout
     assert not orphans.strip(), f"the killed run's env server survived: {orphans}"
-    assert docker_client().containers.list(all=True, ignore_removed=True, filters={"label": f"envserver.server={name}"}) == []
+    assert (
+        docker_client().containers.list(all=True, ignore_removed=True, filters={"label": f"envserver.server={name}"})
+        == []
+    )
 
 
 def test_embedded_default_shortened(sample_images, tmp_path):  # type: ignore[no-untyped-def]
@@ -388,10 +458,16 @@ def test_embedded_default_shortened(sample_images, tmp_path):  # type: ignore[no
 
     out = tmp_path / "default"
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({"steps": 2, "warm_start_steps": 4, "output_dir": str(out),
-                                    "success_eval_episodes": 1}))
-    proc = subprocess.run([sys.executable, "-m", "trainer.run", "--config", str(path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
+    path.write_text(
+        yaml.safe_dump({"steps": 2, "warm_start_steps": 4, "output_dir": str(out), "success_eval_episodes": 1})
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.run", "--config", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "success rate (evaluation of 8 tasks, fixed seeds): start" in proc.stdout
     assert "contextrl-samples__minicalc-1: " in proc.stdout  # and each task's
@@ -447,14 +523,21 @@ def test_sigterm_stops_the_local_env_server_and_its_containers(sample_images, tm
     config = _config(tmp_path, "terminated", 50)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
-    process = subprocess.Popen([sys.executable, "-m", "trainer.run", "--config", str(path)], cwd=ROOT,
-                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trainer.run", "--config", str(path)],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     name = local_server_name(config.output_dir)
     label = {"label": f"envserver.server={name}"}
     deadline = time.monotonic() + 300
     # terminated mid-rollout, once step 1 is done and episode containers of a later step are running
-    while not ((config.output_dir / "checkpoints" / "step-000001").exists()
-               and docker_client().containers.list(all=True, ignore_removed=True, filters=label)):
+    while not (
+        (config.output_dir / "checkpoints" / "step-000001").exists()
+        and docker_client().containers.list(all=True, ignore_removed=True, filters=label)
+    ):
         assert process.poll() is None, "the trainer exited before it was terminated"
         assert time.monotonic() < deadline, "no checkpoint and running episode within 300 s"
         time.sleep(0.2)
@@ -462,4 +545,7 @@ def test_sigterm_stops_the_local_env_server_and_its_containers(sample_images, tm
     assert process.wait(timeout=120) == 143
     leftover = subprocess.run(["pgrep", "-f", f"--server-name {name}"], capture_output=True, text=True).stdout
     assert not leftover.strip(), f"the env server outlived the trainer: {leftover}"
-    assert docker_client().containers.list(all=True, ignore_removed=True, filters={"label": f"envserver.server={name}"}) == []
+    assert (
+        docker_client().containers.list(all=True, ignore_removed=True, filters={"label": f"envserver.server={name}"})
+        == []
+    )

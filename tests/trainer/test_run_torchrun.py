@@ -23,12 +23,27 @@ pytestmark = pytest.mark.docker
 def _run(tmp_path, name: str, launcher: list[str]) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
     out = tmp_path / name
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"steps": 2, "warm_start_steps": 2, "tasks_per_step": 2, "group_size": 2,
-                                    "max_turns": 1, "max_tokens_per_turn": 16, "pairs_per_step": 3,
-                                    "eval_every": 1, "tensorboard": False, "output_dir": str(out),
-                                    "success_eval_episodes": 1, "inherit_warm_start_moments": True}))
-    proc = subprocess.run([*launcher, "-m", "trainer.run", "--config", str(path)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "steps": 2,
+                "warm_start_steps": 2,
+                "tasks_per_step": 2,
+                "group_size": 2,
+                "max_turns": 1,
+                "max_tokens_per_turn": 16,
+                "pairs_per_step": 3,
+                "eval_every": 1,
+                "tensorboard": False,
+                "output_dir": str(out),
+                "success_eval_episodes": 1,
+                "inherit_warm_start_moments": True,
+            }
+        )
+    )
+    proc = subprocess.run(
+        [*launcher, "-m", "trainer.run", "--config", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "held-out context-selection accuracy" in proc.stdout  # printed once, by rank 0
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -36,8 +51,9 @@ def _run(tmp_path, name: str, launcher: list[str]) -> list[dict]:  # type: ignor
 
 def test_torchrun_two_ranks_equal_one_process(sample_images, tmp_path):  # type: ignore[no-untyped-def]
     single = _run(tmp_path, "single", [sys.executable])
-    ranks = _run(tmp_path, "torchrun", [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                        "--nproc_per_node", "2"])
+    ranks = _run(
+        tmp_path, "torchrun", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    )
     assert [r["step"] for r in ranks] == [0, 1, 2]
     assert [r.get("world_size") for r in ranks[1:]] == [2, 2] and single[1]["world_size"] == 1
     for one, two in zip(single[1:], ranks[1:]):

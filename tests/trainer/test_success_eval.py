@@ -28,20 +28,34 @@ def test_every_task_unless_capped_then_a_fixed_sample_in_pool_order() -> None:
 
 def _rows(with_eval: bool) -> list[dict]:
     start = {"step": 0, "heldout_ca_accuracy": 0.5}
-    steps = [{"step": s, "success_rate": rate, "tasks": [f"t{(2 * s) % 4}", f"t{(2 * s + 1) % 4}"]}
-             for s, rate in enumerate([0.25, 0.5, 0.5, 0.75], start=1)]
+    steps = [
+        {"step": s, "success_rate": rate, "tasks": [f"t{(2 * s) % 4}", f"t{(2 * s + 1) % 4}"]}
+        for s, rate in enumerate([0.25, 0.5, 0.5, 0.75], start=1)
+    ]
     if with_eval:
-        start |= {"success_eval": 0.5, "success_eval_infra_failures": 0, "success_eval_by_task/a": 0.25,
-                  "success_eval_by_task/b": 0.75}
-        steps[-1] |= {"success_eval": 0.625, "success_eval_infra_failures": 1, "success_eval_by_task/a": 0.5,
-                      "success_eval_by_task/b": 0.75}
+        start |= {
+            "success_eval": 0.5,
+            "success_eval_infra_failures": 0,
+            "success_eval_by_task/a": 0.25,
+            "success_eval_by_task/b": 0.75,
+        }
+        steps[-1] |= {
+            "success_eval": 0.625,
+            "success_eval_infra_failures": 1,
+            "success_eval_by_task/a": 0.5,
+            "success_eval_by_task/b": 0.75,
+        }
     return [start, *steps]
 
 
 def test_summary_takes_the_evaluations_start_and_end_and_keeps_the_training_window(capsys) -> None:  # type: ignore[no-untyped-def]
     summary = start_end_summary(_rows(with_eval=True))
-    assert summary["success_eval"] == {"start": 0.5, "end": 0.625, "start_by_task": {"a": 0.25, "b": 0.75},
-                                       "end_by_task": {"a": 0.5, "b": 0.75}}
+    assert summary["success_eval"] == {
+        "start": 0.5,
+        "end": 0.625,
+        "start_by_task": {"a": 0.25, "b": 0.75},
+        "end_by_task": {"a": 0.5, "b": 0.75},
+    }
     # the training rollouts' passes (2 steps cover the 4 tasks) are still reported beside it
     assert summary["success_rate"] == {"start": 0.375, "end": 0.625, "window_steps": 2}
     print_summary(summary, __import__("pathlib").Path("out"))

@@ -18,9 +18,20 @@ from starlette.routing import Route
 from envserver.client import AsyncEnvClient, EnvClient, EnvServerError
 from envserver.local import free_port
 
-RESET_OK = {"session_id": "s1", "observation": "task", "info": {
-    "task_id": "t", "repo": "o/r", "workdir": "/testbed", "tools": [], "max_steps": 5, "image": "img",
-    "warm_start": False, "reset_s": 0.1}}
+RESET_OK = {
+    "session_id": "s1",
+    "observation": "task",
+    "info": {
+        "task_id": "t",
+        "repo": "o/r",
+        "workdir": "/testbed",
+        "tools": [],
+        "max_steps": 5,
+        "image": "img",
+        "warm_start": False,
+        "reset_s": 0.1,
+    },
+}
 
 
 class Script:
@@ -41,8 +52,9 @@ class Script:
             self.calls["reset"] += 1
             self.keys["reset"].append(request.headers.get("idempotency-key"))
             if self.calls["reset"] % 2 == 1:
-                return JSONResponse({"error": {"type": "capacity", "message": "full"}}, status_code=429,
-                                    headers={"Retry-After": "0.2"})
+                return JSONResponse(
+                    {"error": {"type": "capacity", "message": "full"}}, status_code=429, headers={"Retry-After": "0.2"}
+                )
             return JSONResponse(RESET_OK, status_code=201)
 
         async def step(request: Request) -> JSONResponse:
@@ -54,10 +66,14 @@ class Script:
             self.calls["state"] += 1
             return JSONResponse({"error": {"type": "unknown_session", "message": "no session s9"}}, status_code=404)
 
-        return Starlette(routes=[
-            Route("/v1/tasks", tasks), Route("/v1/sessions", sessions, methods=["POST"]),
-            Route("/v1/sessions/{sid}/step", step, methods=["POST"]), Route("/v1/sessions/{sid}", state),
-        ])
+        return Starlette(
+            routes=[
+                Route("/v1/tasks", tasks),
+                Route("/v1/sessions", sessions, methods=["POST"]),
+                Route("/v1/sessions/{sid}/step", step, methods=["POST"]),
+                Route("/v1/sessions/{sid}", state),
+            ]
+        )
 
 
 @pytest.fixture

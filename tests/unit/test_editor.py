@@ -44,7 +44,7 @@ def ok(result: dict) -> str:
 def err(result: dict) -> str:
     assert result["error"] is True, result
     assert result["output"].startswith("ERROR:\n"), result
-    return result["output"][len("ERROR:\n"):]
+    return result["output"][len("ERROR:\n") :]
 
 
 # --- the module itself ------------------------------------------------------------------------------
@@ -116,8 +116,18 @@ def test_missing_path_names_the_parameter(ed):
 
 def test_unknown_keys_and_linting_flag_are_ignored(ed, tmp_path):
     target = tmp_path / "a.py"
-    out = ok(ed.run({"command": "create", "path": str(target), "file_text": "x = 1\n",
-                     "security_risk": "LOW", "enable_linting": True, "thought": "..."}))
+    out = ok(
+        ed.run(
+            {
+                "command": "create",
+                "path": str(target),
+                "file_text": "x = 1\n",
+                "security_risk": "LOW",
+                "enable_linting": True,
+                "thought": "...",
+            }
+        )
+    )
     assert out == "File created successfully at: %s" % target
 
 
@@ -186,9 +196,12 @@ def test_fifo_is_refused_without_blocking(ed, tmp_path):
     results = []
     worker = threading.Thread(
         target=lambda: results.extend(
-            [ed.run({"command": "view", "path": str(fifo)}),
-             ed.run({"command": "str_replace", "path": str(fifo), "old_str": "a", "new_str": "b"}),
-             ed.run({"command": "insert", "path": str(fifo), "insert_line": 0, "new_str": "b"})]),
+            [
+                ed.run({"command": "view", "path": str(fifo)}),
+                ed.run({"command": "str_replace", "path": str(fifo), "old_str": "a", "new_str": "b"}),
+                ed.run({"command": "insert", "path": str(fifo), "insert_line": 0, "new_str": "b"}),
+            ]
+        ),
         daemon=True,
     )
     worker.start()

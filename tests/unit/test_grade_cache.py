@@ -12,8 +12,14 @@ from envserver.wire import GradeReport
 
 
 def _report(reward: float = 1.0, infra: bool = False) -> GradeReport:
-    return GradeReport(resolved=reward == 1.0, reward=reward, infra_failure=infra,
-                       infra_reason="docker_error: boom" if infra else None, model_patch="diff", duration_s=1.5)
+    return GradeReport(
+        resolved=reward == 1.0,
+        reward=reward,
+        infra_failure=infra,
+        infra_reason="docker_error: boom" if infra else None,
+        model_patch="diff",
+        duration_s=1.5,
+    )
 
 
 class _Grader:
@@ -29,8 +35,17 @@ class _Grader:
 def test_key_depends_on_task_image_and_patch():  # type: ignore[no-untyped-def]
     base = grade_key("t1", "img:1", "diff a")
     assert base == grade_key("t1", "img:1", "diff a")
-    assert len({base, grade_key("t2", "img:1", "diff a"), grade_key("t1", "img:2", "diff a"),
-                grade_key("t1", "img:1", "diff b")}) == 4
+    assert (
+        len(
+            {
+                base,
+                grade_key("t2", "img:1", "diff a"),
+                grade_key("t1", "img:2", "diff a"),
+                grade_key("t1", "img:1", "diff b"),
+            }
+        )
+        == 4
+    )
 
 
 def test_repeat_is_served_from_the_cache_as_a_copy():  # type: ignore[no-untyped-def]

@@ -8,23 +8,37 @@ from envserver import grading, tools
 from envserver.tasks import TaskInstance
 
 TASK = TaskInstance(
-    instance_id="o__r-1", repo="o/r", base_commit="abc1234", problem_statement="p",
+    instance_id="o__r-1",
+    repo="o/r",
+    base_commit="abc1234",
+    problem_statement="p",
     test_patch="diff --git a/tests/test_a.py b/tests/test_a.py\n--- a/tests/test_a.py\n+++ b/tests/test_a.py\n",
-    FAIL_TO_PASS=["tests/test_a.py::test_new"], PASS_TO_PASS=["tests/test_a.py::test_old"],
+    FAIL_TO_PASS=["tests/test_a.py::test_new"],
+    PASS_TO_PASS=["tests/test_a.py::test_old"],
     eval={"test_cmd": "python3 -m pytest -rA", "log_parser": "pytest"},
 )
 
 
 def _log(lines: list[str], exit_code: int) -> str:
-    return "\n".join([">>>>> Applied Patch", "+ : '>>>>> Start Test Output'", *lines,
-                      "+ : '>>>>> End Test Output'", f">>>>> Test Exit Code: {exit_code}"])
+    return "\n".join(
+        [
+            ">>>>> Applied Patch",
+            "+ : '>>>>> Start Test Output'",
+            *lines,
+            "+ : '>>>>> End Test Output'",
+            f">>>>> Test Exit Code: {exit_code}",
+        ]
+    )
 
 
 def test_eval_script_runs_the_test_files_between_markers():  # type: ignore[no-untyped-def]
     script = grading.test_spec_for(TASK, "img").eval_script
     assert "python3 -m pytest -rA tests/test_a.py" in script
-    assert script.index(">>>>> Start Test Output") < script.index("pytest -rA tests/") < script.index(
-        ">>>>> End Test Output")
+    assert (
+        script.index(">>>>> Start Test Output")
+        < script.index("pytest -rA tests/")
+        < script.index(">>>>> End Test Output")
+    )
     assert "git apply -v -" in script and TASK.test_patch.strip() in script
     assert "SWEBENCH_TEST_EXIT_CODE=$?" in script  # swebench's exit-status cross-check is in place
 
@@ -32,14 +46,17 @@ def test_eval_script_runs_the_test_files_between_markers():  # type: ignore[no-u
 def test_evaluate_log_resolved_and_not():  # type: ignore[no-untyped-def]
     spec = grading.test_spec_for(TASK, "img")
     tests, resolved, found = grading.evaluate_log(
-        spec, _log(["PASSED tests/test_a.py::test_new", "PASSED tests/test_a.py::test_old"], 0))
+        spec, _log(["PASSED tests/test_a.py::test_new", "PASSED tests/test_a.py::test_old"], 0)
+    )
     assert resolved and found and tests["FAIL_TO_PASS"]["success"] == ["tests/test_a.py::test_new"]
     tests, resolved, _ = grading.evaluate_log(
-        spec, _log(["FAILED tests/test_a.py::test_new - assert 1 == 2", "PASSED tests/test_a.py::test_old"], 1))
+        spec, _log(["FAILED tests/test_a.py::test_new - assert 1 == 2", "PASSED tests/test_a.py::test_old"], 1)
+    )
     assert not resolved and tests["FAIL_TO_PASS"]["failure"] == ["tests/test_a.py::test_new"]
     # A log claiming success while the test command failed is not believed (swebench's cross-check).
     _, resolved, found = grading.evaluate_log(
-        spec, _log(["PASSED tests/test_a.py::test_new", "PASSED tests/test_a.py::test_old"], 2))
+        spec, _log(["PASSED tests/test_a.py::test_new", "PASSED tests/test_a.py::test_old"], 2)
+    )
     assert not resolved and not found
 
 

@@ -74,7 +74,9 @@ def test_resolve_image_takes_the_first_existing() -> None:
     assert resolve_image(task, DEFAULT_TEMPLATES, exists) == next(iter(present))
     assert asked == candidate_images(task)
     assert resolve_image(task, DEFAULT_TEMPLATES, lambda name: False) is None
-    assert resolve_image(task, DEFAULT_TEMPLATES, lambda name: True) == "envserver/sweb.eval.django__django-11099:latest"
+    assert (
+        resolve_image(task, DEFAULT_TEMPLATES, lambda name: True) == "envserver/sweb.eval.django__django-11099:latest"
+    )
 
 
 def test_module_does_not_import_docker() -> None:

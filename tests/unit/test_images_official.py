@@ -149,7 +149,9 @@ def test_activation_shim_activates_the_venv_under_set_u(tmp_path: Path) -> None:
     subprocess.run(["python3", "-m", "venv", "--without-pip", str(env)], check=True)
     shim = tmp_path / "activate"
     shim.write_text(ACTIVATE_SHIM.replace("/opt/miniconda3", str(root)))
-    script = f"set -uo pipefail; source {shim} && conda activate testbed && echo $CONDA_DEFAULT_ENV $(command -v python)"
+    script = (
+        f"set -uo pipefail; source {shim} && conda activate testbed && echo $CONDA_DEFAULT_ENV $(command -v python)"
+    )
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["testbed", str(env / "bin" / "python")]

@@ -2,6 +2,7 @@
 
 Runs under the host python3 and under Python 3.8 (the oldest image python we support) when it is installed.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,12 @@ PYTHONS = [sys.executable] + ([PY38] if os.path.exists(PY38) else [])
 
 class Runtime:
     def __init__(self, python: str, cwd: str, *extra: str):
-        self.proc = subprocess.Popen([python, "-u", str(SERVER), "--cwd", cwd, *extra], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [python, "-u", str(SERVER), "--cwd", cwd, *extra],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         self.next_id = 0
 
     def raw(self, line: bytes) -> dict:
@@ -69,7 +74,7 @@ def rt_host(tmp_path):
 def test_ping_and_persistence(rt, tmp_path):
     ping = rt.call("ping")["result"]
     assert ping["protocol"] == 2 and ping["pid"] == rt.proc.pid and ping["signed"] is False
-    r = rt.bash("pwd; mkdir sub && cd sub && export FOO=bar; f() { echo \"f:$1\"; }; sleep 30 & echo started")
+    r = rt.bash('pwd; mkdir sub && cd sub && export FOO=bar; f() { echo "f:$1"; }; sleep 30 & echo started')
     assert r["status"] == "completed" and r["exit_code"] == 0
     assert r["output"].startswith(str(tmp_path) + "\n") and "started" in r["output"]
     assert r["cwd"] == str(tmp_path / "sub")
@@ -100,8 +105,10 @@ def test_hard_timeout_keeps_shell(rt):
 
 def test_hard_timeout_sigint_ignored(rt_host):
     """A program that ignores Ctrl-C is SIGKILLed together with its descendants."""
-    cmd = ("python3 -c 'import signal,subprocess,time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-           "subprocess.Popen([\"sleep\", \"777\"], start_new_session=True); time.sleep(1000)'")
+    cmd = (
+        "python3 -c 'import signal,subprocess,time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+        'subprocess.Popen(["sleep", "777"], start_new_session=True); time.sleep(1000)\''
+    )
     rt_host.bash("sleep 555 &")
     r = rt_host.bash(cmd, timeout=1)
     assert r["status"] == "hard_timeout" and "killed" in r["note"]
@@ -129,7 +136,7 @@ def test_input_to_read_and_python(rt):
     assert r["status"] == "no_output_timeout" and r["output"] == "name? "
     r = rt.bash("alice", is_input=True)
     assert r["status"] == "completed" and r["output"] == "got:alice\n"
-    r = rt.bash("python3 -c 'print(\"v=\" + input(\"> \"))'", no_output_timeout=1)
+    r = rt.bash('python3 -c \'print("v=" + input("> "))\'', no_output_timeout=1)
     assert r["status"] == "no_output_timeout"
     r = rt.bash("42", is_input=True)
     assert r["status"] == "completed" and r["output"].endswith("v=42\n")
@@ -161,7 +168,7 @@ def test_shell_death_restarts(rt, tmp_path, cmd):
     r = rt.bash(cmd)
     assert r["status"] == "shell_restarted" and "new shell" in r["note"]
     assert r["exit_code"] == (4 if "exit" in cmd else 137)
-    r = rt.bash("pwd; echo \"x=$X\"")
+    r = rt.bash('pwd; echo "x=$X"')
     assert r["output"] == "%s\nx=\n" % tmp_path and r["status"] == "completed"
 
 
@@ -175,10 +182,20 @@ def test_bad_requests_never_crash(rt):
     assert rt.raw(b"not json")["id"] is None
     assert rt.raw(b"\xff\xfe")["kind"] == "bad_request"
     assert rt.raw(b"[1, 2]")["id"] is None
-    for op, args, in [("nope", {}), ("bash", {}), ("bash", {"command": 3}), ("bash", {"command": "x", "timeout": "1"}),
-                      ("bash", {"command": "x", "is_input": "yes"}), ("bash", {"command": "x", "timeout": -1}),
-                      ("exec", {"argv": "ls"}), ("exec", {"argv": []}), ("bash", {"command": "x",
-                                                                                 "max_output_chars": True})]:
+    for (
+        op,
+        args,
+    ) in [
+        ("nope", {}),
+        ("bash", {}),
+        ("bash", {"command": 3}),
+        ("bash", {"command": "x", "timeout": "1"}),
+        ("bash", {"command": "x", "is_input": "yes"}),
+        ("bash", {"command": "x", "timeout": -1}),
+        ("exec", {"argv": "ls"}),
+        ("exec", {"argv": []}),
+        ("bash", {"command": "x", "max_output_chars": True}),
+    ]:
         resp = rt.call(op, **args)
         assert not resp["ok"] and resp["kind"] == "bad_request", (op, args, resp)
     assert rt.raw(b'{"id": "s", "op": "bash", "args": 5}')["kind"] == "bad_request"
@@ -197,8 +214,9 @@ def test_exec(rt, tmp_path):
 
 
 def test_init_script_and_stdout_hygiene(tmp_path):
-    r = Runtime(sys.executable, str(tmp_path), "--init-script", "export INITED=yes; echo noise",
-                "--max-output-chars", "50")
+    r = Runtime(
+        sys.executable, str(tmp_path), "--init-script", "export INITED=yes; echo noise", "--max-output-chars", "50"
+    )
     try:
         assert r.call("ping")["ok"]
         res = r.bash("echo $INITED; seq 1 1000")
@@ -270,7 +288,7 @@ def test_signed_responses(rt, tmp_path):
         rt.proc.stdin.flush()
         line = rt.proc.stdout.readline().rstrip(b"\n")
         assert line.startswith(FRAME_MARK), line[:80]
-        mac, _, payload = line[len(FRAME_MARK):].partition(b" ")
+        mac, _, payload = line[len(FRAME_MARK) :].partition(b" ")
         assert hmac.compare_digest(mac, hmac.new(key, payload, hashlib.sha256).hexdigest().encode())
         return json.loads(payload)
 

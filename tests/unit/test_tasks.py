@@ -11,10 +11,16 @@ import pytest
 from envserver.tasks import SAMPLE_TASKS_PATH, TaskFileError, load_task_sets, load_tasks, patch_paths
 
 RECORD = {
-    "instance_id": "owner__repo-1", "repo": "owner/repo", "base_commit": "abc1234",
-    "problem_statement": "it breaks", "FAIL_TO_PASS": '["tests/test_a.py::test_x"]', "PASS_TO_PASS": [],
-    "version": 1.2, "test_patch": "diff --git a/tests/test_a.py b/tests/test_a.py\n--- a/tests/test_a.py\n",
-    "created_at": "2024-01-01", "some_swe_gym_field": {"kept": True},
+    "instance_id": "owner__repo-1",
+    "repo": "owner/repo",
+    "base_commit": "abc1234",
+    "problem_statement": "it breaks",
+    "FAIL_TO_PASS": '["tests/test_a.py::test_x"]',
+    "PASS_TO_PASS": [],
+    "version": 1.2,
+    "test_patch": "diff --git a/tests/test_a.py b/tests/test_a.py\n--- a/tests/test_a.py\n",
+    "created_at": "2024-01-01",
+    "some_swe_gym_field": {"kept": True},
     "eval": {"test_cmd": "pytest -rA"},  # owner/repo is in no spec table: without it the row is rejected at load
 }
 
@@ -44,13 +50,16 @@ def test_bad_record_names_file_record_and_field(tmp_path):  # type: ignore[no-un
     assert "problem_statement" in message
 
 
-@pytest.mark.parametrize("content, expected", [
-    ('{"instance_id": "a", ', "line 1: invalid JSON"),
-    (json.dumps({**RECORD, "FAIL_TO_PASS": "[not json"}), "FAIL_TO_PASS"),
-    (json.dumps({**RECORD, "base_commit": 5}), "base_commit"),
-    ("[1, 2]", "expected an object"),
-    ("", "no task records"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ('{"instance_id": "a", ', "line 1: invalid JSON"),
+        (json.dumps({**RECORD, "FAIL_TO_PASS": "[not json"}), "FAIL_TO_PASS"),
+        (json.dumps({**RECORD, "base_commit": 5}), "base_commit"),
+        ("[1, 2]", "expected an object"),
+        ("", "no task records"),
+    ],
+)
 def test_bad_files(tmp_path, content, expected):  # type: ignore[no-untyped-def]
     path = tmp_path / "tasks.jsonl"
     path.write_text(content)
@@ -73,8 +82,10 @@ def test_duplicates_and_missing_file(tmp_path):  # type: ignore[no-untyped-def]
 
 
 def test_patch_paths():  # type: ignore[no-untyped-def]
-    patch = ("diff --git a/x.py b/x.py\n--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-a\n+b\n"
-             "diff --git a/new/y.py b/new/y.py\nnew file mode 100644\n")
+    patch = (
+        "diff --git a/x.py b/x.py\n--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-a\n+b\n"
+        "diff --git a/new/y.py b/new/y.py\nnew file mode 100644\n"
+    )
     assert patch_paths(patch) == ["x.py", "new/y.py"]
 
 

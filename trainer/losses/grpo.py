@@ -202,8 +202,12 @@ def grpo_loss(
     if logprobs.dim() != 2:
         raise ValueError(f"logprobs must be [B, T], got {tuple(logprobs.shape)}")
     shape = logprobs.shape
-    for name, t in (("old_logprobs", old_logprobs), ("loss_mask", loss_mask), ("ref_logprobs", ref_logprobs),
-                    ("engine_logprobs", engine_logprobs)):
+    for name, t in (
+        ("old_logprobs", old_logprobs),
+        ("loss_mask", loss_mask),
+        ("ref_logprobs", ref_logprobs),
+        ("engine_logprobs", engine_logprobs),
+    ):
         if t is not None and t.shape != shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, logprobs {tuple(shape)}")
     if advantages.shape != shape[:1]:

@@ -15,6 +15,17 @@ from trainer.pairs.record import (
 )
 from trainer.pairs.split import pair_group, split_by_group
 
-__all__ = ["PairRecord", "Presentation", "balanced_presentations", "collate_presentations", "load_pairs",
-           "option_token_ids", "pair_group", "present", "prompt_text", "split_by_group", "truncate_middle",
-           "write_pairs"]
+__all__ = [
+    "PairRecord",
+    "Presentation",
+    "balanced_presentations",
+    "collate_presentations",
+    "load_pairs",
+    "option_token_ids",
+    "pair_group",
+    "present",
+    "prompt_text",
+    "split_by_group",
+    "truncate_middle",
+    "write_pairs",
+]

@@ -152,8 +152,10 @@ class AuditReport(BaseModel):
         from rich.table import Table
 
         verdict = "[green]passes[/green]" if self.passes else "[red]shortcut set[/red]"
-        table = Table(title=f"shortcut audit: {self.pairs} pairs, {self.groups} groups — best {self.best.name} "
-                            f"{self.best.accuracy:.3f} vs bound {self.bound:.2f}: {verdict}")
+        table = Table(
+            title=f"shortcut audit: {self.pairs} pairs, {self.groups} groups — best {self.best.name} "
+            f"{self.best.accuracy:.3f} vs bound {self.bound:.2f}: {verdict}"
+        )
         table.add_column("baseline")
         table.add_column("accuracy", justify="right")
         table.add_column("95% CI", justify="right")
@@ -165,8 +167,13 @@ class AuditReport(BaseModel):
                 continue
             style = "red" if row.shortcut else "green"
             weight = "bold " if row.name == self.best.name else ""
-            table.add_row(row.name, f"[{weight}{style}]{row.accuracy:.3f}[/{weight}{style}]",
-                          f"{row.ci_low:.3f}–{row.ci_high:.3f}", f"{row.ties:.2f}", row.description)
+            table.add_row(
+                row.name,
+                f"[{weight}{style}]{row.accuracy:.3f}[/{weight}{style}]",
+                f"{row.ci_low:.3f}–{row.ci_high:.3f}",
+                f"{row.ties:.2f}",
+                row.description,
+            )
         return table
 
     def plot(self, path: Path) -> Path:
@@ -184,8 +191,14 @@ class AuditReport(BaseModel):
         high = [max(0.0, row.ci_high - row.accuracy) if row.accuracy is not None else 0.0 for row in self.rows]
         colors = ["#c44e52" if row.shortcut else "#4c72b0" for row in self.rows]
         figure, axis = plt.subplots(figsize=(8, 0.42 * len(names) + 1.4), layout="constrained")
-        axis.barh(range(len(names)), accuracies, xerr=[low, high], color=colors, capsize=3,
-                  error_kw={"elinewidth": 1, "ecolor": "#333333"})
+        axis.barh(
+            range(len(names)),
+            accuracies,
+            xerr=[low, high],
+            color=colors,
+            capsize=3,
+            error_kw={"elinewidth": 1, "ecolor": "#333333"},
+        )
         for index, row in enumerate(self.rows):
             label = " skipped" if row.accuracy is None else f" {row.accuracy:.2f}"
             axis.text(row.ci_high if row.ci_high is not None else 0.0, index, label, va="center", fontsize=8)
@@ -195,8 +208,11 @@ class AuditReport(BaseModel):
         axis.invert_yaxis()
         axis.set_xlim(0, 1.1)
         axis.set_xlabel("accuracy over both option orders (95% bootstrap CI)")
-        axis.set_title(f"shortcut audit ({self.pairs:,} pairs, {self.groups:,} groups): "
-                       f"{'passes' if self.passes else 'shortcut set'}", fontsize=10)
+        axis.set_title(
+            f"shortcut audit ({self.pairs:,} pairs, {self.groups:,} groups): "
+            f"{'passes' if self.passes else 'shortcut set'}",
+            fontsize=10,
+        )
         figure.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)  # clear of the bars
         figure.savefig(path, dpi=120)
         plt.close(figure)
@@ -232,8 +248,8 @@ class QuoteFinder:
         self.title = issue_title(query)
         flat = collapse_whitespace(query)
         self.half = QUOTE_CHARS // 2
-        self.halves = {flat[start:start + self.half] for start in range(len(flat) - self.half + 1)}
-        self.windows = {flat[start:start + QUOTE_CHARS] for start in range(len(flat) - QUOTE_CHARS + 1)}
+        self.halves = {flat[start : start + self.half] for start in range(len(flat) - self.half + 1)}
+        self.windows = {flat[start : start + QUOTE_CHARS] for start in range(len(flat) - QUOTE_CHARS + 1)}
 
     def __call__(self, text: str) -> bool:
         text = collapse_whitespace(text)
@@ -242,9 +258,9 @@ class QuoteFinder:
         if not self.windows:
             return False
         for probe in range(0, len(text) - self.half + 1, self.half):
-            if text[probe:probe + self.half] in self.halves:
+            if text[probe : probe + self.half] in self.halves:
                 for start in range(max(0, probe - self.half), min(probe, len(text) - QUOTE_CHARS) + 1):
-                    if text[start:start + QUOTE_CHARS] in self.windows:
+                    if text[start : start + QUOTE_CHARS] in self.windows:
                         return True
         return False
 
@@ -266,8 +282,11 @@ def answer_identifiers(answer: str) -> list[str]:
     for name in list(found):
         if "/" in name:
             found.add(name.rsplit("/", 1)[1])  # the basename: `unittest.py`
-        found.update(part for part in re.split(r"[./:()\[\],]+", name)
-                     if len(part) >= 3 and part.lower() not in _GENERIC_PARTS and _IDENTIFIER.fullmatch(part))
+        found.update(
+            part
+            for part in re.split(r"[./:()\[\],]+", name)
+            if len(part) >= 3 and part.lower() not in _GENERIC_PARTS and _IDENTIFIER.fullmatch(part)
+        )
     return sorted(name for name in found if len(name) >= 3 and name.lower() not in _GENERIC_PARTS)
 
 
@@ -293,14 +312,18 @@ class _Corpus:
         distinct = list(dict.fromkeys(texts))
         vectorizer = CountVectorizer(token_pattern=TOKEN_PATTERN, lowercase=True, dtype=np.float64)
         counts = vectorizer.fit_transform(distinct).tocsr()
-        return cls(distinct, counts, {word: int(column) for word, column in vectorizer.vocabulary_.items()},
-                   {text: row for row, text in enumerate(distinct)})
+        return cls(
+            distinct,
+            counts,
+            {word: int(column) for word, column in vectorizer.vocabulary_.items()},
+            {text: row for row, text in enumerate(distinct)},
+        )
 
     def rows(self, texts: Sequence[str]) -> np.ndarray:
         return np.array([self.index[text] for text in texts], dtype=np.int64)
 
     def words(self, row: int) -> set[int]:
-        return set(self.counts.indices[self.counts.indptr[row]:self.counts.indptr[row + 1]].tolist())
+        return set(self.counts.indices[self.counts.indptr[row] : self.counts.indptr[row + 1]].tolist())
 
 
 FEATURES = ("issue_tfidf", "issue_rare_words", "answer_identifiers", "issue_quote", "log_length", "log_masks")
@@ -316,8 +339,10 @@ def scalar_features(pairs: Sequence[PairRecord], corpus: _Corpus) -> tuple[np.nd
     from sklearn.feature_extraction.text import TfidfTransformer
 
     queries = corpus.rows([pair.query for pair in pairs])
-    sides = {"positive": corpus.rows([pair.positive for pair in pairs]),
-             "negative": corpus.rows([pair.negative for pair in pairs])}
+    sides = {
+        "positive": corpus.rows([pair.positive for pair in pairs]),
+        "negative": corpus.rows([pair.negative for pair in pairs]),
+    }
     context_rows = np.unique(np.concatenate(list(sides.values())))
     # TF-IDF over the distinct queries and contexts (what TfidfVectorizer(sublinear_tf=True) fits, tokenised once)
     fitted_on = np.unique(np.concatenate([queries, context_rows]))
@@ -373,8 +398,13 @@ def bow_features(pairs: Sequence[PairRecord], corpus: _Corpus) -> tuple[Any, Any
 
     binary = (corpus.counts > 0).astype(np.float64).tocsr()
     # the answers in the corpus's vocabulary (a word of A that no context has cannot be shared with one)
-    answer_rows = CountVectorizer(token_pattern=TOKEN_PATTERN, lowercase=True, vocabulary=corpus.vocabulary,
-                                  binary=True, dtype=np.float64).transform([pair.answer for pair in pairs]).tocsr()
+    answer_rows = (
+        CountVectorizer(
+            token_pattern=TOKEN_PATTERN, lowercase=True, vocabulary=corpus.vocabulary, binary=True, dtype=np.float64
+        )
+        .transform([pair.answer for pair in pairs])
+        .tocsr()
+    )
     query_rows = binary[corpus.rows([pair.query for pair in pairs])]
     out = []
     for side in ("positive", "negative"):
@@ -414,8 +444,9 @@ def assign_folds(groups: Sequence[str], max_folds: int = MAX_FOLDS) -> list[int]
     return folds.tolist()
 
 
-def cross_validated(positive: Any, negative: Any, folds: Sequence[int],
-                    make_model: Callable[[], Any]) -> tuple[np.ndarray, np.ndarray]:
+def cross_validated(
+    positive: Any, negative: Any, folds: Sequence[int], make_model: Callable[[], Any]
+) -> tuple[np.ndarray, np.ndarray]:
     """Held-out decisions of a classifier on feature differences, for the pairs shown as (C+, C−) and as (C−, C+).
 
     `positive` / `negative` are the features of C+ / C− (pairs × features, dense or sparse); the examples are
@@ -506,10 +537,20 @@ _DESCRIPTIONS = {
     "bow_classifier": "logistic regression on bag-of-words differences (grouped CV)",
     "feature_classifier": "logistic regression on the scalar features' differences (grouped CV)",
 }
-_SCALAR_ROWS = [("issue_tfidf", 0, 1), ("issue_rare_words", 1, 1), ("answer_identifiers", 2, 1),
-                ("issue_quote", 3, 1), ("less_issue_tfidf", 0, -1), ("fewer_issue_rare_words", 1, -1),
-                ("fewer_answer_identifiers", 2, -1), ("no_issue_quote", 3, -1), ("longer", 4, 1),
-                ("shorter", 4, -1), ("more_masks", 5, 1), ("fewer_masks", 5, -1)]
+_SCALAR_ROWS = [
+    ("issue_tfidf", 0, 1),
+    ("issue_rare_words", 1, 1),
+    ("answer_identifiers", 2, 1),
+    ("issue_quote", 3, 1),
+    ("less_issue_tfidf", 0, -1),
+    ("fewer_issue_rare_words", 1, -1),
+    ("fewer_answer_identifiers", 2, -1),
+    ("no_issue_quote", 3, -1),
+    ("longer", 4, 1),
+    ("shorter", 4, -1),
+    ("more_masks", 5, 1),
+    ("fewer_masks", 5, -1),
+]
 """(row, feature column, direction)."""
 
 
@@ -519,8 +560,9 @@ def _round(value: float) -> float:
 
 def _run_baselines(pairs: Sequence[PairRecord], groups: Sequence[str]) -> tuple[dict[str, _Outcome | str], int]:
     """Every baseline's outcome (or the reason it was skipped), in `_DESCRIPTIONS` order, and the folds used."""
-    corpus = _Corpus.build([pair.query for pair in pairs] + [pair.positive for pair in pairs]
-                           + [pair.negative for pair in pairs])
+    corpus = _Corpus.build(
+        [pair.query for pair in pairs] + [pair.positive for pair in pairs] + [pair.negative for pair in pairs]
+    )
     positive, negative = scalar_features(pairs, corpus)
     outcomes: dict[str, _Outcome | str] = {}
     for name, column, direction in _SCALAR_ROWS:
@@ -532,10 +574,12 @@ def _run_baselines(pairs: Sequence[PairRecord], groups: Sequence[str]) -> tuple[
         return outcomes, 0
     folds = assign_folds(groups)
     bow_positive, bow_negative = bow_features(pairs, corpus)
-    outcomes["bow_classifier"] = _from_decisions(*cross_validated(bow_positive, bow_negative, folds,
-                                                                  _logistic(scaled=False)))
-    outcomes["feature_classifier"] = _from_decisions(*cross_validated(positive, negative, folds,
-                                                                      _logistic(scaled=True)))
+    outcomes["bow_classifier"] = _from_decisions(
+        *cross_validated(bow_positive, bow_negative, folds, _logistic(scaled=False))
+    )
+    outcomes["feature_classifier"] = _from_decisions(
+        *cross_validated(positive, negative, folds, _logistic(scaled=True))
+    )
     return outcomes, len(set(folds))
 
 
@@ -568,18 +612,43 @@ def audit_pairs(pairs: Sequence[PairRecord], seed: int = 0, resamples: int = RES
     for name, description in _DESCRIPTIONS.items():
         outcome = outcomes[name]
         if isinstance(outcome, str):
-            rows.append(BaselineRow(name=name, accuracy=None, ci_low=None, ci_high=None, ties=None, shortcut=False,
-                                    description=description, skipped=outcome))
+            rows.append(
+                BaselineRow(
+                    name=name,
+                    accuracy=None,
+                    ci_low=None,
+                    ci_high=None,
+                    ties=None,
+                    shortcut=False,
+                    description=description,
+                    skipped=outcome,
+                )
+            )
             continue
         accuracy = _round(float(np.mean(outcome.per_pair)))
         low, high = bootstrap_interval(outcome.per_pair, codes, draws)
-        rows.append(BaselineRow(name=name, accuracy=accuracy, ci_low=_round(low), ci_high=_round(high),
-                                ties=_round(outcome.ties), shortcut=accuracy > SHORTCUT_BOUND,
-                                description=description))
+        rows.append(
+            BaselineRow(
+                name=name,
+                accuracy=accuracy,
+                ci_low=_round(low),
+                ci_high=_round(high),
+                ties=_round(outcome.ties),
+                shortcut=accuracy > SHORTCUT_BOUND,
+                description=description,
+            )
+        )
     best = max((row for row in rows if row.accuracy is not None), key=lambda row: row.accuracy)  # first on a tie
-    return AuditReport(pairs=len(pairs), groups=len(distinct), folds=folds_used, seed=seed, resamples=resamples,
-                       best=BestBaseline(name=best.name, accuracy=best.accuracy),
-                       passes=best.accuracy <= SHORTCUT_BOUND, rows=rows)
+    return AuditReport(
+        pairs=len(pairs),
+        groups=len(distinct),
+        folds=folds_used,
+        seed=seed,
+        resamples=resamples,
+        best=BestBaseline(name=best.name, accuracy=best.accuracy),
+        passes=best.accuracy <= SHORTCUT_BOUND,
+        rows=rows,
+    )
 
 
 def write_report(report: AuditReport, out_dir: str | Path) -> dict[str, Path]:
@@ -597,8 +666,11 @@ def default_out_dir(pairs_path: str | Path) -> Path:
     return pairs_path.with_name(pairs_path.stem + ".audit")
 
 
-def audit_file(pairs_path: str | Path, out_dir: str | Path | None = None, seed: int = 0,
-               ) -> tuple[AuditReport, dict[str, Path]]:
+def audit_file(
+    pairs_path: str | Path,
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+) -> tuple[AuditReport, dict[str, Path]]:
     """Load a pairs JSONL, audit it and write the report (default: `default_out_dir`). User errors (a missing file,
     bad records, too few pairs) raise AuditError."""
     pairs_path = Path(pairs_path)

@@ -70,12 +70,16 @@ def spool_selected(sources: list[Source], summaries: list[Summary], needed: set[
             given = extra.get("problem_statement") if isinstance(extra.get("problem_statement"), str) else None
             masked = mask_messages(trajectory.messages, omit_issue=config.omit_issue_in_context)
             issue = problem_statement(trajectory.messages, given)
-            spool.put(records[record], {
-                "context": render(masked, include_system=config.include_system,
-                                  max_output_chars=config.max_output_chars),
-                "patch": trajectory.patch or "",
-                "issue": issue,
-            })
+            spool.put(
+                records[record],
+                {
+                    "context": render(
+                        masked, include_system=config.include_system, max_output_chars=config.max_output_chars
+                    ),
+                    "patch": trajectory.patch or "",
+                    "issue": issue,
+                },
+            )
             spool.issue_df.update(issue_words(issue))
             spool.issues += 1
     return spool
@@ -98,15 +102,24 @@ def protected_names(patch: PatchSummary) -> set[str]:
 def code_names(patch: PatchSummary) -> set[str]:
     """Lower-cased names the patch's new code starts or stops using (`describe`'s "the new code uses …"): what the
     change is, as words; an agent's notes name them while it writes the change."""
-    return {part.lower() for edit in patch.files for name in edit.new_names + edit.dropped_names
-            for part in name.split(".") if len(part) >= 3}
+    return {
+        part.lower()
+        for edit in patch.files
+        for name in edit.new_names + edit.dropped_names
+        for part in name.split(".")
+        if len(part) >= 3
+    }
 
 
 def issue_terms(spool: Spool, issues: list[str], protected: set[str], max_df: float) -> set[str]:
     """The words of the issues that at most max_df of the spooled trajectories' issues use, protected names out."""
     limit = max(1.0, max_df * spool.issues)
-    return {word for issue in issues for word in issue_words(issue)
-            if spool.issue_df[word] <= limit and word not in protected}
+    return {
+        word
+        for issue in issues
+        for word in issue_words(issue)
+        if spool.issue_df[word] <= limit and word not in protected
+    }
 
 
 MAX_EVIDENCE = 12
@@ -126,8 +139,9 @@ def find_evidence(context: str, patch: PatchSummary) -> list[dict[str, Any]]:
                 names.setdefault(short, f"{edit.path}::{function}")
     if not names:
         return []
-    pattern = re.compile(r"(?<![\w.])(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-                         + r")(?![\w])")
+    pattern = re.compile(
+        r"(?<![\w.])(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) + r")(?![\w])"
+    )
     found: list[tuple[bool, int, list[str]]] = []
     for number, line in enumerate(context.split("\n")):
         hits = list(dict.fromkeys(names[m] for m in pattern.findall(line)))
@@ -141,8 +155,9 @@ def pair_id(anchor_episode: str, negative_episode: str) -> str:
     return "pair-" + hashlib.blake2b(f"{anchor_episode}\0{negative_episode}".encode(), digest_size=8).hexdigest()
 
 
-def build_record(choice: Choice, summaries: list[Summary], sources: list[Source], spool: Spool,
-                 config: MinerConfig) -> tuple[PairRecord | None, str | None]:
+def build_record(
+    choice: Choice, summaries: list[Summary], sources: list[Source], spool: Spool, config: MinerConfig
+) -> tuple[PairRecord | None, str | None]:
     """(the pair, None) or (None, why it was dropped)."""
     a, b = summaries[choice.anchor], summaries[choice.negative]
     pos, neg = spool.get(choice.anchor), spool.get(choice.negative)
@@ -151,8 +166,10 @@ def build_record(choice: Choice, summaries: list[Summary], sources: list[Source]
     scrubber = LineScrubber(both_patches)
     # Both contexts get the same treatment from the same sources (both patches, both issues), so what is masked
     # cannot itself tell them apart beyond what the texts already do.
-    quotes = StretchScrubber(added_lines(pos["patch"]) + added_lines(neg["patch"]) + [pos["issue"], neg["issue"]],
-                             titles=[issue_title(pos["issue"]), issue_title(neg["issue"])])
+    quotes = StretchScrubber(
+        added_lines(pos["patch"]) + added_lines(neg["patch"]) + [pos["issue"], neg["issue"]],
+        titles=[issue_title(pos["issue"]), issue_title(neg["issue"])],
+    )
     positive = quotes.scrub(scrubber.scrub(pos["context"])[0])[0]
     negative = quotes.scrub(scrubber.scrub(neg["context"])[0])[0]
     answer_patch = summarize_patch(pos["patch"], config.drop_top_level_new_files)
@@ -173,9 +190,14 @@ def build_record(choice: Choice, summaries: list[Summary], sources: list[Source]
         return None, "no evidence of the answer left in the positive"
 
     def side(summary: Summary) -> dict[str, Any]:
-        return {"episode_id": summary.episode_id, "task_id": summary.task_id, "resolved": summary.resolved,
-                "file": sources[summary.source].path.name, "format": sources[summary.source].format,
-                "record": summary.record}
+        return {
+            "episode_id": summary.episode_id,
+            "task_id": summary.task_id,
+            "resolved": summary.resolved,
+            "file": sources[summary.source].path.name,
+            "format": sources[summary.source].format,
+            "record": summary.record,
+        }
 
     record = PairRecord(
         pair_id=pair_id(a.episode_id, b.episode_id),
@@ -184,10 +206,18 @@ def build_record(choice: Choice, summaries: list[Summary], sources: list[Source]
         positive=positive,
         negative=negative,
         funnel_stage=STAGES[choice.depth],
-        provenance={"miner_version": MINER_VERSION, "seed": config.seed, "repo": a.repo, "commit": a.commit,
-                    "positive": side(a), "negative": side(b), "shared_files": list(choice.shared_files),
-                    "shared_functions": list(choice.shared_scopes),
-                    "similarity": round(similarity(a.signature, b.signature, config.signature_size), 4),
-                    "group": issue_group(a.task_id, b.task_id), "evidence": evidence},
+        provenance={
+            "miner_version": MINER_VERSION,
+            "seed": config.seed,
+            "repo": a.repo,
+            "commit": a.commit,
+            "positive": side(a),
+            "negative": side(b),
+            "shared_files": list(choice.shared_files),
+            "shared_functions": list(choice.shared_scopes),
+            "similarity": round(similarity(a.signature, b.signature, config.signature_size), 4),
+            "group": issue_group(a.task_id, b.task_id),
+            "evidence": evidence,
+        },
     )
     return record, None

@@ -26,16 +26,16 @@ class Choice:
 
 
 def _compatible(a: Summary, b: Summary) -> bool:
-    return a.repo == b.repo and a.task_id != b.task_id and (a.commit is None or b.commit is None
-                                                            or a.commit == b.commit)
+    return (
+        a.repo == b.repo and a.task_id != b.task_id and (a.commit is None or b.commit is None or a.commit == b.commit)
+    )
 
 
 POOL_HEADROOM = 2
 """Anchors pooled per pair wanted (`max_pairs`)."""
 
 
-def cascade(summaries: list[Summary], anchors: list[int], config: MinerConfig,
-            funnel: Funnel) -> list[list[Choice]]:
+def cascade(summaries: list[Summary], anchors: list[int], config: MinerConfig, funnel: Funnel) -> list[list[Choice]]:
     """Stage 3 of the module docstring: funnel counts and the pools (per anchor with a candidate: at most
     `pool_per_anchor` choices, best first, distinct confounder instances; anchors in a seeded order, as many as
     `max_pairs` can need). The related-issue threshold is fixed first, from the similarities of every same_function
@@ -57,14 +57,22 @@ def cascade(summaries: list[Summary], anchors: list[int], config: MinerConfig,
 
     def sharing(a: Summary) -> tuple[list[int], set[int]]:
         """(capped candidates sharing an edited file, all of them before the cap)."""
-        found = sorted({b for path in a.files for b in by_file[(a.repo or "", path)]
-                        if summaries[b].task_id != a.task_id
-                        and (a.commit is None or summaries[b].commit is None or summaries[b].commit == a.commit)})
+        found = sorted(
+            {
+                b
+                for path in a.files
+                for b in by_file[(a.repo or "", path)]
+                if summaries[b].task_id != a.task_id
+                and (a.commit is None or summaries[b].commit is None or summaries[b].commit == a.commit)
+            }
+        )
         every = set(found)  # before the cap: a capped-out candidate is no repo-only confounder either
         if len(found) > config.max_candidates_per_anchor:
-            found = sorted(sorted(found, key=lambda b: seeded_rank(config.seed, "cap", a.episode_id,
-                                                             summaries[b].episode_id))
-                           [:config.max_candidates_per_anchor])
+            found = sorted(
+                sorted(found, key=lambda b: seeded_rank(config.seed, "cap", a.episode_id, summaries[b].episode_id))[
+                    : config.max_candidates_per_anchor
+                ]
+            )
         return found, every
 
     # First walk: the similarities of the same_function candidates, to set the threshold from the data.
@@ -76,10 +84,13 @@ def cascade(summaries: list[Summary], anchors: list[int], config: MinerConfig,
             if a_scopes.intersection(summaries[b_index].scopes):
                 observed.append(similarity(a.signature, summaries[b_index].signature, config.signature_size, a_words))
     threshold = related_threshold(observed, config)
-    funnel.related_issue = {"threshold": round(threshold, 4), "from": "similarity_threshold"
-                            if config.similarity_threshold is not None else f"quantile {config.similarity_quantile} "
-                            f"of {len(observed)} same_function similarities",
-                            "median": round(statistics.median(observed), 4) if observed else None}
+    funnel.related_issue = {
+        "threshold": round(threshold, 4),
+        "from": "similarity_threshold"
+        if config.similarity_threshold is not None
+        else f"quantile {config.similarity_quantile} of {len(observed)} same_function similarities",
+        "median": round(statistics.median(observed), 4) if observed else None,
+    }
 
     min_depth = STAGES.index(config.min_stage)
     stages = funnel.stages
@@ -87,8 +98,9 @@ def cascade(summaries: list[Summary], anchors: list[int], config: MinerConfig,
     for a_index in anchors:
         a = summaries[a_index]
         assert a.repo is not None
-        block = repo_count[a.repo] if a.commit is None else \
-            commit_count[(a.repo, a.commit)] + commit_count[(a.repo, None)]
+        block = (
+            repo_count[a.repo] if a.commit is None else commit_count[(a.repo, a.commit)] + commit_count[(a.repo, None)]
+        )
         stages["same_repo_commit"] += max(0, block - task_count[a.task_id])
         capped, shares_a_file = sharing(a)
         stages["same_file"] += len(shares_a_file)
@@ -108,11 +120,17 @@ def cascade(summaries: list[Summary], anchors: list[int], config: MinerConfig,
                     stages["related_issue"] += 1
                     depth = 3
             if depth >= min_depth:
-                found.append(Choice(a_index, b_index, depth, score, tuple(sorted(a_files.intersection(b.files))),
-                                    scopes))
+                found.append(
+                    Choice(a_index, b_index, depth, score, tuple(sorted(a_files.intersection(b.files))), scopes)
+                )
         # deepest stage first, then the more similar issue: the hardest look-alikes lead the pool
-        found.sort(key=lambda c: (-c.depth, -c.similarity,
-                                  seeded_rank(config.seed, "pick", a.episode_id, summaries[c.negative].episode_id)))
+        found.sort(
+            key=lambda c: (
+                -c.depth,
+                -c.similarity,
+                seeded_rank(config.seed, "pick", a.episode_id, summaries[c.negative].episode_id),
+            )
+        )
         if min_depth == 0 and len({summaries[c.negative].task_id for c in found}) < config.pool_per_anchor:
             found += _repo_only(summaries, by_repo[a.repo], a_index, shares_a_file, config)
         picked: list[Choice] = []
@@ -129,7 +147,7 @@ def cascade(summaries: list[Summary], anchors: list[int], config: MinerConfig,
     # The pool visits anchors in a seeded order and holds what max_pairs can need (twice over, for the pairs that
     # masking, balance and filtering turn down): a large input costs what the kept pairs need.
     pools.sort(key=lambda pool: seeded_rank(config.seed, "anchor-order", summaries[pool[0].anchor].episode_id))
-    pools = pools[:math.ceil(POOL_HEADROOM * config.max_pairs / config.pairs_per_anchor)]
+    pools = pools[: math.ceil(POOL_HEADROOM * config.max_pairs / config.pairs_per_anchor)]
     stages["pooled"] = sum(len(pool) for pool in pools)
     return pools
 
@@ -145,8 +163,9 @@ def related_threshold(observed: array, config: MinerConfig) -> float:
     return ordered[min(len(ordered) - 1, int(config.similarity_quantile * len(ordered)))]
 
 
-def _repo_only(summaries: list[Summary], block: list[int], a_index: int, sharing: set[int],
-               config: MinerConfig) -> list[Choice]:
+def _repo_only(
+    summaries: list[Summary], block: list[int], a_index: int, sharing: set[int], config: MinerConfig
+) -> list[Choice]:
     """Confounders that passed only stage 1 (min_stage = same_repo_commit), in seeded order. This walks the whole
     repository block, so it costs O(block) per anchor: an opt-in mode, not the paper's."""
     a = summaries[a_index]
@@ -168,7 +187,7 @@ def choose_anchors(summaries: list[Summary], config: MinerConfig, funnel: Funnel
     anchors: list[int] = []
     for group in eligible.values():
         group.sort(key=lambda i: seeded_rank(config.seed, "anchor", summaries[i].episode_id))
-        anchors += group[:config.max_anchors_per_instance]
+        anchors += group[: config.max_anchors_per_instance]
     anchors.sort()
     funnel.anchors = len(anchors)
     return anchors

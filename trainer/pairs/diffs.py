@@ -77,8 +77,9 @@ class PatchSummary:
     def scopes(self) -> list[str]:
         """`path::qualname` of every edited function or method (class bodies left out: two patches inside one big
         class, `Query` or `SQLCompiler`, need not touch the same code)."""
-        return [f"{edit.path}::{name}" for edit in self.files for name in edit.functions
-                if name not in edit.class_scopes]
+        return [
+            f"{edit.path}::{name}" for edit in self.files for name in edit.functions if name not in edit.class_scopes
+        ]
 
 
 def normalize_newlines(text: str) -> str:
@@ -187,8 +188,11 @@ def patch_lines(patch: str | None, min_chars: int) -> list[str]:
             for hunk in patched:
                 raw.extend(line.value for line in hunk if line.is_added or line.is_removed)
     except UnidiffParseError:
-        raw = [line[1:] for line in normalize_newlines(patch).split("\n")
-               if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+        raw = [
+            line[1:]
+            for line in normalize_newlines(patch).split("\n")
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))
+        ]
     seen: dict[str, None] = {}
     for text in raw:
         norm = collapse(text)
@@ -220,8 +224,9 @@ def describe(summary: PatchSummary, max_names: int = 6) -> str:
         elif edit.status == "removed":
             what = f"deletes `{edit.path}` ({_lines(edit.removed)})"
         else:
-            where = (" in " + ", ".join(f"`{name}`" for name in edit.functions)) if edit.functions \
-                else " at module level"
+            where = (
+                (" in " + ", ".join(f"`{name}`" for name in edit.functions)) if edit.functions else " at module level"
+            )
             what = f"changes `{edit.path}`{where}: {_counts(edit.added, edit.removed)}"
         details = []
         if edit.new_names and edit.status != "removed":

@@ -62,13 +62,21 @@ class Funnel:
 
     def to_json(self) -> str:
         body = {
-            "inputs": self.inputs, "trajectories": self.trajectories, "duplicates": self.duplicates,
-            "unknown_repo": self.unknown_repo, "with_edits": self.with_edits, "ineligible": self.ineligible,
-            "eligible_anchors": self.eligible_anchors, "anchors": self.anchors,
+            "inputs": self.inputs,
+            "trajectories": self.trajectories,
+            "duplicates": self.duplicates,
+            "unknown_repo": self.unknown_repo,
+            "with_edits": self.with_edits,
+            "ineligible": self.ineligible,
+            "eligible_anchors": self.eligible_anchors,
+            "anchors": self.anchors,
             "funnel": [{"stage": key, "count": self.stages[key], "meaning": meaning} for key, meaning in ROWS],
-            "related_issue": self.related_issue, "pairs_by_stage": self.pairs_by_stage,
-            "masking_failures": self.masking_failures, "judge": self.judge,
-            "selection": self.selection, "audit": self.audit,
+            "related_issue": self.related_issue,
+            "pairs_by_stage": self.pairs_by_stage,
+            "masking_failures": self.masking_failures,
+            "judge": self.judge,
+            "selection": self.selection,
+            "audit": self.audit,
             "config": self.config,
         }
         return json.dumps(body, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
@@ -106,10 +114,12 @@ class Funnel:
         else:
             axis.set_xlim(0, max(counts + [1]) * 1.2)  # room for the labels; an all-zero funnel still has an axis
         for bar, count in zip(bars, counts):
-            axis.text(max(bar.get_width(), 1), bar.get_y() + bar.get_height() / 2, f" {count:,}", va="center",
-                      fontsize=8)
-        axis.set_title(f"pair-mining funnel ({self.trajectories:,} trajectories, {self.anchors:,} anchors)",
-                       fontsize=10)
+            axis.text(
+                max(bar.get_width(), 1), bar.get_y() + bar.get_height() / 2, f" {count:,}", va="center", fontsize=8
+            )
+        axis.set_title(
+            f"pair-mining funnel ({self.trajectories:,} trajectories, {self.anchors:,} anchors)", fontsize=10
+        )
         axis.set_xlabel("candidates / pairs")
         figure.savefig(path, dpi=120)
         plt.close(figure)

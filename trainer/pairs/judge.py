@@ -34,28 +34,45 @@ gets the contexts' measured lengths and placeholder counts; version 1 only said 
 message or other string". Verdicts of different versions are not comparable."""
 
 SHORTCUT_CUES: tuple[tuple[str, str], ...] = (
-    ("query_overlap", "the positive shares clearly more of the query's distinctive words (rare words, names, error "
-                      "messages, numbers) than the negative does"),
-    ("answer_identifiers", "a file, module, function, class or other identifier that the answer names appears in the "
-                           "positive but not in the negative"),
+    (
+        "query_overlap",
+        "the positive shares clearly more of the query's distinctive words (rare words, names, error "
+        "messages, numbers) than the negative does",
+    ),
+    (
+        "answer_identifiers",
+        "a file, module, function, class or other identifier that the answer names appears in the "
+        "positive but not in the negative",
+    ),
     ("length", "one context is much longer or shorter than the other (see the measured lengths)"),
-    ("mask_count", f'one context has clearly more masked placeholders ("{PLACEHOLDER}", "{LINE_PLACEHOLDER}") '
-                   "than the other (see the measured counts)"),
-    ("issue_quote", "a context contains the issue's title or quotes the query's text (the issue text itself is "
-                    f'replaced by "{ISSUE_PLACEHOLDER}", so any quote of it is a leak)'),
-    ("vocabulary", "words that set the positive apart on their own, the way a bag-of-words classifier would find "
-                   'them (e.g. success or failure messages, "fixed", "all tests pass", a submit step), whatever the '
-                   "answer says"),
+    (
+        "mask_count",
+        f'one context has clearly more masked placeholders ("{PLACEHOLDER}", "{LINE_PLACEHOLDER}") '
+        "than the other (see the measured counts)",
+    ),
+    (
+        "issue_quote",
+        "a context contains the issue's title or quotes the query's text (the issue text itself is "
+        f'replaced by "{ISSUE_PLACEHOLDER}", so any quote of it is a leak)',
+    ),
+    (
+        "vocabulary",
+        "words that set the positive apart on their own, the way a bag-of-words classifier would find "
+        'them (e.g. success or failure messages, "fixed", "all tests pass", a submit step), whatever the '
+        "answer says",
+    ),
 )
 """(name, what to look for): the label-blind shortcuts a model could use to pick the positive without reading what the
 trajectory did; the reason names the ones found."""
 
-SYSTEM = ("You review training examples for a context-selection task. Each example has a query (a software issue), "
-          "an answer (a description of the code change that resolved it, with code masked) and two agent "
-          "trajectories; the POSITIVE one produced that change, the NEGATIVE one worked on a similar but different "
-          "issue. Patch contents in both trajectories are masked on purpose. A model will see the query, the answer "
-          "and the two trajectories unlabelled and must pick the one that supports the answer; an example is "
-          "useful only if picking it takes understanding what each trajectory did.")
+SYSTEM = (
+    "You review training examples for a context-selection task. Each example has a query (a software issue), "
+    "an answer (a description of the code change that resolved it, with code masked) and two agent "
+    "trajectories; the POSITIVE one produced that change, the NEGATIVE one worked on a similar but different "
+    "issue. Patch contents in both trajectories are masked on purpose. A model will see the query, the answer "
+    "and the two trajectories unlabelled and must pick the one that supports the answer; an example is "
+    "useful only if picking it takes understanding what each trajectory did."
+)
 
 USER = """<query>
 {query}
@@ -96,7 +113,7 @@ def clip(text: str, max_chars: int) -> str:
     if len(text) <= max_chars:
         return text
     head = max_chars // 2
-    return text[:head] + "\n[… middle omitted for the judge …]\n" + text[len(text) - (max_chars - head):]
+    return text[:head] + "\n[… middle omitted for the judge …]\n" + text[len(text) - (max_chars - head) :]
 
 
 def measured(context: str) -> str:
@@ -107,12 +124,21 @@ def measured(context: str) -> str:
 
 def judge_messages(pair: PairRecord, max_context_chars: int) -> list[dict[str, str]]:
     cues = "\n".join(f"   - {name}: {what};" for name, what in SHORTCUT_CUES)
-    return [{"role": "system", "content": SYSTEM},
-            {"role": "user", "content": USER.format(query=pair.query, answer=pair.answer,
-                                                     positive=clip(pair.positive, max_context_chars),
-                                                     negative=clip(pair.negative, max_context_chars),
-                                                     positive_facts=measured(pair.positive),
-                                                     negative_facts=measured(pair.negative), cues=cues)}]
+    return [
+        {"role": "system", "content": SYSTEM},
+        {
+            "role": "user",
+            "content": USER.format(
+                query=pair.query,
+                answer=pair.answer,
+                positive=clip(pair.positive, max_context_chars),
+                negative=clip(pair.negative, max_context_chars),
+                positive_facts=measured(pair.positive),
+                negative_facts=measured(pair.negative),
+                cues=cues,
+            ),
+        },
+    ]
 
 
 def parse_verdict(content: str | None) -> dict[str, Any]:
@@ -124,16 +150,30 @@ def parse_verdict(content: str | None) -> dict[str, Any]:
     except json.JSONDecodeError:
         data = None
     if not isinstance(data, dict) or not isinstance(data.get("accept"), bool):
-        return {"accepted": False, "reason": f"unreadable judge reply: {text[:200]!r}", "shortcut": None,
-                "ambiguous": None}
+        return {
+            "accepted": False,
+            "reason": f"unreadable judge reply: {text[:200]!r}",
+            "shortcut": None,
+            "ambiguous": None,
+        }
     reason = data.get("reason")
-    return {"accepted": data["accept"], "reason": reason if isinstance(reason, str) else "",
-            "shortcut": data.get("shortcut") if isinstance(data.get("shortcut"), bool) else None,
-            "ambiguous": data.get("ambiguous") if isinstance(data.get("ambiguous"), bool) else None}
+    return {
+        "accepted": data["accept"],
+        "reason": reason if isinstance(reason, str) else "",
+        "shortcut": data.get("shortcut") if isinstance(data.get("shortcut"), bool) else None,
+        "ambiguous": data.get("ambiguous") if isinstance(data.get("ambiguous"), bool) else None,
+    }
 
 
-async def judge_pairs(engine: ChatEngine, pairs: Sequence[PairRecord], *, seed: int, concurrency: int,
-                      max_context_chars: int, max_tokens: int = 256) -> list[dict[str, Any]]:
+async def judge_pairs(
+    engine: ChatEngine,
+    pairs: Sequence[PairRecord],
+    *,
+    seed: int,
+    concurrency: int,
+    max_context_chars: int,
+    max_tokens: int = 256,
+) -> list[dict[str, Any]]:
     """One verdict per pair, in the pairs' order (the engine's errors propagate: a judge that cannot be reached
     stops the run rather than passing pairs unchecked)."""
     gate = asyncio.Semaphore(max(1, concurrency))

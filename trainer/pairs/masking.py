@@ -41,8 +41,9 @@ LINE_PLACEHOLDER = "[line masked]"
 ISSUE_PLACEHOLDER = "[issue text omitted]"
 OUTPUT_MARKER = "\n[… middle of this output omitted …]\n"
 
-EDIT_KEYS = frozenset({"file_text", "old_str", "new_str", "content", "new_content", "patch", "diff", "code_edit",
-                       "replacement", "text"})
+EDIT_KEYS = frozenset(
+    {"file_text", "old_str", "new_str", "content", "new_content", "patch", "diff", "code_edit", "replacement", "text"}
+)
 """Tool-call arguments that carry file contents or edits."""
 SHELL_KEYS = ("command", "cmd", "code")
 """Tool-call arguments that carry shell (or script) text."""
@@ -94,7 +95,7 @@ def problem_statement(messages: list[dict[str, Any]], given: str | None = None) 
         return ""
     text = text_of(messages[index].get("content"))
     span = issue_span(text)
-    return normalize_newlines(text[span[0]:span[1]] if span else text).strip()
+    return normalize_newlines(text[span[0] : span[1]] if span else text).strip()
 
 
 # ------------------------------------------------------------------------------------------------- shell commands
@@ -155,8 +156,11 @@ def mask_shell(command: str) -> tuple[str, bool]:
             while index < len(lines) and (lines[index].lstrip("\t") if strip_tabs else lines[index]) != delimiter:
                 body.append(lines[index])
                 index += 1
-            writes = (_FILE_REDIRECT.search(line) or _WRITES_FILE.search(line)
-                      or any(_BODY_WRITES.search(text) for text in body))
+            writes = (
+                _FILE_REDIRECT.search(line)
+                or _WRITES_FILE.search(line)
+                or any(_BODY_WRITES.search(text) for text in body)
+            )
             if writes and body:
                 out.append(PLACEHOLDER)
                 edits = True
@@ -173,8 +177,10 @@ def mask_shell(command: str) -> tuple[str, bool]:
 
 _DIFF_START = re.compile(r"^(?:diff --git |diff -[a-zA-Z]*u|@@ -\d+(?:,\d+)? \+\d+(?:,\d+)? @@)")
 _ANY_DIFF = re.compile(r"^(?:diff |@@ -|--- )", re.MULTILINE)
-_DIFF_BODY = re.compile(r"^(?:[ +\-\\]|@@ |diff |index |new file|deleted file|old mode|new mode|similarity |rename |"
-                        r"Binary files )")
+_DIFF_BODY = re.compile(
+    r"^(?:[ +\-\\]|@@ |diff |index |new file|deleted file|old mode|new mode|similarity |rename |"
+    r"Binary files )"
+)
 
 
 def mask_diff_blocks(text: str) -> str:
@@ -189,17 +195,21 @@ def mask_diff_blocks(text: str) -> str:
     index = 0
     while index < len(lines):
         line = lines[index]
-        starts = _DIFF_START.match(line) or (line.startswith("--- ") and index + 1 < len(lines)
-                                             and lines[index + 1].startswith("+++ "))
+        starts = _DIFF_START.match(line) or (
+            line.startswith("--- ") and index + 1 < len(lines) and lines[index + 1].startswith("+++ ")
+        )
         if not starts:
             out.append(line)
             index += 1
             continue
         index += 1
         while index < len(lines):
-            if _DIFF_BODY.match(lines[index]):
-                index += 1
-            elif lines[index] == "" and index + 1 < len(lines) and _DIFF_BODY.match(lines[index + 1]):
+            if (
+                _DIFF_BODY.match(lines[index])
+                or lines[index] == ""
+                and index + 1 < len(lines)
+                and _DIFF_BODY.match(lines[index + 1])
+            ):
                 index += 1
             else:
                 break
@@ -259,7 +269,7 @@ def mask_messages(messages: list[dict[str, Any]], omit_issue: bool = True) -> li
         if index == first_user and omit_issue:
             span = issue_span(text)
             if span:
-                text = text[:span[0]] + ISSUE_PLACEHOLDER + text[span[1]:]
+                text = text[: span[0]] + ISSUE_PLACEHOLDER + text[span[1] :]
         item: dict[str, Any] = {"role": role, "name": message.get("name")}
         if role == "tool" and message.get("tool_call_id") in hidden_outputs:
             item["content"] = PLACEHOLDER
@@ -281,7 +291,7 @@ def _cut(text: str, max_chars: int) -> str:
     if max_chars <= 0 or len(text) <= max_chars:
         return text
     head = max_chars // 2
-    return text[:head] + OUTPUT_MARKER + text[len(text) - (max_chars - head):]
+    return text[:head] + OUTPUT_MARKER + text[len(text) - (max_chars - head) :]
 
 
 def _render_arguments(name: str, arguments: Any) -> str:
@@ -318,6 +328,7 @@ def render(messages: list[dict[str, Any]], include_system: bool = False, max_out
 
 
 # ---------------------------------------------------------------------------------------------------- line scrub
+
 
 class LineScrubber:
     """Finds the lines of a text that contain any of a set of patch lines: a plain substring test on lines whose
@@ -398,13 +409,13 @@ class StretchScrubber:
         for source in sources:
             for line in normalize_newlines(source).split("\n"):
                 norm = collapse(line)
-                self.windows.update(norm[i:i + width] for i in range(len(norm) - width + 1))
+                self.windows.update(norm[i : i + width] for i in range(len(norm) - width + 1))
         self.titles = [t for t in dict.fromkeys(collapse(t).lower() for t in titles) if len(t) >= MIN_TITLE_CHARS]
 
     def line_hits(self, line: str) -> bool:
         norm = collapse(line)
         width = self.width
-        if len(norm) >= width and any(norm[i:i + width] in self.windows for i in range(len(norm) - width + 1)):
+        if len(norm) >= width and any(norm[i : i + width] in self.windows for i in range(len(norm) - width + 1)):
             return True
         lowered = norm.lower()
         return any(title in lowered for title in self.titles)
@@ -426,8 +437,11 @@ def added_lines(patch: str | None) -> list[str]:
     """The `+` lines of a unified diff (headers left out), without their marker."""
     if not patch:
         return []
-    return [line[1:] for line in normalize_newlines(patch).split("\n")
-            if line.startswith("+") and not line.startswith("+++")]
+    return [
+        line[1:]
+        for line in normalize_newlines(patch).split("\n")
+        if line.startswith("+") and not line.startswith("+++")
+    ]
 
 
 def issue_title(issue: str) -> str:

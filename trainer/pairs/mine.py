@@ -63,7 +63,6 @@ adds what real data needs; the choices the paper leaves open are `MinerConfig` f
 Same input + config → byte-identical pairs file, funnel.json and audit.json.
 """
 
-
 from __future__ import annotations
 
 import asyncio
@@ -83,8 +82,18 @@ from trainer.pairs.select import RecordStore, SelectionLog, adversarial_filter, 
 from trainer.pairs.sources import Source, iter_source, open_source
 from trainer.pairs.summaries import Summary, repo_and_commit, signature, similarity, summarize
 
-__all__ = ["EmptyInput", "MineResult", "MinerConfig", "MinerError", "load_config", "mine", "pair_id", "repo_and_commit",
-           "signature", "similarity"]
+__all__ = [
+    "EmptyInput",
+    "MineResult",
+    "MinerConfig",
+    "MinerError",
+    "load_config",
+    "mine",
+    "pair_id",
+    "repo_and_commit",
+    "signature",
+    "similarity",
+]
 
 
 @dataclass
@@ -94,9 +103,15 @@ class MineResult:
     report: dict[str, Path]
 
 
-def mine(paths: list[str | Path], out: str | Path, config: MinerConfig | None = None,
-         report_dir: str | Path | None = None, progress: Callable[[str], None] | None = None,
-         results: str | Path | None = None, allow_empty: bool = False) -> MineResult:
+def mine(
+    paths: list[str | Path],
+    out: str | Path,
+    config: MinerConfig | None = None,
+    report_dir: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    results: str | Path | None = None,
+    allow_empty: bool = False,
+) -> MineResult:
     """Mine pairs from trajectory files (or mini-swe-agent run folders) into `out` (JSONL) and write the funnel
     report (funnel.json, funnel.png, rejected.jsonl when judged) into report_dir (default: `<out stem>.report` beside
     out). `results`: resolved flags for run folders (`mini_swe_agent.read_results`). Inputs that hold no trajectory
@@ -136,8 +151,11 @@ def mine(paths: list[str | Path], out: str | Path, config: MinerConfig | None = 
         funnel.inputs.append(entry)
     del seen
     if not summaries and not allow_empty:
-        raise EmptyInput("no trajectories in " + ", ".join(str(source.path) for source in sources)
-                         + " (pass --allow-empty to write an empty pairs file)")
+        raise EmptyInput(
+            "no trajectories in "
+            + ", ".join(str(source.path) for source in sources)
+            + " (pass --allow-empty to write an empty pairs file)"
+        )
     funnel.trajectories = len(summaries)
     funnel.unknown_repo = sum(1 for s in summaries if s.repo is None)
     funnel.with_edits = sum(1 for s in summaries if s.files)
@@ -164,21 +182,38 @@ def mine(paths: list[str | Path], out: str | Path, config: MinerConfig | None = 
         from trainer.pairs.audit import audit_file
 
         audit, files = audit_file(out, report_path, seed=config.seed)
-        funnel.audit = {"best": audit.best.name, "accuracy": audit.best.accuracy, "bound": audit.bound,
-                        "passes": audit.passes}
+        funnel.audit = {
+            "best": audit.best.name,
+            "accuracy": audit.best.accuracy,
+            "bound": audit.bound,
+            "passes": audit.passes,
+        }
         report = {**funnel.write(report_path), "audit_json": files["json"], "audit_png": files["png"]}
     return MineResult(funnel=funnel, out=out, report=report)
 
 
-def select_pairs(pools: list[list[Choice]], summaries: list[Summary], sources: list[Source], spool: Spool,
-                 store: RecordStore, config: MinerConfig, funnel: Funnel) -> list[PairRecord]:
+def select_pairs(
+    pools: list[list[Choice]],
+    summaries: list[Summary],
+    sources: list[Source],
+    spool: Spool,
+    store: RecordStore,
+    config: MinerConfig,
+    funnel: Funnel,
+) -> list[PairRecord]:
     """Build the pool's records (masked, checked, with evidence) as the balanced selection visits them, then filter
     against the audit (`select`); the kept records in pool order."""
     log = SelectionLog()
     failures: dict[str, int] = {}
     candidates, chosen = balanced_selection(
-        pools, lambda choice: build_record(choice, summaries, sources, spool, config), store, config.pairs_per_anchor,
-        config.balance_bound, config.max_pairs, failures)
+        pools,
+        lambda choice: build_record(choice, summaries, sources, spool, config),
+        store,
+        config.pairs_per_anchor,
+        config.balance_bound,
+        config.max_pairs,
+        failures,
+    )
     funnel.masking_failures = dict(sorted(failures.items()))
     funnel.stages["masked"] = log.built = len(candidates)
     funnel.stages["selected"] = log.balanced = len(chosen)
@@ -189,8 +224,9 @@ def select_pairs(pools: list[list[Choice]], summaries: list[Summary], sources: l
     return [store.get(candidates[index].key) for index in chosen]
 
 
-def _write_records(records: list[PairRecord], config: MinerConfig, funnel: Funnel, out: Path,
-                   report_path: Path) -> None:
+def _write_records(
+    records: list[PairRecord], config: MinerConfig, funnel: Funnel, out: Path, report_path: Path
+) -> None:
     engine = None
     if config.judge_url:
         from agent.engines.openai import OpenAIChatEngine
@@ -206,17 +242,23 @@ def _write_records(records: list[PairRecord], config: MinerConfig, funnel: Funne
     all_records = records
 
     async def run() -> None:
-        with partial.open("w", encoding="utf-8") as handle, \
-                (rejected_path.open("w", encoding="utf-8") if engine else open(os.devnull, "w")) as rejected:
+        with (
+            partial.open("w", encoding="utf-8") as handle,
+            rejected_path.open("w", encoding="utf-8") if engine else open(os.devnull, "w") as rejected,
+        ):
             batch_size = config.judge_batch if engine else 16  # records are big (two contexts): few at a time
             iterator = iter(all_records)
             while records := list(itertools.islice(iterator, batch_size)):
                 if engine is not None:
                     from trainer.pairs.judge import judge_pairs
 
-                    verdicts = await judge_pairs(engine, records, seed=config.seed,
-                                                 concurrency=config.judge_concurrency,
-                                                 max_context_chars=config.judge_max_context_chars)
+                    verdicts = await judge_pairs(
+                        engine,
+                        records,
+                        seed=config.seed,
+                        concurrency=config.judge_concurrency,
+                        max_context_chars=config.judge_max_context_chars,
+                    )
                     kept = []
                     for record, verdict in zip(records, verdicts):
                         record.judge = verdict

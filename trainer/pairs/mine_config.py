@@ -20,11 +20,43 @@ class MinerError(ValueError):
     """A user error (missing file, unreadable record, bad setting); the CLI prints it without a traceback."""
 
 
-HARNESS_PATHS = ("setup.py", "setup.cfg", "pyproject.toml", "tox.ini", "MANIFEST.in", "requirements*.txt",
-                 "*/requirements*.txt", "Makefile", "*.cfg", "*.ini", "*.toml", "*.lock", "*.md", "*.rst", "*.txt",
-                 "AUTHORS*", "CHANGES*", "CHANGELOG*", "HISTORY*", "NEWS*", "doc/*", "docs/*", ".github/*",
-                 ".gitignore", "conftest.py", "*/conftest.py", "tests/*", "test/*", "testing/*", "*/tests/*",
-                 "*/test/*", "test_*.py", "*/test_*.py", "*_test.py", "*/_pytest/*/test_*.py")
+HARNESS_PATHS = (
+    "setup.py",
+    "setup.cfg",
+    "pyproject.toml",
+    "tox.ini",
+    "MANIFEST.in",
+    "requirements*.txt",
+    "*/requirements*.txt",
+    "Makefile",
+    "*.cfg",
+    "*.ini",
+    "*.toml",
+    "*.lock",
+    "*.md",
+    "*.rst",
+    "*.txt",
+    "AUTHORS*",
+    "CHANGES*",
+    "CHANGELOG*",
+    "HISTORY*",
+    "NEWS*",
+    "doc/*",
+    "docs/*",
+    ".github/*",
+    ".gitignore",
+    "conftest.py",
+    "*/conftest.py",
+    "tests/*",
+    "test/*",
+    "testing/*",
+    "*/tests/*",
+    "*/test/*",
+    "test_*.py",
+    "*/test_*.py",
+    "*_test.py",
+    "*/_pytest/*/test_*.py",
+)
 """The default `ignored_paths`."""
 
 
@@ -103,7 +135,6 @@ class MinerConfig(BaseModel):
     """Each context is cut to its head and tail at this many characters for the judge."""
     judge_batch: int = Field(64, ge=1)
     """Pairs judged per batch (bounds the records held in memory)."""
-
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any]) -> MinerConfig:

@@ -68,7 +68,7 @@ class PairRecord(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _contexts_differ(self) -> "PairRecord":
+    def _contexts_differ(self) -> PairRecord:
         if self.positive == self.negative:
             raise ValueError("positive and negative are identical: the label would be arbitrary")
         return self
@@ -101,8 +101,9 @@ def load_pairs(path: str | Path) -> list[PairRecord]:
                     problems.append(f"line {lineno}: field '{field}': {error['msg']}")
                 continue
             if pair.pair_id in seen:
-                problems.append(f"line {lineno}: field 'pair_id': {pair.pair_id!r} already used on line "
-                                f"{seen[pair.pair_id]}")
+                problems.append(
+                    f"line {lineno}: field 'pair_id': {pair.pair_id!r} already used on line {seen[pair.pair_id]}"
+                )
                 continue
             seen[pair.pair_id] = lineno
             pairs.append(pair)
@@ -116,8 +117,7 @@ def load_pairs(path: str | Path) -> list[PairRecord]:
 def write_pairs(path: str | Path, pairs: Iterable[PairRecord]) -> None:
     """Write pair records as JSONL (one per line, UTF-8)."""
     with Path(path).open("w", encoding="utf-8") as handle:
-        for pair in pairs:
-            handle.write(pair.model_dump_json() + "\n")
+        handle.writelines(pair.model_dump_json() + "\n" for pair in pairs)
 
 
 # ---------------------------------------------------------------------------------------------------- presentation
@@ -131,8 +131,7 @@ PROMPT = (
     "<answer>\n{answer}\n</answer>\n\n"
     "{shared_opening}"
     "<option_1>\n{option_1}\n</option_1>\n\n"
-    "<option_2>\n{option_2}\n</option_2>\n\n"
-    + QUESTION
+    "<option_2>\n{option_2}\n</option_2>\n\n" + QUESTION
 )
 """The user turn. `shared_opening` is empty unless the shared opening is shown once (SHARED_OPENING_BLOCK). Change the
 prompt only with a new PROMPT_VERSION: probe accuracies are comparable under one prompt only."""
@@ -255,7 +254,7 @@ def shared_opening(first: str, second: str) -> int:
     """The length in characters of the opening `first` and `second` share in whole lines (each ending with "\\n" in
     both), or 0 when it is under MIN_SHARED_LINES lines or MIN_SHARED_CHARS characters. Symmetric in its arguments."""
     end = lines = 0
-    while (newline := first.find("\n", end)) >= 0 and first[end:newline + 1] == second[end:newline + 1]:
+    while (newline := first.find("\n", end)) >= 0 and first[end : newline + 1] == second[end : newline + 1]:
         end, lines = newline + 1, lines + 1
     return end if lines >= MIN_SHARED_LINES and end >= MIN_SHARED_CHARS else 0
 
@@ -283,8 +282,9 @@ def _layout(pair: PairRecord, tokenizer: Any, max_context_tokens: int, shared_pr
     budget, block, marker, shared_spans = max_context_tokens, "", "", []
     if shared:
         if shared_prefix == "once":
-            text, shared_spans = _cut_middle(tokenizer, pair.positive[:shared],
-                                             max_context_tokens // SHARED_OPENING_SHARE)
+            text, shared_spans = _cut_middle(
+                tokenizer, pair.positive[:shared], max_context_tokens // SHARED_OPENING_SHARE
+            )
             block = SHARED_OPENING_BLOCK.format(text=text)
             budget -= len(_encode_content(tokenizer, text))  # the block is context too: out of the same budget
         marker = SHARED_OPENING_MARKERS[shared_prefix]
@@ -299,8 +299,13 @@ def _layout(pair: PairRecord, tokenizer: Any, max_context_tokens: int, shared_pr
     return _Layout(block, shared, options, rest_spans, whole_spans)
 
 
-def prompt_text(pair: PairRecord, tokenizer: Any, positive_first: bool, max_context_tokens: int,
-                shared_prefix: SharedPrefix = "omit") -> str:
+def prompt_text(
+    pair: PairRecord,
+    tokenizer: Any,
+    positive_first: bool,
+    max_context_tokens: int,
+    shared_prefix: SharedPrefix = "omit",
+) -> str:
     """The user turn's text for `pair` with the positive as option 1 (positive_first) or option 2: PROMPT filled in.
     `present` tokenizes it; engines that take chat messages (the probe's `openai`) send it as the user message, so
     both see the same prompt.
@@ -323,8 +328,13 @@ def prompt_text(pair: PairRecord, tokenizer: Any, positive_first: bool, max_cont
     """
     layout = _layout(pair, tokenizer, max_context_tokens, shared_prefix)
     first, second = ("positive", "negative") if positive_first else ("negative", "positive")
-    return PROMPT.format(query=pair.query, answer=pair.answer, shared_opening=layout.shared_block,
-                         option_1=layout.options[first], option_2=layout.options[second])
+    return PROMPT.format(
+        query=pair.query,
+        answer=pair.answer,
+        shared_opening=layout.shared_block,
+        option_1=layout.options[first],
+        option_2=layout.options[second],
+    )
 
 
 def _shown_tokens(offsets: Sequence[tuple[int, int]], spans: Spans) -> int:
@@ -339,8 +349,9 @@ def _shown_tokens(offsets: Sequence[tuple[int, int]], spans: Spans) -> int:
     return sum(any(start <= a and b <= end for start, end in merged) for a, b in offsets)
 
 
-def shown_fractions(pair: PairRecord, tokenizer: Any, max_context_tokens: int,
-                    shared_prefix: SharedPrefix = "omit") -> dict[str, float | int]:
+def shown_fractions(
+    pair: PairRecord, tokenizer: Any, max_context_tokens: int, shared_prefix: SharedPrefix = "omit"
+) -> dict[str, float | int]:
     """How much of each context the prompt shows (the same in both orders), as shares of the context's own tokens
     (tokenized alone; a token counts when all its characters are shown):
     `positive_rest` / `negative_rest`: of the context after the opening both share (the whole context when there is
@@ -350,17 +361,25 @@ def shown_fractions(pair: PairRecord, tokenizer: Any, max_context_tokens: int,
     layout = _layout(pair, tokenizer, max_context_tokens, shared_prefix)
     shared = layout.shared_chars
     fractions: dict[str, float | int] = {
-        "shared_opening_tokens": len(_encode_content(tokenizer, pair.positive[:shared])) if shared else 0}
+        "shared_opening_tokens": len(_encode_content(tokenizer, pair.positive[:shared])) if shared else 0
+    }
     for name, context in (("positive", pair.positive), ("negative", pair.negative)):
-        for part, text, spans in (("rest", context[shared:], layout.rest_spans[name]),
-                                  ("whole", context, layout.whole_spans[name])):
+        for part, text, spans in (
+            ("rest", context[shared:], layout.rest_spans[name]),
+            ("whole", context, layout.whole_spans[name]),
+        ):
             _, offsets = _encode_content(tokenizer, text, offsets=True)
             fractions[f"{name}_{part}"] = _shown_tokens(offsets, spans) / len(offsets) if offsets else 1.0
     return fractions
 
 
-def present(pair: PairRecord, tokenizer: Any, positive_first: bool, max_context_tokens: int,
-            shared_prefix: SharedPrefix = "omit") -> Presentation:
+def present(
+    pair: PairRecord,
+    tokenizer: Any,
+    positive_first: bool,
+    max_context_tokens: int,
+    shared_prefix: SharedPrefix = "omit",
+) -> Presentation:
     """The prompt ids for `pair` with the positive as option 1 (positive_first) or option 2: `prompt_text` as the
     user turn of our chat template, ending with the opened assistant turn. max_context_tokens, shared_prefix: as
     `prompt_text`."""
@@ -368,20 +387,32 @@ def present(pair: PairRecord, tokenizer: Any, positive_first: bool, max_context_
 
     option_ids = option_token_ids(tokenizer)
     body = prompt_text(pair, tokenizer, positive_first, max_context_tokens, shared_prefix)
-    text = render(tokenizer, [{"role": "user", "content": _PLACEHOLDER}], add_generation_prompt=True,
-                  enable_thinking=False)
+    text = render(
+        tokenizer, [{"role": "user", "content": _PLACEHOLDER}], add_generation_prompt=True, enable_thinking=False
+    )
     prefix, suffix = text.split(_PLACEHOLDER)
     # The template's text is tokenized as usual (its control tokens are real), the user turn's text with control
     # tokens split. The pieces meet at `user\n` | body and body | `<|im_end|>`: boundaries where the whole text's
     # tokenization splits too, so the ids equal tokenizing the rendered text (when the content has no control tokens).
-    input_ids = (tokenizer.encode(prefix, add_special_tokens=False) + _encode_content(tokenizer, body)
-                 + tokenizer.encode(suffix, add_special_tokens=False))
-    return Presentation(input_ids=input_ids, answer_position=len(input_ids) - 1, option_token_ids=option_ids,
-                        positive_is_first=positive_first, pair_id=pair.pair_id)
+    input_ids = (
+        tokenizer.encode(prefix, add_special_tokens=False)
+        + _encode_content(tokenizer, body)
+        + tokenizer.encode(suffix, add_special_tokens=False)
+    )
+    return Presentation(
+        input_ids=input_ids,
+        answer_position=len(input_ids) - 1,
+        option_token_ids=option_ids,
+        positive_is_first=positive_first,
+        pair_id=pair.pair_id,
+    )
 
 
-def balanced_presentations(pairs: Sequence[PairRecord], rng: random.Random, both_orders: bool = True,
-                           ) -> list[tuple[PairRecord, bool]]:
+def balanced_presentations(
+    pairs: Sequence[PairRecord],
+    rng: random.Random,
+    both_orders: bool = True,
+) -> list[tuple[PairRecord, bool]]:
     """(pair, positive_first) items in which the positive is option 1 exactly as often as option 2 (±1).
 
     both_orders=True (the default): every pair twice, (pair, True) then (pair, False), adjacent — so any even-sized
@@ -411,8 +442,8 @@ def collate_presentations(presentations: Sequence[Presentation], pad_token_id: i
     input_ids = torch.full((len(presentations), length), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(presentations), length), dtype=torch.long)
     for row, presentation in enumerate(presentations):
-        input_ids[row, :len(presentation.input_ids)] = torch.tensor(presentation.input_ids)
-        attention_mask[row, :len(presentation.input_ids)] = 1
+        input_ids[row, : len(presentation.input_ids)] = torch.tensor(presentation.input_ids)
+        attention_mask[row, : len(presentation.input_ids)] = 1
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,

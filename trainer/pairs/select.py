@@ -99,9 +99,16 @@ class SelectionLog:
     stopped: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"built": self.built, "balanced": self.balanced, "filter_rounds": self.filter_rounds,
-                "swapped": self.swapped, "dropped": self.dropped, "best_before": self.best_before,
-                "best_after": self.best_after, "stopped": self.stopped}
+        return {
+            "built": self.built,
+            "balanced": self.balanced,
+            "filter_rounds": self.filter_rounds,
+            "swapped": self.swapped,
+            "dropped": self.dropped,
+            "best_before": self.best_before,
+            "best_after": self.best_after,
+            "stopped": self.stopped,
+        }
 
 
 def _tiebreak(seed: int, *parts: object) -> int:
@@ -121,9 +128,16 @@ Build = Callable[[Any], tuple[PairRecord | None, str | None]]
 """Builds one pool choice's record, or says why it was dropped."""
 
 
-def balanced_selection(pools: Sequence[Sequence[Any]], build: Build, store: RecordStore, pairs_per_anchor: int,
-                       bound: float, max_pairs: int, failures: dict[str, int],
-                       chunk: int = 64) -> tuple[list[Candidate], list[int]]:
+def balanced_selection(
+    pools: Sequence[Sequence[Any]],
+    build: Build,
+    store: RecordStore,
+    pairs_per_anchor: int,
+    bound: float,
+    max_pairs: int,
+    failures: dict[str, int],
+    chunk: int = 64,
+) -> tuple[list[Candidate], list[int]]:
     """Step 1 of the module docstring over `pools` (one list of choices per anchor, anchors in the order to visit,
     choices best first). Records are built a chunk of anchors at a time, and building stops once `max_pairs` are
     chosen, so a large input costs what the kept pairs need. Returns (every built candidate, the chosen indices)."""
@@ -143,8 +157,9 @@ def balanced_selection(pools: Sequence[Sequence[Any]], build: Build, store: Reco
                 if record is None:
                     failures[problem or "?"] = failures.get(problem or "?", 0) + 1
                     continue
-                candidates.append(Candidate(anchor, rank, str(record.provenance.get("group", record.pair_id)),
-                                            store.put(record)))
+                candidates.append(
+                    Candidate(anchor, rank, str(record.provenance.get("group", record.pair_id)), store.put(record))
+                )
                 rank += 1
         if len(candidates) == first:
             continue
@@ -164,9 +179,18 @@ def balanced_selection(pools: Sequence[Sequence[Any]], build: Build, store: Reco
                 allowed = max(2.0, slack * (len(chosen) + 1))
                 options.sort(key=lambda i: (candidates[i].group in groups, candidates[i].rank))
                 fitting = [i for i in options if np.abs(totals + signs[i]).max() <= allowed]
-                pick = fitting[0] if fitting else min(options, key=lambda i: (int(np.abs(totals + signs[i]).max()),
-                                                                              candidates[i].group in groups,
-                                                                              candidates[i].rank))
+                pick = (
+                    fitting[0]
+                    if fitting
+                    else min(
+                        options,
+                        key=lambda i: (
+                            int(np.abs(totals + signs[i]).max()),
+                            candidates[i].group in groups,
+                            candidates[i].rank,
+                        ),
+                    )
+                )
                 options.remove(pick)
                 chosen.append(pick)
                 totals += signs[pick]
@@ -174,9 +198,16 @@ def balanced_selection(pools: Sequence[Sequence[Any]], build: Build, store: Reco
     return candidates, sorted(chosen)
 
 
-def adversarial_filter(candidates: Sequence[Candidate], store: RecordStore, chosen: list[int], target: float,
-                       min_pairs: int, seed: int, log: SelectionLog,
-                       max_rounds: int = 60) -> list[int]:
+def adversarial_filter(
+    candidates: Sequence[Candidate],
+    store: RecordStore,
+    chosen: list[int],
+    target: float,
+    min_pairs: int,
+    seed: int,
+    log: SelectionLog,
+    max_rounds: int = 60,
+) -> list[int]:
     """Step 2 of the module docstring: the filtered indices (sorted); `log` says what was done."""
     from trainer.pairs.audit import baseline_outcomes
 
@@ -193,8 +224,9 @@ def adversarial_filter(candidates: Sequence[Candidate], store: RecordStore, chos
     for round_ in range(max_rounds):
         store.keep_only({candidates[i].key for i in chosen})
         outcomes = baseline_outcomes([store.get(candidates[i].key) for i in chosen], seed=seed)
-        accuracies = {name: float(np.mean(per_pair)) for name, per_pair in outcomes.items()
-                      if not isinstance(per_pair, str)}
+        accuracies = {
+            name: float(np.mean(per_pair)) for name, per_pair in outcomes.items() if not isinstance(per_pair, str)
+        }
         # two-sided: a cross-validated classifier far below chance is the filtering's own artefact (what is left is
         # what the rest taught it wrong), and as much a cue as one far above
         name = max(accuracies, key=lambda n: max(accuracies[n], 1 - accuracies[n]))
@@ -204,8 +236,9 @@ def adversarial_filter(candidates: Sequence[Candidate], store: RecordStore, chos
             log.best_before = best
         log.best_after = best
         if accuracy <= target:
-            log.stopped = f"every baseline within [{1 - target:.2f}, {target}] (furthest: {name} " \
-                          f"{accuracies[name]:.3f})"
+            log.stopped = (
+                f"every baseline within [{1 - target:.2f}, {target}] (furthest: {name} {accuracies[name]:.3f})"
+            )
             break
         per_pair = np.asarray(outcomes[name])
         if accuracies[name] < 0.5:
@@ -216,15 +249,27 @@ def adversarial_filter(candidates: Sequence[Candidate], store: RecordStore, chos
         # one loses no issue pair), then the least preferred
         solved_by = sum(np.asarray(o) for o in outcomes.values() if not isinstance(o, str))
         group_count = Counter(candidates[i].group for i in chosen)
-        solved.sort(key=lambda k: (-float(solved_by[k]), group_count[candidates[chosen[k]].group] == 1,
-                                   -candidates[chosen[k]].rank, _tiebreak(seed, "drop", chosen[k])))
+        solved.sort(
+            key=lambda k: (
+                -float(solved_by[k]),
+                group_count[candidates[chosen[k]].group] == 1,
+                -candidates[chosen[k]].rank,
+                _tiebreak(seed, "drop", chosen[k]),
+            )
+        )
         changed = False
         drop: list[int] = []
         groups = {candidates[i].group for i in chosen}
         for k in solved[:excess]:
             current = chosen[k]
-            replacement = next((i for i in next_of[candidates[current].anchor]
-                                if i not in tried and candidates[i].group not in groups), None)
+            replacement = next(
+                (
+                    i
+                    for i in next_of[candidates[current].anchor]
+                    if i not in tried and candidates[i].group not in groups
+                ),
+                None,
+            )
             if replacement is not None:
                 chosen[k] = replacement
                 tried.add(replacement)
@@ -242,8 +287,10 @@ def adversarial_filter(candidates: Sequence[Candidate], store: RecordStore, chos
             changed = True
         log.filter_rounds = round_ + 1
         if not changed:
-            log.stopped = (f"best baseline {name} {accuracies[name]:.3f} > target {target}, but no candidate is "
-                           f"left to swap and dropping would leave fewer than min_pairs ({min_pairs}) issue pairs")
+            log.stopped = (
+                f"best baseline {name} {accuracies[name]:.3f} > target {target}, but no candidate is "
+                f"left to swap and dropping would leave fewer than min_pairs ({min_pairs}) issue pairs"
+            )
             break
     else:
         log.stopped = f"stopped after {max_rounds} rounds"

@@ -44,8 +44,13 @@ def open_source(path: str | Path, results: str | Path | None = None) -> Source:
         raise MinerError(f"{path}: no such file or directory")
     if path.is_dir() or path.name.endswith(mini_swe_agent.TRAJ_SUFFIX):
         try:
-            run = mini_swe_agent.scan_run(path, results) if path.is_dir() else mini_swe_agent.RunFolder(
-                root=path.parent, files=[path], results=mini_swe_agent.read_results(results) if results else {})
+            run = (
+                mini_swe_agent.scan_run(path, results)
+                if path.is_dir()
+                else mini_swe_agent.RunFolder(
+                    root=path.parent, files=[path], results=mini_swe_agent.read_results(results) if results else {}
+                )
+            )
         except READ_ERRORS as exc:
             raise _read_error(path, exc) from None
         return Source(path, mini_swe_agent.SOURCE, run)
@@ -63,8 +68,10 @@ def open_source(path: str | Path, results: str | Path | None = None) -> Source:
     name = sniff_format(record) if isinstance(record, dict) else None
     if name is None:
         keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-        raise MinerError(f"{path}: record 0: not a trajectory of any known format (keys {keys}); known: "
-                         f"{OWN_FORMAT}, {', '.join(sorted(FORMATS))}")
+        raise MinerError(
+            f"{path}: record 0: not a trajectory of any known format (keys {keys}); known: "
+            f"{OWN_FORMAT}, {', '.join(sorted(FORMATS))}"
+        )
     return Source(path, name)
 
 

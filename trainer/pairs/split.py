@@ -64,8 +64,11 @@ def heldout_groups(groups: Sequence[str], heldout_fraction: float, seed: int) ->
     return held
 
 
-def split_by_group(pairs: Sequence[PairRecord], heldout_fraction: float, seed: int,
-                   ) -> tuple[list[PairRecord], list[PairRecord]]:
+def split_by_group(
+    pairs: Sequence[PairRecord],
+    heldout_fraction: float,
+    seed: int,
+) -> tuple[list[PairRecord], list[PairRecord]]:
     """(train, held-out): about `heldout_fraction` of the pairs' groups held out (`heldout_groups`), every member of a
     group on the same side, each side in the input's order. Deterministic in (pairs, heldout_fraction, seed)."""
     held = heldout_groups(list(dict.fromkeys(pair_group(pair) for pair in pairs)), heldout_fraction, seed)

@@ -19,10 +19,87 @@ from trainer.pairs.mine_config import MinerConfig
 _SMITH_ID = re.compile(r"^(?P<owner>[^/\s]+?)__(?P<name>[^/\s]+?)\.(?P<commit>[0-9a-f]{7,40})\.")
 _BENCH_ID = re.compile(r"^(?P<owner>[^/\s]+?)__(?P<name>[^/\s]+)-\d+$")
 WORD_PATTERN = re.compile(r"[a-z_][a-z0-9_]{2,}")
-STOPWORDS = frozenset("""the and for with that this from are was were not but have has had you your can will would
-should could when then than into our out use using used all any its also been being there their they them what which
-who how why where does did doing just only some such more most very other here these those each get got now one two
-may might must like want need make made see seems""".split())
+STOPWORDS = frozenset(
+    [
+        "the",
+        "and",
+        "for",
+        "with",
+        "that",
+        "this",
+        "from",
+        "are",
+        "was",
+        "were",
+        "not",
+        "but",
+        "have",
+        "has",
+        "had",
+        "you",
+        "your",
+        "can",
+        "will",
+        "would",
+        "should",
+        "could",
+        "when",
+        "then",
+        "than",
+        "into",
+        "our",
+        "out",
+        "use",
+        "using",
+        "used",
+        "all",
+        "any",
+        "its",
+        "also",
+        "been",
+        "being",
+        "there",
+        "their",
+        "they",
+        "them",
+        "what",
+        "which",
+        "who",
+        "how",
+        "why",
+        "where",
+        "does",
+        "did",
+        "doing",
+        "just",
+        "only",
+        "some",
+        "such",
+        "more",
+        "most",
+        "very",
+        "other",
+        "here",
+        "these",
+        "those",
+        "each",
+        "get",
+        "got",
+        "now",
+        "one",
+        "two",
+        "may",
+        "might",
+        "must",
+        "like",
+        "want",
+        "need",
+        "make",
+        "made",
+        "see",
+        "seems",
+    ]
+)
 
 
 def repo_and_commit(trajectory: Trajectory) -> tuple[str | None, str | None]:
@@ -95,25 +172,37 @@ class Summary:
     patch_error: bool
 
 
-def summarize(trajectory: Trajectory, source: int, record: int, config: MinerConfig,
-              interned: dict[str, str]) -> Summary:
+def summarize(
+    trajectory: Trajectory, source: int, record: int, config: MinerConfig, interned: dict[str, str]
+) -> Summary:
     def intern(text: str) -> str:
         return interned.setdefault(text, text)
 
     extra = trajectory.model_extra or {}
-    issue = problem_statement(trajectory.messages, extra.get("problem_statement")
-                              if isinstance(extra.get("problem_statement"), str) else None)
+    issue = problem_statement(
+        trajectory.messages, extra.get("problem_statement") if isinstance(extra.get("problem_statement"), str) else None
+    )
     repo, commit = repo_and_commit(trajectory)
     patch = summarize_patch(trajectory.patch, config.drop_top_level_new_files)
     return Summary(
-        source=source, record=record, episode_id=trajectory.episode_id or f"{trajectory.task_id}/{source}:{record}",
-        task_id=intern(trajectory.task_id), repo=intern(repo) if repo else None,
-        commit=intern(commit) if commit else None, resolved=trajectory.resolved,
+        source=source,
+        record=record,
+        episode_id=trajectory.episode_id or f"{trajectory.task_id}/{source}:{record}",
+        task_id=intern(trajectory.task_id),
+        repo=intern(repo) if repo else None,
+        commit=intern(commit) if commit else None,
+        resolved=trajectory.resolved,
         files=tuple(sorted({intern(path) for path in patch.paths if not ignored(path, config.ignored_paths)})),
-        scopes=tuple(sorted({intern(scope) for scope in patch.scopes
-                             if not ignored(scope.split("::", 1)[0], config.ignored_paths)})),
-        signature=signature(issue, config.signature_size), has_issue=bool(issue),
-        has_patch=bool(trajectory.patch and trajectory.patch.strip()), patch_error=bool(patch.error))
+        scopes=tuple(
+            sorted(
+                {intern(scope) for scope in patch.scopes if not ignored(scope.split("::", 1)[0], config.ignored_paths)}
+            )
+        ),
+        signature=signature(issue, config.signature_size),
+        has_issue=bool(issue),
+        has_patch=bool(trajectory.patch and trajectory.patch.strip()),
+        patch_error=bool(patch.error),
+    )
 
 
 def ignored(path: str, patterns: list[str]) -> bool:

@@ -71,16 +71,20 @@ def _context(line: SourceLine, workdir: str) -> str:
     """A two-message trajectory excerpt: the tool call that printed the line, and the tool's output."""
     command = f"sed -n '{line.number}p' {line.path}"
     call = json.dumps({"name": "execute_bash", "arguments": {"command": command}})
-    return (f"[assistant]\n<tool_call>\n{call}\n</tool_call>\n"
-            f"[tool: execute_bash]\n{line.text}\n[Current working directory: {workdir}]\n"
-            "[Command finished with exit code 0]")
+    return (
+        f"[assistant]\n<tool_call>\n{call}\n</tool_call>\n"
+        f"[tool: execute_bash]\n{line.text}\n[Current working directory: {workdir}]\n"
+        "[Command finished with exit code 0]"
+    )
 
 
 def _bash(command: str, output: str, exit_code: int, workdir: str) -> str:
     call = json.dumps({"name": "execute_bash", "arguments": {"command": command}})
     shown = f"{output}\n" if output else ""
-    return (f"[assistant]\n<tool_call>\n{call}\n</tool_call>\n[tool: execute_bash]\n{shown}"
-            f"[Current working directory: {workdir}]\n[Command finished with exit code {exit_code}]")
+    return (
+        f"[assistant]\n<tool_call>\n{call}\n</tool_call>\n[tool: execute_bash]\n{shown}"
+        f"[Current working directory: {workdir}]\n[Command finished with exit code {exit_code}]"
+    )
 
 
 def _test_run(test_id: str, passed: bool, workdir: str, rng: random.Random) -> str:
@@ -89,13 +93,16 @@ def _test_run(test_id: str, passed: bool, workdir: str, rng: random.Random) -> s
     if passed:
         output = f".{' ' * 71}[100%]\n1 passed in {seconds}"
     else:
-        output = (f"F{' ' * 71}[100%]\n{'=' * 35} FAILURES {'=' * 35}\n{'_' * 20} {name} {'_' * 20}\n"
-                  f"E   AssertionError\nFAILED {test_id} - AssertionError\n1 failed in {seconds}")
+        output = (
+            f"F{' ' * 71}[100%]\n{'=' * 35} FAILURES {'=' * 35}\n{'_' * 20} {name} {'_' * 20}\n"
+            f"E   AssertionError\nFAILED {test_id} - AssertionError\n1 failed in {seconds}"
+        )
     return _bash(f"python -m pytest -q {test_id}", output, 0 if passed else 1, workdir)
 
 
-def test_outcome_pairs(tasks: Sequence[Any], heldout_fraction: float = 0.3, seed: int = 0,
-                       edit_command: Any = None) -> tuple[list[PairRecord], list[PairRecord]]:
+def test_outcome_pairs(
+    tasks: Sequence[Any], heldout_fraction: float = 0.3, seed: int = 0, edit_command: Any = None
+) -> tuple[list[PairRecord], list[PairRecord]]:
     """(train pairs, held-out pairs): "did the test pass?" pairs over the tasks' FAIL_TO_PASS and PASS_TO_PASS tests.
 
     For each test of each task, two pairs, one per answer ("… passes." / "… fails."): both contexts are the same
@@ -106,11 +113,14 @@ def test_outcome_pairs(tasks: Sequence[Any], heldout_fraction: float = 0.3, seed
     held-out pairs are about tests the training pairs never showed.
     """
     rng = random.Random(seed)
-    items = [(task, test_id) for task in tasks
-             for test_id in dict.fromkeys(list(task.FAIL_TO_PASS) + list(task.PASS_TO_PASS))]
+    items = [
+        (task, test_id)
+        for task in tasks
+        for test_id in dict.fromkeys(list(task.FAIL_TO_PASS) + list(task.PASS_TO_PASS))
+    ]
     test_ids = sorted({test_id for _, test_id in items})
     rng.shuffle(test_ids)
-    heldout_ids = set(test_ids[:round(len(test_ids) * heldout_fraction)])
+    heldout_ids = set(test_ids[: round(len(test_ids) * heldout_fraction)])
     out: dict[str, list[PairRecord]] = {"train": [], "heldout": []}
     for task, test_id in items:
         split = "heldout" if test_id in heldout_ids else "train"
@@ -120,25 +130,40 @@ def test_outcome_pairs(tasks: Sequence[Any], heldout_fraction: float = 0.3, seed
             prefix = _bash(edit_command(task), "", 0, workdir) + "\n"
         runs = {passed: prefix + _test_run(test_id, passed, workdir, rng) for passed in (True, False)}
         for passed in (True, False):
-            out[split].append(PairRecord(
-                pair_id=f"test-outcome-{split}-{len(out[split])}",
-                query=f"{_title(task)}\nWhat happened when the agent ran `{test_id}` after its change?",
-                answer=f"The test {test_id.rsplit('::', 1)[-1]} {'passes' if passed else 'fails'}.",
-                positive=runs[passed], negative=runs[not passed],
-                provenance={"source": "synthetic-test-outcome", "split": split, "task": task.instance_id,
-                            "test": test_id, "answer_outcome": "passed" if passed else "failed"},
-                funnel_stage="synthetic"))
+            out[split].append(
+                PairRecord(
+                    pair_id=f"test-outcome-{split}-{len(out[split])}",
+                    query=f"{_title(task)}\nWhat happened when the agent ran `{test_id}` after its change?",
+                    answer=f"The test {test_id.rsplit('::', 1)[-1]} {'passes' if passed else 'fails'}.",
+                    positive=runs[passed],
+                    negative=runs[not passed],
+                    provenance={
+                        "source": "synthetic-test-outcome",
+                        "split": split,
+                        "task": task.instance_id,
+                        "test": test_id,
+                        "answer_outcome": "passed" if passed else "failed",
+                    },
+                    funnel_stage="synthetic",
+                )
+            )
     return out["train"], out["heldout"]
 
 
-def synthetic_pairs(tasks: Sequence[Any], heldout_fraction: float = 0.3, seed: int = 0,
-                    ) -> tuple[list[PairRecord], list[PairRecord]]:
+def synthetic_pairs(
+    tasks: Sequence[Any],
+    heldout_fraction: float = 0.3,
+    seed: int = 0,
+) -> tuple[list[PairRecord], list[PairRecord]]:
     """The embedded default's pairs: `test_outcome_pairs` (train, held-out)."""
     return test_outcome_pairs(tasks, heldout_fraction=heldout_fraction, seed=seed)
 
 
-def line_lookup_pairs(tasks: Sequence[Any], heldout_fraction: float = 0.3, seed: int = 0,
-                      ) -> tuple[list[PairRecord], list[PairRecord]]:
+def line_lookup_pairs(
+    tasks: Sequence[Any],
+    heldout_fraction: float = 0.3,
+    seed: int = 0,
+) -> tuple[list[PairRecord], list[PairRecord]]:
     """(train pairs, held-out pairs) of line lookups (see the module docstring). Lines are split between the two sets
     first (by `seed`), then each line is the positive of one pair whose negative is a line of another task of the
     same repository from the same split, preferring the same file. Repositories with a single task give no pairs."""
@@ -169,15 +194,24 @@ def line_lookup_pairs(tasks: Sequence[Any], heldout_fraction: float = 0.3, seed:
             # The query speaks of either task, so the query alone does not give the label away.
             asked = by_task[rng.choice([positive.task_id, negative.task_id])]
             workdir = getattr(by_task[positive.task_id], "workdir", "/testbed")
-            pairs.append(PairRecord(
-                pair_id=f"synthetic-{split}-{index}",
-                query=f"{_title(asked)}\nWhich source line did the agent print while working on this?",
-                answer=f"{positive.path}, line {positive.number}: {positive.text.strip()}",
-                positive=_context(positive, workdir), negative=_context(negative, workdir),
-                provenance={"source": "synthetic-line-lookup", "split": split, "repo": positive.repo,
-                            "positive_task": positive.task_id, "negative_task": negative.task_id,
-                            "positive_line": f"{positive.path}:{positive.number}",
-                            "negative_line": f"{negative.path}:{negative.number}"},
-                funnel_stage="synthetic"))
+            pairs.append(
+                PairRecord(
+                    pair_id=f"synthetic-{split}-{index}",
+                    query=f"{_title(asked)}\nWhich source line did the agent print while working on this?",
+                    answer=f"{positive.path}, line {positive.number}: {positive.text.strip()}",
+                    positive=_context(positive, workdir),
+                    negative=_context(negative, workdir),
+                    provenance={
+                        "source": "synthetic-line-lookup",
+                        "split": split,
+                        "repo": positive.repo,
+                        "positive_task": positive.task_id,
+                        "negative_task": negative.task_id,
+                        "positive_line": f"{positive.path}:{positive.number}",
+                        "negative_line": f"{negative.path}:{negative.number}",
+                    },
+                    funnel_stage="synthetic",
+                )
+            )
         out[split] = pairs
     return out["train"], out["heldout"]
