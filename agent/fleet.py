@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 
@@ -64,6 +64,9 @@ class Replica:
     url: str
     live: bool = True
     """In the rotation: new episodes may go to it."""
+    draining: bool = False
+    """Out of the rotation because its operator drains it (`POST /v1/drain`, SIGTERM): it answers, finishes the
+    episodes it holds, and takes no new ones. Not counted as a failure."""
     last_failure: str | None = None
     """The last connection failure or unavailable answer, as text."""
     failures_in_a_row: int = 0
@@ -95,11 +98,12 @@ class Replica:
     def free(self) -> int:
         return (self.capacity or 1) - self.load
 
+    @property
+    def state(self) -> str:
+        return "live" if self.live else "draining" if self.draining else "dead"
+
     def describe(self) -> str:
-        text = (
-            f"{self.url}: {'live' if self.live else 'dead'}; {self.served} served, {self.failed} failed, "
-            f"{self.in_flight} in flight"
-        )
+        text = f"{self.url}: {self.state}; {self.served} served, {self.failed} failed, {self.in_flight} in flight"
         return text + (f"; last failure: {self.last_failure}" if self.last_failure else "")
 
 
@@ -111,6 +115,11 @@ def failure_text(error: BaseException) -> str:
     if isinstance(error, EnvServerError):
         return str(error)
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def is_draining(error: BaseException) -> bool:
+    """The replica refused a reset because it drains: it is fine, only out of the rotation."""
+    return isinstance(error, EnvServerError) and error.status == 503 and error.type == "draining"
 
 
 def takes_replica_down(error: BaseException) -> bool:
@@ -158,7 +167,7 @@ class Fleet:
         self.replayed = 0
         """Replays started for lost episodes."""
 
-    async def __aenter__(self) -> Fleet:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -227,6 +236,22 @@ class Fleet:
         else:  # the other episodes it held failing too: one failure, not one per episode, for the backoff
             replica.last_failure = reason
 
+    def mark_draining(self, replica: Replica) -> None:
+        """Take a draining replica out of the rotation without counting a failure; its probes, at the live rate, put
+        it back when the drain ends."""
+        replica.next_probe_at = time.monotonic() + self.config.probe_interval_s
+        replica.failures_in_a_row = 0
+        replica.last_failure = "draining"
+        if not replica.draining:
+            replica.draining = True
+            if replica.live:
+                replica.live = False
+                self.log(
+                    f"env server {replica.url} draining: no new episodes, its {replica.in_flight} go on "
+                    f"({len(self.live())}/{len(self.replicas)} live)"
+                )
+        self._note_whole_fleet_down()
+
     def reroute(self, tried: Sequence[Replica]) -> Replica | None:
         """Another live replica for a reset that failed on `tried` (counted in its `in_flight`), or None; no wait."""
         replica = self._pick(exclude=tried)
@@ -239,11 +264,15 @@ class Fleet:
         replica.failures_in_a_row += 1
         backoff = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (replica.failures_in_a_row - 1))
         replica.next_probe_at = time.monotonic() + backoff
+        replica.draining = False
         if replica.live:
             replica.live = False
             self.log(
                 f"env server {replica.url} out of rotation: {reason} ({len(self.live())}/{len(self.replicas)} live)"
             )
+        self._note_whole_fleet_down()
+
+    def _note_whole_fleet_down(self) -> None:
         if not self.live() and self._down_since is None:
             self._down_since = time.monotonic()
             self._live_again = asyncio.Event()
@@ -255,6 +284,10 @@ class Fleet:
     def _set_up(self, replica: Replica, health: Health) -> None:
         replica.capacity = health.max_sessions
         replica.others_sessions = max(0, health.sessions - replica.open_sessions)
+        if health.draining:
+            self.mark_draining(replica)
+            return
+        replica.draining = False
         if not replica.live:
             replica.live = True
             self._down_since = None
@@ -272,7 +305,9 @@ class Fleet:
     async def _probe(self, replica: Replica) -> None:
         try:
             response = await self._probe_http.get(f"{replica.url}/healthz")
-            if response.status_code != 200:
+            if response.status_code == 503 and response.json().get("draining") is True:
+                pass  # a draining replica's health report: _set_up takes it out of the rotation
+            elif response.status_code != 200:
                 raise EnvServerError(response.status_code, "healthz", response.text[:200])
             health = Health.model_validate(response.json())
         except Exception as exc:  # noqa: BLE001 - whatever stops a probe keeps the replica out
@@ -359,10 +394,13 @@ class RoutedEnv:
             try:
                 response = await self.replica.reset_client.reset(task_id, max_steps=max_steps)
             except (EnvServerError, httpx.HTTPError) as exc:
-                if not takes_replica_down(exc):
+                if is_draining(exc):
+                    self.fleet.mark_draining(self.replica)
+                elif takes_replica_down(exc):
+                    self.replica.failed += 1
+                    await self.fleet.mark_failed(self.replica, exc)
+                else:
                     raise
-                self.replica.failed += 1
-                await self.fleet.mark_failed(self.replica, exc)
                 tried.append(self.replica)
                 other = self.fleet.reroute(tried)
                 if other is None:
@@ -423,6 +461,10 @@ def status_line(fleet: Fleet) -> str:
 
 def summary_lines(fleet: Fleet) -> list[str]:
     """One line for the fleet and one per replica: live or dead (and why), episodes served and failed."""
-    dead = len(fleet.replicas) - len(fleet.live())
+    draining = sum(1 for r in fleet.replicas if r.state == "draining")
+    dead = len(fleet.replicas) - len(fleet.live()) - draining
     lost = f"; {fleet.lost} episodes lost with their replica, {fleet.replayed} replayed" if fleet.lost else ""
-    return [f"env servers: {len(fleet.live())} live, {dead} dead{lost}"] + [f"  {r.describe()}" for r in fleet.replicas]
+    drains = f", {draining} draining" if draining else ""
+    return [f"env servers: {len(fleet.live())} live{drains}, {dead} dead{lost}"] + [
+        f"  {r.describe()}" for r in fleet.replicas
+    ]

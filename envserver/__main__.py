@@ -110,6 +110,9 @@ def serve(
         min=0.01,
         help="Disk one episode may write, GB (default: the Docker root's free space over --max-sessions, 1–10 GB).",
     ),
+    drain_grace_s: float | None = typer.Option(
+        None, min=0, help="On SIGTERM, seconds to finish running episodes (no new resets) before exiting (default 300)."
+    ),
     validated: Path | None = typer.Option(
         None,
         "--validated",
@@ -123,6 +126,7 @@ def serve(
 
     from envserver.api import create_app
     from envserver.sandbox.docker_backend import DockerBackend
+    from envserver.serving import DrainingServer
     from envserver.specs import SpecFileError, SpecTable
     from envserver.tasks import TaskFileError, load_task_sets
 
@@ -144,6 +148,7 @@ def serve(
         max_patch_bytes=max_patch_bytes,
         memory_overcommit=memory_overcommit,
         validated=validated,
+        drain_grace_s=drain_grace_s,
     )
     cfg = _config_or_exit(config, overrides)
     if network is not None:
@@ -170,14 +175,16 @@ def serve(
             typer.echo(f"error: --validated {exc}", err=True)
             raise typer.Exit(2) from None
     backend = DockerBackend(cfg.sandbox.docker_url, max_workers=cfg.sandbox.max_workers)
-    uvicorn.run(
-        create_app(cfg, backend, task_map, validation),
+    application = create_app(cfg, backend, task_map, validation)
+    server_config = uvicorn.Config(
+        application,
         host=cfg.host,
         port=cfg.port,
         log_level=log_level,
         timeout_graceful_shutdown=30,
         timeout_keep_alive=int(cfg.keep_alive_s),
     )
+    DrainingServer(server_config, application.state.manager, cfg.drain_grace_s).run()
 
 
 @app.command()
@@ -231,6 +238,43 @@ def validate(
         wanted = set(instance)
         selected = [task for task in selected if task.instance_id in wanted]
     validate_command(cfg, selected, jobs=jobs, repeat=repeat, out=out, progress=progress)
+
+
+@app.command()
+def drain(
+    url: str = typer.Argument(..., help="The env server, e.g. http://10.0.0.5:8000."),
+    undo: bool = typer.Option(False, "--undo", help="End the drain: the server takes new resets again."),
+    wait: float = typer.Option(
+        0.0, "--wait", min=0, help="Seconds to wait for the running sessions to end (0: do not wait)."
+    ),
+    token: str | None = typer.Option(
+        None, envvar="ENVSERVER_AUTH_TOKEN", help="Bearer token (or ENVSERVER_AUTH_TOKEN)."
+    ),
+) -> None:
+    """Take a running env server out of rotation for maintenance: new resets answer 503 `draining` (fleet clients
+    send them elsewhere) while its running episodes go on. With --wait, exit 0 once none runs (1 if time runs out),
+    e.g. `python -m envserver drain URL --wait 600 && docker compose down`."""
+    import time
+
+    from envserver.client import EnvClient, EnvServerError
+
+    try:
+        with EnvClient(url, token=token) as client:
+            state = client.drain(not undo)
+            deadline = time.monotonic() + wait
+            while state.draining and wait > 0 and state.sessions > 0 and time.monotonic() < deadline:
+                typer.echo(f"{url}: draining, {state.sessions} session(s) running", err=True)
+                time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+                state = client.drain(True)
+    except (EnvServerError, OSError) as exc:
+        typer.echo(f"error: {url}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not state.draining:
+        typer.echo(f"{url}: in rotation ({state.sessions} session(s) running)")
+        return
+    typer.echo(f"{url}: draining, {state.sessions} session(s) running")
+    if wait > 0 and state.sessions > 0:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -26,6 +26,7 @@ from envserver.sessions import SessionError, SessionManager
 from envserver.tasks import TaskInstance
 from envserver.validate import load_validation
 from envserver.wire import (
+    DrainState,
     ErrorResponse,
     Health,
     PrefetchRequest,
@@ -272,9 +273,18 @@ def create_app(
         config.idempotency_max_entries, config.idempotency_ttl_s, on_replay=metrics.idempotent_replays.inc
     )
 
-    @app.get("/healthz", response_model=Health)
-    async def healthz() -> Health:
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "Draining: running episodes go on, new resets are refused"}},
+    )
+    async def healthz(response: Response) -> Health:
+        if manager.draining:
+            # 503 takes a draining replica out of load balancers and fleet clients; the body still says why.
+            response.status_code = 503
         return Health(
+            status="draining" if manager.draining else "ok",
+            draining=manager.draining,
             server_name=config.server_name,
             sessions=manager.active_count(),
             max_sessions=config.max_sessions,
@@ -326,7 +336,8 @@ def create_app(
             "status is not `valid` (the message names the status and the reason; `GET /v1/tasks` lists them); "
             "`idempotency_key_reused`: the Idempotency-Key came with another request before",
             e429="`capacity` or `memory`: retry after `Retry-After`",
-            e503="`image_missing`, or the sandbox or its runtime did not start",
+            e503="`draining`: the server takes no new resets (send it to another replica); `image_missing`, or the "
+            "sandbox or its runtime did not start",
         ),
     )
     async def reset(body: ResetRequest, idempotency_key: IdempotencyKey = None) -> ResetResponse:
@@ -362,13 +373,24 @@ def create_app(
             e404="`unknown_task`",
             e409="`instance_not_valid`",
             e422="`invalid_request`: a count below 1, or more resets than the session cap",
-            e503="`image_missing`",
+            e503="`draining`, or `image_missing`",
         ),
     )
     async def prefetch(body: PrefetchRequest) -> PrefetchResponse:
         """Announce resets to come (an RL step's B × G, told while the previous step trains): their containers
         start now, a bounded number at a time, and each reset takes one ready; unused ones go after `ttl_s`."""
         return await manager.prefetch(body)
+
+    @app.post("/v1/drain", response_model=DrainState, dependencies=guarded, responses=_errors(_COMMON))
+    async def drain() -> DrainState:
+        """Take this server out of rotation (maintenance, shutdown): new resets and prefetches answer 503
+        `draining`, `/healthz` answers 503, running episodes go on; poll `sessions` until it is 0. Idempotent."""
+        return manager.drain(True)
+
+    @app.delete("/v1/drain", response_model=DrainState, dependencies=guarded, responses=_errors(_COMMON))
+    async def undrain() -> DrainState:
+        """End a drain: the server takes new resets again. Idempotent."""
+        return manager.drain(False)
 
     @app.get(
         "/v1/sessions/{session_id}",

@@ -9,14 +9,16 @@ answered 429 is retried after the server's Retry-After (nothing was created).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from typing import Any
+from typing import Any, Self
 
 import httpx
 from pydantic import BaseModel
 
 from envserver.wire import (
+    DrainState,
     ErrorResponse,
     Health,
     PrefetchRequest,
@@ -42,6 +44,26 @@ class EnvServerError(RuntimeError):
         self.type = type_
         self.message = message
         self.retry_after = retry_after
+
+
+def _retryable(response: httpx.Response) -> bool:
+    """A 502/503/504 that may pass: not a draining server's refusal (it holds until the drain ends; another replica
+    is the retry)."""
+    if response.status_code not in RETRY_STATUSES:
+        return False
+    try:
+        return response.json()["error"]["type"] != "draining"
+    except Exception:  # noqa: BLE001 - a proxy's error page: retry
+        return True
+
+
+def _health(response: httpx.Response) -> Health:
+    if response.status_code == 503:
+        # Draining: still a health report. Anything else (a proxy's 503 page) is raised as the error it is.
+        with contextlib.suppress(ValueError):
+            return Health.model_validate(response.json())
+    _raise_for(response)
+    return Health.model_validate(response.json())
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -114,7 +136,7 @@ class AsyncEnvClient:
         self.retries = retries
         self.max_capacity_wait_s = max_capacity_wait_s
 
-    async def __aenter__(self) -> AsyncEnvClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -135,7 +157,7 @@ class AsyncEnvClient:
                 if attempt == self.retries:
                     raise
             else:
-                if response.status_code not in RETRY_STATUSES or attempt == self.retries:
+                if not _retryable(response) or attempt == self.retries:
                     return response
             await asyncio.sleep(_backoff(attempt))
         raise AssertionError("unreachable")
@@ -146,7 +168,14 @@ class AsyncEnvClient:
         return model.model_validate(response.json())
 
     async def health(self) -> Health:
-        return await self._get("/healthz", Health)
+        """The server's health; a draining server's too (its 503 carries a Health body, `status: draining`)."""
+        return _health(await self._http.get("/healthz"))
+
+    async def drain(self, draining: bool = True) -> DrainState:
+        """Take the server out of rotation (or back in with `draining=False`); see `POST /v1/drain`."""
+        response = await self._idempotent("POST" if draining else "DELETE", "/v1/drain")
+        _raise_for(response)
+        return DrainState.model_validate(response.json())
 
     async def list_tasks(self) -> TaskList:
         return await self._get("/v1/tasks", TaskList)
@@ -214,7 +243,7 @@ class EnvClient:
         self.retries = retries
         self.max_capacity_wait_s = max_capacity_wait_s
 
-    def __enter__(self) -> EnvClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -233,7 +262,7 @@ class EnvClient:
                 if attempt == self.retries:
                     raise
             else:
-                if response.status_code not in RETRY_STATUSES or attempt == self.retries:
+                if not _retryable(response) or attempt == self.retries:
                     return response
             time.sleep(_backoff(attempt))
         raise AssertionError("unreachable")
@@ -244,7 +273,14 @@ class EnvClient:
         return model.model_validate(response.json())
 
     def health(self) -> Health:
-        return self._get("/healthz", Health)
+        """The server's health; a draining server's too (its 503 carries a Health body, `status: draining`)."""
+        return _health(self._http.get("/healthz"))
+
+    def drain(self, draining: bool = True) -> DrainState:
+        """Take the server out of rotation (or back in with `draining=False`); see `POST /v1/drain`."""
+        response = self._idempotent("POST" if draining else "DELETE", "/v1/drain")
+        _raise_for(response)
+        return DrainState.model_validate(response.json())
 
     def list_tasks(self) -> TaskList:
         return self._get("/v1/tasks", TaskList)

@@ -98,6 +98,10 @@ class ServerConfig(BaseModel):
     off."""
     idempotency_ttl_s: float = Field(default=600.0, gt=0)
     """How long a kept answer serves retries."""
+    drain_grace_s: float = Field(default=300.0, ge=0)
+    """On SIGTERM: seconds the server drains (no new resets, running episodes go on) before it shuts down and removes
+    its containers; 0 shuts down at once. A second SIGTERM or a SIGINT shuts down at once. (compose.yaml's
+    `stop_grace_period` must be longer, or Docker kills the server first.)"""
     keep_alive_s: float = Field(default=75.0, gt=0)
     """Idle seconds an HTTP keep-alive connection stays open: longer than the clients' pool expiry
     (envserver.client.KEEPALIVE_EXPIRY_S), so no client sends on a connection the server is closing."""

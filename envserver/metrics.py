@@ -12,6 +12,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.sessions_active = Gauge("envserver_sessions_active", "Sessions currently open", registry=r)
+        self.draining = Gauge("envserver_draining", "1 while the server drains (refuses new resets)", registry=r)
         self.sessions_created = Counter("envserver_sessions_created", "Sessions started", ["warm"], registry=r)
         self.sessions_ended = Counter("envserver_sessions_ended", "Sessions ended, by how", ["reason"], registry=r)
         self.steps = Counter("envserver_steps", "Tool calls executed", ["tool", "status"], registry=r)

@@ -32,6 +32,7 @@ from envserver.sandbox.base import Sandbox, SandboxBackend, SandboxError, Sandbo
 from envserver.submission import Submission
 from envserver.tasks import TaskInstance
 from envserver.wire import (
+    DrainState,
     GradeReport,
     InstanceValidation,
     PrefetchRequest,
@@ -450,6 +451,8 @@ class SessionManager:
         """What the sessions' memory limits may add up to (set at start from the host's memory); None: no limit."""
         self.image_heads: dict[str, str | None] = {}
         """Each image's repository HEAD at container start (Prepared.head)."""
+        self.draining = False
+        """Refusing new resets and prefetches (503 `draining`) while running episodes go on (`drain`)."""
         self._starting = 0
         self._cleanup: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
@@ -598,8 +601,31 @@ class SessionManager:
         await prepared.runtime.close()
         await prepared.sandbox.remove()
 
+    def drain(self, draining: bool = True) -> DrainState:
+        """Take the server out of rotation (`draining`) or put it back: while draining, resets and prefetches answer
+        503 `draining` (clients route them to another replica) and every running episode goes on to its end."""
+        if draining != self.draining:
+            log.warning(
+                "%s: %d session(s) running",
+                "draining: new resets are refused" if draining else "drain ended: taking new resets",
+                self.active_count(),
+            )
+        self.draining = draining
+        self.metrics.draining.set(int(draining))
+        return DrainState(draining=draining, sessions=self.active_count())
+
+    def _refuse_if_draining(self) -> None:
+        if self.draining:
+            raise SessionError(
+                503,
+                "draining",
+                f"this server ({self.config.server_name}) is draining: it finishes its {self.active_count()} running "
+                "session(s) and takes no new ones; send the reset to another env server",
+            )
+
     async def prefetch(self, request: PrefetchRequest) -> PrefetchResponse:
         """Start containers now for resets announced to come (envserver/pool.py)."""
+        self._refuse_if_draining()
         keys: dict[PoolKey, int] = {}
         for task_id, count in request.tasks.items():
             task = self.tasks.get(task_id)
@@ -660,6 +686,7 @@ class SessionManager:
                 "unknown_task",
                 f"no task {task_id!r} on this server; GET /v1/tasks lists the {len(self.tasks)} it serves",
             )
+        self._refuse_if_draining()
         status, reason, playable = self.task_status(task_id)
         if not playable:
             raise SessionError(

@@ -280,7 +280,13 @@ class SessionPatch(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    """`GET /healthz`: 200 while the server takes new resets; 503 with `status: draining` while it drains."""
+
+    status: Literal["ok", "draining"] = "ok"
+    """`ok`: in rotation; `draining`: finishing its running episodes, refusing new resets (`POST /v1/drain`, or
+    SIGTERM with a drain grace period)."""
+    draining: bool = False
+    """True while the server drains (same as `status == "draining"`, for clients that read a flag)."""
     server_name: str
     sessions: int
     max_sessions: int
@@ -294,6 +300,15 @@ class Health(BaseModel):
     """Warm containers ready for a reset (steady pool and announced bursts)."""
     pool_starting: int = 0
     """Warm containers starting."""
+
+
+class DrainState(BaseModel):
+    """`POST /v1/drain` and `DELETE /v1/drain`: whether the server now refuses new resets, and what still runs."""
+
+    draining: bool
+    """True: new resets and prefetches answer 503 `draining`, `/healthz` answers 503; running episodes go on."""
+    sessions: int
+    """Sessions running or starting on the server now; a drain is complete when this reaches 0."""
 
 
 VALIDATION_FORMAT_VERSION = 1

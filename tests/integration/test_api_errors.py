@@ -161,10 +161,15 @@ def test_the_schema_tells_the_truth(server):  # type: ignore[no-untyped-def]
             "--no-color",
             "--seed",
             "20261205",
+            # Draining takes the server out of service by design (every later reset is a documented 503
+            # `draining`); tests/integration/test_fleet.py tests it.
+            "--exclude-path",
+            "/v1/drain",
         ],
         capture_output=True,
         text=True,
         timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert " passed" in proc.stdout and "failures" not in proc.stdout.split("SUMMARY")[-1].lower()

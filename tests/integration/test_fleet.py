@@ -15,6 +15,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -313,9 +315,6 @@ def test_a_resume_counts_lost_attempts_but_never_as_the_rollout(tmp_path) -> Non
 def test_collect_cli_stops_with_a_clear_error_when_no_env_server_answers(tmp_path):  # type: ignore[no-untyped-def]
     """`python -m agent.collect` with every --env-url down: exit status 1 within --patience, stderr naming each
     server and its last failure, no episodes written."""
-    import subprocess
-    import sys
-
     from tests.conftest import ROOT
 
     urls = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
@@ -346,6 +345,7 @@ def test_collect_cli_stops_with_a_clear_error_when_no_env_server_answers(tmp_pat
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "error: no env server answered for 2 s" in proc.stderr and "Traceback" not in proc.stderr
@@ -434,5 +434,142 @@ def test_trainer_finishes_on_full_groups_when_one_of_two_env_servers_dies(sample
             if server.process.poll() is None:
                 stop_server(server)
         for server in servers:
+            for container in server.containers():
+                container.remove(force=True)
+
+
+def _created(url: str) -> float:
+    """Sessions the env server at `url` has created (its Prometheus counter, every `warm` label)."""
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return sum(
+        float(v) for v in re.findall(r"^envserver_sessions_created_total(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE)
+    )
+
+
+def drain_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m envserver drain ARGS`, its output captured."""
+    from tests.conftest import ROOT
+
+    command = [sys.executable, "-m", "envserver", "drain", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.docker
+def test_a_draining_replica_finishes_its_episodes_and_gets_no_new_resets(
+    sample_images,
+    sample_tasks,
+    tokenizer,
+    tmp_path,  # type: ignore[no-untyped-def]
+):
+    """`POST /v1/drain` on one of two replicas mid-collection: its running episodes end normally (nothing is lost or
+    replayed), it creates no session after the drain, the fleet reports it `draining` (not dead, no failure), and
+    after `DELETE /v1/drain` it is probed back into the rotation and used again. The `drain` CLI waits and undoes."""
+    from envserver.client import AsyncEnvClient, EnvServerError
+
+    servers = [start_server(tmp_path) for _ in range(2)]
+    task_ids = [task.instance_id for task in sample_tasks[:2]]
+    logged: list[str] = []
+    try:
+
+        async def scenario() -> None:
+            async with Fleet([s.url for s in servers], FAST, log=logged.append) as fleet:
+                drained = fleet.by_url(servers[1].url)
+                assert drained is not None
+                out = tmp_path / "drain.jsonl"
+                collection = asyncio.create_task(
+                    collect(sleeper(tokenizer), [], task_ids, 4, out, EPISODE, tokenizer, concurrency=4, fleet=fleet)
+                )
+                await until(lambda: drained.open_sessions >= 1, 90, "a session on the replica to drain")
+                async with AsyncEnvClient(servers[1].url) as client:
+                    state = await client.drain()
+                    assert state.draining and state.sessions >= 1
+                    # A reset already on its way when the drain began may still open its session; count from when
+                    # none of ours is on its way there (every later one is refused).
+                    await until(lambda: drained.in_flight == drained.open_sessions, 60, "resets on their way")
+                    created_at_drain = _created(servers[1].url)
+                    health = await client.health()
+                    assert health.status == "draining" and health.draining
+                    with pytest.raises(EnvServerError) as refused:
+                        await client.reset(task_ids[0])
+                    assert refused.value.status == 503 and refused.value.type == "draining"
+                    assert "draining" in refused.value.message and "another env server" in refused.value.message
+                    # The CLI: still running sessions after a 1 s wait is exit status 1, and says how many.
+                    cli = await asyncio.to_thread(drain_cli, servers[1].url, "--wait", "1")
+                    assert cli.returncode == 1 and "session(s) running" in cli.stdout, cli.stdout + cli.stderr
+                summary = await collection
+                records = list(read_jsonl(out))
+                assert summary.episodes == 8 and summary.infra_failures == 0 and len(records) == 8
+                assert fleet.lost == 0 and not any(is_replayed_attempt(r) for r in records)
+                assert _created(servers[1].url) == created_at_drain, "the draining replica created a session"
+                assert drained.state == "draining" and drained.failed == 0 and drained.served >= 1
+                assert any("draining" in line for line in logged)
+                assert any("1 draining" in line for line in summary.lines())
+                # The drain ends: probed back in, and new episodes go there again.
+                cli = await asyncio.to_thread(drain_cli, servers[1].url, "--undo")
+                assert cli.returncode == 0 and "in rotation" in cli.stdout, cli.stdout + cli.stderr
+                await until(lambda: drained.live, 15, "the undrained replica back in rotation")
+                served = drained.served
+                again = await collect(
+                    sleeper(tokenizer),
+                    [],
+                    task_ids,
+                    2,
+                    tmp_path / "again.jsonl",
+                    AgentConfig(max_turns=1, grade_on_truncation=False),
+                    tokenizer,
+                    concurrency=4,
+                    fleet=fleet,
+                )
+                assert again.infra_failures == 0 and drained.served > served
+
+        asyncio.run(scenario())
+    finally:
+        for server in servers:
+            stop_server(server)
+            for container in server.containers():
+                container.remove(force=True)
+
+
+@pytest.mark.docker
+def test_sigterm_drains_until_the_last_episode_ends_and_a_second_sigterm_stops_at_once(
+    sample_images,
+    sample_tasks,
+    tmp_path,  # type: ignore[no-untyped-def]
+):
+    """SIGTERM to `envserver serve`: /healthz and resets answer 503 `draining`, the running episode goes on step by
+    step, and the server exits by itself once it ends, removing every container. A second SIGTERM while an episode
+    runs stops the server at once (and still removes its containers)."""
+    from envserver.client import EnvClient, EnvServerError
+
+    task_id = sample_tasks[0].instance_id
+    for case in ("episode_ends", "second_sigterm"):
+        (tmp_path / case).mkdir()
+        server = start_server(tmp_path / case, "--drain-grace-s", "120")
+        try:
+            with EnvClient(server.url, retries=0) as client:
+                session = client.reset(task_id).session_id
+                server.process.send_signal(signal.SIGTERM)
+                deadline = time.monotonic() + 10
+                while not client.health().draining:
+                    assert time.monotonic() < deadline, "no drain after SIGTERM"
+                    time.sleep(0.1)
+                with pytest.raises(EnvServerError) as refused:
+                    client.reset(task_id)
+                assert refused.value.status == 503 and refused.value.type == "draining"
+                time.sleep(1.0)
+                assert server.process.poll() is None, "the server exited with an episode running"
+                step = client.step(session, "execute_bash", {"command": "echo still-here"})
+                assert step.observation.startswith("still-here")
+                if case == "episode_ends":
+                    assert client.step(session, "finish").terminated
+                    client.close_session(session)
+                else:
+                    server.process.send_signal(signal.SIGTERM)
+            server.process.wait(timeout=30)  # both: a prompt exit (TimeoutExpired fails the test)
+            assert server.containers() == [], f"{case}: containers left behind"
+        finally:
+            stop_server(server)
             for container in server.containers():
                 container.remove(force=True)
