@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.collect import collect
 from agent.engines.replay import ReplayEngine, tool_call_text
-from agent.fleet import Fleet, FleetConfig
+from envserver.fleet import Fleet, FleetConfig
 from agent.loop import AgentConfig
 from agent.tokenizer import build_qwen3_tokenizer
 from agent.trajectory import Trajectory

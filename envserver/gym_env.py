@@ -1,5 +1,8 @@
 """`gymnasium.make("envserver/SWE-v0", base_url=...)`: one env-server session as a Gymnasium environment.
 
+`base_url` may name several env servers (a list): each reset then goes where `envserver.fleet.Fleet` routes it
+(live replicas only, the most free capacity first; a dead or draining one is skipped), through `FleetClient`.
+
 Observations are the text the agent sees. An action is one tool call: a dict `{"name": ..., "arguments": {...}}`
 or the same as a JSON string. A malformed action is answered with an error observation (reward 0, episode goes
 on), as the server answers a malformed call, so a policy's bad output never crashes a rollout.
@@ -8,12 +11,15 @@ on), as the server answers a malformed call, so a policy's bad output never cras
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import gymnasium
 from gymnasium import spaces
 
 from envserver.client import EnvClient, EnvServerError
+from envserver.fleet import FleetConfig
+from envserver.fleet_client import FleetClient
 
 MAX_TEXT = 10_000_000
 
@@ -26,19 +32,24 @@ class UnicodeText(spaces.Text):
 
 
 class SWEEnv(gymnasium.Env[str, Any]):
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(
         self,
-        base_url: str = "http://127.0.0.1:8000",
+        base_url: str | Sequence[str] = "http://127.0.0.1:8000",
         task_id: str | None = None,
         token: str | None = None,
         max_steps: int | None = None,
-        client: EnvClient | None = None,
+        client: EnvClient | FleetClient | None = None,
+        fleet_config: FleetConfig | None = None,
     ):
-        """`task_id` fixes the task; otherwise each reset draws one from the server's list with the env's RNG
-        (or takes `options={"task_id": ...}`)."""
-        self.client = client or EnvClient(base_url, token=token)
+        """`base_url`: one env server, or a list of them (routed by a fleet: `fleet_config` tunes its probes and
+        patience). `task_id` fixes the task; otherwise each reset draws one from the server's list with the env's
+        RNG (or takes `options={"task_id": ...}`)."""
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if client is None:
+            client = EnvClient(urls[0], token=token) if len(urls) == 1 else FleetClient(urls, fleet_config, token=token)
+        self.client = client
         self.task_id = task_id
         self.max_steps = max_steps
         self.observation_space = UnicodeText(max_length=MAX_TEXT)

@@ -1,4 +1,4 @@
-"""Routing over env server replicas (`agent.fleet`): real env servers on loopback, a real `kill -9` of a server's
+"""Routing over env server replicas (`envserver.fleet`): real env servers on loopback, a real `kill -9` of a server's
 process group mid-collection, a restart on the same port, and all of them killed.
 
 The engine is the replay engine (agent/engines/replay.py) playing `sleep 1` three times, so that episodes are in
@@ -26,7 +26,7 @@ import pytest
 
 from agent.collect import collect, done_episode_ids, is_replayed_attempt, lost_attempts, mark_lost_attempt, mark_replay
 from agent.engines.replay import ReplayEngine, tool_call_text
-from agent.fleet import Fleet, FleetConfig, FleetUnavailable
+from envserver.fleet import Fleet, FleetConfig, FleetUnavailable
 from agent.loop import AgentConfig
 from agent.trajectory import Trajectory, read_jsonl, write_jsonl
 from envserver.local import free_port
