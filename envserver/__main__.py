@@ -1,127 +1,134 @@
-"""`python -m envserver serve` — start an env server. Flags override a YAML config file, which overrides defaults."""
+"""`python -m envserver serve|validate|drain|demo`. Settings: defaults < `--config FILE` < `--set KEY=VALUE` < the
+flags (envserver/settings.py, the rule every command of the project follows)."""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
-import yaml
-from pydantic import ValidationError
 
 from envserver.config import ServerConfig
+from envserver.settings import SettingsError, load_settings
 
 app = typer.Typer(add_completion=False, help="SWE-Gym / SWE-bench tasks as multi-turn tool environments over HTTP.")
 
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML file of ServerConfig fields.")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="KEY=VALUE over the config file (repeatable; dotted keys: sandbox.memory=4g)."),
+]
 
-class ConfigFileError(ValueError):
-    """A config file that cannot be read or is not YAML: one line naming the file and what is wrong."""
 
-
-def load_config(config_file: Path | None, overrides: dict[str, Any]) -> ServerConfig:
-    """Defaults < the YAML file < flags. Raises ConfigFileError (unreadable, not YAML, not a mapping) and pydantic's
-    ValidationError (a field unknown or out of range)."""
-    data: dict[str, Any] = {}
-    if config_file is not None:
-        try:
-            data = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigFileError(f"{config_file}: cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-            raise ConfigFileError(f"{config_file}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-        if not isinstance(data, dict):
-            raise ConfigFileError(
-                f"{config_file}: expected a mapping of ServerConfig fields, got {type(data).__name__}"
-            )
+def load_config(config_file: Path | None, overrides: list[str], flags: dict[str, Any]) -> ServerConfig:
+    """Defaults < ENVSERVER_AUTH_TOKEN < the YAML file < `--set` < flags (None: not given). Raises SettingsError."""
     token = os.environ.get("ENVSERVER_AUTH_TOKEN")
-    if token and "auth_token" not in data:
-        data["auth_token"] = token
-    data.update({key: value for key, value in overrides.items() if value is not None})
-    return ServerConfig.model_validate(data)
+    return load_settings(ServerConfig, config_file, overrides, flags, base={"auth_token": token} if token else None)
 
 
-def _config_or_exit(config_file: Path | None, overrides: dict[str, Any]) -> ServerConfig:
-    """load_config, or exit 2 with what is wrong (file, field) instead of a traceback."""
+def _config_or_exit(config_file: Path | None, overrides: list[str], flags: dict[str, Any]) -> ServerConfig:
+    """load_config, or exit 2 with what is wrong (file, override, field) instead of a traceback."""
     try:
-        return load_config(config_file, overrides)
-    except ConfigFileError as exc:
-        typer.echo(f"error: --config {exc}", err=True)
-    except ValidationError as exc:
-        source = f"{config_file} or the flags" if config_file else "the flags"
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        typer.echo(f"error: settings from {source}: {problems}", err=True)
-    raise typer.Exit(2)
+        return load_config(config_file, overrides, flags)
+    except SettingsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
 def serve(
-    tasks: list[Path] | None = typer.Option(
-        None, "--tasks", help="Task file(s): JSON, JSONL or parquet. Default: the bundled sample tasks."
-    ),
-    specs: list[Path] | None = typer.Option(
-        None,
-        "--specs",
-        help="Spec file(s), YAML or JSON (repeatable): "
-        "repositories/versions for classic rows, read after the bundled "
-        "SWE-bench and SWE-Gym tables (format: envserver/specs/__init__.py).",
-    ),
-    host: str | None = typer.Option(None, help="Listen address (default 127.0.0.1; others need a token)."),
-    port: int | None = typer.Option(None, help="TCP port (default 8000)."),
-    server_name: str | None = typer.Option(
-        None,
-        help="Name on this server's containers; a restart with the "
-        "same name removes the containers a crashed predecessor left.",
-    ),
-    auth_token: str | None = typer.Option(None, help="Bearer token clients must send (or ENVSERVER_AUTH_TOKEN)."),
-    allow_unauthenticated: bool | None = typer.Option(
-        None,
-        "--allow-unauthenticated",
-        help="Listen off loopback without a token (only behind a loopback-only port mapping).",
-    ),
-    max_sessions: int | None = typer.Option(None, help="Concurrent session cap (429 beyond it)."),
-    warm_pool_size: int | None = typer.Option(None, help="Started containers kept ready per task image."),
-    warm_pool_task: list[str] | None = typer.Option(
-        None, help="Only these tasks' images get a warm pool (repeatable; default: every task)."
-    ),
-    session_ttl_s: float | None = typer.Option(None, help="Idle seconds before a session is closed."),
-    default_max_steps: int | None = typer.Option(None, help="Steps per episode before it is truncated."),
-    grade_cache_size: int | None = typer.Option(
-        None, help="Grades kept so identical patches of a task are graded once (0: grade every episode)."
-    ),
-    network: bool | None = typer.Option(
-        None, "--network/--no-network", help="Give episode containers a network (off by default)."
-    ),
-    patch_policy: str | None = typer.Option(
-        None,
-        help="Changes to test infrastructure (conftest.py, pytest configuration, …): strip (default) | keep | reject.",
-    ),
-    max_patch_bytes: int | None = typer.Option(
-        None, help="Largest diff graded (default 2 MiB); a bigger one grades 0 as patch_too_large."
-    ),
-    memory_overcommit: float | None = typer.Option(
-        None, help="Sessions' memory limits may add up to this multiple of the host's memory (default 4; 0: no limit)."
-    ),
-    max_disk_gb: float | None = typer.Option(
-        None,
-        min=0.01,
-        help="Disk one episode may write, GB (default: the Docker root's free space over --max-sessions, 1–10 GB).",
-    ),
-    drain_grace_s: float | None = typer.Option(
-        None, min=0, help="On SIGTERM, seconds to finish running episodes (no new resets) before exiting (default 300)."
-    ),
-    validated: Path | None = typer.Option(
-        None,
-        "--validated",
-        help="Validation file from `validate --out`: serve only its valid tasks (the others are listed and refused).",
-    ),
-    config: Path | None = typer.Option(None, "--config", help="YAML file with ServerConfig fields."),
-    log_level: str = typer.Option("info", help="Logging level."),
+    tasks: Annotated[
+        list[Path] | None,
+        typer.Option("--tasks", help="Task file(s): JSON, JSONL or parquet. Default: the bundled sample tasks."),
+    ] = None,
+    specs: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--specs",
+            help="Spec file(s), YAML or JSON (repeatable): repositories/versions for classic rows, read after the "
+            "bundled SWE-bench and SWE-Gym tables (format: envserver/specs/__init__.py).",
+        ),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (default 127.0.0.1; others need a token).")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (default 8000).")] = None,
+    server_name: Annotated[
+        str | None,
+        typer.Option(
+            help="Name on this server's containers; a restart with the same name removes the containers a crashed "
+            "predecessor left."
+        ),
+    ] = None,
+    auth_token: Annotated[
+        str | None, typer.Option(help="Bearer token clients must send (or ENVSERVER_AUTH_TOKEN).")
+    ] = None,
+    allow_unauthenticated: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-unauthenticated",
+            help="Listen off loopback without a token (only behind a loopback-only port mapping).",
+        ),
+    ] = None,
+    max_sessions: Annotated[int | None, typer.Option(help="Concurrent session cap (429 beyond it).")] = None,
+    warm_pool_size: Annotated[int | None, typer.Option(help="Started containers kept ready per task image.")] = None,
+    warm_pool_task: Annotated[
+        list[str] | None,
+        typer.Option(help="Only these tasks' images get a warm pool (repeatable; default: every task)."),
+    ] = None,
+    session_ttl_s: Annotated[float | None, typer.Option(help="Idle seconds before a session is closed.")] = None,
+    default_max_steps: Annotated[int | None, typer.Option(help="Steps per episode before it is truncated.")] = None,
+    grade_cache_size: Annotated[
+        int | None,
+        typer.Option(help="Grades kept so identical patches of a task are graded once (0: grade every episode)."),
+    ] = None,
+    network: Annotated[
+        bool | None,
+        typer.Option("--network/--no-network", help="Give episode containers a network (off by default)."),
+    ] = None,
+    patch_policy: Annotated[
+        str | None,
+        typer.Option(
+            help="Changes to test infrastructure (conftest.py, pytest configuration, …): strip (default) | keep | "
+            "reject."
+        ),
+    ] = None,
+    max_patch_bytes: Annotated[
+        int | None, typer.Option(help="Largest diff graded (default 2 MiB); a bigger one grades 0 as patch_too_large.")
+    ] = None,
+    memory_overcommit: Annotated[
+        float | None,
+        typer.Option(
+            help="Sessions' memory limits may add up to this multiple of the host's memory (default 4; 0: no limit)."
+        ),
+    ] = None,
+    max_disk_gb: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01,
+            help="Disk one episode may write, GB (default: the Docker root's free space over --max-sessions, 1–10 GB).",
+        ),
+    ] = None,
+    drain_grace_s: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="On SIGTERM, seconds to finish running episodes (no new resets) before exiting (default 300).",
+        ),
+    ] = None,
+    validated: Annotated[
+        Path | None,
+        typer.Option(
+            "--validated",
+            help="Validation file from `validate --out`: serve only its valid tasks (the others are listed and "
+            "refused).",
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
 ) -> None:
-    """Serve the tasks over HTTP until interrupted."""
+    """Serve the tasks over HTTP until interrupted (SIGTERM drains first: see --drain-grace-s)."""
     import uvicorn
 
     from envserver.api import create_app
@@ -130,31 +137,33 @@ def serve(
     from envserver.specs import SpecFileError, SpecTable
     from envserver.tasks import TaskFileError, load_task_sets
 
-    overrides: dict[str, Any] = dict(
-        tasks=tasks or None,
-        specs=specs or None,
-        host=host,
-        port=port,
-        server_name=server_name,
-        auth_token=auth_token,
-        allow_unauthenticated=allow_unauthenticated,
-        max_sessions=max_sessions,
-        warm_pool_size=warm_pool_size,
-        warm_pool_tasks=warm_pool_task or None,
-        session_ttl_s=session_ttl_s,
-        default_max_steps=default_max_steps,
-        grade_cache_size=grade_cache_size,
-        patch_policy=patch_policy,
-        max_patch_bytes=max_patch_bytes,
-        memory_overcommit=memory_overcommit,
-        validated=validated,
-        drain_grace_s=drain_grace_s,
-    )
-    cfg = _config_or_exit(config, overrides)
+    flags: dict[str, Any] = {
+        "tasks": tasks or None,
+        "specs": specs or None,
+        "host": host,
+        "port": port,
+        "server_name": server_name,
+        "auth_token": auth_token,
+        "allow_unauthenticated": allow_unauthenticated,
+        "max_sessions": max_sessions,
+        "warm_pool_size": warm_pool_size,
+        "warm_pool_tasks": warm_pool_task or None,
+        "session_ttl_s": session_ttl_s,
+        "default_max_steps": default_max_steps,
+        "grade_cache_size": grade_cache_size,
+        "patch_policy": patch_policy,
+        "max_patch_bytes": max_patch_bytes,
+        "memory_overcommit": memory_overcommit,
+        "validated": validated,
+        "drain_grace_s": drain_grace_s,
+    }
+    # The sandbox flags reach into their section the way `--set` does, after it (flags win).
+    overrides = list(set_ or [])
     if network is not None:
-        cfg.sandbox.network = network
+        overrides.append(f"sandbox.network={str(network).lower()}")
     if max_disk_gb is not None:
-        cfg.sandbox.max_disk_gb = max_disk_gb
+        overrides.append(f"sandbox.max_disk_gb={max_disk_gb}")
+    cfg = _config_or_exit(config, overrides, flags)
     if not cfg.is_loopback() and not cfg.auth_token and not cfg.allow_unauthenticated:
         raise typer.BadParameter(
             f"listening on {cfg.host} (not loopback) requires --auth-token or ENVSERVER_AUTH_TOKEN", param_hint="--host"
@@ -189,40 +198,51 @@ def serve(
 
 @app.command()
 def validate(
-    tasks: list[Path] | None = typer.Option(
-        None, "--tasks", help="Task file(s): JSON, JSONL or parquet. Default: the bundled sample tasks."
-    ),
-    specs: list[Path] | None = typer.Option(
-        None, "--specs", help="Spec table file(s) for repositories the bundled tables do not know (as for `serve`)."
-    ),
-    jobs: int = typer.Option(1, "--jobs", min=1, help="Instances validated concurrently."),
-    repeat: int = typer.Option(
-        1,
-        "--repeat",
-        min=1,
-        help="Grading runs per patch (gold and empty); outcomes that differ across runs make an instance `flaky`.",
-    ),
-    out: Path | None = typer.Option(
-        None, "--out", help="Write the JSON report here (rewritten as instances finish); `serve --validated` reads it."
-    ),
-    instance: list[str] | None = typer.Option(
-        None, "--instance", help="Validate only these instance ids (repeatable)."
-    ),
-    timeout: float | None = typer.Option(
-        None, "--timeout", help="Seconds one grading run may take (default: the server's grade_timeout_s)."
-    ),
-    config: Path | None = typer.Option(
-        None, "--config", help="YAML file with ServerConfig fields (the server's: same limits and image templates)."
-    ),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
+    tasks: Annotated[
+        list[Path] | None,
+        typer.Option("--tasks", help="Task file(s): JSON, JSONL or parquet. Default: the bundled sample tasks."),
+    ] = None,
+    specs: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--specs", help="Spec table file(s) for repositories the bundled tables do not know (as for `serve`)."
+        ),
+    ] = None,
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Instances validated concurrently.")] = 1,
+    repeat: Annotated[
+        int,
+        typer.Option(
+            "--repeat",
+            min=1,
+            help="Grading runs per patch (gold and empty); outcomes that differ across runs make an instance `flaky`.",
+        ),
+    ] = 1,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Write the JSON report here (rewritten as instances finish); `serve --validated` reads it."
+        ),
+    ] = None,
+    instance: Annotated[
+        list[str] | None, typer.Option("--instance", help="Validate only these instance ids (repeatable).")
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="Seconds one grading run may take (default: the server's grade_timeout_s)."),
+    ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")] = True,
 ) -> None:
-    """Grade every instance's gold patch and an empty patch through the server's own grading path and report
-    which instances are valid (gold resolves, empty does not) and why the others are not."""
+    """Grade every instance's gold patch and an empty patch through the server's own grading path (the server's
+    settings: same limits and image templates) and report which instances are valid (gold resolves, empty does
+    not) and why the others are not."""
     from envserver.specs import SpecFileError, SpecTable
     from envserver.tasks import TaskFileError, load_task_sets
     from envserver.validate import validate_command
 
-    cfg = _config_or_exit(config, dict(tasks=tasks or None, specs=specs or None, grade_timeout_s=timeout))
+    flags = {"tasks": tasks or None, "specs": specs or None, "grade_timeout_s": timeout}
+    cfg = _config_or_exit(config, list(set_ or []), flags)
     try:
         # Loaded exactly as `serve` loads them: a row validated here is the row the server grades.
         task_map = load_task_sets(cfg.tasks, SpecTable.load(cfg.specs))
@@ -242,14 +262,14 @@ def validate(
 
 @app.command()
 def drain(
-    url: str = typer.Argument(..., help="The env server, e.g. http://10.0.0.5:8000."),
-    undo: bool = typer.Option(False, "--undo", help="End the drain: the server takes new resets again."),
-    wait: float = typer.Option(
-        0.0, "--wait", min=0, help="Seconds to wait for the running sessions to end (0: do not wait)."
-    ),
-    token: str | None = typer.Option(
-        None, envvar="ENVSERVER_AUTH_TOKEN", help="Bearer token (or ENVSERVER_AUTH_TOKEN)."
-    ),
+    url: Annotated[str, typer.Argument(help="The env server, e.g. http://10.0.0.5:8000.")],
+    undo: Annotated[bool, typer.Option("--undo", help="End the drain: the server takes new resets again.")] = False,
+    wait: Annotated[
+        float, typer.Option("--wait", min=0, help="Seconds to wait for the running sessions to end (0: do not wait).")
+    ] = 0.0,
+    token: Annotated[
+        str | None, typer.Option(envvar="ENVSERVER_AUTH_TOKEN", help="Bearer token (or ENVSERVER_AUTH_TOKEN).")
+    ] = None,
 ) -> None:
     """Take a running env server out of rotation for maintenance: new resets answer 503 `draining` (fleet clients
     send them elsewhere) while its running episodes go on. With --wait, exit 0 once none runs (1 if time runs out),
@@ -278,9 +298,7 @@ def drain(
 
 
 @app.command()
-def demo(
-    port: int = typer.Option(8765, help="Loopback port for the demo server."),
-) -> None:
+def demo(port: Annotated[int, typer.Option(help="Loopback port for the demo server.")] = 8765) -> None:
     """Build the sample images if needed, start a local server, play every sample task with its gold patch and
     with no change, and print the rewards (the embedded default of the env server)."""
     from envserver.demo import run_demo

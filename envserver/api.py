@@ -22,7 +22,8 @@ from envserver.config import ServerConfig
 from envserver.idempotency import IdempotencyCache
 from envserver.metrics import Metrics
 from envserver.sandbox.base import SandboxBackend
-from envserver.sessions import SessionError, SessionManager
+from envserver.session import SessionError
+from envserver.sessions import SessionManager
 from envserver.tasks import TaskInstance
 from envserver.validate import load_validation
 from envserver.wire import (

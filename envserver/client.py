@@ -111,7 +111,8 @@ class _Calls:
 
     @staticmethod
     def step(name: str, arguments: dict[str, Any] | str | None) -> dict[str, Any]:
-        return StepRequest(name=name, arguments=arguments or {}).model_dump()
+        # A JSON string is decoded by StepRequest's own validator (the server's), so both forms are checked alike.
+        return StepRequest.model_validate({"name": name, "arguments": arguments or {}}).model_dump()
 
 
 class AsyncEnvClient:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium
 from gymnasium import spaces
@@ -32,7 +32,7 @@ class UnicodeText(spaces.Text):
 
 
 class SWEEnv(gymnasium.Env[str, Any]):
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    metadata = {"render_modes": []}  # noqa: RUF012 - gymnasium declares `metadata` a plain (mutable) attribute
 
     def __init__(
         self,

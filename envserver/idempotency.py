@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from envserver.sessions import SessionError
+from envserver.session import SessionError
 
 T = TypeVar("T")
 
@@ -93,7 +93,7 @@ class IdempotencyCache:
                 self.on_replay()
             if isinstance(outcome, SessionError):
                 raise outcome
-            return outcome  # type: ignore[no-any-return]
+            return outcome
         entry = self._entries[key] = _Entry(print_, time.monotonic())
         try:
             result = await call()

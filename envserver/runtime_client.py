@@ -10,7 +10,7 @@ import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from envserver.sandbox.base import ByteStream, Sandbox
 
@@ -26,6 +26,19 @@ RUNTIME_DIR_IN_SANDBOX = "/.envserver/runtime"
 _PYTHON = 'exec "$(command -v python3 || echo /opt/miniconda3/bin/python3)"'
 # SWE-bench / SWE-Gym images keep the task's environment in a conda env named testbed.
 DEFAULT_INIT_SCRIPT = "if [ -f /opt/miniconda3/bin/activate ]; then . /opt/miniconda3/bin/activate testbed; fi"
+RUNTIME_SLACK_S = 30.0
+"""Host-side slack over the runtime's own limits before a request counts as lost."""
+
+
+class EpisodeContainer(Protocol):
+    """An episode's container and the tool runtime in it, as a session holds them: the runtime is replaced when the
+    agent's command kills it, and the sandbox is gone once the session is closed."""
+
+    runtime: RuntimeClient | None
+
+    def live_sandbox(self) -> Sandbox:
+        """The container; raises once the session was closed."""
+        ...
 
 
 def runtime_files() -> dict[str, bytes]:
@@ -124,7 +137,7 @@ class RuntimeClient:
                 if len(buffer) > self.MAX_LINE_BYTES:
                     self._fail(f"runtime sent a line longer than {self.MAX_LINE_BYTES} bytes")
                     return
-        except Exception as exc:  # the stream broke in a way the backend did not map to EOF
+        except Exception as exc:  # noqa: BLE001 - the stream broke in a way the backend did not map to EOF
             self._fail(f"runtime stream error: {exc}")
             return
         tail = self._stream.stderr_tail().strip()
@@ -158,7 +171,8 @@ class RuntimeClient:
         except json.JSONDecodeError:
             self._reject("not JSON")
             return
-        future = self._pending.pop(message.get("id"), None) if isinstance(message, dict) else None
+        request_id = message.get("id") if isinstance(message, dict) else None
+        future = self._pending.pop(request_id, None) if isinstance(request_id, str) else None
         if future is None:
             self._reject("no request waits for this id")
         elif not future.done():

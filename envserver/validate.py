@@ -194,7 +194,9 @@ def classify(gold: Sequence[GradeReport], empty: Sequence[GradeReport]) -> tuple
         if error and not report.resolved:
             return "env_broken", f"gold patch: {error}"
         if report.infra_failure:
-            status = "no_image" if (report.infra_reason or "").startswith("image_missing") else "env_broken"
+            status: ValidationStatus = (
+                "no_image" if (report.infra_reason or "").startswith("image_missing") else "env_broken"
+            )
             return status, f"gold patch: {_infra_reason(report)}"
     gold_proves_env = bool(gold) and all(r.resolved for r in gold)
     for report in empty:
@@ -257,7 +259,7 @@ def _network_hint(report: GradeReport) -> str:
 async def validate_instance(manager: SessionManager, task: TaskInstance, repeat: int) -> InstanceValidation:
     """Grade the gold and the empty patch of one instance `repeat` times each and classify the outcome."""
     entry = InstanceValidation(instance_id=task.instance_id, repo=task.repo, version=task.version, status="valid")
-    image = await manager.resolve_image(task)
+    image = await manager.containers.resolve_image(task)
     if image is None:
         tried = ", ".join(candidate_images(task, manager.config.image_templates))
         return entry.model_copy(
@@ -337,7 +339,7 @@ async def run_validation(
     try:
         return list(await asyncio.gather(*(one(task) for task in tasks)))
     finally:
-        await backend.remove_labelled(manager.owner_labels)
+        await backend.remove_labelled(manager.containers.owner_labels)
 
 
 # --- the command ------------------------------------------------------------------------------------------------

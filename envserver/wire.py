@@ -361,7 +361,7 @@ class ValidationReport(BaseModel):
     """What `python -m envserver validate --out FILE` writes and `serve --validated FILE` reads (a contract: see
     `VALIDATION_FORMAT_VERSION`)."""
 
-    format_version: Literal[1] = VALIDATION_FORMAT_VERSION
+    format_version: Literal[1] = 1
     """Version of this format."""
     created_at: str
     """When validation started (ISO 8601, UTC)."""

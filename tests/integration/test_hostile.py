@@ -65,11 +65,17 @@ class Bystander(threading.Thread):
 def bystander(server, sample_tasks):  # type: ignore[no-untyped-def]
     thread = Bystander(server.url, sample_tasks[0].instance_id)
     thread.start()
+    # The attack starts once the bystander is stepping: otherwise a slow reset would let it watch nothing.
+    deadline = time.monotonic() + 120
+    while not thread.latencies and not thread.failures and time.monotonic() < deadline:
+        time.sleep(0.05)
     yield thread
     thread.stop.set()
     thread.join(timeout=120)
     assert not thread.failures, thread.failures
     assert thread.latencies, "the bystander never got an answer"
+    # A starvation detector, not a speed claim: an `echo` that waits 30 s means the hostile session took the server
+    # (or the host) from the others.
     assert max(thread.latencies) < 30, f"the bystander waited {max(thread.latencies):.1f} s for one step"
 
 
@@ -153,10 +159,11 @@ def test_frames_forged_from_inside_the_sandbox_are_rejected(server, sample_tasks
         assert probe.observation.startswith(("pipe:", "socket:")), probe.observation
         for n, (why, attack) in enumerate(attacks.items()):
             before = rejected(why)
-            started = time.monotonic()
-            step = client.step(session, "execute_bash", {"command": f"{attack}; echo true-answer-{n}"})
+            # A forged or glued frame that swallowed the true answer would leave the server waiting for it until the
+            # command's timeout: the step must complete with its own true answer instead.
+            step = client.step(session, "execute_bash", {"command": f"{attack}; echo true-answer-{n}", "timeout": 10})
             assert step.observation.startswith(f"true-answer-{n}\n"), step.observation
-            assert "FORGED" not in step.observation and time.monotonic() - started < 10
+            assert "FORGED" not in step.observation and step.info.status == "completed", step.info
             assert rejected(why) >= before + 1, why
             after = client.step(session, "execute_bash", {"command": "echo still-fine"})
             assert after.observation.startswith("still-fine\n") and after.info.status == "completed"

@@ -128,6 +128,7 @@ def _serve(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # ~4 s CPU: left out of scripts/test.sh --fast
 def test_serve_rejects_unknown_rows_and_bad_spec_files(tmp_path):  # type: ignore[no-untyped-def]
     rows = _write(tmp_path, CLASSIC)
     result = _serve("--tasks", str(rows))
@@ -138,6 +139,7 @@ def test_serve_rejects_unknown_rows_and_bad_spec_files(tmp_path):  # type: ignor
     assert result.returncode == 2 and str(bad) in result.stderr and "versions.0.7.test_cmd" in result.stderr
 
 
+@pytest.mark.slow  # ~6 s CPU: left out of scripts/test.sh --fast
 def test_serve_checks_the_patch_policy_settings(tmp_path):  # type: ignore[no-untyped-def]
     """A row's `patch_policy` is checked when the task file is loaded, the server's at start-up: exit 2, named."""
     from envserver.tasks import SAMPLE_TASKS_PATH
@@ -152,6 +154,7 @@ def test_serve_checks_the_patch_policy_settings(tmp_path):  # type: ignore[no-un
     assert result.returncode == 2 and "max_patch_bytes" in result.stderr
 
 
+@pytest.mark.slow  # ~11 s CPU: left out of scripts/test.sh --fast
 def test_unreadable_task_and_config_files_are_one_line(tmp_path):  # type: ignore[no-untyped-def]
     """A non-UTF-8 task file, a file that is not parquet, a config with an unknown key, broken YAML or no file: exit 2
     with one line naming the file and what is wrong, never a traceback."""
@@ -169,6 +172,9 @@ def test_unreadable_task_and_config_files_are_one_line(tmp_path):  # type: ignor
         (("--config", str(typo)), "max_sesions: Extra inputs are not permitted"),
         (("--config", str(broken)), "not valid YAML (line 2"),
         (("--config", str(tmp_path / "absent.yaml")), "cannot be read"),
+        (("--set", "max_sessions"), "--set expects KEY=VALUE"),
+        (("--set", "sandbox.memory=[1"), "not valid YAML"),
+        (("--set", "max_sessions=many"), "max_sessions: Input should be a valid integer"),
     ]
     for args, words in cases:
         result = _serve(*args)
