@@ -215,25 +215,7 @@ class SubmissionGrader:
                 f"of {config.max_patch_bytes}",
             ), None
         raw = change.patch
-        versions: dict[str, FileVersions] = {}
-        needed = patch_policy.needs_versions(raw)
-        if needed:
-            try:
-                if read_versions is not None:
-                    versions = await read_versions(needed)
-                elif image is not None:
-                    versions = await submission.image_file_versions(
-                        self.backend,
-                        self.spec(image, "grade", task.instance_id),
-                        task,
-                        raw,
-                        needed,
-                        PATCH_TIMEOUT_S,
-                        config.max_patch_bytes,
-                    )
-            except (SandboxError, PatchError) as exc:
-                # Unread files lose their whole change (the policy's safe side); the grade goes on.
-                log.warning("could not read %s of task %s for the patch policy: %s", needed, task.instance_id, exc)
+        versions = await self._policy_versions(task, image, raw, read_versions)
         outcome = patch_policy.apply_policy(
             raw,
             policy,
@@ -275,6 +257,36 @@ class SubmissionGrader:
 
         report = await self.cache.get_or_grade(grade_key(task.instance_id, image, graded), run)
         return report.model_copy(update=policy_fields), graded
+
+    async def _policy_versions(
+        self,
+        task: TaskInstance,
+        image: str | None,
+        raw: str,
+        read_versions: Callable[[list[str]], Awaitable[dict[str, FileVersions]]] | None,
+    ) -> dict[str, FileVersions]:
+        """Base and new contents of the files the patch policy must see (setup.cfg, pyproject.toml, ...): from the
+        episode container, else from a container of the task image; none when they cannot be read."""
+        needed = patch_policy.needs_versions(raw)
+        if not needed:
+            return {}
+        try:
+            if read_versions is not None:
+                return await read_versions(needed)
+            if image is not None:
+                return await submission.image_file_versions(
+                    self.backend,
+                    self.spec(image, "grade", task.instance_id),
+                    task,
+                    raw,
+                    needed,
+                    PATCH_TIMEOUT_S,
+                    self.config.max_patch_bytes,
+                )
+        except (SandboxError, PatchError) as exc:
+            # Unread files lose their whole change (the policy's safe side); the grade goes on.
+            log.warning("could not read %s of task %s for the patch policy: %s", needed, task.instance_id, exc)
+        return {}
 
 
 def end_observation(report: GradeReport, max_patch_bytes: int) -> str:

@@ -218,6 +218,41 @@ class SessionManager:
         return sum(1 for s in self.sessions.values() if s.status == "running") + self._starting
 
     async def create(self, task_id: str, max_steps: int | None) -> ResetResponse:
+        task = self._admit(task_id, max_steps)
+        image = await self._image_of(task)
+        started = time.monotonic()
+        self._starting += 1
+        try:
+            prepared = await self.pool.take_waiting((image, task.workdir), RUNTIME_START_TIMEOUT_S)
+            warm = prepared is not None
+            if prepared is None:
+                prepared = await self._start_container(task, image)
+            session_id = uuid.uuid4().hex
+            session = Session(self, session_id, task, image, prepared, max_steps or self.config.default_max_steps)
+            self.sessions[session_id] = session
+        finally:
+            self._starting -= 1
+        elapsed = time.monotonic() - started
+        self.metrics.sessions_created.labels(warm=str(warm).lower()).inc()
+        self.metrics.reset_latency.labels(warm=str(warm).lower()).observe(elapsed)
+        self.metrics.sessions_active.set(self.active_count())
+        info = ResetInfo(
+            task_id=task_id,
+            repo=task.repo,
+            workdir=task.workdir,
+            tools=[ToolSpec.model_validate(spec) for spec in tools.TOOL_SCHEMAS],
+            max_steps=session.max_steps,
+            image=image,
+            warm_start=warm,
+            reset_s=elapsed,
+        )
+        return ResetResponse(
+            session_id=session_id, observation=tools.task_prompt(task.problem_statement, task.workdir), info=info
+        )
+
+    def _admit(self, task_id: str, max_steps: int | None) -> TaskInstance:
+        """The task of a reset this server takes now; else the SessionError that says why not (unknown task,
+        draining, not a valid task, over the step cap, at the session cap or the memory budget)."""
         task = self.tasks.get(task_id)
         if task is None:
             raise SessionError(
@@ -259,6 +294,11 @@ class SessionManager:
                 f"{self.config.memory_overcommit}); retry later or close finished sessions",
                 headers={"Retry-After": "5"},
             )
+        return task
+
+    async def _image_of(self, task: TaskInstance) -> str:
+        """The task's image on this docker host (resolved once); 503 `image_missing` when there is none."""
+        task_id = task.instance_id
         image = self.images.get(task_id)
         if image is None:
             image = self.images[task_id] = await self.containers.resolve_image(task)
@@ -271,46 +311,22 @@ class SessionManager:
                 f"{', '.join(candidate_images(task, self.config.image_templates))}); build it with "
                 "`python -m images build`",
             )
-        started = time.monotonic()
-        self._starting += 1
+        return image
+
+    async def _start_container(self, task: TaskInstance, image: str) -> Prepared:
+        """A new container for the task (no warm one was ready); 503 when it or its runtime does not start."""
         try:
-            prepared = await self.pool.take_waiting((image, task.workdir), RUNTIME_START_TIMEOUT_S)
-            warm = prepared is not None
-            if prepared is None:
-                try:
-                    prepared = await self.containers.prepare((image, task.workdir))
-                except SandboxError as exc:
-                    self.metrics.infra(exc.reason)
-                    raise SessionError(503, exc.reason, f"could not start a sandbox for {task_id}: {exc}") from None
-                except (TimeoutError, RuntimeDied, RuntimeRequestError) as exc:
-                    self.metrics.infra("runtime_start_failed")
-                    raise SessionError(
-                        503,
-                        "runtime_start_failed",
-                        f"the tool runtime did not start in the sandbox of {task_id}: {exc}",
-                    ) from None
-            session_id = uuid.uuid4().hex
-            session = Session(self, session_id, task, image, prepared, max_steps or self.config.default_max_steps)
-            self.sessions[session_id] = session
-        finally:
-            self._starting -= 1
-        elapsed = time.monotonic() - started
-        self.metrics.sessions_created.labels(warm=str(warm).lower()).inc()
-        self.metrics.reset_latency.labels(warm=str(warm).lower()).observe(elapsed)
-        self.metrics.sessions_active.set(self.active_count())
-        info = ResetInfo(
-            task_id=task_id,
-            repo=task.repo,
-            workdir=task.workdir,
-            tools=[ToolSpec.model_validate(spec) for spec in tools.TOOL_SCHEMAS],
-            max_steps=session.max_steps,
-            image=image,
-            warm_start=warm,
-            reset_s=elapsed,
-        )
-        return ResetResponse(
-            session_id=session_id, observation=tools.task_prompt(task.problem_statement, task.workdir), info=info
-        )
+            return await self.containers.prepare((image, task.workdir))
+        except SandboxError as exc:
+            self.metrics.infra(exc.reason)
+            raise SessionError(503, exc.reason, f"could not start a sandbox for {task.instance_id}: {exc}") from None
+        except (TimeoutError, RuntimeDied, RuntimeRequestError) as exc:
+            self.metrics.infra("runtime_start_failed")
+            raise SessionError(
+                503,
+                "runtime_start_failed",
+                f"the tool runtime did not start in the sandbox of {task.instance_id}: {exc}",
+            ) from None
 
     def get(self, session_id: str) -> Session:
         session = self.sessions.get(session_id)
