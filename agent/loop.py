@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
+from pydantic import Field
 
-from agent.engines.base import ChatEngine, Engine, EngineError, SamplingParams
+from agent.engines.base import ChatEngine, Engine, EngineError, SamplingConfig, SamplingParams
 from agent.trajectory import Timings, Trajectory, TruncationReason
 from envserver.client import AsyncEnvClient, EnvServerError
 from envserver.wire import StepResponse
@@ -33,13 +34,12 @@ CONTINUE_PROMPT = (
 )
 
 
-@dataclass
-class AgentConfig:
-    """How the agent plays an episode."""
+class AgentConfig(SamplingConfig):
+    """How the agent plays an episode; its sampling settings (temperature, top_p, top_k) are `SamplingConfig`'s."""
 
     system_prompt: str = SYSTEM_PROMPT
     """System message of every episode."""
-    max_turns: int = 30
+    max_turns: int = Field(default=30, ge=1)
     """Assistant turns before the episode is truncated (`max_turns`)."""
     max_context_tokens: int = 8192
     """Sequence length limit: a turn that cannot fit `min_turn_tokens` more is not sampled (`max_tokens`)."""
@@ -49,12 +49,6 @@ class AgentConfig:
     """Below this much room left in the context, the episode stops rather than sample a stub."""
     wall_time_s: float = 1800.0
     """Episode wall-clock limit (`wall_time`)."""
-    temperature: float = 1.0
-    """Sampling temperature (0: greedy)."""
-    top_p: float = 1.0
-    """Nucleus sampling mass."""
-    top_k: int = -1
-    """Top-k sampling (-1: off)."""
     think_mode: Literal["keep", "drop"] = "keep"
     """Earlier turns' <think> blocks: kept in context (one training sequence) or dropped (one sequence per turn)."""
     enable_thinking: bool = True
@@ -164,11 +158,10 @@ class _Episode:
 
 
 def _params(config: AgentConfig, max_tokens: int, turn: int, stop: list[int]) -> SamplingParams:
+    """This turn's request: the config's sampling settings as they are, and the turn's length, stops and seed."""
     return SamplingParams(
+        **{name: getattr(config, name) for name in SamplingConfig.model_fields},
         max_tokens=max_tokens,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        top_k=config.top_k,
         stop_token_ids=stop,
         seed=None if config.seed is None else config.seed + turn,
     )

@@ -1,7 +1,7 @@
 """Trainer step benchmark, every number measured side by side in one run (not a timed test).
 
 1. GRPO step throughput: full optimizer steps (forward + backward + gradient clipping + AdamW) through
-   `trainer.distributed.distributed_step` at world size 1 — the call trainer.run makes — on a Qwen3-architecture
+   `trainer.step.optimizer_step` at world size 1 — the call trainer.run makes — on a Qwen3-architecture
    model with the real 151,669-token Qwen vocabulary (agent.tiny.build_tiny_model, wider and deeper than the test
    default), over a synthetic rollout batch shaped like agentic rollouts: B sequences of T tokens, each a prompt
    (loss mask 0) then alternating sampled assistant turns (mask 1) and tool observations (mask 0), ~25% sampled;
@@ -54,11 +54,13 @@ import torch
 
 from agent.tiny import build_tiny_model
 from trainer.batch import RolloutBatch
-from trainer.distributed import distributed_step, init_distributed
-from trainer.losses import GRPOLossConfig, compute_advantages
-from trainer.objective import ObjectiveConfig, ca_component
+from trainer.config import TrainerConfig
+from trainer.distributed import init_distributed
+from trainer.losses import compute_advantages
+from trainer.objective import ca_component
 from trainer.pairs import balanced_presentations, collate_presentations, present
 from trainer.pairs.record import PairRecord
+from trainer.step import optimizer_step
 
 QWEN3_VOCAB = 151_669
 NUM_BPE_TOKENS = 151_643  # ids below this are ordinary BPE tokens: the synthetic rollouts draw from them
@@ -218,13 +220,13 @@ def bench_steps(sizes: Sizes, model_dir: Path, breakdown: bool, log: Any) -> dic
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.0)  # trainer.run's, at its defaults
-    config = ObjectiveConfig(
-        grpo=GRPOLossConfig(clip_low=0.2, clip_high=0.28, aggregation="token_mean", kl_coef=0.0, tis_cap=2.0),
-        ca_weight=0.1,
-        ca_clip=5.0,
+    config = TrainerConfig(
+        grpo={"aggregation": "token_mean", "kl_coef": 0.0, "tis_cap": 2.0},
+        ca={"weight": 0.1, "clip": 5.0, "clip_mode": "symmetric"},
+        agent={"temperature": 1.0},
         logprob_chunk_size=1024,
+        max_grad_norm=1.0,
     )
-    max_grad_norm = 1.0
 
     batch = synthetic_rollouts(sizes)
     n_pairs = max(1, round(sizes.rollouts / sizes.pair_ratio))
@@ -256,9 +258,7 @@ def bench_steps(sizes: Sizes, model_dir: Path, breakdown: bool, log: Any) -> dic
 
     def one(with_pairs: bool) -> float:
         started = time.perf_counter()
-        out = distributed_step(
-            model, optimizer, batch, pairs_batch if with_pairs else None, config, ctx, max_grad_norm=max_grad_norm
-        )
+        out = optimizer_step(model, optimizer, batch, pairs_batch if with_pairs else None, config, ctx)
         seconds = time.perf_counter() - started
         if not (out.loss == out.loss):  # NaN
             raise RuntimeError("the step's loss is NaN")
@@ -288,7 +288,7 @@ def bench_steps(sizes: Sizes, model_dir: Path, breakdown: bool, log: Any) -> dic
         optimizer.zero_grad(set_to_none=True)
         started = time.perf_counter()
         loss, _ = ca_component(model, pairs_batch, config, normalizer=float(len(presentation_lengths)))
-        (config.ca_weight * loss).backward()
+        (config.ca.weight * loss).backward()
         seconds = time.perf_counter() - started
         optimizer.zero_grad(set_to_none=True)
         return seconds

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from agent.trajectory import Trajectory
-from trainer.losses import compute_advantages
+from trainer.losses import GRPOConfig, compute_advantages
 
 
 @dataclass
@@ -53,26 +53,17 @@ def training_reward(trajectory: Trajectory, malformed_penalty: float = 0.0) -> f
     return reward - malformed_penalty if trajectory.malformed_tool_calls else reward
 
 
-def build_batch(
-    trajectories: list[Trajectory],
-    pad_token_id: int,
-    mode: str = "grpo",
-    scale_by_std: bool = True,
-    mask_truncated: bool = False,
-    drop_zero_variance: bool = True,
-    negative_scale: float = 1.0,
-    malformed_penalty: float = 0.0,
-) -> RolloutBatch:
-    """Group episodes by task, compute advantages, and pad every sequence of every episode into one batch.
-
-    drop_zero_variance: groups whose rewards are all equal (or with under 2 rewards) leave the loss entirely (their
-        tokens are in no normalizer; DAPO's filter). False keeps them with advantage 0, as TRL does: they add nothing
-        to the policy-gradient term but count in its token normalizer, and their tokens carry the KL term — without
-        them a run whose groups all succeed (or all fail) would get no KL anchor at all. Either way they are counted
-        (`num_groups_zero_std`, `num_groups_too_few`).
-    negative_scale: the weight of negative advantages (`compute_advantages`).
-    malformed_penalty: subtracted from the reward of an episode with any malformed tool call before the advantages
-        (`training_reward`)."""
+def build_batch(trajectories: list[Trajectory], pad_token_id: int, config: GRPOConfig | None = None) -> RolloutBatch:
+    """Group episodes by task, compute advantages, and pad every sequence of every episode into one batch. `config`:
+    the advantage settings (default `GRPOConfig()`): the baseline (`advantage`, `scale_by_std`,
+    `negative_advantage_scale`), `malformed_call_penalty` (subtracted from the reward of an episode with any malformed
+    tool call before the advantages, `training_reward`), `mask_truncated`, and `drop_zero_variance`: groups whose
+    rewards are all equal (or with under 2 rewards) leave the loss entirely (their tokens are in no normalizer;
+    DAPO's filter); off, they stay with advantage 0, as TRL keeps them: they add nothing to the policy-gradient term
+    but count in its token normalizer, and their tokens carry the KL term — without them a run whose groups all
+    succeed (or all fail) would get no KL anchor at all. Either way they are counted (`num_groups_zero_std`,
+    `num_groups_too_few`)."""
+    config = config if config is not None else GRPOConfig()
     groups: dict[str, list[Trajectory]] = defaultdict(list)
     for trajectory in trajectories:
         groups[trajectory.task_id].append(trajectory)
@@ -81,18 +72,21 @@ def build_batch(
     masked: dict[str, int] = defaultdict(int)
     for row, members in enumerate(groups.values()):
         for col, trajectory in enumerate(members):
-            reason = _masked(trajectory, mask_truncated)
+            reason = _masked(trajectory, config.mask_truncated)
             if reason:
                 masked[reason] += 1
             else:
-                rewards[row, col] = training_reward(trajectory, malformed_penalty)
+                rewards[row, col] = training_reward(trajectory, config.malformed_call_penalty)
     advantages, keep, stats = compute_advantages(
-        rewards, mode=mode, scale_by_std=scale_by_std, negative_scale=negative_scale
+        rewards,
+        mode=config.advantage,
+        scale_by_std=config.scale_by_std,
+        negative_scale=config.negative_advantage_scale,
     )
     rows: list[tuple[Any, float, bool]] = []
     for row, members in enumerate(groups.values()):
         for col, trajectory in enumerate(members):
-            trains = (bool(keep[row]) or not drop_zero_variance) and not math.isnan(float(rewards[row, col]))
+            trains = (bool(keep[row]) or not config.drop_zero_variance) and not math.isnan(float(rewards[row, col]))
             for sequence in trajectory.sequences:
                 rows.append((sequence, float(advantages[row, col]), trains))
     if not rows:

@@ -31,7 +31,8 @@ def load_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 def label(run_dir: Path) -> str:
     config_path = run_dir / "config.json"
-    weight = json.loads(config_path.read_text()).get("ca_weight") if config_path.is_file() else None
+    saved = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    weight = (saved.get("ca") or {}).get("weight", saved.get("ca_weight"))  # `ca_weight`: a run from before `ca:`
     return f"{run_dir.name} (λ = {weight:g})" if weight is not None else run_dir.name
 
 

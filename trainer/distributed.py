@@ -1,13 +1,15 @@
-"""Data-parallel training with torch.distributed (launched by `torchrun`): one optimizer step on a global batch whose
-rollout sequences and pair presentations are split across ranks, with the same loss, gradients and updated weights
-as one process on the whole batch.
+"""Data-parallel training with torch.distributed (launched by `torchrun`): the process group, the split of a step's
+global batch across ranks, and the reductions that make the ranks' step the same as one process's on the whole batch
+(the same loss, gradients and updated weights). The objective (trainer/objective.py) and the optimizer step
+(trainer/step.py `optimizer_step`) use these; in one process each of them is a no-op.
 
 The correctness point is the normalizers (DESIGN.md decision 7). GRPO's "token_mean" divides by the mask-1 tokens of
 the whole step, the "seq_mean_*" aggregations by its number of sequences, L_CA by its number of presentations. Each
-rank therefore computes its shard's *sum* divided by the *global* count (the counts are all-reduced first, so a rank
-may also hold a batch it built itself), the ranks' losses add up to the single-process loss, and the gradients are
-**summed** across ranks — not averaged. Metrics are reduced the same way: masked means weighted by each rank's token
-(or pair) count, counts and losses summed, maxima maxed; so they equal the single-process metrics too.
+rank therefore computes its shard's *sum* divided by the *global* count (`all_reduce_sum` of the counts first, so a
+rank may also hold a batch it built itself), the ranks' losses add up to the single-process loss, and the gradients
+are **summed** across ranks — not averaged. Metrics are reduced the same way (`reduce_metrics`): masked means
+weighted by each rank's token (or pair) count, counts and losses summed, maxima maxed; so they equal the
+single-process metrics too.
 
 Why a plain all-reduce of gradients and not DistributedDataParallel: the objective never calls `model(...)`; it calls
 `model.model(...)` and reads `model.get_output_embeddings().weight` directly (trainer/logprobs.py, trainer/objective.py)
@@ -26,15 +28,14 @@ neither done nor tested here.
 
 Backends: gloo on CPU (what the tests run: real processes under torchrun), nccl when CUDA is available (the rank's
 device is cuda:LOCAL_RANK). Without WORLD_SIZE (or with WORLD_SIZE=1) everything here is single-process: no process
-group, no collective, the same numbers as `trainer.objective.objective` on the whole batch.
+group, no collective.
 
-Use (the trainer's step; every rank holds the same global batch, e.g. built from rollouts broadcast by rank 0):
+Use (every rank holds the same global batch, e.g. built from rollouts broadcast by rank 0):
 
     ctx = init_distributed()
     broadcast_parameters(model, ctx)          # once, after loading: every rank starts from rank 0's weights
     ...
-    out = distributed_step(model, optimizer, batch, pair_batch, objective_config, ctx, ref_model=ref_model,
-                           max_grad_norm=config.max_grad_norm)
+    out = optimizer_step(model, optimizer, batch, pair_batch, config, ctx, ref_model=ref_model)   # trainer/step.py
     out.loss, out.metrics, out.grad_norm      # global values, identical on every rank
 """
 
@@ -44,14 +45,12 @@ import math
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 
 from trainer.batch import RolloutBatch
-from trainer.losses import ca_loss, grpo_loss
-from trainer.objective import ObjectiveConfig, ca_component, grpo_component
 
 ShardStrategy = Literal["balanced", "contiguous"]
 
@@ -104,9 +103,10 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
     device = _device(backend, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(
-        backend, timeout=timedelta(seconds=timeout_s), **({"device_id": device} if device.type == "cuda" else {})
-    )
+    if device.type == "cuda":
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), device_id=device)
+    else:
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return DistContext(rank, world_size, local_rank, backend, device)
 
 
@@ -239,15 +239,6 @@ def shard_pairs(pairs: dict[str, Any], indices: list[int], device: torch.device 
 # -------------------------------------------------------------------------------------------- loss and metrics
 
 
-class StepOutput(NamedTuple):
-    loss: float
-    """The global loss L = L_GRPO + λ·L_CA of the step (what one process on the whole batch reports)."""
-    metrics: dict[str, float]
-    """The global metrics, with the keys and values of `trainer.objective.objective`'s on the whole batch."""
-    grad_norm: float
-    """Total gradient norm before clipping (0.0 when nothing had a gradient and no step was taken)."""
-
-
 _SUMMED = {"grpo/num_tokens", "grpo/num_sequences", "grpo/loss", "ca/ca_num_pairs", "ca/ca_loss", "loss"}
 _MAXED = {"grpo/ratio_max", "grpo/mismatch_abs_max"}
 
@@ -301,85 +292,13 @@ def reduce_metrics(metrics: dict[str, float], weights: dict[str, float], ctx: Di
     return out
 
 
-def _all_reduce_counts(counts: list[float], ctx: DistContext) -> list[float]:
+def all_reduce_sum(values: list[float], ctx: DistContext) -> list[float]:
+    """The sums over the ranks of each rank's `values` (the values themselves in one process)."""
     if not ctx.is_distributed:
-        return counts
-    tensor = torch.tensor(counts, dtype=torch.float64, device=ctx.device)
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=ctx.device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.tolist()
-
-
-def _empty_grpo(config: ObjectiveConfig, with_ref: bool, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """A rank without rollout rows: loss 0 and the same metric keys as a non-empty shard (each with weight 0)."""
-    empty = torch.zeros(0, 1)
-    loss, metrics = grpo_loss(
-        empty,
-        empty,
-        torch.zeros(0),
-        empty,
-        ref_logprobs=empty if with_ref else None,
-        engine_logprobs=empty,
-        config=config.grpo,
-        normalizer=normalizer,
-    )
-    metrics["entropy"] = math.nan
-    return loss, metrics
-
-
-def _empty_ca(config: ObjectiveConfig, with_order: bool, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """A rank without presentations: loss 0 and the same metric keys as a non-empty shard."""
-    order = torch.zeros(0, dtype=torch.bool) if with_order else None
-    return ca_loss(torch.zeros(0), config.ca_clip, order, normalizer=normalizer, clip_mode=config.ca_clip_mode)
-
-
-def sharded_objective(
-    model: Any,
-    batch: RolloutBatch | None,
-    pairs: dict[str, Any] | None,
-    config: ObjectiveConfig,
-    ctx: DistContext,
-    ref_model: Any = None,
-    old_logprobs: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
-    """This rank's part of L = L_GRPO + λ·L_CA: its shard's sums over the global normalizers, so the ranks' losses
-    (and their gradients) add up to those of the whole batch. `batch` / `pairs`: this rank's shard (None or zero
-    rows: nothing here; the ranks need not hold the same global batch — the counts are all-reduced).
-
-    As in the trainer's single-process step, GRPO is skipped when the step has no mask-1 token at all, and L_CA when
-    it has no presentation or λ = 0. Every rank must call this (it runs collectives).
-
-    Returns (local loss tensor, local metrics, local metric weights) — `reduce_metrics` turns the last two global.
-    """
-    rows = batch.input_ids.shape[0] if batch is not None else 0
-    n_pairs = pairs["input_ids"].shape[0] if pairs is not None else 0
-    tokens = float(batch.loss_mask.sum()) if rows else 0.0
-    first = float(pairs["positive_is_first"].sum()) if n_pairs and "positive_is_first" in pairs else 0.0
-    g_tokens, g_rows, g_pairs = _all_reduce_counts([tokens, float(rows), float(n_pairs)], ctx)
-    weights = {"tokens": tokens, "pairs": float(n_pairs), "pos_first": first, "pos_second": n_pairs - first}
-    device = ctx.device
-    total = torch.zeros((), dtype=torch.float32, device=device)
-    metrics: dict[str, float] = {}
-    if g_tokens > 0:
-        normalizer = g_tokens if config.grpo.aggregation == "token_mean" else g_rows
-        if rows:
-            loss, grpo_metrics = grpo_component(model, batch, config, ref_model, old_logprobs, normalizer=normalizer)
-        else:
-            loss, grpo_metrics = _empty_grpo(config, ref_model is not None, normalizer)
-        total = total + loss.to(device)
-        metrics.update({f"grpo/{k}": v for k, v in grpo_metrics.items()})
-    if g_pairs > 0 and config.ca_weight > 0:
-        if n_pairs:
-            loss, ca_metrics = ca_component(model, pairs, config, normalizer=g_pairs)
-        else:
-            # Every rank must report the same keys: the per-order accuracies come with `positive_is_first`, which an
-            # empty shard cut by `shard_pairs` still carries; ranks that collate their own pairs must all set it or
-            # none.
-            with_order = pairs is not None and "positive_is_first" in pairs
-            loss, ca_metrics = _empty_ca(config, with_order, g_pairs)
-        total = total + config.ca_weight * loss.to(device)
-        metrics.update({f"ca/{k}": v for k, v in ca_metrics.items()})
-    metrics["loss"] = float(total.detach())
-    return total, metrics, weights
 
 
 # ------------------------------------------------------------------------------------------------ gradients
@@ -423,51 +342,3 @@ def reduce_gradients(model: Any, ctx: DistContext, bucket_bytes: int = 25 * 2**2
         for grad in bucket:
             grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
             offset += grad.numel()
-
-
-# --------------------------------------------------------------------------------------------------- the step
-
-
-def distributed_step(
-    model: Any,
-    optimizer: torch.optim.Optimizer,
-    global_batch: RolloutBatch | None,
-    global_pairs: dict[str, Any] | None,
-    config: ObjectiveConfig,
-    ctx: DistContext,
-    ref_model: Any = None,
-    max_grad_norm: float | None = 1.0,
-    old_logprobs: torch.Tensor | None = None,
-    strategy: ShardStrategy = "balanced",
-) -> StepOutput:
-    """One optimizer step on a global batch held (identically) by every rank: this rank's shard of the rollout
-    rows and of the presentations, forward and backward with the global normalizers, gradients summed over the
-    ranks, clipped to `max_grad_norm` (None: not clipped; the norm is still reported), one `optimizer.step()`.
-
-    Same as the single-process step of trainer.run on the whole batch: GRPO is left out when the batch has no
-    mask-1 token, L_CA when there is no presentation or λ = 0, and no step is taken when nothing has a gradient.
-    `old_logprobs`: [B, T] for the whole batch (see `grpo_component`), sharded like the rows. The learning-rate
-    scheduler is the caller's. Every rank must call this.
-    """
-    device = ctx.device
-    shard = pair_shard = local_old = None
-    if global_batch is not None:
-        lengths = global_batch.attention_mask.sum(dim=1).tolist()
-        indices = shard_indices(lengths, ctx.rank, ctx.world_size, strategy)
-        shard, local_old = shard_rollouts_with_old(global_batch, old_logprobs, indices, device)
-    if global_pairs is not None:
-        lengths = global_pairs["attention_mask"].sum(dim=1).tolist()
-        pair_shard = shard_pairs(global_pairs, shard_indices(lengths, ctx.rank, ctx.world_size, strategy), device)
-    optimizer.zero_grad(set_to_none=True)
-    loss, metrics, weights = sharded_objective(model, shard, pair_shard, config, ctx, ref_model, local_old)
-    if loss.requires_grad:
-        loss.backward()
-    reduce_gradients(model, ctx)
-    params = [p for p in model.parameters() if p.grad is not None]
-    grad_norm = 0.0
-    if params:  # the same on every rank: reduce_gradients gave the same parameters the same gradients everywhere
-        clip = max_grad_norm if max_grad_norm is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-        optimizer.step()
-    metrics = reduce_metrics(metrics, weights, ctx)
-    return StepOutput(metrics["loss"], metrics, grad_norm)

@@ -1,12 +1,12 @@
-"""`torchrun --nproc_per_node N -m trainer.distributed_check CASES OUT`: run `distributed_step` on saved cases.
+"""`torchrun --nproc_per_node N -m trainer.distributed_check CASES OUT`: run `optimizer_step` on saved cases.
 
 CASES is a `torch.save`d list of dicts, each one step to take from fresh weights:
     model_dir   the model to load (float32, train mode)
     ref_dir     a reference model for the KL term, or None
     batch       a RolloutBatch (the global batch; every rank loads the same) or None
     pairs       a collated pair batch (trainer.pairs.collate_presentations) or None
-    config      an ObjectiveConfig
-    lr, eps (AdamW's), max_grad_norm, strategy
+    config      a TrainerConfig (its loss sections and max_grad_norm)
+    lr, eps (AdamW's), strategy
 Every rank writes OUT/case{i}-rank{r}.pt: loss, metrics, grad_norm and rank_spread (0.0 when all ranks hold the very
 same weights after the step); rank 0 also the updated parameters and the summed gradients.
 tests/trainer/test_distributed.py compares them with one process on the same global batch.
@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     from transformers import AutoModelForCausalLM
 
-    from trainer.distributed import broadcast_parameters, destroy_distributed, distributed_step, init_distributed
+    from trainer.distributed import broadcast_parameters, destroy_distributed, init_distributed
+    from trainer.step import optimizer_step
 
     args = sys.argv[1:] if argv is None else argv
     cases_path, out_dir = Path(args[0]), Path(args[1])
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             ref = AutoModelForCausalLM.from_pretrained(case["ref_dir"], dtype=torch.float32).eval()
             ref.requires_grad_(False)
         optimizer = torch.optim.AdamW(model.parameters(), lr=case["lr"], eps=case.get("eps", 1e-8))
-        out = distributed_step(
+        out = optimizer_step(
             model,
             optimizer,
             case["batch"],
@@ -64,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
             case["config"],
             ctx,
             ref_model=ref,
-            max_grad_norm=case["max_grad_norm"],
             strategy=case.get("strategy", "balanced"),
         )
         record = {

@@ -27,7 +27,7 @@ token ids, and with a trajectory's per-token loss mask and sampling logprobs (ag
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -228,7 +228,9 @@ def model_token_logprobs(
     result = token_logprobs(
         hidden, head.weight, targets, chunk_size=chunk_size, return_entropy=return_entropy, temperature=temperature
     )
-    logprobs, entropy = result if return_entropy else (result, None)
+    logprobs, entropy = (
+        cast(tuple[torch.Tensor, torch.Tensor], result) if return_entropy else (cast(torch.Tensor, result), None)
+    )
     # Shift right by one so that index t holds token t's logprob; position 0 gets 0.
     logprobs = torch.nn.functional.pad(logprobs[:, :-1], (1, 0))
     if entropy is None:
@@ -271,7 +273,9 @@ def masked_model_token_logprobs(
         return_entropy=return_entropy,
         temperature=temperature,
     )
-    values, entropy = result if return_entropy else (result, None)
+    values, entropy = (
+        cast(tuple[torch.Tensor, torch.Tensor], result) if return_entropy else (cast(torch.Tensor, result), None)
+    )
     zeros = torch.zeros(input_ids.shape, dtype=torch.float32, device=values.device)
     logprobs = zeros.index_put((rows, cols), values[0])
     if entropy is None:

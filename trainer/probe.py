@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -193,7 +193,8 @@ def score(config: ProbeConfig, pairs: list[PairRecord], tokenizer: Any, progress
 
         # float32, as the trainer loads it: margins comparable with its held-out accuracy
         model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32)
-        model.to(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(device)  # type: ignore[arg-type]  # why: transformers wraps `to` in a decorator mypy misreads
         return score_hf(
             model, tokenizer, items, config.max_context_tokens, config.batch_size, progress, config.shared_prefix
         ), "option_logits"
@@ -335,34 +336,45 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def main(
-    pairs: Path = typer.Option(..., help="Pair records (JSONL)."),
-    engine: EngineKind = typer.Option(
-        ...,
-        help="hf (local model directory), vllm (a vLLM server) or openai "
-        "(a chat-completions API: scored by the reply's text).",
-    ),
-    model: str = typer.Option(..., help="hf: the model directory; vllm / openai: the served model name."),
-    out: Path = typer.Option(Path("probe"), help="Output folder (report.json, report.png, answers.jsonl)."),
-    max_context_tokens: int = typer.Option(1024, min=16, help="Token budget of the two contexts together."),
-    shared_prefix: SharedPrefixKind = typer.Option(
-        SharedPrefixKind.omit,
-        help="The opening both contexts share: "
-        "omit (as L_CA), once (shown before the options) or keep (in both "
-        "options: prompt version 1's presentation).",
-    ),
-    base_url: str | None = typer.Option(
-        None, help="vllm / openai: the API root, e.g. http://HOST:8001/v1 (openai: the key comes from OPENAI_API_KEY)."
-    ),
-    tokenizer: str | None = typer.Option(
-        None,
-        help="Tokenizer directory (default: the model's own when it is "
-        "a local directory, else the bundled Qwen3 tokenizer).",
-    ),
-    batch_size: int = typer.Option(8, min=1, help="hf: presentations per forward pass."),
-    concurrency: int = typer.Option(16, min=1, help="vllm / openai: requests in flight."),
-    max_answer_tokens: int = typer.Option(16, min=1, help="openai: the reply's token limit."),
-    device: str | None = typer.Option(None, help="hf: torch device (default: cuda when available, else cpu)."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    pairs: Annotated[Path, typer.Option(help="Pair records (JSONL).")],
+    engine: Annotated[
+        EngineKind,
+        typer.Option(
+            help="hf (local model directory), vllm (a vLLM server) or openai "
+            "(a chat-completions API: scored by the reply's text)."
+        ),
+    ],
+    model: Annotated[str, typer.Option(help="hf: the model directory; vllm / openai: the served model name.")],
+    out: Annotated[Path, typer.Option(help="Output folder (report.json, report.png, answers.jsonl).")] = Path("probe"),
+    max_context_tokens: Annotated[int, typer.Option(min=16, help="Token budget of the two contexts together.")] = 1024,
+    shared_prefix: Annotated[
+        SharedPrefixKind,
+        typer.Option(
+            help="The opening both contexts share: "
+            "omit (as L_CA), once (shown before the options) or keep (in both "
+            "options: prompt version 1's presentation)."
+        ),
+    ] = SharedPrefixKind.omit,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            help="vllm / openai: the API root, e.g. http://HOST:8001/v1 (openai: the key comes from OPENAI_API_KEY)."
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            help="Tokenizer directory (default: the model's own when it is "
+            "a local directory, else the bundled Qwen3 tokenizer)."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="hf: presentations per forward pass.")] = 8,
+    concurrency: Annotated[int, typer.Option(min=1, help="vllm / openai: requests in flight.")] = 16,
+    max_answer_tokens: Annotated[int, typer.Option(min=1, help="openai: the reply's token limit.")] = 16,
+    device: Annotated[
+        str | None, typer.Option(help="hf: torch device (default: cuda when available, else cpu).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Context-selection accuracy of a model on contrastive pairs, each pair in both orders."""
     config = ProbeConfig(
@@ -374,7 +386,7 @@ def main(
         tokenizer=tokenizer,
         max_context_tokens=max_context_tokens,
         shared_prefix=shared_prefix.value,
-        batch_size=batch_size,  # type: ignore[arg-type]
+        batch_size=batch_size,
         concurrency=concurrency,
         max_answer_tokens=max_answer_tokens,
         device=device,

@@ -145,14 +145,11 @@ def build_report(
         "by_source": _grouped(answers, {p.pair_id: str(p.provenance.get("source", "unknown")) for p in pairs}),
         "by_funnel_stage": _grouped(answers, {p.pair_id: p.funnel_stage for p in pairs}),
     }
-    margins = [a for a in answers if a.option_margin is not None]
+    margins = [(a.option_margin, a.positive_first) for a in answers if a.option_margin is not None]
     if margins:
         report["margin"] = {
-            "mean_positive_minus_negative": sum(
-                a.option_margin if a.positive_first else -a.option_margin for a in margins
-            )
-            / len(margins),  # type: ignore[operator]
-            "mean_option1_minus_option2": sum(a.option_margin for a in margins) / len(margins),  # type: ignore
+            "mean_positive_minus_negative": sum(m if first else -m for m, first in margins) / len(margins),
+            "mean_option1_minus_option2": sum(m for m, _ in margins) / len(margins),
         }
     if shown is not None:
         report["shown"] = shown_summary([shown[pair_id] for pair_id in by_pair])
@@ -186,21 +183,24 @@ def write_chart(report: dict[str, Any], path: Path) -> Path:
     ]
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.5), gridspec_kw={"width_ratios": [4, 3, 3]})
     for axis, (title, bars) in zip(axes, panels):
-        labels, heights, errors, colors = [], [], [[], []], []
+        labels: list[str] = []
+        heights: list[float] = []
+        errors: list[list[float]] = [[], []]
+        colors: list[str] = []
         for label, value in bars:
             labels.append(label)
             if isinstance(value, dict):
                 height = value["accuracy"]
                 low, high = value["ci_low"], value["ci_high"]
-                errors[0].append(max(0.0, height - low) if low == low else 0.0)
-                errors[1].append(max(0.0, high - height) if high == high else 0.0)
+                errors[0].append(0.0 if math.isnan(low) else max(0.0, height - low))
+                errors[1].append(0.0 if math.isnan(high) else max(0.0, high - height))
                 colors.append("tab:blue")
             else:  # a share, not an accuracy: no interval, another colour
                 height = value
                 errors[0].append(0.0)
                 errors[1].append(0.0)
                 colors.append("tab:gray")
-            heights.append(height if height == height else 0.0)
+            heights.append(0.0 if math.isnan(height) else height)
         axis.bar(range(len(heights)), heights, yerr=errors, color=colors, capsize=4)
         for x, height in enumerate(heights):
             axis.text(x, min(height + 0.02, 1.02), f"{height:.2f}", ha="center", va="bottom", fontsize=8)

@@ -218,6 +218,7 @@ async def demonstrations(
     copies: int = 1,
     concurrency: int = 4,
     log: Callable[[str], Any] = lambda _: None,
+    token: str | None = None,
 ) -> list[Trajectory]:
     """Successful, token-exact trajectories: each task (TaskInstance with `patch`) played through the env server at
     `env_url` by the agent loop with a ReplayEngine scripting `solution_turns(task, style)`; a task whose short
@@ -226,10 +227,11 @@ async def demonstrations(
 
     agent_config: the loop's settings (the RL run's, so the prompt is the same; its max_turns must allow 2 turns
         and max_tokens_per_turn must fit the scripted turn — the default here allows both).
+    token: the env server's bearer token.
     """
     config = agent_config or AgentConfig(max_turns=2, max_tokens_per_turn=4096)
     semaphore = asyncio.Semaphore(concurrency)
-    client = AsyncEnvClient(env_url)
+    client = AsyncEnvClient(env_url, token=token)
 
     async def play(task: Any, group: int) -> Trajectory | None:
         styles: list[SolutionStyle] = [style] + (["patch"] if style != "patch" else [])

@@ -7,27 +7,37 @@ Backends (one file each): `vllm` (a vLLM server over HTTP), `hf` (an in-process 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class EngineError(RuntimeError):
     """The engine failed in a way retries did not fix."""
 
 
-@dataclass
-class SamplingParams:
-    """Per-request sampling settings (the same names as vLLM's)."""
+class SamplingConfig(BaseModel):
+    """How tokens are drawn (vLLM's names): the one definition of the sampling settings, which an agent's config
+    (agent.loop.AgentConfig) and each request (`SamplingParams`) extend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(default=0.7, ge=0.0)
+    """Softmax temperature; 0 means greedy. It is part of the policy: the trainer's GRPO loss trains
+    softmax(logits / temperature), the distribution the rollouts were drawn from."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Nucleus sampling: sample from the smallest set of tokens whose probability reaches top_p (1: off)."""
+    top_k: int = -1
+    """Sample among the k most likely tokens only (-1: all)."""
+
+
+class SamplingParams(SamplingConfig):
+    """One request's sampling: the sampling settings, and this request's length, stop tokens and seed."""
 
     max_tokens: int = 1024
     """Most tokens to sample in this turn."""
-    temperature: float = 1.0
-    """Softmax temperature; 0 means greedy."""
-    top_p: float = 1.0
-    """Nucleus sampling mass."""
-    top_k: int = -1
-    """Sample among the k most likely tokens; -1 means all."""
-    stop_token_ids: list[int] = field(default_factory=list)
+    stop_token_ids: list[int] = Field(default_factory=list)
     """Token ids that end the turn (included in the output, as vLLM does for EOS)."""
     seed: int | None = None
     """Per-request seed, for reproducible sampling where the backend supports it."""

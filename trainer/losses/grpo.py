@@ -11,17 +11,17 @@ Per token, with r = exp(logp − logp_old) and the sequence's advantage A:
     loss  = pg + β · (exp(ref − logp) − (ref − logp) − 1)         (k3 KL to the reference, when `kl_coef` = β ≠ 0)
     k3    = min(k3, K)                                            (when `kl_clamp` = K: verl's low_var_kl bound)
 
-then aggregated over the batch by `GRPOLossConfig.aggregation`. This is TRL's GRPOTrainer loss (token-level
+then aggregated over the batch by `GRPOConfig.aggregation`. This is TRL's GRPOTrainer loss (token-level
 importance sampling, vLLM "token_truncate" correction) term for term; tests/trainer/test_losses_trl.py checks it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 AdvantageMode = Literal["grpo", "rloo", "batch"]
@@ -30,8 +30,8 @@ Aggregation = Literal["token_mean", "seq_mean_token_sum", "seq_mean_token_mean"]
 
 def compute_advantages(
     rewards: Tensor,
-    mode: AdvantageMode = "grpo",
-    scale_by_std: bool = True,
+    mode: AdvantageMode,
+    scale_by_std: bool,
     eps: float = 1e-4,
     *,
     zero_std_atol: float = 1e-6,
@@ -120,38 +120,50 @@ def compute_advantages(
     return adv, keep, stats
 
 
-@dataclass
-class GRPOLossConfig:
-    """The policy-gradient loss's settings."""
+class GRPOConfig(BaseModel):
+    """Every GRPO setting: the advantages (`build_batch`), the clipped loss (`grpo_loss`) and the updates a step
+    (the trainer's step). The trainer's `grpo:` section; each consumer is given the whole section."""
 
-    clip_low: float = 0.2
+    model_config = ConfigDict(extra="forbid")
+
+    advantage: AdvantageMode = "batch"
+    """Baseline: the group mean (`grpo`), the leave-one-out mean (`rloo`) or the whole batch's mean (`batch`,
+    REINFORCE++: tasks the policy always solves keep training; see `compute_advantages`)."""
+    scale_by_std: bool = True
+    """Divide advantages by the reward std (the group's; the batch's in `batch` mode)."""
+    negative_advantage_scale: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Weight of negative advantages (1: standard GRPO; 0: the sampled successes only, asymmetric REINFORCE)."""
+    malformed_call_penalty: float = 1.0
+    """Subtracted from the reward of an episode with a malformed tool call, for the advantages only (success and the
+    logged rewards stay the tests'; trainer/batch.py training_reward)."""
+    mask_truncated: bool = False
+    """Leave episodes that hit a limit out of the loss (they are counted either way)."""
+    drop_zero_variance: bool = False
+    """Leave groups with equal rewards out of the loss (DAPO); False keeps them with advantage 0 (TRL), so that the
+    KL term anchors their tokens too (trainer/batch.py build_batch)."""
+    clip_low: float = Field(default=0.2, ge=0.0, lt=1.0)
     """ε_low: the ratio is clipped below at 1 − ε_low (acts on negative advantages)."""
-    clip_high: float = 0.28
+    clip_high: float = Field(default=0.28, ge=0.0)
     """ε_high: the ratio is clipped above at 1 + ε_high (acts on positive advantages; > ε_low is DAPO's clip-higher)."""
     aggregation: Aggregation = "token_mean"
-    """How per-token losses become one number: "token_mean", "seq_mean_token_sum" or "seq_mean_token_mean"."""
-    max_tokens: int | None = None
-    """Constant divisor of each sequence's token sum for "seq_mean_token_sum" (Dr. GRPO: the max completion length)."""
-    kl_coef: float = 0.0
-    """β: weight of the k3 KL estimate to the frozen reference, added per token (0 = off, no reference needed)."""
-    tis_cap: float | None = None
-    """C: truncated importance sampling weight min(exp(old − engine logprob), C) per token, e.g. 2.0 (None = off)."""
-    kl_clamp: float | None = None
-    """K: each token's k3 KL is clamped to at most K, with no gradient beyond (verl's low_var_kl uses 10; None = off,
-    as TRL). k3's gradient in log π is 1 − exp(ref − logp): unbounded for a sampled token the policy now finds far
-    less likely than the reference does, and one such token can outweigh the rest of the batch."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.clip_low < 1.0 or self.clip_high < 0.0:
-            raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
-        if self.aggregation not in ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean"):
-            raise ValueError(f"unknown aggregation {self.aggregation!r}")
-        if self.max_tokens is not None and self.max_tokens <= 0:
-            raise ValueError(f"max_tokens must be positive, got {self.max_tokens}")
-        if self.tis_cap is not None and self.tis_cap <= 0.0:
-            raise ValueError(f"tis_cap must be positive, got {self.tis_cap}")
-        if self.kl_clamp is not None and self.kl_clamp <= 0.0:
-            raise ValueError(f"kl_clamp must be positive, got {self.kl_clamp}")
+    """How per-token losses become one number: `token_mean`, `seq_mean_token_sum` or `seq_mean_token_mean`."""
+    max_tokens: int | None = Field(default=None, gt=0)
+    """Constant divisor of each sequence's token sum for `seq_mean_token_sum` (Dr. GRPO: the max completion length;
+    None: none)."""
+    kl_coef: float = 0.05
+    """β: weight of the k3 KL to the frozen reference, the policy RL starts from (0: off, no reference is kept)."""
+    kl_clamp: float | None = Field(default=10.0, gt=0.0)
+    """K: each token's k3 KL is clamped to at most K, no gradient beyond (verl's low_var_kl; None: off, as TRL): k3's
+    gradient 1 − exp(ref − logp) is unbounded, and one such token can outweigh the rest of the batch."""
+    tis_cap: float | None = Field(default=2.0, gt=0.0)
+    """C: truncated importance sampling weight min(exp(old − engine logprob), C) per token, for the engine/trainer
+    logprob mismatch (None: off)."""
+    updates_per_step: int = Field(default=1, ge=1)
+    """Passes over a step's rollouts (TRL's num_iterations, the GRPO paper's μ); beyond the first, the ratio to the
+    sampling policy (recomputed before the first) is what the clips bound."""
+    minibatches: int = Field(default=1, ge=1)
+    """Mini-batches each pass is split into, one optimizer update each (verl's ppo_mini_batch_size), rows balanced by
+    length, advantages the whole batch's: `updates_per_step` × `minibatches` updates a step."""
 
 
 def grpo_loss(
@@ -161,7 +173,7 @@ def grpo_loss(
     loss_mask: Tensor,
     ref_logprobs: Tensor | None = None,
     engine_logprobs: Tensor | None = None,
-    config: GRPOLossConfig | None = None,
+    config: GRPOConfig | None = None,
     *,
     normalizer: float | Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
@@ -178,7 +190,7 @@ def grpo_loss(
             (old − engine) is logged and, with ``config.tis_cap``, each token's loss is weighted by
             min(exp(old − engine), tis_cap) (truncated importance sampling: the engine's sampler is not exactly the
             trainer's policy). None means ``old_logprobs`` are the engine's, i.e. a weight of 1.
-        config: the loss settings (defaults: `GRPOLossConfig()`).
+        config: the GRPO settings (default: `GRPOConfig()`).
         normalizer: the denominator to use instead of this batch's own, when a step's batch is split into
             micro-batches whose gradients are accumulated: the step's total number of mask-1 tokens for
             "token_mean", its total number of sequences for the "seq_mean_*" aggregations. Then the micro-batch
@@ -198,7 +210,7 @@ def grpo_loss(
     ``mismatch_abs_mean`` / ``mismatch_abs_max`` (|old − engine|), ``tis_weight_mean`` and
     ``tis_clip_frac`` (the share of tokens whose TIS weight hit the cap), ``num_tokens``, ``num_sequences``, ``loss``.
     """
-    cfg = config if config is not None else GRPOLossConfig()
+    cfg = config if config is not None else GRPOConfig()
     if logprobs.dim() != 2:
         raise ValueError(f"logprobs must be [B, T], got {tuple(logprobs.shape)}")
     shape = logprobs.shape
