@@ -1,6 +1,8 @@
-"""Contrastive trajectory pairs: the record and its presentation to the model (record.py), the miner (mine.py,
-`python -m trainer.pairs mine`) and the synthetic pairs of the embedded default (synthetic.py)."""
+"""Contrastive trajectory pairs: the record and its presentation to the model (record.py; the contexts' token budget:
+context_budget.py), the miner (mine.py, `python -m trainer.pairs mine`), its shortcut audit (audit.py) and the
+synthetic pairs of the embedded default (synthetic.py)."""
 
+from trainer.pairs.context_budget import truncate_middle
 from trainer.pairs.record import (
     PairRecord,
     Presentation,
@@ -10,7 +12,6 @@ from trainer.pairs.record import (
     option_token_ids,
     present,
     prompt_text,
-    truncate_middle,
     write_pairs,
 )
 from trainer.pairs.split import pair_group, split_by_group

@@ -14,20 +14,10 @@ from typing import Any
 
 from trainer.pairs.cascade import Choice
 from trainer.pairs.diffs import PatchSummary, describe, patch_lines, summarize_patch
-from trainer.pairs.masking import (
-    PLACEHOLDER,
-    LineScrubber,
-    StretchScrubber,
-    added_lines,
-    issue_title,
-    leaked_lines,
-    mask_messages,
-    mask_terms,
-    problem_statement,
-    render,
-)
+from trainer.pairs.masking import PLACEHOLDER, mask_messages, problem_statement, render
 from trainer.pairs.mine_config import MINER_VERSION, STAGES, MinerConfig
 from trainer.pairs.record import PairRecord
+from trainer.pairs.scrub import LineScrubber, StretchScrubber, added_lines, issue_title, leaked_lines, mask_terms
 from trainer.pairs.sources import Source, iter_source
 from trainer.pairs.split import issue_group
 from trainer.pairs.summaries import STOPWORDS, WORD_PATTERN, Summary, similarity
@@ -38,7 +28,7 @@ class Spool:
     words' document frequencies over the spooled trajectories)."""
 
     def __init__(self) -> None:
-        self.file = tempfile.TemporaryFile()
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 - the spool owns it; close() closes it
         self.where: dict[int, tuple[int, int]] = {}
         self.issue_df: Counter[str] = Counter()
         self.issues = 0

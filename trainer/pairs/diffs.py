@@ -30,7 +30,7 @@ import keyword
 import re
 from dataclasses import dataclass, field
 
-from unidiff import PatchSet
+from unidiff import Hunk, PatchSet
 from unidiff.errors import UnidiffParseError
 
 _PY_SUFFIXES = (".py", ".pyi")
@@ -95,7 +95,7 @@ def _indent(text: str) -> int:
     return len(text.expandtabs(8)) - len(text.expandtabs(8).lstrip())
 
 
-def _python_scopes(hunk) -> list[tuple[str, bool]]:  # type: ignore[no-untyped-def]
+def _python_scopes(hunk: Hunk) -> list[tuple[str, bool]]:
     """(qualified name, whether the innermost scope is a function) per edited scope, in order."""
     stack: list[tuple[int, str, bool]] = []
     header = _SCOPE_LINE.match(hunk.section_header or "")
@@ -118,7 +118,7 @@ def _python_scopes(hunk) -> list[tuple[str, bool]]:  # type: ignore[no-untyped-d
     return list(found.items())
 
 
-def _header_function(hunk) -> list[tuple[str, bool]]:  # type: ignore[no-untyped-def]
+def _header_function(hunk: Hunk) -> list[tuple[str, bool]]:
     match = _CALL_NAME.search(hunk.section_header or "")
     return [(match.group(1), True)] if match else []
 

@@ -68,10 +68,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from trainer.pairs.build import Spool, build_record, pair_id, spool_selected
 from trainer.pairs.cascade import Choice, cascade, choose_anchors
@@ -104,7 +104,7 @@ class MineResult:
 
 
 def mine(
-    paths: list[str | Path],
+    paths: Sequence[str | Path],
     out: str | Path,
     config: MinerConfig | None = None,
     report_dir: str | Path | None = None,
@@ -127,7 +127,42 @@ def mine(
     sources = [open_source(path, results) for path in paths]
     funnel = Funnel(config=config.model_dump())
 
-    # pass 1: summaries
+    summaries = read_summaries(sources, config, funnel, say)
+    if not summaries and not allow_empty:
+        raise EmptyInput(
+            "no trajectories in "
+            + ", ".join(str(source.path) for source in sources)
+            + " (pass --allow-empty to write an empty pairs file)"
+        )
+    say(f"pass 1 done: {funnel.trajectories:,} trajectories, {funnel.with_edits:,} with edits")
+
+    anchors = choose_anchors(summaries, config, funnel)
+    pools = cascade(summaries, anchors, config, funnel)
+    say(f"cascade done: {funnel.stages['pooled']:,} candidates pooled for {len(pools):,} of {len(anchors):,} anchors")
+
+    # pass 2: re-read only the pooled trajectories
+    needed = {c.anchor for pool in pools for c in pool} | {c.negative for pool in pools for c in pool}
+    spool = spool_selected(sources, summaries, needed, config)
+    store = RecordStore()
+    try:
+        records = select_pairs(pools, summaries, sources, spool, store, config, funnel)
+    finally:
+        spool.close()
+        store.close()
+    say(f"selected {len(records):,} pairs")
+    _write_records(records, config, funnel, out, report_path)
+    del records  # the audit reads the written file: one copy of the pairs in memory at a time
+    report = funnel.write(report_path)
+    if funnel.stages["written"] >= 2:
+        report = _audit_written(out, report_path, config.seed, funnel)
+    return MineResult(funnel=funnel, out=out, report=report)
+
+
+def read_summaries(
+    sources: list[Source], config: MinerConfig, funnel: Funnel, say: Callable[[str], None]
+) -> list[Summary]:
+    """Pass 1 (step 1 of the module docstring): every input streamed into bounded summaries, a repeated episode_id
+    skipped; the funnel gets the inputs and the trajectory counts."""
     summaries: list[Summary] = []
     seen: set[str] = set()
     interned: dict[str, str] = {}
@@ -149,47 +184,25 @@ def mine(
             entry["results_from"] = source.run.results_from
             entry["not_trajectories"] = source.run.skipped
         funnel.inputs.append(entry)
-    del seen
-    if not summaries and not allow_empty:
-        raise EmptyInput(
-            "no trajectories in "
-            + ", ".join(str(source.path) for source in sources)
-            + " (pass --allow-empty to write an empty pairs file)"
-        )
     funnel.trajectories = len(summaries)
     funnel.unknown_repo = sum(1 for s in summaries if s.repo is None)
     funnel.with_edits = sum(1 for s in summaries if s.files)
-    say(f"pass 1 done: {funnel.trajectories:,} trajectories, {funnel.with_edits:,} with edits")
+    return summaries
 
-    anchors = choose_anchors(summaries, config, funnel)
-    pools = cascade(summaries, anchors, config, funnel)
-    say(f"cascade done: {funnel.stages['pooled']:,} candidates pooled for {len(pools):,} of {len(anchors):,} anchors")
 
-    # pass 2: re-read only the pooled trajectories
-    needed = {c.anchor for pool in pools for c in pool} | {c.negative for pool in pools for c in pool}
-    spool = spool_selected(sources, summaries, needed, config)
-    store = RecordStore()
-    try:
-        records = select_pairs(pools, summaries, sources, spool, store, config, funnel)
-    finally:
-        spool.close()
-        store.close()
-    say(f"selected {len(records):,} pairs")
-    _write_records(records, config, funnel, out, report_path)
-    del records  # the audit reads the written file: one copy of the pairs in memory at a time
-    report = funnel.write(report_path)
-    if funnel.stages["written"] >= 2:
-        from trainer.pairs.audit import audit_file
+def _audit_written(out: Path, report_path: Path, seed: int, funnel: Funnel) -> dict[str, Path]:
+    """Step 8: audit the written pairs into report_path, put the verdict into the funnel and rewrite it; the report
+    files."""
+    from trainer.pairs.audit import audit_file
 
-        audit, files = audit_file(out, report_path, seed=config.seed)
-        funnel.audit = {
-            "best": audit.best.name,
-            "accuracy": audit.best.accuracy,
-            "bound": audit.bound,
-            "passes": audit.passes,
-        }
-        report = {**funnel.write(report_path), "audit_json": files["json"], "audit_png": files["png"]}
-    return MineResult(funnel=funnel, out=out, report=report)
+    audit, files = audit_file(out, report_path, seed=seed)
+    funnel.audit = {
+        "best": audit.best.name,
+        "accuracy": audit.best.accuracy,
+        "bound": audit.bound,
+        "passes": audit.passes,
+    }
+    return {**funnel.write(report_path), "audit_json": files["json"], "audit_png": files["png"]}
 
 
 def select_pairs(
@@ -241,46 +254,46 @@ def _write_records(
     out.parent.mkdir(parents=True, exist_ok=True)
     all_records = records
 
-    async def run() -> None:
-        with (
-            partial.open("w", encoding="utf-8") as handle,
-            rejected_path.open("w", encoding="utf-8") if engine else open(os.devnull, "w") as rejected,
-        ):
-            batch_size = config.judge_batch if engine else 16  # records are big (two contexts): few at a time
-            iterator = iter(all_records)
-            while records := list(itertools.islice(iterator, batch_size)):
-                if engine is not None:
-                    from trainer.pairs.judge import judge_pairs
+    async def run(handle: TextIO, rejected: TextIO) -> None:
+        batch_size = config.judge_batch if engine else 16  # records are big (two contexts): few at a time
+        iterator = iter(all_records)
+        while records := list(itertools.islice(iterator, batch_size)):
+            if engine is not None:
+                from trainer.pairs.judge import judge_pairs
 
-                    verdicts = await judge_pairs(
-                        engine,
-                        records,
-                        seed=config.seed,
-                        concurrency=config.judge_concurrency,
-                        max_context_chars=config.judge_max_context_chars,
-                    )
-                    kept = []
-                    for record, verdict in zip(records, verdicts):
-                        record.judge = verdict
-                        assert funnel.judge is not None
-                        funnel.judge["accepted" if verdict["accepted"] else "rejected"] += 1
-                        funnel.judge["shortcut"] += bool(verdict.get("shortcut"))
-                        funnel.judge["ambiguous"] += bool(verdict.get("ambiguous"))
-                        if verdict["accepted"]:
-                            kept.append(record)
-                        else:
-                            rejected.write(record.model_dump_json() + "\n")
-                    records = kept
-                funnel.stages["judged"] += len(records)
-                for record in records:
-                    handle.write(record.model_dump_json() + "\n")
-                    funnel.pairs_by_stage[record.funnel_stage] = funnel.pairs_by_stage.get(record.funnel_stage, 0) + 1
-                funnel.stages["written"] += len(records)
+                verdicts = await judge_pairs(
+                    engine,
+                    records,
+                    seed=config.seed,
+                    concurrency=config.judge_concurrency,
+                    max_context_chars=config.judge_max_context_chars,
+                )
+                kept = []
+                for record, verdict in zip(records, verdicts):
+                    record.judge = verdict
+                    assert funnel.judge is not None
+                    funnel.judge["accepted" if verdict["accepted"] else "rejected"] += 1
+                    funnel.judge["shortcut"] += bool(verdict.get("shortcut"))
+                    funnel.judge["ambiguous"] += bool(verdict.get("ambiguous"))
+                    if verdict["accepted"]:
+                        kept.append(record)
+                    else:
+                        rejected.write(record.model_dump_json() + "\n")
+                records = kept
+            funnel.stages["judged"] += len(records)
+            for record in records:
+                handle.write(record.model_dump_json() + "\n")
+                funnel.pairs_by_stage[record.funnel_stage] = funnel.pairs_by_stage.get(record.funnel_stage, 0) + 1
+            funnel.stages["written"] += len(records)
         if engine is not None:
             await engine.close()
 
     try:
-        asyncio.run(run())
+        with (
+            partial.open("w", encoding="utf-8") as handle,
+            rejected_path.open("w", encoding="utf-8") if engine else open(os.devnull, "w") as rejected,
+        ):
+            asyncio.run(run(handle, rejected))
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

@@ -3,15 +3,17 @@ read; the construction they steer is in mine.py's docstring."""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
+
+from envserver.settings import SettingsError, load_settings
 
 MINER_VERSION = 1
-STAGES = ("same_repo_commit", "same_file", "same_function", "related_issue")
 Stage = Literal["same_repo_commit", "same_file", "same_function", "related_issue"]
+STAGES: tuple[Stage, ...] = ("same_repo_commit", "same_file", "same_function", "related_issue")
 OWN_FORMAT = "contextrl"
 """Our own trajectory JSONL (`agent.trajectory`), told apart from third-party sets by its `task_id` key."""
 
@@ -74,47 +76,47 @@ class MinerConfig(BaseModel):
     min_stage: Stage = "same_file"
     """The stage a candidate must pass to enter the pool; deeper stages rank first in it (the paper keeps only the
     whole cascade's survivors, which on a few hundred real trajectories are a handful: README, findings)."""
-    similarity_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    similarity_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     """related_issue: a fixed threshold on the estimated Jaccard similarity of the problem statements' word sets;
     None: `similarity_quantile` of the observed same_function similarities (the funnel reports the value)."""
-    similarity_quantile: float = Field(0.5, ge=0.0, le=1.0)
+    similarity_quantile: float = Field(default=0.5, ge=0.0, le=1.0)
     """related_issue, when no fixed threshold: the quantile of the same_function candidates' similarities that a
     candidate must reach (0.5: the more related half)."""
     ignored_paths: list[str] = Field(default_factory=lambda: list(HARNESS_PATHS))
     """fnmatch patterns (`*` spans `/`) of files that never make two trajectories `same_file` and do not count as
     edits: packaging, harness and test configuration, docs, tests (what the test harness or a release touches,
     not the fix)."""
-    pool_per_anchor: int = Field(4, ge=1)
+    pool_per_anchor: int = Field(default=4, ge=1)
     """Candidates per anchor (distinct confounder instances, best first) whose records are built and scored, from
     which the balanced selection picks `pairs_per_anchor`."""
-    balance_bound: float = Field(0.55, gt=0.5, le=1.0)
+    balance_bound: float = Field(default=0.55, gt=0.5, le=1.0)
     """Selection: each label-blind baseline may pick the positive in at most this share of the pairs (and at least
-    1 − this): `audit.SHORTCUT_BOUND` minus room for the cross-validated classifiers' noise."""
-    audit_target: float | None = Field(0.6, gt=0.5, le=1.0)
+    1 − this): `audit_report.SHORTCUT_BOUND` minus room for the cross-validated classifiers' noise."""
+    audit_target: float | None = Field(default=0.6, gt=0.5, le=1.0)
     """Adversarial filtering: pairs a baseline solves are swapped or dropped until the audit's best baseline is ≤
     this (the audit's bound; its accuracies are deterministic in the pairs file); None: no filtering (the audit
     still runs and is reported)."""
-    max_pairs: int = Field(1000, ge=1)
+    max_pairs: int = Field(default=1000, ge=1)
     """Pairs kept at most (the paper's set is 1k): anchors are visited in a seeded order and records are built only
     until this many are chosen, so the cost of a large input is bounded by what is kept."""
-    min_pairs: int = Field(20, ge=2)
+    min_pairs: int = Field(default=20, ge=2)
     """Adversarial filtering stops rather than leave fewer distinct issue pairs than this (the report then shows the
     bound missed)."""
-    signature_size: int = Field(128, ge=8)
+    signature_size: int = Field(default=128, ge=8)
     """Words kept in a problem statement's signature (bottom-k MinHash: exact for fewer than k distinct words)."""
     anchor_outcome: Literal["resolved", "not_failed", "any"] = "not_failed"
     """Which trajectories may be positives: only resolved ones, any the data does not mark failed, or any."""
-    max_anchors_per_instance: int = Field(1, ge=1)
+    max_anchors_per_instance: int = Field(default=1, ge=1)
     """Anchors per task instance (several resolved runs of one instance would repeat the same query)."""
-    pairs_per_anchor: int = Field(1, ge=1)
+    pairs_per_anchor: int = Field(default=1, ge=1)
     """Pairs per anchor, each with a confounder from a different instance (at most `pool_per_anchor`)."""
-    max_candidates_per_anchor: int = Field(1000, ge=1)
+    max_candidates_per_anchor: int = Field(default=1000, ge=1)
     """File-sharing candidates examined per anchor (a seeded sample beyond this): bounds the work in huge repos."""
     drop_top_level_new_files: bool = True
     """A file the patch creates at the repository's top level is a scratch script, not part of the fix."""
-    min_patch_line_chars: int = Field(10, ge=1)
+    min_patch_line_chars: int = Field(default=10, ge=1)
     """A patch line shorter than this (collapsed, stripped) is trivial (`else:`, `pass`, `)`) and not masked."""
-    issue_term_max_df: float | None = Field(0.1, gt=0.0, le=1.0)
+    issue_term_max_df: float | None = Field(default=0.1, gt=0.0, le=1.0)
     """Words of either pair's issue that are in at most this share of the pooled trajectories' issues (the issue's
     own vocabulary: names, error text, example values) are masked in both contexts, except the names of the
     patches' files and functions; None: off. An agent restates, greps and reproduces its issue, so without this the
@@ -123,42 +125,26 @@ class MinerConfig(BaseModel):
     """Replace the issue text inside the contexts (the query quoted verbatim would give the positive away)."""
     include_system: bool = False
     """Render the system prompt into the contexts (boilerplate of the agent framework)."""
-    max_output_chars: int = Field(4000, ge=0)
+    max_output_chars: int = Field(default=4000, ge=0)
     """A tool output or user message longer than this keeps its head and tail (0: no limit)."""
     judge_url: str | None = None
     """OpenAI-compatible endpoint of the judge (e.g. http://127.0.0.1:8001/v1); None: no judge."""
     judge_model: str | None = None
     """Model name the judge endpoint serves."""
-    judge_concurrency: int = Field(8, ge=1)
+    judge_concurrency: int = Field(default=8, ge=1)
     """Judge requests in flight."""
-    judge_max_context_chars: int = Field(12000, ge=200)
+    judge_max_context_chars: int = Field(default=12000, ge=200)
     """Each context is cut to its head and tail at this many characters for the judge."""
-    judge_batch: int = Field(64, ge=1)
+    judge_batch: int = Field(default=64, ge=1)
     """Pairs judged per batch (bounds the records held in memory)."""
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any]) -> MinerConfig:
-    """A MinerConfig from a JSON (or YAML) file of its fields, with `overrides` (None values ignored) on top."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise MinerError(f"{path}: no such config file")
-        text = path.read_text(encoding="utf-8")
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text) or {}
-            else:
-                data = json.loads(text)
-        except Exception as exc:  # noqa: BLE001 - any parse error is the user's file
-            raise MinerError(f"{path}: cannot parse the config: {exc}") from None
-        if not isinstance(data, dict):
-            raise MinerError(f"{path}: the config must be an object of MinerConfig fields")
-    data.update({key: value for key, value in overrides.items() if value is not None})
+def load_config(
+    path: str | Path | None, overrides: Sequence[str] = (), flags: dict[str, Any] | None = None
+) -> MinerConfig:
+    """A MinerConfig: defaults < the file (YAML or JSON) < each `--set KEY=VALUE` < the flags (None: not given), the
+    project's one settings rule (envserver/settings.py)."""
     try:
-        return MinerConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(config)'}: {e['msg']}" for e in exc.errors())
-        raise MinerError(f"bad miner setting: {problems}") from None
+        return load_settings(MinerConfig, path, overrides, flags)
+    except SettingsError as exc:
+        raise MinerError(str(exc)) from None

@@ -10,7 +10,7 @@ Every pair is shown in both orders (`balanced_presentations`), so a model that f
 two contexts are truncated by the same rule whichever is the positive, so their shown lengths cannot carry the label
 beyond what the untruncated texts already do. The opening both contexts share (in mined pairs, the agent's
 instructions) is by default left out of both options behind one fixed marker line, so the token budget goes to where
-the contexts differ (`prompt_text`, `shown_fractions`).
+the contexts differ (`prompt_text`, `shown_fractions`; the cut and the shared opening: `context_budget`).
 
 Tokenization: the prompt is our Qwen3 chat template (agent.chat_template) with `enable_thinking=False`, so the opened
 assistant turn ends `<think>\\n\\n</think>\\n\\n` and the option digit is the first token the model would emit (Qwen's
@@ -27,11 +27,13 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-RECORD_VERSION = 1
+from trainer.pairs.context_budget import SharedPrefix, encode_content, fit_contexts, shown_tokens
+
+RECORD_VERSION: Final = 1
 
 FunnelStage = Literal["same_repo_commit", "same_file", "same_function", "related_issue", "synthetic"]
 """Where in the mining cascade the negative was found (same repo/commit → same file → same function → related
@@ -141,31 +143,6 @@ the same pair reads differently from version 1 — in mined pairs whole instruct
 trajectory) came out of a 1,024-token budget — and its accuracies are not comparable with version 1's. A pair with no
 shared opening (and shared_prefix="keep", for any pair) gives version 1's text exactly."""
 
-SharedPrefix = Literal["omit", "once", "keep"]
-"""How the opening both contexts share is shown (`prompt_text`)."""
-
-TRUNCATION_MARKER = "\n[… middle of this context omitted …]\n"
-"""Replaces the middle of a context over its budget. Fixed text (no count of omitted tokens), so it says nothing
-about how long the hidden part was."""
-
-SHARED_OPENING_MARKERS: dict[str, str] = {
-    "omit": "[… the opening both options share is omitted …]\n",
-    "once": "[… the opening both options share is shown once, above …]\n",
-}
-"""The first line of each option when the shared opening is left out of it. Fixed text, identical in both options
-(no count, nothing of either context), so it carries no information about which one is the positive."""
-
-SHARED_OPENING_BLOCK = "<shared_opening>\n{text}</shared_opening>\n\n"
-"""shared_prefix="once": the shared opening, before the options (its text ends with a newline: whole lines)."""
-
-MIN_SHARED_LINES = 3
-MIN_SHARED_CHARS = 200
-"""A shared opening shorter than this (in whole lines, or in characters) is left in both contexts: the marker line
-would cost about as much as it saves, and a line or two in common is ordinary look-alike text."""
-
-SHARED_OPENING_SHARE = 8
-"""shared_prefix="once": the shared opening gets at most max_context_tokens // SHARED_OPENING_SHARE tokens (cut in the
-middle beyond that); the two options split what is left."""
 
 _PLACEHOLDER = "\ue000"  # a private-use character, never produced by the template itself
 
@@ -212,93 +189,6 @@ def option_token_ids(tokenizer: Any) -> tuple[int, int]:
     return ids[0], ids[1]
 
 
-def _encode_content(tokenizer: Any, text: str, offsets: bool = False) -> Any:
-    """Content ids with control tokens split (a literal `<|im_end|>` in a trajectory is text, not a turn's end)."""
-    encoded = tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=offsets)
-    return (list(encoded["input_ids"]), list(encoded["offset_mapping"])) if offsets else list(encoded["input_ids"])
-
-
-Spans = list[tuple[int, int]]
-"""Character ranges [start, end) of a text that the prompt shows."""
-
-
-def _cut_middle(tokenizer: Any, text: str, max_tokens: int) -> tuple[str, Spans]:
-    """`truncate_middle`'s result and the character ranges of `text` it keeps."""
-    ids, offsets = _encode_content(tokenizer, text, offsets=True)
-    if len(ids) <= max_tokens or not ids:
-        return text, [(0, len(text))]
-    keep = max_tokens - len(_encode_content(tokenizer, TRUNCATION_MARKER))
-    while keep >= 2:
-        head, tail = (keep + 1) // 2, keep // 2
-        head_end, tail_start = offsets[head - 1][1], offsets[len(ids) - tail][0]
-        cut = text[:head_end] + TRUNCATION_MARKER + text[tail_start:]
-        excess = len(_encode_content(tokenizer, cut)) - max_tokens
-        if excess <= 0:
-            return cut, [(0, head_end), (tail_start, len(text))]
-        keep -= excess
-    raise ValueError(f"a context budget of {max_tokens} tokens leaves no room around the truncation marker")
-
-
-def truncate_middle(tokenizer: Any, text: str, max_tokens: int) -> str:
-    """`text`, or when it is over max_tokens tokens, its head and tail around TRUNCATION_MARKER.
-
-    The result tokenizes (on its own) to at most max_tokens tokens: the head keeps about ⌈k/2⌉ and the tail
-    ⌊k/2⌋ of the k tokens left after the marker, cut at token boundaries in the text (characters are never split);
-    when the re-tokenized result comes out longer, k shrinks until it fits. It depends only on the text and the
-    budget, so both options of a pair are cut by the same rule.
-    """
-    return _cut_middle(tokenizer, text, max_tokens)[0]
-
-
-def shared_opening(first: str, second: str) -> int:
-    """The length in characters of the opening `first` and `second` share in whole lines (each ending with "\\n" in
-    both), or 0 when it is under MIN_SHARED_LINES lines or MIN_SHARED_CHARS characters. Symmetric in its arguments."""
-    end = lines = 0
-    while (newline := first.find("\n", end)) >= 0 and first[end : newline + 1] == second[end : newline + 1]:
-        end, lines = newline + 1, lines + 1
-    return end if lines >= MIN_SHARED_LINES and end >= MIN_SHARED_CHARS else 0
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """How a pair's contexts fill the prompt (the same whichever order they are shown in)."""
-
-    shared_block: str
-    """SHARED_OPENING_BLOCK filled in, or empty."""
-    shared_chars: int
-    """Length of the opening both contexts share (0: none, or shared_prefix="keep")."""
-    options: dict[str, str]
-    """The option text of each context, by "positive" / "negative"."""
-    rest_spans: dict[str, Spans]
-    """Character ranges shown of each context after its shared opening."""
-    whole_spans: dict[str, Spans]
-    """Character ranges shown of each whole context (the shared opening's, when shown once, included)."""
-
-
-def _layout(pair: PairRecord, tokenizer: Any, max_context_tokens: int, shared_prefix: SharedPrefix) -> _Layout:
-    if shared_prefix not in ("omit", "once", "keep"):
-        raise ValueError(f"shared_prefix must be 'omit', 'once' or 'keep', not {shared_prefix!r}")
-    shared = 0 if shared_prefix == "keep" else shared_opening(pair.positive, pair.negative)
-    budget, block, marker, shared_spans = max_context_tokens, "", "", []
-    if shared:
-        if shared_prefix == "once":
-            text, shared_spans = _cut_middle(
-                tokenizer, pair.positive[:shared], max_context_tokens // SHARED_OPENING_SHARE
-            )
-            block = SHARED_OPENING_BLOCK.format(text=text)
-            budget -= len(_encode_content(tokenizer, text))  # the block is context too: out of the same budget
-        marker = SHARED_OPENING_MARKERS[shared_prefix]
-    # The marker line counts against its option's half, so the prompt stays within what max_context_tokens promises.
-    half = budget // 2 - (len(_encode_content(tokenizer, marker)) if marker else 0)
-    options, rest_spans, whole_spans = {}, {}, {}
-    for name, context in (("positive", pair.positive), ("negative", pair.negative)):
-        text, spans = _cut_middle(tokenizer, context[shared:], half)
-        options[name] = marker + text
-        rest_spans[name] = spans
-        whole_spans[name] = shared_spans + [(shared + start, shared + end) for start, end in spans]
-    return _Layout(block, shared, options, rest_spans, whole_spans)
-
-
 def prompt_text(
     pair: PairRecord,
     tokenizer: Any,
@@ -326,7 +216,7 @@ def prompt_text(
     Either way the cut depends only on the two texts (the shared opening is symmetric in them) and the budget: the
     same rule whichever context is the positive.
     """
-    layout = _layout(pair, tokenizer, max_context_tokens, shared_prefix)
+    layout = fit_contexts(pair.positive, pair.negative, tokenizer, max_context_tokens, shared_prefix)
     first, second = ("positive", "negative") if positive_first else ("negative", "positive")
     return PROMPT.format(
         query=pair.query,
@@ -335,18 +225,6 @@ def prompt_text(
         option_1=layout.options[first],
         option_2=layout.options[second],
     )
-
-
-def _shown_tokens(offsets: Sequence[tuple[int, int]], spans: Spans) -> int:
-    """How many tokens (by their character offsets) lie wholly inside the shown ranges (adjacent ranges joined, so a
-    token across the end of a shown shared opening and the start of the shown rest counts)."""
-    merged: Spans = []
-    for start, end in sorted(spans):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return sum(any(start <= a and b <= end for start, end in merged) for a, b in offsets)
 
 
 def shown_fractions(
@@ -358,18 +236,18 @@ def shown_fractions(
     none, or with shared_prefix="keep"; 1.0 when nothing is left after it); `positive_whole` / `negative_whole`: of
     the whole context (a shared opening shown once counts as shown for both); `shared_opening_tokens`: the shared
     opening's length in tokens (0 when none)."""
-    layout = _layout(pair, tokenizer, max_context_tokens, shared_prefix)
+    layout = fit_contexts(pair.positive, pair.negative, tokenizer, max_context_tokens, shared_prefix)
     shared = layout.shared_chars
     fractions: dict[str, float | int] = {
-        "shared_opening_tokens": len(_encode_content(tokenizer, pair.positive[:shared])) if shared else 0
+        "shared_opening_tokens": len(encode_content(tokenizer, pair.positive[:shared])) if shared else 0
     }
     for name, context in (("positive", pair.positive), ("negative", pair.negative)):
         for part, text, spans in (
             ("rest", context[shared:], layout.rest_spans[name]),
             ("whole", context, layout.whole_spans[name]),
         ):
-            _, offsets = _encode_content(tokenizer, text, offsets=True)
-            fractions[f"{name}_{part}"] = _shown_tokens(offsets, spans) / len(offsets) if offsets else 1.0
+            _, offsets = encode_content(tokenizer, text, offsets=True)
+            fractions[f"{name}_{part}"] = shown_tokens(offsets, spans) / len(offsets) if offsets else 1.0
     return fractions
 
 
@@ -396,7 +274,7 @@ def present(
     # tokenization splits too, so the ids equal tokenizing the rendered text (when the content has no control tokens).
     input_ids = (
         tokenizer.encode(prefix, add_special_tokens=False)
-        + _encode_content(tokenizer, body)
+        + encode_content(tokenizer, body)
         + tokenizer.encode(suffix, add_special_tokens=False)
     )
     return Presentation(

@@ -58,7 +58,7 @@ class RecordStore:
     are cached in memory."""
 
     def __init__(self) -> None:
-        self.file = tempfile.TemporaryFile()
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 - the store owns it; close() closes it
         self.where: list[tuple[int, int]] = []
         self.cache: dict[int, PairRecord] = {}
 
@@ -117,9 +117,9 @@ def _tiebreak(seed: int, *parts: object) -> int:
 
 def scalar_signs(records: Sequence[PairRecord]) -> np.ndarray:
     """pairs × scalar baselines of the audit: +1 where the baseline would pick C+, −1 where C−, 0 on a tie."""
-    from trainer.pairs.audit import _Corpus, scalar_features
+    from trainer.pairs.audit_features import Corpus, scalar_features
 
-    corpus = _Corpus.build([r.query for r in records] + [r.positive for r in records] + [r.negative for r in records])
+    corpus = Corpus.build([r.query for r in records] + [r.positive for r in records] + [r.negative for r in records])
     positive, negative = scalar_features(records, corpus)
     return np.sign(positive - negative).astype(np.int64)
 
@@ -213,11 +213,7 @@ def adversarial_filter(
 
     chosen = list(chosen)
     tried = set(chosen)
-    next_of: dict[int, list[int]] = {}
-    for index, candidate in enumerate(candidates):
-        next_of.setdefault(candidate.anchor, []).append(index)
-    for indices in next_of.values():
-        indices.sort(key=lambda i: candidates[i].rank)
+    next_of = _by_anchor(candidates)
     if len(chosen) < 2:
         log.stopped = "fewer than 2 pairs: nothing to audit"
         return sorted(chosen)
@@ -240,51 +236,9 @@ def adversarial_filter(
                 f"every baseline within [{1 - target:.2f}, {target}] (furthest: {name} {accuracies[name]:.3f})"
             )
             break
-        per_pair = np.asarray(outcomes[name])
-        if accuracies[name] < 0.5:
-            per_pair = 1 - per_pair  # the pairs it gets wrong are the ones to go
         excess = max(1, math.ceil((accuracy - target) * len(chosen)))
-        solved = [k for k in range(len(chosen)) if per_pair[k] > 0.5]
-        # the pairs most baselines solve go first (the most shortcut-laden), then mirrors of a kept pair (dropping
-        # one loses no issue pair), then the least preferred
-        solved_by = sum(np.asarray(o) for o in outcomes.values() if not isinstance(o, str))
-        group_count = Counter(candidates[i].group for i in chosen)
-        solved.sort(
-            key=lambda k: (
-                -float(solved_by[k]),
-                group_count[candidates[chosen[k]].group] == 1,
-                -candidates[chosen[k]].rank,
-                _tiebreak(seed, "drop", chosen[k]),
-            )
-        )
-        changed = False
-        drop: list[int] = []
-        groups = {candidates[i].group for i in chosen}
-        for k in solved[:excess]:
-            current = chosen[k]
-            replacement = next(
-                (
-                    i
-                    for i in next_of[candidates[current].anchor]
-                    if i not in tried and candidates[i].group not in groups
-                ),
-                None,
-            )
-            if replacement is not None:
-                chosen[k] = replacement
-                tried.add(replacement)
-                groups.add(candidates[replacement].group)
-                log.swapped += 1
-                changed = True
-            elif group_count[candidates[current].group] > 1 or len(group_count) > min_pairs:
-                drop.append(k)
-                group_count[candidates[current].group] -= 1
-                if not group_count[candidates[current].group]:
-                    del group_count[candidates[current].group]
-        if drop:
-            chosen = [i for k, i in enumerate(chosen) if k not in set(drop)]
-            log.dropped += len(drop)
-            changed = True
+        solved = _solved_first_to_go(outcomes, name, accuracies[name] < 0.5, candidates, chosen, seed)
+        chosen, changed = _swap_or_drop(solved[:excess], candidates, chosen, next_of, tried, min_pairs, log)
         log.filter_rounds = round_ + 1
         if not changed:
             log.stopped = (
@@ -295,3 +249,81 @@ def adversarial_filter(
     else:
         log.stopped = f"stopped after {max_rounds} rounds"
     return sorted(chosen)
+
+
+def _by_anchor(candidates: Sequence[Candidate]) -> dict[int, list[int]]:
+    """Each anchor's candidate indices, in preference order."""
+    next_of: dict[int, list[int]] = {}
+    for index, candidate in enumerate(candidates):
+        next_of.setdefault(candidate.anchor, []).append(index)
+    for indices in next_of.values():
+        indices.sort(key=lambda i: candidates[i].rank)
+    return next_of
+
+
+def _solved_first_to_go(
+    outcomes: dict[str, np.ndarray | str],
+    name: str,
+    below_chance: bool,
+    candidates: Sequence[Candidate],
+    chosen: list[int],
+    seed: int,
+) -> list[int]:
+    """The positions in `chosen` of the pairs the baseline `name` solves (below chance: gets wrong), in the order they
+    go: the pairs most baselines solve first (the most shortcut-laden), then mirrors of a kept pair (dropping one loses
+    no issue pair), then the least preferred."""
+    per_pair = np.asarray(outcomes[name])
+    if below_chance:
+        per_pair = 1 - per_pair  # the pairs it gets wrong are the ones to go
+    solved = [k for k in range(len(chosen)) if per_pair[k] > 0.5]
+    solved_by = np.sum([np.asarray(o) for o in outcomes.values() if not isinstance(o, str)], axis=0)
+    group_count = Counter(candidates[i].group for i in chosen)
+    solved.sort(
+        key=lambda k: (
+            -float(solved_by[k]),
+            group_count[candidates[chosen[k]].group] == 1,
+            -candidates[chosen[k]].rank,
+            _tiebreak(seed, "drop", chosen[k]),
+        )
+    )
+    return solved
+
+
+def _swap_or_drop(
+    positions: list[int],
+    candidates: Sequence[Candidate],
+    chosen: list[int],
+    next_of: dict[int, list[int]],
+    tried: set[int],
+    min_pairs: int,
+    log: SelectionLog,
+) -> tuple[list[int], bool]:
+    """Each pair at `positions` of `chosen` is swapped for its anchor's next untried candidate of a new issue pair, or
+    dropped when there is none (unless that would leave fewer than `min_pairs` issue pairs). Returns (the new chosen
+    list, whether anything changed); `tried` and `log` are updated."""
+    group_count = Counter(candidates[i].group for i in chosen)
+    changed = False
+    drop: list[int] = []
+    groups = {candidates[i].group for i in chosen}
+    for k in positions:
+        current = chosen[k]
+        replacement = next(
+            (i for i in next_of[candidates[current].anchor] if i not in tried and candidates[i].group not in groups),
+            None,
+        )
+        if replacement is not None:
+            chosen[k] = replacement
+            tried.add(replacement)
+            groups.add(candidates[replacement].group)
+            log.swapped += 1
+            changed = True
+        elif group_count[candidates[current].group] > 1 or len(group_count) > min_pairs:
+            drop.append(k)
+            group_count[candidates[current].group] -= 1
+            if not group_count[candidates[current].group]:
+                del group_count[candidates[current].group]
+    if drop:
+        chosen = [i for k, i in enumerate(chosen) if k not in set(drop)]
+        log.dropped += len(drop)
+        changed = True
+    return chosen, changed
