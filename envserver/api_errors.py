@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -35,17 +35,6 @@ COMMON_ERRORS = {
 }
 POST_ERRORS = {**COMMON_ERRORS, "e400": "`invalid_json`: the body is not JSON", "e413": "`body_too_large`"}
 UNKNOWN_SESSION = "`unknown_session`: no such session (never existed, deleted, or expired)"
-
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=200,
-        description="Names this request: a retry with "
-        "the same key gets the first answer instead of a run of its own (a new key for each reset or step).",
-    ),
-]
 
 _ERRORS = {
     400: "bad_request",

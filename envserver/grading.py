@@ -37,6 +37,7 @@ import asyncio
 import shlex
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from swebench.harness.constants import (
@@ -61,7 +62,8 @@ from swebench.types import TestSpec
 from envserver import log_parsers  # noqa: F401 - registers our parsers in swebench's PARSER_REGISTRY
 from envserver.env_errors import find_env_error, find_network_error, patch_caused
 from envserver.eval_script import make_eval_script, parser_name
-from envserver.patch_policy import command_paths, split_patch
+from envserver.git_diff import split_patch
+from envserver.protected_paths import command_paths
 from envserver.sandbox.base import SandboxBackend, SandboxError, SandboxSpec
 from envserver.tasks import TaskInstance
 from envserver.wire import GradeReport
@@ -233,22 +235,6 @@ def _evaluate(test_spec: TestSpec, log: str) -> tuple[dict[str, dict[str, list[s
     return tests, resolved, found, status_map
 
 
-def _infra(
-    reason: str, started: float, model_patch: str, tail: str = "", applied: bool | None = None, **fields: object
-) -> GradeReport:
-    return GradeReport(
-        resolved=False,
-        reward=0.0,
-        infra_failure=True,
-        infra_reason=reason,
-        patch_applied=applied,
-        model_patch=model_patch,
-        test_output_tail=tail[-OUTPUT_TAIL_CHARS:],
-        duration_s=time.monotonic() - started,
-        **fields,  # type: ignore[arg-type]
-    )
-
-
 def parsed_tests(test_spec: TestSpec, log: str) -> set[str]:
     """FAIL_TO_PASS / PASS_TO_PASS tests the log parser finds a status for, whatever swebench then makes of the log
     (it drops every result of a run whose exit status contradicts them)."""
@@ -257,6 +243,47 @@ def parsed_tests(test_spec: TestSpec, log: str) -> set[str]:
     # Like get_logs_eval: some runners print their results outside the markers.
     status_map = parser(output, test_spec) or parser(log, test_spec) or {}
     return set(status_map) & {*test_spec.FAIL_TO_PASS, *test_spec.PASS_TO_PASS}
+
+
+@dataclass(frozen=True)
+class _GradeRun:
+    """One grade in progress: what each of its possible reports carries."""
+
+    model_patch: str
+    environment_verified: bool
+    started: float
+    """time.monotonic() when grading began (for `duration_s`)."""
+
+    def infra(self, reason: str, log: str = "", applied: bool | None = None, **fields: object) -> GradeReport:
+        """An infrastructure failure: not a grade of the patch (masked by the trainer, never cached)."""
+        return GradeReport.model_validate(
+            dict(
+                resolved=False,
+                reward=0.0,
+                infra_failure=True,
+                infra_reason=reason,
+                patch_applied=applied,
+                model_patch=self.model_patch,
+                test_output_tail=log[-OUTPUT_TAIL_CHARS:],
+                duration_s=time.monotonic() - self.started,
+                environment_verified=self.environment_verified,
+                **fields,
+            )
+        )
+
+    def counted(self, log: str, **fields: object) -> GradeReport:
+        """A grade that counts (not an infra failure)."""
+        values: dict[str, object] = {
+            "resolved": False,
+            "reward": 0.0,
+            "infra_failure": False,
+            "patch_applied": True,
+            "model_patch": self.model_patch,
+            "test_output_tail": log[-OUTPUT_TAIL_CHARS:],
+            "duration_s": time.monotonic() - self.started,
+            "environment_verified": self.environment_verified,
+        }
+        return GradeReport.model_validate({**values, **fields})
 
 
 async def grade(
@@ -274,17 +301,32 @@ async def grade(
 
     `environment_verified`: the task's environment is known to work (it passed validation): a run that fails to
     collect or start is then the patch's doing, never an infra failure (module docstring)."""
-    started = time.monotonic()
-    verified = {"environment_verified": environment_verified}
+    run = _GradeRun(model_patch=model_patch, environment_verified=environment_verified, started=time.monotonic())
     if task.eval is not None:
         timeout_s = min(timeout_s, task.eval.timeout_s)
     if image is None:
-        return _infra("image_missing: no image for this task on the docker host", started, model_patch, **verified)
+        return run.infra("image_missing: no image for this task on the docker host")
     try:
         test_spec = test_spec_for(task, image)
     except GradingConfigError as exc:
-        return _infra(f"no_eval_spec: {exc}", started, model_patch, **verified)
-    spec = SandboxSpec(
+        return run.infra(f"no_eval_spec: {exc}")
+    container = grading_container(task, image, test_spec.eval_script, model_patch, limits, labels)
+    try:
+        exit_code, log = await run_to_end(backend, container, timeout_s)
+    except SandboxError as exc:
+        return run.infra(f"{exc.reason}: {exc}")
+    if exit_code is None:
+        return run.infra(f"test_timeout: the test run exceeded {timeout_s:.0f} s", log)
+    unfinished = _unfinished_run_report(run, exit_code, log)
+    return unfinished if unfinished is not None else _tests_report(run, task, test_spec, log)
+
+
+def grading_container(
+    task: TaskInstance, image: str, eval_script: str, model_patch: str, limits: SandboxSpec, labels: dict[str, str]
+) -> SandboxSpec:
+    """The grading container: the task image with networking off and the episodes' limits, holding the model patch,
+    the eval script and the runner that applies the one and runs the other."""
+    return SandboxSpec(
         image=image,
         labels=labels,
         cpus=limits.cpus,
@@ -294,76 +336,57 @@ async def grade(
         command=["/bin/bash", f"{GRADE_DIR}/run.sh"],
         files={
             f"{GRADE_DIR}/model.patch": model_patch.encode("utf-8"),
-            f"{GRADE_DIR}/eval.sh": test_spec.eval_script.encode("utf-8"),
+            f"{GRADE_DIR}/eval.sh": eval_script.encode("utf-8"),
             f"{GRADE_DIR}/run.sh": runner_script(task.workdir).encode("utf-8"),
         },
     )
-    try:
-        sandbox = await backend.create(spec)
-    except SandboxError as exc:
-        return _infra(f"{exc.reason}: {exc}", started, model_patch, **verified)
+
+
+async def run_to_end(backend: SandboxBackend, spec: SandboxSpec, timeout_s: float) -> tuple[int | None, str]:
+    """Start the container and wait for its command to end: (exit status, None past `timeout_s`; its output). The
+    container is removed whatever happens; SandboxError when the engine fails."""
+    sandbox = await backend.create(spec)
     try:
         exit_code = await sandbox.wait(timeout=timeout_s)
         log = await sandbox.logs(tail_bytes=GRADE_LOG_BYTES)
-    except SandboxError as exc:
-        return _infra(f"{exc.reason}: {exc}", started, model_patch, **verified)
     finally:
         await asyncio.shield(sandbox.remove())
-    if exit_code is None:
-        return _infra(f"test_timeout: the test run exceeded {timeout_s:.0f} s", started, model_patch, log, **verified)
+    return exit_code, log
 
-    def plain(**fields: object) -> GradeReport:
-        """A grade that counts (not an infra failure)."""
-        values: dict[str, object] = dict(
-            resolved=False,
-            reward=0.0,
-            infra_failure=False,
-            patch_applied=True,
-            model_patch=model_patch,
-            test_output_tail=log[-OUTPUT_TAIL_CHARS:],
-            duration_s=time.monotonic() - started,
-            **verified,
-        )
-        return GradeReport(**{**values, **fields})  # type: ignore[arg-type]
 
+def _unfinished_run_report(run: _GradeRun, exit_code: int, log: str) -> GradeReport | None:
+    """The report of a run whose log shows the tests did not run: a patch that did not apply, a dead container,
+    tests that never started. None when they ran."""
     if APPLY_PATCH_FAIL in log:
-        return plain(patch_applied=False)
+        return run.counted(log, patch_applied=False)
     if TEST_PATCH_FAIL in log:
-        if environment_verified:
-            return plain()
-        return _infra(
-            "test_patch_failed: the hidden test patch did not apply", started, model_patch, log, True, **verified
-        )
+        if run.environment_verified:
+            return run.counted(log)
+        return run.infra("test_patch_failed: the hidden test patch did not apply", log, True)
     if exit_code in (137, 139) and END_TEST_OUTPUT not in log:
-        return _infra(
-            f"container_died: the test container exited with {exit_code}", started, model_patch, log, True, **verified
-        )
+        return run.infra(f"container_died: the test container exited with {exit_code}", log, True)
     if START_TEST_OUTPUT not in log:
-        return _infra(
-            f"no_test_output: the tests never started (exit {exit_code})", started, model_patch, log, True, **verified
-        )
+        return run.infra(f"no_test_output: the tests never started (exit {exit_code})", log, True)
+    return None
+
+
+def _tests_report(run: _GradeRun, task: TaskInstance, test_spec: TestSpec, log: str) -> GradeReport:
+    """The grade of a run whose tests ran: swebench's verdict on the log, with the `env_error` of a run that failed
+    to collect, an infra failure when no test got a result and the patch is not to blame (module docstring)."""
     tests, resolved, _, _ = _evaluate(test_spec, log)
     wanted = [*test_spec.FAIL_TO_PASS, *test_spec.PASS_TO_PASS]
     parsed = parsed_tests(test_spec, log)
     ran = bool(parsed) or not wanted
     error = find_env_error(log, parsed_any=ran, parsed_all=bool(wanted) and parsed >= set(wanted))
     env_error = error.line if error else None
-    if error is not None and not ran and not environment_verified:
-        patch_paths = [path for file_patch in split_patch(model_patch)[1] for path in file_patch.paths]
+    if error is not None and not ran and not run.environment_verified:
+        patch_paths = [path for file_patch in split_patch(run.model_patch)[1] for path in file_patch.paths]
         fix_paths = [path for file_patch in split_patch(task.patch)[1] for path in file_patch.paths]
-        if not patch_caused(error, patch_paths, model_patch, fix_paths, task.workdir):
-            return _infra(
-                f"env_error: {error.line}",
-                started,
-                model_patch,
-                log,
-                True,
-                env_error=env_error,
-                tests=tests,
-                **verified,
-            )
+        if not patch_caused(error, patch_paths, run.model_patch, fix_paths, task.workdir):
+            return run.infra(f"env_error: {error.line}", log, True, env_error=env_error, tests=tests)
     network_error = None if resolved else find_network_error(log)
-    return plain(
+    return run.counted(
+        log,
         resolved=resolved,
         reward=1.0 if resolved else 0.0,
         tests=tests,

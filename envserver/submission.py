@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from envserver.patch_policy import FileVersions, unquote
+from envserver.git_diff import unquote
+from envserver.patch_policy import FileVersions
 from envserver.runtime_client import RuntimeClient, RuntimeDied, RuntimeRequestError
 from envserver.sandbox.base import Sandbox, SandboxBackend, SandboxSpec
 from envserver.tasks import TaskInstance

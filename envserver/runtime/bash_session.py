@@ -5,7 +5,8 @@ python3 (>= 3.8): no pexpect, no tmux, nothing to install. Bash runs interactive
 (so job control, Ctrl-C and programs that want a terminal behave as in a terminal). Each command is written to a
 private file and `source`d, so a multi-line command yields one prompt. Completion is detected by PROMPT_COMMAND
 printing a marker that holds a per-session nonce, the exit code and $PWD; PS1/PS2 are kept empty.
-Output is streamed through a head + tail window, so memory stays bounded however much a command prints.
+Output is streamed through a head + tail window (output_window.py), so memory stays bounded however much a command
+prints; a timed-out command's processes are killed as a tree (process_tree.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ import struct
 import tempfile
 import termios
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # mypy checks this directory as the envserver.runtime package; the container runs it flat
+    from envserver.runtime.output_window import OutputWindow
+    from envserver.runtime.process_tree import kill_tree
+else:
+    from output_window import OutputWindow
+    from process_tree import kill_tree
 
 KEYS = {"C-c": b"\x03", "C-d": b"\x04", "C-z": b"\x1a"}
 COLS, ROWS = 120, 40
@@ -28,105 +37,23 @@ MAX_BATCH = 1 << 20
 REAP_ALL = False  # the server sets it: orphans reparent to the runtime when it is PID 1, and zombies count as pids
 
 
-class Window:
-    """Keeps the first `head` and last `tail` characters of a stream and counts what falls in between."""
-
-    def __init__(self, budget: int):
-        self.head_cap = budget // 2
-        self.tail_cap = budget - self.head_cap
-        self.head, self.tail = "", ""
-        self.chars = self.lines = 0
-
-    def add(self, text: str) -> None:
-        if not text:
-            return
-        self.chars += len(text)
-        self.lines += text.count("\n")
-        if len(self.head) < self.head_cap:
-            take = self.head_cap - len(self.head)
-            self.head, text = self.head + text[:take], text[take:]
-        if text:
-            self.tail = (self.tail + text)[-self.tail_cap :] if self.tail_cap else ""
-
-    def render(self, scrub: str) -> tuple:
-        head, tail = self.head.replace(scrub, ""), self.tail.replace(scrub, "")
-        cut = self.chars - len(self.head) - len(self.tail)
-        if cut <= 0:
-            return head + tail, 0
-        lines = self.lines - self.head.count("\n") - self.tail.count("\n")
-        note = "[... %d characters (%d lines) truncated: showing the first %d and last %d characters ...]" % (
-            cut,
-            lines,
-            len(head),
-            len(tail),
-        )
-        return head + ("" if head.endswith("\n") or not head else "\n") + note + "\n" + tail, cut
-
-
-def _procs() -> dict:
-    """pid -> (ppid, pgrp, sid, state) for every process we can see in /proc."""
-    out = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name, "rb") as f:
-                data = f.read()
-            rest = data[data.rfind(b")") + 2 :].split()
-            out[int(name)] = (int(rest[1]), int(rest[2]), int(rest[3]), rest[0])
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
-
-
-def kill_tree(select_root, spare=(), rounds=60) -> bool:
-    """SIGKILL every process for which select_root(pid, info) is true plus all their descendants, repeatedly until
-    none is left alive (a fork bomb keeps forking while we kill). Never kills ourselves or `spare`."""
-    spare = set(spare) | {os.getpid()}
-    spare_groups = {os.getpgrp()} | set(spare)
-    for i in range(rounds):
-        procs = _procs()
-        targets = {p for p, info in procs.items() if p not in spare and select_root(p, info)}
-        children = {}
-        for p, info in procs.items():
-            children.setdefault(info[0], []).append(p)
-        stack = list(targets)
-        while stack:
-            for c in children.get(stack.pop(), ()):
-                if c not in targets:
-                    targets.add(c)
-                    stack.append(c)
-        live = [p for p in targets - spare if procs[p][3] != b"Z"]  # zombies are for their parent to reap
-        if not live:
-            return True
-        for g in {procs[p][1] for p in live} - spare_groups:
-            try:
-                os.killpg(g, signal.SIGKILL)
-            except OSError:
-                pass
-        for p in live:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except OSError:
-                pass
-        time.sleep(min(0.002 * (i + 1), 0.05))
-    return False
-
-
 class ShellDied(Exception):
     pass
 
 
 class BashSession:
-    def __init__(self, cwd: str, init_script: str = None, max_output_chars: int = 30000, hard_timeout: float = 120.0):
+    def __init__(
+        self, cwd: str, init_script: str | None = None, max_output_chars: int = 30000, hard_timeout: float = 120.0
+    ):
         self.cwd0 = cwd if os.path.isdir(cwd) else "/"
         self.cwd = self.cwd0
         self.init_script = init_script
         self.max_output_chars = max_output_chars
         self.hard_timeout = hard_timeout
-        self.pid = self.fd = None
+        self.pid: int | None = None  # negative once reaped by _alive, until _kill_shell cleans up
+        self.fd: int | None = None  # the pty master while a shell runs
         self.running = False  # a command was sent and its marker has not come back yet
-        self.exit_status = None
+        self.exit_status: int | None = None
         self.dir = tempfile.mkdtemp(prefix=".envserver-rt-")
         self.cmd_path = os.path.join(self.dir, "cmd")
 
@@ -135,17 +62,17 @@ class BashSession:
         """Start bash (raises OSError when it cannot, e.g. fork() fails with EAGAIN) and run the init script."""
         nonce = os.urandom(8).hex()
         self.exit_status = None
-        self.start_marker = ("\x1e__RT%s:" % nonce).encode()
-        self.end_marker = (":%sTR__\x1e" % nonce).encode()
+        self.start_marker = f"\x1e__RT{nonce}:".encode()
+        self.end_marker = f":{nonce}TR__\x1e".encode()
         rc = os.path.join(self.dir, "rc")
         self._ensure_dir()
         with open(rc, "w") as f:  # printf's arguments keep the marker from appearing verbatim in `declare -f`
             f.write(
                 "unset HISTFILE PROMPT_COMMAND\nPS1=''; PS2=''\n"
-                "__envserver_prompt() { local e=$? f='\\036__RT%%s:%%s:%%s:%%sTR__\\036'; PS1=''; PS2=''; "
-                '{ printf "$f" %s "$e" "$PWD" %s >/dev/tty; } 2>/dev/null || '
-                'printf "$f" %s "$e" "$PWD" %s; }\n'  # /dev/tty: the agent may `exec >log`
-                "PROMPT_COMMAND=__envserver_prompt\n" % (nonce, nonce, nonce, nonce)
+                "__envserver_prompt() { local e=$? f='\\036__RT%s:%s:%s:%sTR__\\036'; PS1=''; PS2=''; "
+                f'{{ printf "$f" {nonce} "$e" "$PWD" {nonce} >/dev/tty; }} 2>/dev/null || '
+                f'printf "$f" {nonce} "$e" "$PWD" {nonce}; }}\n'  # /dev/tty: the agent may `exec >log`
+                "PROMPT_COMMAND=__envserver_prompt\n"
             )
         env = dict(os.environ, TERM="dumb", PAGER="cat", GIT_PAGER="cat", COLUMNS=str(COLS), LINES=str(ROWS))
         for k in ("PS1", "PS2", "PROMPT_COMMAND", "BASH_ENV", "ENV"):
@@ -182,21 +109,20 @@ class BashSession:
         termios.tcsetattr(fd, termios.TCSANOW, attrs)
         self.termios = attrs
         self.cwd = self.cwd0
-        window = Window(4096)
+        window = OutputWindow(4096)
         res = self._collect(window, time.monotonic() + 15, 15)  # the first prompt
         if res["status"] != "completed":
             self._kill_shell()
-            raise OSError(errno.EIO, "bash did not show its first prompt: %r" % window.render("")[0][-300:])
+            raise OSError(errno.EIO, f"bash did not show its first prompt: {window.render('')[0][-300:]!r}")
         if init and self.init_script:
             self._send_command(self.init_script)
-            window = Window(8000)
+            window = OutputWindow(8000)
             res = self._collect(window, time.monotonic() + 300, 300)
             if res["status"] != "completed" or res["exit_code"] != 0:
                 os.write(
                     2,
                     (
-                        "runtime: init script ended with %s/%s: %s\n"
-                        % (res["status"], res["exit_code"], window.render("")[0])
+                        f"runtime: init script ended with {res['status']}/{res['exit_code']}: {window.render('')[0]}\n"
                     ).encode("utf-8", "replace"),
                 )
             if res["status"] != "completed":  # a broken init script must not leave us without a shell
@@ -208,22 +134,26 @@ class BashSession:
         with open(self.cmd_path, "w", encoding="utf-8", errors="replace") as f:
             f.write(command if command.endswith("\n") else command + "\n")
         try:
-            termios.tcsetattr(self.fd, termios.TCSANOW, self.termios)  # undo what a killed program left
+            if self.fd is not None:  # else _write says ShellDied
+                termios.tcsetattr(self.fd, termios.TCSANOW, self.termios)  # undo what a killed program left
         except termios.error:
             pass
         self.running = True
-        self._write(("source %s\n" % self.cmd_path).encode())
+        self._write(f"source {self.cmd_path}\n".encode())
 
     def _write(self, data: bytes) -> None:
         """Write to the pty; gives up on what the program does not read within 5 s. ShellDied if it is gone."""
+        fd = self.fd
+        if fd is None:
+            raise ShellDied()
         end = time.monotonic() + 5
         while data:
             try:
-                data = data[os.write(self.fd, data) :]
+                data = data[os.write(fd, data) :]
             except BlockingIOError:
                 if time.monotonic() > end:
                     return
-                select.select([], [self.fd], [], 0.1)
+                select.select([], [fd], [], 0.1)
             except OSError:
                 raise ShellDied()
 
@@ -241,7 +171,8 @@ class BashSession:
         except ChildProcessError:
             pass
         try:
-            os.close(self.fd)
+            if self.fd is not None:
+                os.close(self.fd)
         except OSError:
             pass
         self.fd, self.running = None, False
@@ -268,13 +199,17 @@ class BashSession:
     # ---- output ------------------------------------------------------------------------------------------------
     def _read(self, wait: float) -> bytes:
         """Up to MAX_BATCH bytes (b"" if none within `wait`); raises ShellDied when the pty is closed."""
-        r, _, _ = select.select([self.fd], [], [], max(wait, 0))
+        fd = self.fd
+        if fd is None:
+            raise ShellDied()
+        r, _, _ = select.select([fd], [], [], max(wait, 0))
         if not r:
             return b""
-        chunks, n = [], 0
+        chunks: list[bytes] = []
+        n = 0
         while n < MAX_BATCH:
             try:
-                data = os.read(self.fd, 65536)
+                data = os.read(fd, 65536)
             except BlockingIOError:
                 break
             except OSError as e:
@@ -309,15 +244,16 @@ class BashSession:
             self.pending = buf[i:]
             return buf[:i], None
         body = buf[i + len(self.start_marker) : j].decode("utf-8", "replace").replace("\r\n", "\n")
-        code, _, cwd = body.partition(":")
+        code_text, _, cwd = body.partition(":")
         self.pending = buf[j + len(self.end_marker) :]
+        code: int | None
         try:
-            code = int(code)
+            code = int(code_text)
         except ValueError:
             code = None
         return buf[:i], (code, cwd)
 
-    def _collect(self, window: Window, deadline: float, no_output_timeout: float):
+    def _collect(self, window: OutputWindow, deadline: float, no_output_timeout: float):
         """Stream output into `window` until the marker, silence, the deadline, or the shell's death."""
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         carry = [""]  # a trailing "\r" that may start a "\r\n"
@@ -366,13 +302,13 @@ class BashSession:
         self,
         command: str,
         is_input: bool = False,
-        timeout: float = None,
+        timeout: float | None = None,
         no_output_timeout: float = 30.0,
-        max_output_chars: int = None,
+        max_output_chars: int | None = None,
     ) -> dict:
         t0 = time.monotonic()
         timeout = self.hard_timeout if timeout is None else timeout
-        window = Window(max_output_chars or self.max_output_chars)
+        window = OutputWindow(max_output_chars or self.max_output_chars)
         note = None
         if self.pid is None:
             try:
@@ -384,8 +320,8 @@ class BashSession:
                     "shell_restarted",
                     None,
                     t0,
-                    "The shell could not be started (%s); "
-                    "the command was NOT run. It will be retried with the next command." % e,
+                    f"The shell could not be started ({e}); "
+                    "the command was NOT run. It will be retried with the next command.",
                 )
         # take whatever arrived since the last call (background jobs, or the end of a running command)
         res = self._collect(window, t0, 1e9) if (self.running or self.pending) else None
@@ -426,18 +362,18 @@ class BashSession:
             return self._restart(window, t0, "")
         if status == "no_output_timeout":
             note = (
-                "[The command has no new output after %g seconds. You may wait longer to see additional output "
-                "by sending empty command '', send other commands to interact with the current process, send "
-                "keys to interrupt/kill the command, or use the timeout parameter in execute_bash for future "
-                "commands.]" % no_output_timeout
+                f"[The command has no new output after {no_output_timeout:g} seconds. You may wait longer to see "
+                "additional output by sending empty command '', send other commands to interact with the current "
+                "process, send keys to interrupt/kill the command, or use the timeout parameter in execute_bash for "
+                "future commands.]"
             )
         elif status == "hard_timeout":
             return self._interrupt(window, t0, timeout)
         return self._result(window, status, code, t0, note)
 
-    def _interrupt(self, window: Window, t0: float, timeout: float) -> dict:
+    def _interrupt(self, window: OutputWindow, t0: float, timeout: float) -> dict:
         """Ctrl-C, then SIGKILL the foreground job's tree, then everything but bash, then bash itself."""
-        note = "[The command timed out after %g seconds and was interrupted.]" % timeout
+        note = f"[The command timed out after {timeout:g} seconds and was interrupted.]"
         bash = self.pid
         try:
             self._write(KEYS["C-c"])
@@ -450,39 +386,39 @@ class BashSession:
             if res["status"] == "shell_died":
                 return self._restart(window, t0, note + " [The shell died.] ", "hard_timeout")
             if step == 0:
-                note = "[The command timed out after %g seconds and was killed.]" % timeout
+                note = f"[The command timed out after {timeout:g} seconds and was killed.]"
                 try:
-                    fg = os.tcgetpgrp(self.fd)
+                    fg = os.tcgetpgrp(self.fd) if self.fd is not None else bash
                 except OSError:
                     fg = bash
-                kill_tree(lambda p, info: info[1] == fg, spare=[bash])
+                kill_tree(lambda p, info, fg=fg: info[1] == fg, spare=[bash])
             elif step == 1:
                 kill_tree(lambda p, info: info[0] == bash or info[2] == bash, spare=[bash])
         return self._restart(
             window, t0, note + " [The shell itself did not come back and was killed.] ", "hard_timeout"
         )
 
-    def _restart(self, window: Window, t0: float, note: str, status: str = "shell_restarted") -> dict:
+    def _restart(self, window: OutputWindow, t0: float, note: str, status: str = "shell_restarted") -> dict:
         self._kill_shell()
         code = self.exit_status
         try:
             self.start()
             note += (
-                "[The shell exited (status %s); a new shell was started in %s. Variables, functions and "
-                "background jobs from before are gone.]" % (code, self.cwd0)
+                f"[The shell exited (status {code}); a new shell was started in {self.cwd0}. Variables, functions "
+                "and background jobs from before are gone.]"
                 if not note
-                else "[A new shell was started in %s. Variables, functions and background jobs from before are "
-                "gone.]" % self.cwd0
+                else f"[A new shell was started in {self.cwd0}. Variables, functions and background jobs from before "
+                "are gone.]"
             )
         except OSError as e:
             self._kill_shell()
             note += (
-                "[The shell exited (status %s) and a new one could not be started (%s); it will be retried "
-                "with the next command.]" % (code, e)
+                f"[The shell exited (status {code}) and a new one could not be started ({e}); it will be retried "
+                "with the next command.]"
             )
         return self._result(window, status, code if status == "shell_restarted" else None, t0, note)
 
-    def _result(self, window: Window, status: str, code, t0: float, note) -> dict:
+    def _result(self, window: OutputWindow, status: str, code, t0: float, note) -> dict:
         output, cut = window.render(self.cmd_path + ": ")
         return {
             "output": output,

@@ -19,8 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
-import bash_session
+if TYPE_CHECKING:  # mypy checks this directory as the envserver.runtime package; the container runs it flat
+    from envserver.runtime import bash_session, process_tree
+else:
+    import bash_session
+    import process_tree
 
 PROTOCOL = 2
 FRAME_MARK = b"\x1e"  # ASCII record separator: never in a JSON line (ensure_ascii escapes it)
@@ -33,68 +38,73 @@ class BadRequest(Exception):
 def _arg(args: dict, name: str, types, default=None, required: bool = False):
     if name not in args or (args[name] is None and not required):
         if required:
-            raise BadRequest("missing argument %r" % name)
+            raise BadRequest(f"missing argument {name!r}")
         return default
     value = args[name]
     if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise BadRequest("argument %r has the wrong type (bool)" % name)
+        raise BadRequest(f"argument {name!r} has the wrong type (bool)")
     if not isinstance(value, types):
-        raise BadRequest("argument %r has the wrong type (%s)" % (name, type(value).__name__))
+        raise BadRequest(f"argument {name!r} has the wrong type ({type(value).__name__})")
     return value
 
 
 def _positive(args: dict, name: str, types, default):
     value = _arg(args, name, types, default)
     if value is not None and value <= 0:
-        raise BadRequest("argument %r must be positive" % name)
+        raise BadRequest(f"argument {name!r} must be positive")
     return value
+
+
+def _popen(argv, cwd, stdin) -> subprocess.Popen:
+    return subprocess.Popen(
+        argv, cwd=cwd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
 
 
 def run_exec(argv, cwd=None, timeout=60.0, stdin=None, max_output_bytes=50000000) -> dict:
     """Run argv directly; keep at most max_output_bytes of each stream (draining the rest); kill on timeout."""
-    fin = tempfile.TemporaryFile() if stdin else subprocess.DEVNULL  # a file: no deadlock on big stdin
-    try:
-        if stdin:
+    if stdin:
+        with tempfile.TemporaryFile() as fin:  # a file: no deadlock on big stdin
             fin.write(stdin.encode("utf-8", "replace"))
             fin.seek(0)
-        proc = subprocess.Popen(
-            argv, cwd=cwd, stdin=fin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
-        )
-    finally:
-        if stdin:
-            fin.close()
-    bufs = {proc.stdout: [], proc.stderr: []}
-    sizes = {proc.stdout: 0, proc.stderr: 0}
+            proc = _popen(argv, cwd, fin)
+    else:
+        proc = _popen(argv, cwd, subprocess.DEVNULL)
+    out, err = proc.stdout, proc.stderr
+    assert out is not None and err is not None  # both are pipes
+    out_fd, err_fd = out.fileno(), err.fileno()
+    bufs: dict[int, list[bytes]] = {out_fd: [], err_fd: []}
+    sizes = {out_fd: 0, err_fd: 0}
     sel = selectors.DefaultSelector()
-    for f in bufs:
+    for f in (out, err):
         sel.register(f, selectors.EVENT_READ)
     deadline, timed_out = time.monotonic() + timeout, False
     while sel.get_map():
         left = deadline - time.monotonic()
         if left <= 0:
             timed_out = True
-            bash_session.kill_tree(lambda p, info: info[2] == proc.pid or p == proc.pid)
+            process_tree.kill_tree(lambda p, info: info[2] == proc.pid or p == proc.pid)
             break
         for key, _ in sel.select(min(left, 1.0)):
             data = os.read(key.fd, 65536)
             if not data:
                 sel.unregister(key.fileobj)
-            elif sizes[key.fileobj] < max_output_bytes:
-                bufs[key.fileobj].append(data[: max_output_bytes - sizes[key.fileobj]])
-                sizes[key.fileobj] += len(bufs[key.fileobj][-1])
+            elif sizes[key.fd] < max_output_bytes:
+                bufs[key.fd].append(data[: max_output_bytes - sizes[key.fd]])
+                sizes[key.fd] += len(bufs[key.fd][-1])
     sel.close()
-    proc.stdout.close()
-    proc.stderr.close()
+    out.close()
+    err.close()
     try:
         code = proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
-        bash_session.kill_tree(lambda p, info: p == proc.pid)
+        process_tree.kill_tree(lambda p, info: p == proc.pid)
         code = proc.wait()
     return {
         "exit_code": None if timed_out else code,
         "timed_out": timed_out,
-        "stdout": b"".join(bufs[proc.stdout]).decode("utf-8", "replace"),
-        "stderr": b"".join(bufs[proc.stderr]).decode("utf-8", "replace"),
+        "stdout": b"".join(bufs[out_fd]).decode("utf-8", "replace"),
+        "stderr": b"".join(bufs[err_fd]).decode("utf-8", "replace"),
     }
 
 
@@ -108,7 +118,7 @@ class Server:
             self.session.start()
         except OSError as e:  # retried by the first bash op
             self.session._kill_shell()
-            sys.stderr.write("runtime: could not start bash: %s\n" % e)
+            sys.stderr.write(f"runtime: could not start bash: {e}\n")
 
     def op_ping(self, args):
         key = args.get("key")
@@ -138,9 +148,12 @@ class Server:
     def op_edit(self, args):
         if self.editor is None:
             try:
-                import editor
+                if TYPE_CHECKING:  # as for bash_session above
+                    from envserver.runtime import editor
+                else:
+                    import editor
             except ImportError as e:
-                raise RuntimeError("the editor module is not available: %s" % e)
+                raise RuntimeError(f"the editor module is not available: {e}")
             self.editor = editor.Editor()
         return self.editor.run(args)
 
@@ -164,14 +177,14 @@ class Server:
         try:
             req = json.loads(line.decode("utf-8"))
         except ValueError as e:
-            return {"id": None, "ok": False, "error": "undecodable request line: %s" % e, "kind": "bad_request"}
+            return {"id": None, "ok": False, "error": f"undecodable request line: {e}", "kind": "bad_request"}
         if not isinstance(req, dict):
             return {"id": None, "ok": False, "error": "a request must be a JSON object", "kind": "bad_request"}
         rid, op, args = req.get("id"), req.get("op"), req.get("args", {})
-        handler = getattr(self, "op_%s" % op, None) if isinstance(op, str) else None
+        handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
         try:
             if handler is None:
-                raise BadRequest("unknown op %r" % (op,))
+                raise BadRequest(f"unknown op {op!r}")
             if args is None:
                 args = {}
             if not isinstance(args, dict):
@@ -179,8 +192,8 @@ class Server:
             return {"id": rid, "ok": True, "result": handler(args)}
         except BadRequest as e:
             return {"id": rid, "ok": False, "error": str(e), "kind": "bad_request"}
-        except Exception as e:
-            return {"id": rid, "ok": False, "error": "%s: %s" % (type(e).__name__, e), "kind": "internal"}
+        except Exception as e:  # noqa: BLE001 - the runtime outlives a failing op; the host gets the reason
+            return {"id": rid, "ok": False, "error": f"{type(e).__name__}: {e}", "kind": "internal"}
 
     def frame(self, data: bytes) -> bytes:
         """A response line: plain JSON until a key is set, then MARK + HMAC-SHA256(key, JSON) + space + JSON. The
@@ -199,9 +212,7 @@ class Server:
             try:
                 data = json.dumps(resp, ensure_ascii=True)
             except (TypeError, ValueError) as e:
-                data = json.dumps(
-                    {"id": None, "ok": False, "error": "unencodable response: %s" % e, "kind": "internal"}
-                )
+                data = json.dumps({"id": None, "ok": False, "error": f"unencodable response: {e}", "kind": "internal"})
             out.write(self.frame(data.encode("ascii")))
             out.flush()
             if self.stopping:

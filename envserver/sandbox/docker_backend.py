@@ -133,7 +133,8 @@ class DockerSandbox(Sandbox):
             exec_id = api.exec_create(
                 self.id, argv, stdin=True, stdout=True, stderr=True, tty=False, environment=env or None
             )["Id"]
-            return api.exec_start(exec_id, socket=True)._sock
+            stream = api.exec_start(exec_id, socket=True)
+            return stream._sock  # type: ignore[union-attr]  # why: a SocketIO over unix/tcp; its raw socket is _sock
 
         raw_socket = await self._backend.call(start)
         return await DockerExecStream.open(raw_socket)
