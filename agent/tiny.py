@@ -20,6 +20,10 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 MARKER = "contextrl_tiny.json"
 """Written last: its presence with matching arguments means the directory is complete and current."""
@@ -47,7 +51,7 @@ def _build_args(tokenizer: str, bpe_tokens: int, **kwargs: object) -> dict[str, 
     }
 
 
-def _tokenizer(kind: str, bpe_tokens: int, cache_dir: Path | None):  # type: ignore[no-untyped-def]
+def _tokenizer(kind: str, bpe_tokens: int, cache_dir: Path | None) -> PreTrainedTokenizerFast:
     if kind == "qwen3":
         from .tokenizer import VOCAB_SIZE, build_qwen3_tokenizer
 
@@ -111,22 +115,67 @@ def build_tiny_model(
         seed=seed,
         max_position_embeddings=max_position_embeddings,
     )
+    if _is_built(out_dir, args):
+        return out_dir
+    vocab_size = args["vocab_size"]
+    assert isinstance(vocab_size, int), vocab_size
+    tok = _tokenizer(tokenizer, bpe_tokens, tokenizer_cache_dir)
+    assert len(tok) == vocab_size, (len(tok), vocab_size)
+    config = _qwen3_config(
+        tok,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=max_position_embeddings,
+        init_std=init_std,
+    )
+    model = _random_model(config, seed, init_std)
+    _save_model_dir(out_dir, model, tok, args)
+    return out_dir
+
+
+def _is_built(out_dir: Path, args: dict[str, object]) -> bool:
+    """Whether `out_dir` already holds a complete build with these arguments; a non-empty directory that was not
+    built here is refused (FileExistsError), never replaced."""
     marker = out_dir / MARKER
     if marker.is_file() and json.loads(marker.read_text()) == args:
-        return out_dir
+        return True
     if out_dir.exists() and any(out_dir.iterdir()) and not marker.is_file():
         raise FileExistsError(f"{out_dir} is not empty and was not built by build_tiny_model: refusing to replace")
+    return False
 
-    import torch
-    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
-    from .tokenizer import PAD_TOKEN, save_tokenizer
+def _special_ids(tok: PreTrainedTokenizerFast) -> tuple[int, int]:
+    """The tokenizer's end-of-sequence and padding ids (the padding token also serves as BOS)."""
+    from .tokenizer import PAD_TOKEN
 
-    vocab_size = int(args["vocab_size"])  # type: ignore[call-overload]
-    tokenizer = _tokenizer(tokenizer, bpe_tokens, tokenizer_cache_dir)
-    assert len(tokenizer) == vocab_size, (len(tokenizer), vocab_size)
-    eos_id = tokenizer.eos_token_id
-    pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    eos_id = tok.eos_token_id
+    pad_id = tok.convert_tokens_to_ids(PAD_TOKEN)
+    assert isinstance(pad_id, int), pad_id  # one token in, one id out
+    return eos_id, pad_id
+
+
+def _qwen3_config(
+    tok: PreTrainedTokenizerFast,
+    *,
+    vocab_size: int,
+    hidden_size: int,
+    intermediate_size: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    max_position_embeddings: int,
+    init_std: float,
+) -> Qwen3Config:
+    """The model's configuration: a Qwen3 with tied embeddings, float32, the tokenizer's special ids."""
+    from transformers import Qwen3Config
+
+    eos_id, pad_id = _special_ids(tok)
     config = Qwen3Config(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -145,7 +194,16 @@ def build_tiny_model(
         dtype="float32",
     )
     config.architectures = ["Qwen3ForCausalLM"]
-    model = Qwen3ForCausalLM(config).to(torch.float32)
+    return config
+
+
+def _random_model(config: Qwen3Config, seed: int, init_std: float) -> Qwen3ForCausalLM:
+    """The model with its own init: every 2-D weight ~ N(0, init_std²) from a generator seeded with `seed`, in
+    sorted parameter order; norms 1 (see the module docstring)."""
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    model = Qwen3ForCausalLM(config).float()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in sorted(model.named_parameters()):  # tied lm_head is the embedding: listed once
@@ -154,30 +212,46 @@ def build_tiny_model(
             elif name.endswith("norm.weight"):
                 param.fill_(1.0)
     model.eval()
+    return model
 
+
+def _save_model_dir(
+    out_dir: Path, model: Qwen3ForCausalLM, tok: PreTrainedTokenizerFast, args: dict[str, object]
+) -> None:
+    """Write the directory in a scratch folder beside `out_dir`, then move it into place (replacing an older build):
+    a reader never sees a half-written model."""
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        model.save_pretrained(str(tmp))
-        # Keys older loaders (transformers 4.x inside some vLLM builds) read instead of `dtype` / `rope_parameters`.
-        config_path = tmp / "config.json"
-        saved = json.loads(config_path.read_text())
-        saved.setdefault("torch_dtype", "float32")
-        saved.setdefault("rope_theta", (saved.get("rope_parameters") or {}).get("rope_theta", 10000.0))
-        config_path.write_text(json.dumps(saved, indent=2) + "\n")
-        # Stop tokens only: sampling defaults here would silently change vLLM's defaults for every request.
-        GenerationConfig(bos_token_id=pad_id, eos_token_id=[eos_id, pad_id], pad_token_id=pad_id).save_pretrained(
-            str(tmp)
-        )
-        save_tokenizer(tokenizer, tmp)
-        (tmp / MARKER).write_text(json.dumps(args, indent=2) + "\n")
-        for path in tmp.iterdir():
-            path.chmod(0o644)  # safetensors writes 0600; servers may run as another user on a shared volume
+        _write_model_files(tmp, model, tok, args)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+
+
+def _write_model_files(
+    dest: Path, model: Qwen3ForCausalLM, tok: PreTrainedTokenizerFast, args: dict[str, object]
+) -> None:
+    """Weights, config, generation config, tokenizer, and last the marker; every file readable by all."""
+    from transformers import GenerationConfig
+
+    from .tokenizer import save_tokenizer
+
+    model.save_pretrained(str(dest))
+    # Keys older loaders (transformers 4.x inside some vLLM builds) read instead of `dtype` / `rope_parameters`.
+    config_path = dest / "config.json"
+    saved = json.loads(config_path.read_text())
+    saved.setdefault("torch_dtype", "float32")
+    saved.setdefault("rope_theta", (saved.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    config_path.write_text(json.dumps(saved, indent=2) + "\n")
+    # Stop tokens only: sampling defaults here would silently change vLLM's defaults for every request.
+    eos_id, pad_id = _special_ids(tok)
+    GenerationConfig(bos_token_id=pad_id, eos_token_id=[eos_id, pad_id], pad_token_id=pad_id).save_pretrained(str(dest))
+    save_tokenizer(tok, dest)
+    (dest / MARKER).write_text(json.dumps(args, indent=2) + "\n")
+    for path in dest.iterdir():
+        path.chmod(0o644)  # safetensors writes 0600; servers may run as another user on a shared volume

@@ -129,7 +129,7 @@ def resolve_source(repo: str, sources: Mapping[str, str], template: str | None) 
 
 def _git(args: Sequence[str], cwd: Path | None = None) -> str:
     cmd = ["git", "-c", "core.autocrlf=false", "-c", "advice.detachedHead=false", *args]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise BuildError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc.stdout
@@ -162,7 +162,7 @@ def prepare_repo(source: str, base_commit: str, dest: Path) -> None:
 
 
 def _has_branch(repo: Path) -> bool:
-    proc = subprocess.run(["git", "symbolic-ref", "-q", "HEAD"], cwd=repo, capture_output=True)
+    proc = subprocess.run(["git", "symbolic-ref", "-q", "HEAD"], cwd=repo, capture_output=True, check=False)
     return proc.returncode == 0
 
 

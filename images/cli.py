@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from envserver.tasks import SAMPLE_TASKS_PATH, TaskFileError, load_tasks
+from envserver.tasks import SAMPLE_TASKS_PATH, TaskFileError, TaskInstance, load_tasks
 from images import sample_tasks
 from images.base import DEFAULT_BASE_TAG, DEFAULT_MIRROR, BaseImageError
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+
+    from envserver.specs import SpecTable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -99,61 +106,105 @@ def build(
     mounted during the build only (default: the host's pip CA, $PIP_CERT, when set), never copied into the image.
     """
     from envserver.specs import SpecFileError, SpecTable
-    from images.base import ensure_base
-    from images.builder import build_groups, group_tasks, parse_repo_sources
+    from images.builder import parse_repo_sources
     from images.docker_util import connect
-    from images.official import build_official
 
     try:
         table = SpecTable.load(specs or [])
-        selected = load_tasks(tasks, table)
-        if instance:
-            unknown = set(instance) - {t.instance_id for t in selected}
-            if unknown:
-                raise _fail(f"not in {tasks}: {', '.join(sorted(unknown))}")
-            selected = [t for t in selected if t.instance_id in instance]
+        selected = _selected_tasks(tasks, table, instance)
         own = [t for t in selected if t.eval is not None or (t.model_extra or {}).get("install") is not None]
         classic = [t for t in selected if t not in own]
         sources = parse_repo_sources(repo_source or [])
         client = connect()
+        shared = _SharedOptions(source_template, ca_bundle, force=force, verbose=verbose)
         if own:
-            ensure_base(client, base_image, log=typer.echo)
-            build_groups(
-                client,
-                group_tasks(own, install or ()),
-                sources=sources,
-                source_template=source_template,
-                base_image=base_image,
-                ca_bundle=ca_bundle,
-                force=force,
-                verbose=verbose,
-                log=typer.echo,
-            )
+            _build_own_rows(client, own, sources, install or (), base_image, shared)
         if classic:
-            build_ca = ca_bundle or _host_pip_ca()
-            results = build_official(
-                client,
-                classic,
-                table,
-                sources,
-                source_template=source_template,
-                ca_bundle=build_ca,
-                python_fallback=python_fallback,
-                force=force,
-                verbose=verbose,
-                log=typer.echo,
-            )
-            failed = [r for r in results if r.action == "failed"]
-            built = sum(len(r.instance_ids) for r in results if r.action != "failed")
-            typer.echo(f"{built} instance(s) ready, {sum(len(r.instance_ids) for r in failed)} failed")
-            for result in failed:
-                typer.echo(f"  FAILED {', '.join(result.instance_ids)}: {(result.error or '').splitlines()[0]}")
-            if failed:
-                raise typer.Exit(1)
+            _build_classic_rows(client, classic, table, sources, python_fallback, shared)
     except SpecFileError as exc:
         raise _fail(str(exc)) from None
     except _builder_errors() as exc:
         raise _fail(str(exc)) from None
+
+
+def _selected_tasks(tasks: Path, table: SpecTable, instance: list[str] | None) -> list[TaskInstance]:
+    """The task file's rows, only those named by `--instance` when given (an unknown id is an error)."""
+    selected = load_tasks(tasks, table)
+    if instance:
+        unknown = set(instance) - {t.instance_id for t in selected}
+        if unknown:
+            raise _fail(f"not in {tasks}: {', '.join(sorted(unknown))}")
+        selected = [t for t in selected if t.instance_id in instance]
+    return selected
+
+
+@dataclass(frozen=True)
+class _SharedOptions:
+    """`build` options that apply to both kinds of rows."""
+
+    source_template: str | None
+    ca_bundle: Path | None
+    force: bool
+    verbose: bool
+
+
+def _build_own_rows(
+    client: DockerClient,
+    rows: list[TaskInstance],
+    sources: dict[str, str],
+    install: Sequence[str],
+    base_image: str,
+    shared: _SharedOptions,
+) -> None:
+    """Rows with their own 'install' or 'eval' field: one image each on the base image (built first when missing)."""
+    from images.base import ensure_base
+    from images.builder import build_groups, group_tasks
+
+    ensure_base(client, base_image, log=typer.echo)
+    build_groups(
+        client,
+        group_tasks(rows, install),
+        sources=sources,
+        source_template=shared.source_template,
+        base_image=base_image,
+        ca_bundle=shared.ca_bundle,
+        force=shared.force,
+        verbose=shared.verbose,
+        log=typer.echo,
+    )
+
+
+def _build_classic_rows(
+    client: DockerClient,
+    rows: list[TaskInstance],
+    table: SpecTable,
+    sources: dict[str, str],
+    python_fallback: bool,
+    shared: _SharedOptions,
+) -> None:
+    """Classic rows: the official layered images from their specs, the CA bundle (default: the host's pip CA)
+    mounted for the build only; a summary, and exit 1 when any row failed."""
+    from images.official import build_official
+
+    results = build_official(
+        client,
+        rows,
+        table,
+        sources,
+        source_template=shared.source_template,
+        ca_bundle=shared.ca_bundle or _host_pip_ca(),
+        python_fallback=python_fallback,
+        force=shared.force,
+        verbose=shared.verbose,
+        log=typer.echo,
+    )
+    failed = [r for r in results if r.action == "failed"]
+    built = sum(len(r.instance_ids) for r in results if r.action != "failed")
+    typer.echo(f"{built} instance(s) ready, {sum(len(r.instance_ids) for r in failed)} failed")
+    for result in failed:
+        typer.echo(f"  FAILED {', '.join(result.instance_ids)}: {(result.error or '').splitlines()[0]}")
+    if failed:
+        raise typer.Exit(1)
 
 
 def _host_pip_ca() -> Path | None:

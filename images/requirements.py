@@ -91,13 +91,19 @@ class RequirementsError(RuntimeError):
 def git_show(source: str | Path, commit: str, path: str) -> str | None:
     """The text of `path` at `commit` in the git repository `source`, or None when it is not there."""
     proc = subprocess.run(
-        ["git", "-C", str(source), "show", f"{commit}:{path}"], capture_output=True, text=True, errors="replace"
+        ["git", "-C", str(source), "show", f"{commit}:{path}"],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        check=False,
     )
     return proc.stdout if proc.returncode == 0 else None
 
 
 def has_commit(source: str | Path, commit: str) -> bool:
-    proc = subprocess.run(["git", "-C", str(source), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True)
+    proc = subprocess.run(
+        ["git", "-C", str(source), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True, check=False
+    )
     return proc.returncode == 0
 
 

@@ -79,7 +79,7 @@ def git_env() -> dict[str, str]:
 def git(args: Sequence[str], cwd: Path, input: str | None = None) -> str:
     """Run one git command with the isolated environment; raise SampleError with its stderr on failure."""
     cmd = ["git", "-c", "core.autocrlf=false", "-c", "core.fileMode=true", "-c", "commit.gpgSign=false", *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=git_env(), input=input, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=git_env(), input=input, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SampleError(f"git {' '.join(args)} failed in {cwd}: {proc.stderr.strip()}")
     return proc.stdout
@@ -281,13 +281,20 @@ def run_tests(repo_dir: Path, test_cmd: str, test_files: Sequence[str], python: 
         argv[0] = python
     env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("PYTEST_ADDOPTS", None)
-    proc = subprocess.run([*argv, *test_files], cwd=repo_dir, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*argv, *test_files], cwd=repo_dir, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     return proc.stdout + proc.stderr
 
 
 def _apply(repo_dir: Path, patch: str, what: str) -> None:
     proc = subprocess.run(
-        ["git", "apply", "--whitespace=nowarn", "-"], cwd=repo_dir, input=patch, capture_output=True, text=True
+        ["git", "apply", "--whitespace=nowarn", "-"],
+        cwd=repo_dir,
+        input=patch,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         raise SampleError(f"{what} does not apply: {proc.stderr.strip()}")

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -84,7 +85,7 @@ class VLLMServer:
 
     model_dir: Path
     port: int
-    process: subprocess.Popen  # type: ignore[type-arg]
+    process: subprocess.Popen[bytes]
     log_path: Path
     served_model_name: str
     reload_method: str = "reload_weights"
@@ -118,14 +119,14 @@ class VLLMServer:
         # The engine core is a child in the same group; make sure it is gone too.
         _signal_group(self.process, signal.SIGKILL)
 
-    def __enter__(self) -> VLLMServer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def _signal_group(process: subprocess.Popen, sig: int) -> None:  # type: ignore[type-arg]
+def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
     try:
         os.killpg(process.pid, sig)  # the server was started as its own session: its pgid is its pid
     except (ProcessLookupError, PermissionError):
@@ -161,19 +162,63 @@ def start_vllm_server(
         check_cpu_model(model_dir)
     port = port or free_port()
     name = served_model_name or model_dir.name
-    if log_path is None:
-        fd, tmp = tempfile.mkstemp(prefix=f"vllm-{port}-", suffix=".log")
-        os.close(fd)
-        log_path = Path(tmp)
+    log_path = log_path if log_path is not None else _new_log_path(port)
     progress = progress or log.info
-    cmd = [
+    argv = server_argv(
+        python,
+        model_dir,
+        port=port,
+        served_model_name=name,
+        dtype=dtype,
+        max_model_len=max_model_len,
+        kv_cache_memory=kv_cache_memory,
+        logprobs_mode=logprobs_mode,
+        cpu=cpu,
+        extra_args=extra_args,
+    )
+    process = _launch(argv, server_env(env, cpu=cpu), cwd=model_dir.parent, log_path=log_path)
+    server = VLLMServer(
+        model_dir, port, process, log_path, name, reload_method="reload_weights_repacked" if cpu else "reload_weights"
+    )
+    progress(f"starting vLLM server for {model_dir} on port {port} (log: {log_path})")
+    try:
+        _wait_until_ready(server, timeout_s, progress)
+    except BaseException:
+        server.stop(timeout_s=10)
+        raise
+    return server
+
+
+def _new_log_path(port: int) -> Path:
+    """A fresh temporary file for the server's output."""
+    fd, tmp = tempfile.mkstemp(prefix=f"vllm-{port}-", suffix=".log")
+    os.close(fd)
+    return Path(tmp)
+
+
+def server_argv(
+    python: Path,
+    model_dir: Path,
+    *,
+    port: int,
+    served_model_name: str,
+    dtype: str,
+    max_model_len: int,
+    kv_cache_memory: str,
+    logprobs_mode: str | None,
+    cpu: bool,
+    extra_args: Sequence[str],
+) -> list[str]:
+    """The server's command line: the OpenAI-compatible API server on loopback, eager mode, a fixed KV cache; on
+    the CPU build, the worker extension that reloads tied LM heads."""
+    return [
         str(python),
         "-m",
         "vllm.entrypoints.openai.api_server",
         "--model",
         str(model_dir),
         "--served-model-name",
-        name,
+        served_model_name,
         "--host",
         "127.0.0.1",
         "--port",
@@ -189,6 +234,12 @@ def start_vllm_server(
         *(["--logprobs-mode", logprobs_mode] if logprobs_mode else []),
         *extra_args,
     ]
+
+
+def server_env(env: dict[str, str] | None, *, cpu: bool) -> dict[str, str]:
+    """The server's environment: this process's, with no compile, the dev endpoints, nothing from a hub and no
+    telemetry; then `env`. The main venv's settings are dropped; on the CPU build PYTHONPATH is this checkout (for
+    the worker extension)."""
     child_env = {
         **os.environ,
         "TORCH_COMPILE_DISABLE": "1",
@@ -203,44 +254,48 @@ def start_vllm_server(
         child_env.pop(var, None)
     if cpu:  # the worker imports the extension (a dependency-free module) from this checkout
         child_env["PYTHONPATH"] = str(ROOT)
+    return child_env
+
+
+def _launch(argv: list[str], env: dict[str, str], *, cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start the server in its own session (so its engine-core child can be signalled with it), output appended
+    to `log_path`."""
     with open(log_path, "ab") as out:
-        process = subprocess.Popen(
-            cmd,
+        return subprocess.Popen(
+            argv,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=child_env,
-            cwd=str(model_dir.parent),
+            env=env,
+            cwd=str(cwd),
             start_new_session=True,
         )
-    server = VLLMServer(
-        model_dir, port, process, log_path, name, reload_method="reload_weights_repacked" if cpu else "reload_weights"
-    )
-    progress(f"starting vLLM server for {model_dir} on port {port} (log: {log_path})")
+
+
+def _wait_until_ready(server: VLLMServer, timeout_s: float, progress: Callable[[str], None]) -> None:
+    """Poll `/v1/models` every 0.5 s until it answers 200, with a progress line every ~10 s; `VLLMServerError` (with
+    the log's tail) when the process exits first or `timeout_s` passes."""
+    process, port, log_path = server.process, server.port, server.log_path
     started = time.monotonic()
     next_note = started + 10
-    try:
-        while True:
-            if process.poll() is not None:
-                raise VLLMServerError(
-                    f"vLLM server exited with {process.returncode} before it was ready; log {log_path}:\n"
-                    f"{server.log_tail()}"
-                )
-            try:
-                if httpx.get(f"{server.base_url}/models", timeout=2).status_code == 200:
-                    progress(f"vLLM server ready on port {port} after {time.monotonic() - started:.1f} s")
-                    return server
-            except httpx.TransportError:
-                pass
-            now = time.monotonic()
-            if now - started > timeout_s:
-                raise VLLMServerError(
-                    f"vLLM server not ready after {timeout_s:.0f} s; log {log_path}:\n{server.log_tail()}"
-                )
-            if now >= next_note:
-                progress(f"waiting for the vLLM server on port {port} ({now - started:.0f} s)")
-                next_note = now + 10
-            time.sleep(0.5)
-    except BaseException:
-        server.stop(timeout_s=10)
-        raise
+    while True:
+        if process.poll() is not None:
+            raise VLLMServerError(
+                f"vLLM server exited with {process.returncode} before it was ready; log {log_path}:\n"
+                f"{server.log_tail()}"
+            )
+        try:
+            if httpx.get(f"{server.base_url}/models", timeout=2).status_code == 200:
+                progress(f"vLLM server ready on port {port} after {time.monotonic() - started:.1f} s")
+                return
+        except httpx.TransportError:
+            pass
+        now = time.monotonic()
+        if now - started > timeout_s:
+            raise VLLMServerError(
+                f"vLLM server not ready after {timeout_s:.0f} s; log {log_path}:\n{server.log_tail()}"
+            )
+        if now >= next_note:
+            progress(f"waiting for the vLLM server on port {port} ({now - started:.0f} s)")
+            next_note = now + 10
+        time.sleep(0.5)
