@@ -45,7 +45,7 @@ def corpus_files() -> list[Path]:
     return files
 
 
-def _train(texts: list[str], bpe_tokens: int):  # type: ignore[no-untyped-def]
+def _train(texts: list[str], bpe_tokens: int):
     from tokenizers import (
         AddedToken,
         Regex,

@@ -1,7 +1,7 @@
 """`python -m agent.collect`: G rollouts per task against one or more env servers, written as trajectory JSONL.
 
 Resumable: episodes already in the output file (by `episode_id`) are skipped on a rerun; an interrupted writer's
-half line is ignored. Sessions are spread over the env servers by `agent.fleet.Fleet`: the live server with the most
+half line is ignored. Sessions are spread over the env servers by `envserver.fleet.Fleet`: the live server with the most
 free capacity first; a server that stops answering leaves the rotation until its /healthz answers again, and a reset
 it fails is retried on another. With no server live, collection waits `--patience` seconds, then stops with an error
 naming each server and its last failure. A server at its session cap answers 429 and the client backs off. An episode
@@ -20,14 +20,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from agent.engines.base import ChatEngine, Engine
-from agent.fleet import Fleet, FleetConfig, FleetUnavailable, status_line, summary_lines
 from agent.loop import AgentConfig, run_episode
 from agent.trajectory import Trajectory, read_jsonl, write_jsonl
+from envserver.fleet import Fleet, FleetConfig, FleetUnavailable, status_line, summary_lines
 
 
 @dataclass
@@ -111,14 +111,18 @@ def mark_lost_attempt(trajectory: Trajectory, attempt: int) -> None:
     """Give a lost attempt its own id, so a resumed collection does not take it for the episode's rollout."""
     episode_id = trajectory.episode_id
     trajectory.episode_id = f"{episode_id}{LOST_MARK}{attempt}"
-    trajectory.attempt = attempt  # type: ignore[attr-defined]  # extra keys are allowed on a Trajectory
-    trajectory.replayed = True  # type: ignore[attr-defined]
+    _set_extra(trajectory, attempt=attempt, replayed=True)
 
 
 def mark_replay(trajectory: Trajectory, attempt: int) -> None:
     """Name the lost attempt a replay stands for (`attempt` > 0)."""
-    trajectory.attempt = attempt  # type: ignore[attr-defined]
-    trajectory.replay_of = f"{trajectory.episode_id}{LOST_MARK}{attempt - 1}"  # type: ignore[attr-defined]
+    _set_extra(trajectory, attempt=attempt, replay_of=f"{trajectory.episode_id}{LOST_MARK}{attempt - 1}")
+
+
+def _set_extra(trajectory: Trajectory, **values: Any) -> None:
+    """Set keys a Trajectory has no field for (it allows extra keys)."""
+    for name, value in values.items():
+        setattr(trajectory, name, value)
 
 
 def episode_player(
@@ -165,7 +169,7 @@ async def collect(
     """Run every (task, group) episode not yet in `out`, `concurrency` at a time, appending each as it ends.
 
     Episodes are routed by `fleet` (started and closed by the caller), else by a fleet of `env_urls` made here.
-    Raises `agent.fleet.FleetUnavailable` when no env server is live for the fleet's `patience_s`; the episodes
+    Raises `envserver.fleet.FleetUnavailable` when no env server is live for the fleet's `patience_s`; the episodes
     finished until then are in `out`, and a rerun resumes after them. `replay_lost`: an episode lost with its env
     server is written (marked `replayed`) and played again, at most the fleet's `lost_replays` times in all."""
     repair_jsonl(out)
@@ -251,40 +255,49 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def main(
-    env_url: list[str] = typer.Option([], "--env-url", help="Env server URL (repeat for several)."),
-    env_urls_file: Path | None = typer.Option(
-        None, help="A file of env server URLs, one a line (`#` starts a comment); added to any --env-url."
-    ),
-    engine: str = typer.Option("vllm", help="Engine: vllm, hf or openai."),
-    engine_url: str | None = typer.Option(None, help="Engine endpoint, e.g. http://HOST:8001/v1."),
-    model: str = typer.Option(..., help="Model name served by the engine (hf: a local model directory)."),
-    tokenizer: Path | None = typer.Option(
-        None, help="Tokenizer directory (default: the hf model's own, else the bundled Qwen3 tokenizer)."
-    ),
-    tasks: str = typer.Option("all", help="`all`, a task/ids file, or comma-separated ids."),
-    group_size: int = typer.Option(8, help="Rollouts per task (G)."),
-    concurrency: int = typer.Option(32, help="Episodes in flight."),
-    out: Path = typer.Option(..., help="Trajectory JSONL (appended; finished episodes are skipped on rerun)."),
-    max_turns: int = typer.Option(30, help="Assistant turns per episode."),
-    max_context_tokens: int = typer.Option(8192, help="Context length limit per episode."),
-    max_tokens_per_turn: int = typer.Option(1024, help="Tokens sampled per turn."),
-    temperature: float = typer.Option(1.0, help="Sampling temperature."),
-    think_mode: str = typer.Option("keep", help="Earlier <think> blocks: keep or drop."),
-    seed: int | None = typer.Option(None, help="Base seed for reproducible sampling."),
-    env_token: str | None = typer.Option(None, envvar="ENVSERVER_AUTH_TOKEN", help="Env server bearer token."),
-    patience: float = typer.Option(
-        FleetConfig.patience_s, help="Seconds to wait while no env server is live before stopping with an error."
-    ),
-    replay_lost: bool = typer.Option(
-        True,
-        help="Play an episode lost with its env server again from its reset on a "
-        "live one (same seed; the lost attempt stays in --out, marked `replayed`).",
-    ),
+    *,
+    env_url: Annotated[list[str] | None, typer.Option("--env-url", help="Env server URL (repeat for several).")] = None,
+    env_urls_file: Annotated[
+        Path | None,
+        typer.Option(help="A file of env server URLs, one a line (`#` starts a comment); added to any --env-url."),
+    ] = None,
+    engine: Annotated[str, typer.Option(help="Engine: vllm, hf or openai.")] = "vllm",
+    engine_url: Annotated[str | None, typer.Option(help="Engine endpoint, e.g. http://HOST:8001/v1.")] = None,
+    model: Annotated[str, typer.Option(help="Model name served by the engine (hf: a local model directory).")],
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(help="Tokenizer directory (default: the hf model's own, else the bundled Qwen3 tokenizer)."),
+    ] = None,
+    tasks: Annotated[str, typer.Option(help="`all`, a task/ids file, or comma-separated ids.")] = "all",
+    group_size: Annotated[int, typer.Option(help="Rollouts per task (G).")] = 8,
+    concurrency: Annotated[int, typer.Option(help="Episodes in flight.")] = 32,
+    out: Annotated[Path, typer.Option(help="Trajectory JSONL (appended; finished episodes are skipped on rerun).")],
+    max_turns: Annotated[int, typer.Option(help="Assistant turns per episode.")] = 30,
+    max_context_tokens: Annotated[int, typer.Option(help="Context length limit per episode.")] = 8192,
+    max_tokens_per_turn: Annotated[int, typer.Option(help="Tokens sampled per turn.")] = 1024,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
+    think_mode: Annotated[str, typer.Option(help="Earlier <think> blocks: keep or drop.")] = "keep",
+    seed: Annotated[int | None, typer.Option(help="Base seed for reproducible sampling.")] = None,
+    env_token: Annotated[
+        str | None, typer.Option(envvar="ENVSERVER_AUTH_TOKEN", help="Env server bearer token.")
+    ] = None,
+    patience: Annotated[
+        float, typer.Option(help="Seconds to wait while no env server is live before stopping with an error.")
+    ] = FleetConfig.patience_s,
+    replay_lost: Annotated[
+        bool,
+        typer.Option(
+            help="Play an episode lost with its env server again from its reset on a "
+            "live one (same seed; the lost attempt stays in --out, marked `replayed`).",
+        ),
+    ] = True,
 ) -> None:
     """Collect trajectories."""
-    env_url = env_url + (read_url_file(env_urls_file) if env_urls_file else [])
+    env_url = (env_url or []) + (read_url_file(env_urls_file) if env_urls_file else [])
     if not env_url:
         raise typer.BadParameter("give --env-url (repeat for several) or --env-urls-file")
+    if think_mode not in ("keep", "drop"):
+        raise typer.BadParameter(f"--think-mode must be keep or drop, not {think_mode!r}")
     summary = run_cli(
         env_url,
         engine,
@@ -300,9 +313,9 @@ def main(
             max_context_tokens=max_context_tokens,
             max_tokens_per_turn=max_tokens_per_turn,
             temperature=temperature,
-            think_mode=think_mode,
+            think_mode="drop" if think_mode == "drop" else "keep",
             seed=seed,
-        ),  # type: ignore[arg-type]
+        ),
         env_token,
         patience_s=patience,
         replay_lost=replay_lost,

@@ -11,6 +11,7 @@ import statistics
 from collections import defaultdict
 from math import comb
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -38,9 +39,9 @@ def evaluate(records: list[Trajectory], k: int) -> dict[str, float]:
     # Spread: pass@1 of each rollout index taken across tasks (one "run" per index), then their std.
     per_run = []
     for index in range(k):
-        rewards = [r.reward for t in tasks for r in graded[t] if r.group == index]
+        rewards = [r.reward for t in tasks for r in graded[t] if r.group == index and r.reward is not None]
         if rewards:
-            per_run.append(statistics.fmean(rewards))  # type: ignore[arg-type]
+            per_run.append(statistics.fmean(rewards))
     passk = statistics.fmean(
         pass_at_k(len(graded[t]), sum(r.reward == 1.0 for r in graded[t]), min(k, len(graded[t]))) for t in tasks
     )
@@ -58,19 +59,22 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def main(
-    env_url: list[str] = typer.Option(..., "--env-url", help="Env server URL (repeat for several)."),
-    engine: str = typer.Option("vllm", help="Engine: vllm, hf or openai."),
-    engine_url: str | None = typer.Option(None, help="Engine endpoint."),
-    model: str = typer.Option(..., help="Model name (hf: local directory)."),
-    tokenizer: Path | None = typer.Option(None, help="Tokenizer directory."),
-    tasks: str = typer.Option("all", help="`all`, a task/ids file, or comma-separated ids."),
-    k: int = typer.Option(1, help="Rollouts per task; reports pass@1 (mean ± spread) and pass@k."),
-    concurrency: int = typer.Option(32, help="Episodes in flight."),
-    out: Path = typer.Option(..., help="Trajectory JSONL (resumable)."),
-    max_turns: int = typer.Option(30, help="Assistant turns per episode."),
-    temperature: float = typer.Option(0.0, help="Sampling temperature (0: greedy for k=1)."),
-    seed: int | None = typer.Option(0, help="Base seed."),
-    env_token: str | None = typer.Option(None, envvar="ENVSERVER_AUTH_TOKEN", help="Env server bearer token."),
+    *,
+    env_url: Annotated[list[str], typer.Option("--env-url", help="Env server URL (repeat for several).")],
+    engine: Annotated[str, typer.Option(help="Engine: vllm, hf or openai.")] = "vllm",
+    engine_url: Annotated[str | None, typer.Option(help="Engine endpoint.")] = None,
+    model: Annotated[str, typer.Option(help="Model name (hf: local directory).")],
+    tokenizer: Annotated[Path | None, typer.Option(help="Tokenizer directory.")] = None,
+    tasks: Annotated[str, typer.Option(help="`all`, a task/ids file, or comma-separated ids.")] = "all",
+    k: Annotated[int, typer.Option(help="Rollouts per task; reports pass@1 (mean ± spread) and pass@k.")] = 1,
+    concurrency: Annotated[int, typer.Option(help="Episodes in flight.")] = 32,
+    out: Annotated[Path, typer.Option(help="Trajectory JSONL (resumable).")],
+    max_turns: Annotated[int, typer.Option(help="Assistant turns per episode.")] = 30,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0: greedy for k=1).")] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Base seed.")] = 0,
+    env_token: Annotated[
+        str | None, typer.Option(envvar="ENVSERVER_AUTH_TOKEN", help="Env server bearer token.")
+    ] = None,
 ) -> None:
     """Evaluate a model's resolve rate."""
     summary = run_cli(

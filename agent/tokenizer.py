@@ -91,7 +91,7 @@ def _cache_key(vocab_path: Path) -> dict[str, object]:
     return {"format_version": FORMAT_VERSION, "vocab_sha256": digest, "added_tokens": QWEN3_ADDED_TOKENS}
 
 
-def _convert(vocab_path: Path):  # type: ignore[no-untyped-def]
+def _convert(vocab_path: Path):
     """A `tokenizers.Tokenizer` with Qwen3's pipeline (seconds: rebuilds the merges from the ranks)."""
     from tokenizers import AddedToken, normalizers
     from transformers.convert_slow_tokenizer import TikTokenConverter

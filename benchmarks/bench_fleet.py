@@ -25,10 +25,10 @@ sys.path.insert(0, str(ROOT))
 
 from agent.collect import collect
 from agent.engines.replay import ReplayEngine, tool_call_text
-from envserver.fleet import Fleet, FleetConfig
 from agent.loop import AgentConfig
 from agent.tokenizer import build_qwen3_tokenizer
 from agent.trajectory import Trajectory
+from envserver.fleet import Fleet, FleetConfig
 from envserver.tasks import SAMPLE_TASKS_PATH, load_tasks
 from tests.conftest import ServerProcess, start_server, stop_server
 

@@ -136,7 +136,7 @@ class HFEngine(Engine):
             generators.append(generator)
         token_ids: list[list[int]] = [[] for _ in range(rows)]
         logprobs: list[list[float]] = [[] for _ in range(rows)]
-        finish = ["length"] * rows
+        finish: list[Literal["stop", "length"]] = ["length"] * rows
         done = [params.max_tokens <= 0 for _, params in requests]
         longest = max(len(prompt) for prompt, _ in requests)
         pad = 0
@@ -196,7 +196,7 @@ class HFEngine(Engine):
         return [
             Generation(
                 token_ids=token_ids[row],
-                logprobs=logprobs[row],  # type: ignore[arg-type]
+                logprobs=logprobs[row],
                 finish_reason=finish[row],
                 engine_s=elapsed,
             )
@@ -253,7 +253,7 @@ def _sample_rows(
         tokens = _inverse_cdf(probs, uniforms)
         for index, row in enumerate(sampled):
             results[row] = (tokens[index], math.log(float(probs[index, tokens[index]])))
-    return results  # type: ignore[return-value]
+    return [result for result in results if result is not None]  # every row is greedy or sampled above
 
 
 _BLOCK = 1024

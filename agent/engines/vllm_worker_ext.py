@@ -11,16 +11,21 @@ then repacks a tied LM head from the shared, now new, weight.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 
 class CPUWorkerExtension:
     """Methods mixed into vLLM's worker class, callable with `POST /collective_rpc {"method": name}`."""
 
+    if TYPE_CHECKING:  # what the worker class this is mixed into provides (nothing is defined here at run time)
+        model_runner: Any
+
+        def reload_weights(self, weights_path: str | None = None) -> None: ...
+
     def reload_weights_repacked(self, weights_path: str | None = None) -> dict[str, Any]:
         """`reload_weights(weights_path=...)`, then repack a tied LM head (see the module docstring)."""
-        self.reload_weights(weights_path=weights_path)  # type: ignore[attr-defined]
-        model = self.model_runner.get_model()  # type: ignore[attr-defined]
+        self.reload_weights(weights_path=weights_path)
+        model = self.model_runner.get_model()
         config = getattr(model, "config", None)
         if config is not None and hasattr(config, "get_text_config"):
             config = config.get_text_config()
@@ -31,6 +36,6 @@ class CPUWorkerExtension:
             and method is not None
             and hasattr(method, "process_weights_after_loading")
         )
-        if repacked:
+        if repacked and method is not None:
             method.process_weights_after_loading(lm_head)
         return {"reloaded": weights_path, "repacked_tied_lm_head": repacked}

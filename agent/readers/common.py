@@ -26,6 +26,12 @@ class ReaderError(ValueError):
 _WS = re.compile(r"\s*")
 
 
+def _skip_ws(text: str, pos: int) -> int:
+    """The first non-whitespace position at or after pos (len(text) if none)."""
+    match = _WS.match(text, pos)  # \s* matches everywhere
+    return match.end() if match else pos
+
+
 def iter_records(path: str | Path, chunk_chars: int = CHUNK_CHARS) -> Iterator[tuple[int, Any]]:
     """Yield `(index, value)` for each top-level record of a JSON list, a JSONL file (or any whitespace-separated
     JSON values), optionally gzipped (`.gz`), holding about one record in memory at a time."""
@@ -47,7 +53,7 @@ def iter_records(path: str | Path, chunk_chars: int = CHUNK_CHARS) -> Iterator[t
             """Move past whitespace; False at the end of the file."""
             nonlocal pos
             while True:
-                pos = _WS.match(buf, pos).end()  # type: ignore[union-attr]
+                pos = _skip_ws(buf, pos)
                 if pos < len(buf):
                     return True
                 if not more():

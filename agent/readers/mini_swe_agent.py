@@ -78,7 +78,9 @@ def is_trajectory(record: Any) -> bool:
 
 def convert(record: dict[str, Any]) -> Trajectory:
     require(record, "instance_id", "messages")
-    info = record.get("info") if isinstance(record.get("info"), dict) else {}
+    info = record.get("info")
+    if not isinstance(info, dict):
+        info = {}
     messages = [normalize_message(message, index) for index, message in enumerate(record["messages"])]
     if any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
         tools: list[dict[str, Any]] = []
@@ -92,8 +94,12 @@ def convert(record: dict[str, Any]) -> Trajectory:
     patch, extra = checked_patch(submission, messages)
     if info.get("exit_status") is not None:
         extra["exit_status"] = info["exit_status"]
-    config = info.get("config") if isinstance(info.get("config"), dict) else {}
-    model_config = config.get("model") if isinstance(config.get("model"), dict) else {}
+    config = info.get("config")
+    if not isinstance(config, dict):
+        config = {}
+    model_config = config.get("model")
+    if not isinstance(model_config, dict):
+        model_config = {}
     instance_id = record["instance_id"]
     return Trajectory(
         task_id=instance_id,

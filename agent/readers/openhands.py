@@ -34,7 +34,7 @@ from agent.readers.common import (
     reward_of,
     split_instance_id,
 )
-from agent.trajectory import Trajectory
+from agent.trajectory import Trajectory, TruncationReason
 
 SOURCE = "swe-gym-openhands"
 FINISH_TOOLS = ("finish",)
@@ -70,7 +70,7 @@ def convert(record: dict[str, Any]) -> Trajectory:
 
     extra: dict[str, Any] = {}
     model = record.get("model") or ""
-    truncation = None
+    truncation: TruncationReason | None = None
     run = _RUN_NAME.match(run_id)
     if run:
         model = model or run.group(1)
