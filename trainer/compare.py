@@ -7,10 +7,11 @@ last metrics row.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from trainer.summary import start_end_summary
 
@@ -85,16 +86,25 @@ def plot(runs: dict[str, list[dict[str, Any]]], out_path: Path, smooth: int = 5)
     return out_path
 
 
+app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="trainer.run output folders")],
+    out: Annotated[Path, typer.Option(help="PNG to write")] = Path("compare.png"),
+) -> None:
+    """Runs side by side: the start → end table, and their curves overlaid in one PNG."""
+    rows = {label(run_dir): load_rows(run_dir) for run_dir in runs}
+    print(table(rows))
+    print(f"plot: {plot(rows, out)}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="trainer.run output folders")
-    parser.add_argument("--out", type=Path, default=Path("compare.png"), help="PNG to write")
-    args = parser.parse_args(argv)
-    runs = {label(run_dir): load_rows(run_dir) for run_dir in args.runs}
-    print(table(runs))
-    print(f"plot: {plot(runs, args.out)}")
+    """The command line, for callers in Python."""
+    app(args=argv, standalone_mode=False)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    app()

@@ -18,11 +18,13 @@ trainer/distributed.py (torchrun), trainer/checkpoint.py and trainer/metrics.py 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import click
+import typer
 
 from envserver.local import LocalServer
 from trainer.checkpoint import latest_checkpoint, save_checkpoint
@@ -148,37 +150,56 @@ def config_from_args(config_file: Path | None, overrides: list[str]) -> TrainerC
         raise SystemExit(str(exc)) from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, help="YAML file with TrainerConfig fields (default: embedded).")
-    parser.add_argument("--resume", action="store_true", help="Continue from the output folder's last checkpoint.")
-    parser.add_argument("--steps", type=int, help="Override the number of steps.")
-    parser.add_argument("--output-dir", type=Path, help="Override the output folder.")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="Override one config field (repeatable; dotted keys for sections), e.g. the λ = 0 "
-        "control: --set ca.weight=0 --output-dir runs/lambda0.",
-    )
-    args = parser.parse_args(argv)
+app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
+
+
+@app.command()
+def run(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML file with TrainerConfig fields (default: embedded).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the output folder's last checkpoint.")
+    ] = False,
+    steps: Annotated[int | None, typer.Option(help="Override the number of steps.")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Override the output folder.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Override one config field (repeatable; dotted keys for sections), e.g. the λ = 0 "
+            "control: --set ca.weight=0 --output-dir runs/lambda0.",
+        ),
+    ] = None,
+) -> None:
+    """GRPO + λ·L_CA against env servers (see the module docstring)."""
     import signal
     import sys
 
     # `kill PID` (SIGTERM) unwinds like Ctrl-C: the local env server and its containers are stopped, not orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    config = config_from_args(args.config, args.overrides)
-    if args.steps is not None:
-        config.steps = args.steps
-    if args.output_dir is not None:
-        config.output_dir = args.output_dir
-    result = train(config, resume=args.resume, log=lambda line: print(line, flush=True))
+    settings = config_from_args(config, list(set_ or []))
+    if steps is not None:
+        settings.steps = steps
+    if output_dir is not None:
+        settings.output_dir = output_dir
+    result = train(settings, resume=resume, log=lambda line: print(line, flush=True))
     if result:  # rank 0 (the other ranks of a torchrun return nothing to report)
-        print_summary(result["summary"], config.output_dir)
+        print_summary(result["summary"], settings.output_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line, for callers in Python: exit codes as `python -m trainer.run` gives them."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    app()
