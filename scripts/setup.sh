@@ -2,6 +2,7 @@
 # Installs what the project needs on a fresh Debian machine, idempotently:
 # a Docker engine (started in the background when none answers), debootstrap for the offline base image,
 # the project in .venv, and the sample task images.
+# SETUP_NO_DOCKER=1 (scripts/test.sh --fast) installs only the project in .venv: no Docker engine, no debootstrap, no images.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +14,8 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
 }
 
-if ! docker info >/dev/null 2>&1; then
+NO_DOCKER=${SETUP_NO_DOCKER:-}
+if [ -z "$NO_DOCKER" ] && ! docker info >/dev/null 2>&1; then
   if ! command -v dockerd >/dev/null 2>&1; then
     log "installing the Docker engine (docker.io)"
     apt_install docker.io
@@ -25,7 +27,7 @@ if ! docker info >/dev/null 2>&1; then
     docker info >/dev/null 2>&1 || { echo "dockerd did not come up:"; tail -20 /tmp/dockerd.log; exit 1; }
   fi
 fi
-if ! command -v debootstrap >/dev/null 2>&1 && ! docker image inspect envserver/base:bookworm >/dev/null 2>&1; then
+if [ -z "$NO_DOCKER" ] && ! command -v debootstrap >/dev/null 2>&1 && ! docker image inspect envserver/base:bookworm >/dev/null 2>&1; then
   log "installing debootstrap (offline base image)"
   apt_install debootstrap
 fi
@@ -42,5 +44,7 @@ if ! .venv/bin/python -c "import envserver.api, images, pytest, torch, transform
   touch .venv/.installed
 fi
 
-log "building the sample task images (skipped when present)"
-.venv/bin/python -m images build-samples
+if [ -z "$NO_DOCKER" ]; then
+  log "building the sample task images (skipped when present)"
+  .venv/bin/python -m images build-samples
+fi

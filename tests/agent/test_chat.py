@@ -7,6 +7,7 @@ made to emit reasoning and tool calls on cue); the ids then flow through exactly
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 
@@ -146,7 +147,7 @@ def test_engine_input_is_prefix_of_training_sequence(tok, think_mode, enable_thi
 def test_keep_mode_inputs_only_grow(tok, enable_thinking) -> None:  # type: ignore[no-untyped-def]
     """A suffix never re-tokenizes earlier ids: each input extends the previous input + its sampled ids."""
     _, turns = play(tok, "keep", enable_thinking)
-    for (prompt, ids, _), (next_prompt, _, _) in zip(turns, turns[1:]):
+    for (prompt, ids, _), (next_prompt, _, _) in itertools.pairwise(turns):
         assert next_prompt[: len(prompt) + len(ids)] == prompt + ids
 
 

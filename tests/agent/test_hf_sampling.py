@@ -65,6 +65,7 @@ def test_a_certain_token_and_the_seed() -> None:
     assert _sample(wide, SamplingParams(max_tokens=1, temperature=0.0), torch.Generator()) == (int(wide.argmax()), 0.0)
 
 
+@pytest.mark.slow  # ~5 s CPU: left out of scripts/test.sh --fast
 def test_a_batch_samples_what_each_request_samples_alone(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Prompts of different lengths (left-padded in the batch) with their own seeds, limits and stop tokens: the
     batched engine returns, per request, the ids the request gets alone, and logprobs equal to float rounding —

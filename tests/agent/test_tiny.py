@@ -75,6 +75,7 @@ def test_init_std(loaded) -> None:  # type: ignore[no-untyped-def]
     assert norms and all(bool((p == 1).all()) for p in norms)
 
 
+@pytest.mark.slow  # ~8 s CPU: left out of scripts/test.sh --fast
 def test_sampling_has_variety(loaded) -> None:  # type: ignore[no-untyped-def]
     model, tokenizer = loaded
     prompt = tokenizer.apply_chat_template(
@@ -105,6 +106,7 @@ def test_sampling_has_variety(loaded) -> None:  # type: ignore[no-untyped-def]
         assert tokenizer.decode(sample).strip()
 
 
+@pytest.mark.slow  # ~4 s CPU: left out of scripts/test.sh --fast
 def test_idempotent_and_rebuilt_on_change(model_dir: Path, tmp_path: Path) -> None:
     weights = model_dir / "model.safetensors"
     mtime = weights.stat().st_mtime_ns

@@ -38,7 +38,7 @@ def _aci_caller(workspace_root):
                 args["insert_line"] = int(insert_line)
             except ValueError:
                 return {
-                    "output": "ERROR:\nInvalid insert_line value: '%s'. Expected an integer." % insert_line,
+                    "output": f"ERROR:\nInvalid insert_line value: '{insert_line}'. Expected an integer.",
                     "error": True,
                 }
         try:
@@ -46,7 +46,7 @@ def _aci_caller(workspace_root):
                 raw = file_editor(**args)
                 m = re.match(r"<oh_aci_output_([0-9a-f]+)>\n(.*)\n</oh_aci_output_\1>\Z", raw, re.DOTALL)
                 if not m:
-                    return {"crash": "unparsable file_editor output: %r" % raw[:500]}
+                    return {"crash": f"unparsable file_editor output: {raw[:500]!r}"}
                 data = json.loads(m.group(2))
                 return {"output": data["formatted_output_and_error"], "error": bool(data["error"])}
             try:
@@ -59,7 +59,7 @@ def _aci_caller(workspace_root):
         except TypeError as e:  # OpenHands' runtime wrapper: `except TypeError as e: return f'ERROR:\n{e}'`
             return {"output": "ERROR:\n" + str(e), "error": True}
         except Exception as e:  # noqa: BLE001 - openhands-aci crashed; reported as such
-            return {"crash": "%s: %s" % (type(e).__name__, e)}
+            return {"crash": f"{type(e).__name__}: {e}"}
 
     return call
 
@@ -75,7 +75,7 @@ def _ours_caller(workspace_root, runtime_dir):
         try:
             return editor.run(args)
         except Exception as e:  # noqa: BLE001 - must never happen; the test reports it
-            return {"crash": "%s: %s" % (type(e).__name__, e)}
+            return {"crash": f"{type(e).__name__}: {e}"}
 
     return call
 
@@ -94,7 +94,7 @@ def _setup(step, ws):
     elif "symlink" in step:
         os.symlink(step["target"], os.path.join(ws, step["symlink"]))
     else:
-        raise ValueError("unknown step %r" % (step,))
+        raise ValueError(f"unknown step {step!r}")
 
 
 def _snapshot(ws):

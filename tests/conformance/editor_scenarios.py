@@ -45,7 +45,7 @@ REPLACE_TEXT = (
     "last line without newline"
 )
 
-TEN_LINES = "".join("line %d\n" % i for i in range(1, 11))
+TEN_LINES = "".join(f"line {i}\n" for i in range(1, 11))
 
 
 def w(rel, text=None, b64=None, data=None, repeat=1):
@@ -180,7 +180,7 @@ SCENARIOS = [
     },
     {
         "name": "view_large_directory",
-        "steps": [w("many/file_with_a_rather_long_name_%04d.txt" % i, "") for i in range(400)]
+        "steps": [w(f"many/file_with_a_rather_long_name_{i:04d}.txt", "") for i in range(400)]
         + [view("directory_truncated", "{ws}/many")],
     },
     {
@@ -315,7 +315,7 @@ SCENARIOS = [
             w("empty.txt", ""),
             w("crlf.txt", "alpha\r\nbeta\r\ngamma\r\n"),
             w("ws.txt", "x = 1\ny = 2\n"),
-            w("long.txt", "".join("row %d\n" % i for i in range(1, 41))),
+            w("long.txt", "".join(f"row {i}\n" for i in range(1, 41))),
             op("empty_old_str_everywhere", command="str_replace", path="{ws}/small.txt", old_str="", new_str="z"),
             op("whitespace_only_old_str", command="str_replace", path="{ws}/small.txt", old_str="   ", new_str="z"),
             op(
@@ -344,7 +344,7 @@ SCENARIOS = [
                 command="str_replace",
                 path="{ws}/long.txt",
                 old_str="row 20\n",
-                new_str="".join("new %d\n" % i for i in range(12)),
+                new_str="".join(f"new {i}\n" for i in range(12)),
             ),
             op("near_end_snippet", command="str_replace", path="{ws}/long.txt", old_str="row 39", new_str="ROW"),
             w("bom.txt", "\ufeffkeep the bom\n"),
@@ -435,15 +435,15 @@ SCENARIOS = [
         ]
         + [
             op(
-                "many_edit_%02d" % i,
+                f"many_edit_{i:02d}",
                 command="str_replace",
                 path="{ws}/u.txt",
-                old_str="gamma%s" % ("" if i == 1 else i - 1),
-                new_str="gamma%d" % i,
+                old_str=f"gamma{'' if i == 1 else i - 1}",
+                new_str=f"gamma{i}",
             )
             for i in range(1, 13)
         ]
-        + [op("many_undo_%02d" % i, command="undo_edit", path="{ws}/u.txt") for i in range(1, 12)],
+        + [op(f"many_undo_{i:02d}", command="undo_edit", path="{ws}/u.txt") for i in range(1, 12)],
     },
     {
         "name": "binary_and_large",
@@ -457,7 +457,7 @@ SCENARIOS = [
             w("emoji_only.txt", "\U0001f600" * 8 + "\n"),
             w("cjk_ext_b.txt", "\U00020000" * 8 + "\n"),
             w("big.txt", "x" * 1023 + "\n", repeat=11 * 1024),
-            w("long.txt", "".join("%05d %s\n" % (i, "abcdefghij" * 3) for i in range(1, 801))),
+            w("long.txt", "".join(f"{i:05d} {'abcdefghij' * 3}\n" for i in range(1, 801))),
             view("binary_png", "{ws}/image.png"),
             op(
                 "binary_png_str_replace",

@@ -42,14 +42,15 @@ from pathlib import Path
 import pytest
 from editor_scenarios import SCENARIOS, op_steps
 
+from tests.conftest import find_python38, unavailable
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 RUNTIME_DIR = REPO / "envserver" / "runtime"
 DRIVER = HERE / "editor_driver.py"
 SETUP_SCRIPT = HERE / "setup_aci_venv.sh"
-PY38 = Path(os.environ.get("EDITOR_CONFORMANCE_PY38", "/root/.pyenv/versions/3.8.18/bin/python3"))
-
-IMPLS = {"ours-host": sys.executable, "ours-py38": str(PY38), "ours-container": "docker"}
+IMPLS = {"ours-host": sys.executable, "ours-py38": "python3.8", "ours-container": "docker"}
+"""ours-py38 runs whichever Python 3.8 tests/conftest.py's find_python38 finds ($EDITOR_CONFORMANCE_PY38 first)."""
 CONTAINER_IMAGE = os.environ.get("EDITOR_CONFORMANCE_IMAGE", "envserver/base:bookworm")
 """Our editor also runs where it really runs: inside a task image, with that image's own python3."""
 
@@ -64,11 +65,11 @@ def _container_argv(root: Path) -> list:
         "--network",
         "none",
         "-v",
-        "%s:%s" % (root.parent, root.parent),
+        f"{root.parent}:{root.parent}",
         "-v",
-        "%s:/rt:ro" % RUNTIME_DIR,
+        f"{RUNTIME_DIR}:/rt:ro",
         "-v",
-        "%s:/conf:ro" % HERE,
+        f"{HERE}:/conf:ro",
         CONTAINER_IMAGE,
         "python3",
         "/conf/editor_driver.py",
@@ -79,7 +80,9 @@ def _container_argv(root: Path) -> list:
 def _container_available() -> bool:
     try:
         return (
-            subprocess.run(["docker", "image", "inspect", CONTAINER_IMAGE], capture_output=True, timeout=30).returncode
+            subprocess.run(
+                ["docker", "image", "inspect", CONTAINER_IMAGE], capture_output=True, timeout=30, check=False
+            ).returncode
             == 0
         )
     except (OSError, subprocess.TimeoutExpired):
@@ -93,13 +96,15 @@ def _aci_python() -> str:
     env = dict(os.environ)
     env.setdefault("ACI_VENV", str(REPO / ".venv-aci"))
     try:
-        proc = subprocess.run(["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, env=env, timeout=1800)
+        proc = subprocess.run(
+            ["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, env=env, timeout=1800, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip("openhands-aci venv could not be built: %s" % e)
+        pytest.skip(f"openhands-aci venv could not be built: {e}")
     if proc.returncode != 0:
         pytest.skip(
-            "openhands-aci venv could not be built (tests/conformance/setup_aci_venv.sh exited %d): %s"
-            % (proc.returncode, proc.stderr.strip()[-2000:])
+            f"openhands-aci venv could not be built (tests/conformance/setup_aci_venv.sh exited {proc.returncode}): "
+            f"{proc.stderr.strip()[-2000:]}"
         )
     return proc.stdout.strip().splitlines()[-1]
 
@@ -115,9 +120,10 @@ def _run_driver(python: str, impl: str, root: Path) -> dict:
         text=True,
         env=env,
         timeout=300,
+        check=False,
     )
     if proc.returncode != 0:
-        pytest.fail("driver %s (%s) failed with %d:\n%s" % (impl, python, proc.returncode, proc.stderr[-4000:]))
+        pytest.fail(f"driver {impl} ({python}) failed with {proc.returncode}:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout)
 
 
@@ -127,8 +133,10 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("editor-conformance") / "ws"
     results = {"aci": _run_driver(aci_python, "aci", root)}
     for label, python in IMPLS.items():
-        if label == "ours-py38" and not PY38.exists():
-            continue
+        if label == "ours-py38":
+            python = find_python38()
+            if python is None:
+                continue
         if label == "ours-container":
             if not _container_available():
                 continue
@@ -142,55 +150,53 @@ def _diff(expected: str, got: str) -> str:
 
 
 def _check_output(ref: dict, got: dict, what: str) -> None:
-    assert got["output"] == ref["output"], "%s: output differs\n%s\nexpected: %r\ngot:      %r" % (
-        what,
-        _diff(ref["output"], got["output"]),
-        ref["output"][:3000],
-        got["output"][:3000],
+    assert got["output"] == ref["output"], (
+        f"{what}: output differs\n{_diff(ref['output'], got['output'])}\n"
+        f"expected: {ref['output'][:3000]!r}\ngot:      {got['output'][:3000]!r}"
     )
-    assert got["error"] == ref["error"], "%s: error flag %r, expected %r" % (what, got["error"], ref["error"])
+    assert got["error"] == ref["error"], f"{what}: error flag {got['error']!r}, expected {ref['error']!r}"
 
 
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("impl", list(IMPLS))
-@pytest.mark.parametrize("scenario,step", STEPS, ids=["%s/%s" % (name, step["id"]) for name, step in STEPS])
+@pytest.mark.parametrize(
+    "impl",
+    [pytest.param(impl, marks=[pytest.mark.docker] if python == "docker" else []) for impl, python in IMPLS.items()],
+)
+@pytest.mark.parametrize("scenario,step", STEPS, ids=[f"{name}/{step['id']}" for name, step in STEPS])
 def test_matches_openhands_aci(runs, impl, scenario, step):
     root, results = runs
     if impl not in results:
         if impl == "ours-container":
-            pytest.skip("no Docker engine or no %s image (python -m images base)" % CONTAINER_IMAGE)
-        pytest.skip("%s not found (set EDITOR_CONFORMANCE_PY38)" % PY38)
+            unavailable(f"no Docker engine or no {CONTAINER_IMAGE} image (python -m images base)")
+        unavailable("no Python 3.8 interpreter found (install one, or set PYTHON38 or EDITOR_CONFORMANCE_PY38)")
     if results["aci"]["python"] < step.get("reference_python", [3, 0]):
-        pytest.skip(
-            "the openhands-aci venv runs Python %s.%s; this reference needs %s.%s"
-            % (tuple(results["aci"]["python"]) + tuple(step["reference_python"]))
-        )
-    key = "%s/%s" % (scenario, step["id"])
+        have, need = results["aci"]["python"], step["reference_python"]
+        pytest.skip(f"the openhands-aci venv runs Python {have[0]}.{have[1]}; this reference needs {need[0]}.{need[1]}")
+    key = f"{scenario}/{step['id']}"
     ref = results["aci"]["results"][key]
     got = results[impl]["results"][key]
-    assert "crash" not in got, "our editor raised: %s" % got["crash"]
+    assert "crash" not in got, f"our editor raised: {got['crash']}"
 
     if step.get("deviation"):
         expect = step["expect"]
         if expect is not None:  # our own exact output; openhands-aci's is shown for context
             ws = str(root / scenario)
             expect = {"output": expect["output"].replace("{ws}", ws), "error": expect["error"]}
-            _check_output(expect, got, "deviation (%s); openhands-aci says %r" % (step["deviation"], ref))
+            _check_output(expect, got, f"deviation ({step['deviation']}); openhands-aci says {ref!r}")
             assert got["state"] == ref["state"], "file-system state differs"
         else:  # same output, different file-system state by design
             _check_output(ref, got, key)
         return
 
     assert "crash" not in ref, (
-        "openhands-aci itself crashed (%s): mark the step as a deviation with our expected output" % ref["crash"]
+        f"openhands-aci itself crashed ({ref['crash']}): mark the step as a deviation with our expected output"
     )
     _check_output(ref, got, key)
-    assert got["state"] == ref["state"], "file-system state after the call differs:\naci:  %s\nours: %s" % (
-        ref["state"],
-        got["state"],
+    assert got["state"] == ref["state"], (
+        f"file-system state after the call differs:\naci:  {ref['state']}\nours: {got['state']}"
     )
 
 
 def test_enough_operations():
     assert len(STEPS) >= 40
-    assert len({"%s/%s" % (n, s["id"]) for n, s in STEPS}) == len(STEPS), "step ids must be unique"
+    assert len({f"{n}/{s['id']}" for n, s in STEPS}) == len(STEPS), "step ids must be unique"

@@ -26,9 +26,9 @@ import pytest
 
 from agent.collect import collect, done_episode_ids, is_replayed_attempt, lost_attempts, mark_lost_attempt, mark_replay
 from agent.engines.replay import ReplayEngine, tool_call_text
-from envserver.fleet import Fleet, FleetConfig, FleetUnavailable
 from agent.loop import AgentConfig
 from agent.trajectory import Trajectory, read_jsonl, write_jsonl
+from envserver.fleet import Fleet, FleetConfig, FleetUnavailable
 from envserver.local import free_port
 from tests.conftest import ServerProcess, start_server, stop_server
 
@@ -368,7 +368,7 @@ def test_trainer_finishes_on_full_groups_when_one_of_two_env_servers_dies(sample
     try:
         config = _config(tmp_path, "fleet", 3)
         config.env_urls = [server.url for server in servers]
-        config.tasks_per_step, config.group_size, config.max_turns, config.success_eval_episodes = 4, 2, 3, 0
+        config.tasks_per_step, config.group_size, config.agent.max_turns, config.success_eval_episodes = 4, 2, 3, 0
         config.announce_next_step = False
         outcome: dict[str, object] = {}
 

@@ -31,7 +31,7 @@ from envserver.sandbox.base import SandboxSpec
 from envserver.sandbox.docker_backend import DockerBackend
 from envserver.sessions import SessionManager
 from envserver.tasks import SAMPLE_TASKS_PATH, TaskInstance, load_tasks
-from tests.conftest import LITE_TASKS, ServerProcess, docker_client, start_server, stop_server
+from tests.conftest import LITE_TASKS, ServerProcess, docker_client, start_server, stop_server, unavailable
 from tests.patchops import bash_apply_command
 
 pytestmark = pytest.mark.docker
@@ -71,7 +71,8 @@ another real instance is one more line, its image built or pulled first)."""
 
 
 def image_of(task: TaskInstance) -> str:
-    """The first candidate image of the task present on the docker host (skip when none is)."""
+    """The first candidate image of the task present on the docker host (skip when none is; fail under CI, which
+    builds them: sample_images and real_swebench run first)."""
     client = docker_client()
     for name in candidate_images(task, DEFAULT_TEMPLATES):
         try:
@@ -79,7 +80,7 @@ def image_of(task: TaskInstance) -> str:
         except docker.errors.ImageNotFound:
             continue
         return name
-    pytest.skip(f"no image for {task.instance_id} on the docker host (build it with `python -m images build`)")
+    unavailable(f"no image for {task.instance_id} on the docker host (build it with `python -m images build`)")
 
 
 @dataclass

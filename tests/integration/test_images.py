@@ -27,25 +27,32 @@ ONE_PER_REPO = list({t.repo: t for t in reversed(TASKS)}.values())
 
 
 @pytest.fixture(scope="module")
-def client():
-    docker = pytest.importorskip("docker")
-    try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except docker.errors.DockerException as exc:
-        pytest.skip(f"no Docker engine: {exc}")
-    return client
+def client(docker_engine):  # type: ignore[no-untyped-def]
+    """docker_engine (tests/conftest.py) skips without an engine, and fails under CI (CI=true), which has one."""
+    import docker
+
+    return docker.from_env(timeout=120)  # commits and builds may take longer than docker_engine's 60 s
 
 
 @pytest.fixture(scope="module")
 def sample_images(client) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "images", "build-samples"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "images", "build-samples"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # a second run has nothing to do
     again = subprocess.run(
-        [sys.executable, "-m", "images", "build-samples"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "images", "build-samples"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert again.returncode == 0 and "0 image(s) built" in again.stdout, again.stdout + again.stderr
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from envserver.client import EnvClient
+from envserver.git_diff import split_patch
 from envserver.image_names import local_image_name
-from envserver.patch_policy import split_patch
 from envserver.validate import load_validation
 from tests.conftest import (
     LITE_TASKS,

@@ -12,17 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from trainer.pairs.__main__ import app
-from trainer.pairs.audit import (
-    SHORTCUT_BOUND,
-    AuditError,
-    AuditReport,
-    QuoteFinder,
-    answer_identifiers,
-    assign_folds,
-    audit_pairs,
-    baseline_outcomes,
-    write_report,
-)
+from trainer.pairs.audit import AuditError, assign_folds, audit_pairs, baseline_outcomes
+from trainer.pairs.audit_features import QuoteFinder, answer_identifiers
+from trainer.pairs.audit_report import SHORTCUT_BOUND, AuditReport, write_report
 from trainer.pairs.record import PairRecord, write_pairs
 from trainer.pairs.split import pair_group
 

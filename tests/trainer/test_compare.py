@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from trainer.compare import main as compare_main
-from trainer.run import agent_config, config_from_args
+from trainer.run import config_from_args
 from trainer.summary import start_end_summary
 
 
@@ -21,7 +21,7 @@ def _run(
     evaluation: tuple[float, float] | None = None,
 ) -> Path:
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"ca_weight": ca_weight}))
+    (folder / "config.json").write_text(json.dumps({"ca": {"weight": ca_weight}}))
     tasks = [["a", "b"], ["c", "d"]]
     rows = [{"step": 0, "heldout_ca_accuracy": accuracy[0]} | ({"success_eval": evaluation[0]} if evaluation else {})]
     for step, rate in enumerate(success, start=1):
@@ -68,18 +68,28 @@ def test_compare_prints_start_and_end_and_plots(tmp_path, capsys):  # type: igno
 
 def test_config_overrides(tmp_path):  # type: ignore[no-untyped-def]
     config = config_from_args(
-        None, ["ca_weight=0", "grpo.kl_coef=0.25", "agent_tools=[execute_bash]", "engine_url=null"]
+        None, ["ca.weight=0", "grpo.kl_coef=0.25", "agent.tools=[execute_bash]", "engine_url=null"]
     )
-    assert config.ca_weight == 0.0 and config.grpo.kl_coef == 0.25 and config.agent_tools == ["execute_bash"]
-    assert config.grpo.clip_high == 0.28  # the rest of the section keeps its defaults
-    sampling = agent_config(config_from_args(None, ["top_p=0.8", "top_k=20", "temperature=0.5"]), seed=3)
-    assert (sampling.top_p, sampling.top_k, sampling.temperature, sampling.seed) == (0.8, 20, 0.5, 3)
+    assert config.ca.weight == 0.0 and config.grpo.kl_coef == 0.25 and config.agent.tools == ("execute_bash",)
+    assert config.grpo.clip_high == 0.28 and config.ca.clip == 5.0  # the rest of a section keeps its defaults
+    # A partial `agent:` section applies over the embedded default's agent, not over AgentConfig's defaults.
+    sampling = config_from_args(None, ["agent.top_p=0.8", "agent.top_k=20", "agent.temperature=0.5"]).agent
+    assert (sampling.top_p, sampling.top_k, sampling.temperature) == (0.8, 20, 0.5)
+    assert (sampling.max_turns, sampling.max_tokens_per_turn) == (2, 192)
+    assert config_from_args(None, ["agent.tools=null"]).agent.tools is None
+    # Keys of older configs say where the setting went.
+    with pytest.raises(SystemExit, match=r"`ca_weight` is now `ca.weight`.*`temperature` is now `agent.temperature`"):
+        config_from_args(None, ["ca_weight=0", "temperature=0.5"])
+    with pytest.raises(SystemExit, match="`agent_tools` is now `agent.tools`"):
+        config_from_args(None, ["agent_tools=null"])
+    with pytest.raises(SystemExit, match="agent.seed"):
+        config_from_args(None, ["agent.seed=3"])
     path = tmp_path / "c.yaml"
     path.write_text("steps: 5\ngrpo:\n  clip_low: 0.1\n")
     config = config_from_args(path, ["steps=7", "grpo.clip_high=0.3"])
     assert (config.steps, config.grpo.clip_low, config.grpo.clip_high) == (7, 0.1, 0.3)
     with pytest.raises(SystemExit, match="KEY=VALUE"):
-        config_from_args(None, ["ca_weight"])
+        config_from_args(None, ["steps"])
     with pytest.raises(SystemExit, match="nope"):
         config_from_args(None, ["nope=1"])
     with pytest.raises(SystemExit, match="not a section"):

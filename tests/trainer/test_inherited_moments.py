@@ -106,7 +106,7 @@ def test_moments_saved_beside_a_warm_started_model_are_found_by_runs_started_fro
 
     from agent.tiny import build_tiny_model
     from trainer.config import TrainerConfig
-    from trainer.run import save_warm_start, saved_second_moments
+    from trainer.setup import save_warm_start, saved_second_moments
 
     built = build_tiny_model(tmp_path / "tiny", tokenizer="code-bpe")
     model = AutoModelForCausalLM.from_pretrained(built, dtype=torch.float32)

@@ -43,7 +43,7 @@ def test_values_entropy_and_gradients_match_naive(chunk_size: int, dtype: torch.
 
     ref, ref_entropy = naive(hidden.double(), weight.double(), targets)
     (ref * upstream).sum().backward()
-    tol = dict(rtol=1e-5, atol=1e-5)
+    tol = {"rtol": 1e-5, "atol": 1e-5}
     torch.testing.assert_close(logprobs.double(), ref.detach(), **tol)
     torch.testing.assert_close(entropy.double(), ref_entropy.detach(), **tol)
     torch.testing.assert_close(got_h.double(), hidden.grad.double(), **tol)
@@ -112,6 +112,7 @@ def tiny_model(tmp_path_factory):  # type: ignore[no-untyped-def]
     return AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
 
 
+@pytest.mark.slow  # ~7 s CPU: left out of scripts/test.sh --fast
 def test_model_alignment_and_gradients(tiny_model) -> None:  # type: ignore[no-untyped-def]
     model = tiny_model
     model.train()  # no dropout in Qwen3: train mode only switches gradient checkpointing on where enabled

@@ -8,7 +8,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.losses import GRPOLossConfig, ca_loss, ca_margin, compute_advantages, grpo_loss
+from trainer.losses import ContextAwarenessConfig, GRPOConfig, ca_loss, ca_margin, compute_advantages, grpo_loss
+
+
+def loss_config(**fields: object) -> GRPOConfig:
+    """The clipped loss alone: no KL, no KL clamp, no importance-sampling cap unless a test turns them on."""
+    return GRPOConfig(**{"kl_coef": 0.0, "kl_clamp": None, "tis_cap": None, **fields})  # type: ignore[arg-type]
+
+
+def ca(clip: float, clip_mode: str = "symmetric") -> ContextAwarenessConfig:
+    return ContextAwarenessConfig(clip=clip, clip_mode=clip_mode)  # type: ignore[arg-type]
+
 
 LN = math.log
 
@@ -157,7 +167,7 @@ def batch(dtype: torch.dtype = torch.float64, pad: float = float("nan")) -> tupl
 )
 def test_grpo_loss_by_hand(aggregation: str, max_tokens: int | None, expected: float) -> None:
     logp, old, adv, mask = batch()
-    cfg = GRPOLossConfig(
+    cfg = loss_config(
         clip_low=0.2,
         clip_high=0.28,
         aggregation=aggregation,  # type: ignore[arg-type]
@@ -175,7 +185,7 @@ def test_grpo_loss_by_hand(aggregation: str, max_tokens: int | None, expected: f
 def test_grpo_gradient_by_hand_clipped_tokens_get_none() -> None:
     """token_mean: ∂L/∂logp = −A·r/N where the unclipped term is the min, 0 where the clip is active or masked."""
     logp, old, adv, mask = batch()
-    loss, _ = grpo_loss(logp, old, adv, mask, config=GRPOLossConfig())
+    loss, _ = grpo_loss(logp, old, adv, mask, config=loss_config())
     loss.backward()
     expected = torch.tensor([[0.0, -1 * 0.5 / 5, 0.0], [0.0, 2 * 1.3 / 5, 2 * 0.9 / 5]], dtype=torch.float64)
     torch.testing.assert_close(logp.grad, expected, rtol=0, atol=1e-12)
@@ -185,8 +195,8 @@ def test_symmetric_clip_differs_from_clip_higher() -> None:
     """With ε_high = ε_low = 0.2 the row-1 r = 1.3, A < 0 token is still unclipped; a r = 1.25, A > 0 one now is."""
     logp = torch.log(torch.tensor([[1.25]], dtype=torch.float64))
     args = (logp, torch.zeros_like(logp), torch.tensor([1.0], dtype=torch.float64), torch.ones(1, 1))
-    sym, m_sym = grpo_loss(*args, config=GRPOLossConfig(clip_low=0.2, clip_high=0.2))
-    higher, m_higher = grpo_loss(*args, config=GRPOLossConfig(clip_low=0.2, clip_high=0.28))
+    sym, m_sym = grpo_loss(*args, config=loss_config(clip_low=0.2, clip_high=0.2))
+    higher, m_higher = grpo_loss(*args, config=loss_config(clip_low=0.2, clip_high=0.28))
     assert sym.item() == pytest.approx(-1.2) and m_sym["clip_frac_high"] == 1.0
     assert higher.item() == pytest.approx(-1.25) and m_higher["clip_frac_high"] == 0.0
 
@@ -200,15 +210,15 @@ def test_grpo_kl_k3_on_and_off() -> None:
 
     kls = [k3(-0.1, LN(1.5)), k3(0.2, LN(0.5)), k3(0.0, LN(0.7)), k3(-0.3, LN(1.3)), k3(0.5, LN(0.9))]
     # off: the value is the plain loss, the KL only logged
-    loss_off, m_off = grpo_loss(logp, old, adv, mask, ref_logprobs=ref, config=GRPOLossConfig(kl_coef=0.0))
+    loss_off, m_off = grpo_loss(logp, old, adv, mask, ref_logprobs=ref, config=loss_config(kl_coef=0.0))
     assert loss_off.item() == pytest.approx(0.844, abs=1e-12)
     assert m_off["kl"] == pytest.approx(sum(kls) / 5, abs=1e-12)
     # on, token_mean: + β · mean k3
     beta = 0.1
-    loss_on, _ = grpo_loss(logp, old, adv, mask, ref_logprobs=ref, config=GRPOLossConfig(kl_coef=beta))
+    loss_on, _ = grpo_loss(logp, old, adv, mask, ref_logprobs=ref, config=loss_config(kl_coef=beta))
     assert loss_on.item() == pytest.approx(0.844 + beta * sum(kls) / 5, abs=1e-12)
     # on, seq_mean_token_mean: the KL joins each sequence's mean
-    cfg = GRPOLossConfig(kl_coef=beta, aggregation="seq_mean_token_mean")
+    cfg = loss_config(kl_coef=beta, aggregation="seq_mean_token_mean")
     loss_seq, _ = grpo_loss(logp, old, adv, mask, ref_logprobs=ref, config=cfg)
     exp_seq = ((-1.78 + beta * sum(kls[:2])) / 2 + (6.0 + beta * sum(kls[2:])) / 3) / 2
     assert loss_seq.item() == pytest.approx(exp_seq, abs=1e-12)
@@ -219,7 +229,7 @@ def test_grpo_kl_k3_on_and_off() -> None:
     kl_grad = beta * (1 - torch.exp(ref - lp)) / 5 * mask
     torch.testing.assert_close(logp.grad, pg + torch.nan_to_num(kl_grad), rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="ref_logprobs"):
-        grpo_loss(logp, old, adv, mask, config=GRPOLossConfig(kl_coef=0.1))
+        grpo_loss(logp, old, adv, mask, config=loss_config(kl_coef=0.1))
 
 
 def test_grpo_kl_clamp_bounds_the_value_and_stops_the_gradient() -> None:
@@ -237,7 +247,7 @@ def test_grpo_kl_clamp_bounds_the_value_and_stops_the_gradient() -> None:
     clamp = 10.0
     kept = [min(v, clamp) for v in raw]
     beta = 0.1
-    loss, m = grpo_loss(logp, old, adv, mask, ref_logprobs=ref, config=GRPOLossConfig(kl_coef=beta, kl_clamp=clamp))
+    loss, m = grpo_loss(logp, old, adv, mask, ref_logprobs=ref, config=loss_config(kl_coef=beta, kl_clamp=clamp))
     assert loss.item() == pytest.approx(0.844 + beta * sum(kept) / 5, abs=1e-12)
     assert m["kl"] == pytest.approx(sum(kept) / 5, abs=1e-12)
     assert m["kl_clamp_frac"] == pytest.approx(2 / 5)
@@ -249,10 +259,10 @@ def test_grpo_kl_clamp_bounds_the_value_and_stops_the_gradient() -> None:
     torch.testing.assert_close(logp.grad, pg + kl_grad, rtol=0, atol=1e-12)
     # without the clamp the same token's gradient is β(1 − 100)/5: the bound is what removes it
     logp2, _, _, _ = batch()
-    grpo_loss(logp2, old, adv, mask, ref_logprobs=ref, config=GRPOLossConfig(kl_coef=beta))[0].backward()
+    grpo_loss(logp2, old, adv, mask, ref_logprobs=ref, config=loss_config(kl_coef=beta))[0].backward()
     assert logp2.grad[0, 0].item() == pytest.approx(beta * (1 - 100) / 5, abs=1e-9)
     with pytest.raises(ValueError, match="kl_clamp"):
-        GRPOLossConfig(kl_clamp=0.0)
+        loss_config(kl_clamp=0.0)
 
 
 def test_grpo_truncated_importance_sampling_on_and_off() -> None:
@@ -261,7 +271,7 @@ def test_grpo_truncated_importance_sampling_on_and_off() -> None:
     engine = torch.tensor([[-LN(3), LN(2), 7.0], [0.0, -LN(1.5), -LN(4)]], dtype=torch.float64)
     per_token = [-1.28, -0.5, 1.6, 2.6, 1.8]
     weights = [2.0, 0.5, 1.0, 1.5, 2.0]
-    loss_on, m = grpo_loss(logp, old, adv, mask, engine_logprobs=engine, config=GRPOLossConfig(tis_cap=2.0))
+    loss_on, m = grpo_loss(logp, old, adv, mask, engine_logprobs=engine, config=loss_config(tis_cap=2.0))
     assert loss_on.item() == pytest.approx(sum(p * w for p, w in zip(per_token, weights)) / 5, abs=1e-12)
     assert m["tis_clip_frac"] == pytest.approx(2 / 5)
     assert m["tis_weight_mean"] == pytest.approx(sum(weights) / 5)
@@ -269,7 +279,7 @@ def test_grpo_truncated_importance_sampling_on_and_off() -> None:
     assert m["mismatch_abs_mean"] == pytest.approx(sum(mism) / 5)
     assert m["mismatch_abs_max"] == pytest.approx(LN(4))  # the padding position's 7.0 does not count
     # off: same value as without engine log-probs, the mismatch still logged
-    loss_off, m_off = grpo_loss(logp, old, adv, mask, engine_logprobs=engine, config=GRPOLossConfig(tis_cap=None))
+    loss_off, m_off = grpo_loss(logp, old, adv, mask, engine_logprobs=engine, config=loss_config(tis_cap=None))
     assert loss_off.item() == pytest.approx(0.844, abs=1e-12)
     assert m_off["mismatch_abs_max"] == pytest.approx(LN(4)) and "tis_clip_frac" not in m_off
     # the weights are constants: the gradient is the plain one scaled token by token
@@ -284,7 +294,7 @@ def test_grpo_tis_and_kl_together_kl_not_weighted() -> None:
     logp = torch.log(torch.tensor([[1.1]], dtype=torch.float64))
     ref = torch.tensor([[0.3]], dtype=torch.float64)
     engine = torch.tensor([[-LN(5)]], dtype=torch.float64)
-    cfg = GRPOLossConfig(kl_coef=0.5, tis_cap=2.0)
+    cfg = loss_config(kl_coef=0.5, tis_cap=2.0)
     loss, _ = grpo_loss(
         logp,
         torch.zeros_like(logp),
@@ -312,9 +322,10 @@ def test_grpo_gradcheck_float64() -> None:
     near_kink = ((ratio - 0.8).abs() < 1e-3) | ((ratio - 1.28).abs() < 1e-3)
     assert not near_kink.any()
     for agg in ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean"):
-        cfg = GRPOLossConfig(aggregation=agg, kl_coef=0.05, tis_cap=1.5, max_tokens=8)  # type: ignore[arg-type]
+        cfg = loss_config(aggregation=agg, kl_coef=0.05, tis_cap=1.5, max_tokens=8)  # type: ignore[arg-type]
         assert torch.autograd.gradcheck(
-            lambda x: grpo_loss(x, old, adv, mask, ref_logprobs=ref, engine_logprobs=engine, config=cfg)[0], (logp,)
+            lambda x, cfg=cfg: grpo_loss(x, old, adv, mask, ref_logprobs=ref, engine_logprobs=engine, config=cfg)[0],
+            (logp,),
         )
 
 
@@ -327,7 +338,7 @@ def test_grpo_padding_cannot_leak() -> None:
     ref[0, 2] = float("nan")
     engine = torch.zeros_like(old)
     engine[0, 2] = float("inf")
-    cfg = GRPOLossConfig(kl_coef=0.1, tis_cap=2.0)
+    cfg = loss_config(kl_coef=0.1, tis_cap=2.0)
     loss, m = grpo_loss(logp, old, adv, mask, ref_logprobs=ref, engine_logprobs=engine, config=cfg)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logp.grad).all() and logp.grad[0, 2] == 0
@@ -349,7 +360,7 @@ def test_grpo_micro_batches_with_global_normalizer_sum_to_the_batch_loss(aggrega
     old = logp + 0.2 * torch.randn(B, T, dtype=torch.float64)
     adv = torch.randn(B, dtype=torch.float64)
     mask = (torch.rand(B, T) > 0.3).long()
-    cfg = GRPOLossConfig(aggregation=aggregation)  # type: ignore[arg-type]
+    cfg = loss_config(aggregation=aggregation)  # type: ignore[arg-type]
     full, _ = grpo_loss(logp, old, adv, mask, config=cfg)
     norm = float(mask.sum()) if aggregation == "token_mean" else float(B)
     parts = [
@@ -360,10 +371,11 @@ def test_grpo_micro_batches_with_global_normalizer_sum_to_the_batch_loss(aggrega
 
 def test_grpo_empty_mask_and_on_policy_first_step() -> None:
     logp = torch.full((2, 3), -1.0, requires_grad=True)
-    loss, m = grpo_loss(logp, logp.detach(), torch.tensor([1.0, -1.0]), torch.zeros(2, 3))
+    loss, m = grpo_loss(logp, logp.detach(), torch.tensor([1.0, -1.0]), torch.zeros(2, 3), config=loss_config())
     assert loss.item() == 0.0 and m["num_tokens"] == 0
     # on-policy (old = current): the value is −mean(A) per token and the gradient −A/N, no clipping
-    loss, m = grpo_loss(logp, logp.detach(), torch.tensor([1.0, -1.0]), torch.tensor([[1, 1, 1], [1, 0, 0]]))
+    on_policy = (logp, logp.detach(), torch.tensor([1.0, -1.0]), torch.tensor([[1, 1, 1], [1, 0, 0]]))
+    loss, m = grpo_loss(*on_policy, config=loss_config())
     assert loss.item() == pytest.approx((-3 + 1) / 4)
     assert m["ratio_mean"] == 1.0 and m["clip_frac_low"] == 0.0 and m["clip_frac_high"] == 0.0
     loss.backward()
@@ -372,9 +384,9 @@ def test_grpo_empty_mask_and_on_policy_first_step() -> None:
 
 def test_grpo_bf16_inputs_are_upcast() -> None:
     logp, old, adv, mask = batch(dtype=torch.float64, pad=0.0)
-    ref64, _ = grpo_loss(logp.detach(), old, adv, mask)
+    ref64, _ = grpo_loss(logp.detach(), old, adv, mask, config=loss_config())
     lp16 = logp.detach().to(torch.bfloat16).requires_grad_(True)
-    loss16, _ = grpo_loss(lp16, old.to(torch.bfloat16), adv.to(torch.bfloat16), mask)
+    loss16, _ = grpo_loss(lp16, old.to(torch.bfloat16), adv.to(torch.bfloat16), mask, config=loss_config())
     assert loss16.dtype == torch.float32
     loss16.backward()
     assert lp16.grad is not None and lp16.grad.dtype == torch.bfloat16
@@ -382,17 +394,19 @@ def test_grpo_bf16_inputs_are_upcast() -> None:
 
 
 def test_grpo_config_and_shape_validation() -> None:
+    with pytest.raises(ValueError, match="kl_coef != 0 needs ref_logprobs"):
+        grpo_loss(*batch(), config=GRPOConfig())  # the trainer's default KL needs the reference
     with pytest.raises(ValueError):
-        GRPOLossConfig(aggregation="sum")  # type: ignore[arg-type]
+        loss_config(aggregation="sum")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        GRPOLossConfig(clip_low=1.0)
+        loss_config(clip_low=1.0)
     with pytest.raises(ValueError):
-        GRPOLossConfig(tis_cap=0.0)
+        loss_config(tis_cap=0.0)
     logp, old, adv, mask = batch()
     with pytest.raises(ValueError, match="advantages"):
-        grpo_loss(logp, old, adv.unsqueeze(1), mask)
+        grpo_loss(logp, old, adv.unsqueeze(1), mask, config=loss_config())
     with pytest.raises(ValueError, match="old_logprobs"):
-        grpo_loss(logp, old[:, :2], adv, mask)
+        grpo_loss(logp, old[:, :2], adv, mask, config=loss_config())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -414,7 +428,7 @@ def test_ca_margin_from_raw_logits_both_orders() -> None:
 def test_ca_loss_equals_the_formula() -> None:
     c = 2.0
     deltas = [-3.0, -2.0, -0.5, 0.0, 0.1, 1.7, 2.0, 2.5, 40.0]
-    loss, m = ca_loss(torch.tensor(deltas, dtype=torch.float64), c)
+    loss, m = ca_loss(torch.tensor(deltas, dtype=torch.float64), ca(c))
 
     def l_ca(d: float) -> float:
         x = max(-c, min(c, d))
@@ -430,8 +444,8 @@ def test_ca_loss_equals_the_formula() -> None:
 def test_ca_gradient_matches_finite_differences_and_is_zero_beyond_the_clip() -> None:
     c = 2.0
     margin = torch.tensor([-3.0, -0.5, 0.1, 1.7, 2.5, -50.0, 50.0], dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x: ca_loss(x, c)[0], (margin,))
-    loss, _ = ca_loss(margin, c)
+    assert torch.autograd.gradcheck(lambda x: ca_loss(x, ca(c))[0], (margin,))
+    loss, _ = ca_loss(margin, ca(c))
     loss.backward()
     d = margin.detach()
     analytic = torch.where(d.abs() <= c, -(1 - torch.sigmoid(d)) / len(d), torch.zeros_like(d))
@@ -445,7 +459,7 @@ def test_ca_gradient_matches_finite_differences_and_is_zero_beyond_the_clip() ->
         up, down = d.clone(), d.clone()
         up[i] += h
         down[i] -= h
-        assert ca_loss(up, c)[0].item() == ca_loss(down, c)[0].item()
+        assert ca_loss(up, ca(c))[0].item() == ca_loss(down, ca(c))[0].item()
 
 
 def test_ca_upper_clip_keeps_the_gradient_of_wrong_pairs() -> None:
@@ -453,7 +467,7 @@ def test_ca_upper_clip_keeps_the_gradient_of_wrong_pairs() -> None:
     c = 2.0
     deltas = [-50.0, -3.0, -0.5, 0.1, 2.5, 50.0]
     margin = torch.tensor(deltas, dtype=torch.float64, requires_grad=True)
-    loss, metrics = ca_loss(margin, c, clip_mode="upper")
+    loss, metrics = ca_loss(margin, ca(c, "upper"))
     expected = sum(-math.log(1 / (1 + math.exp(-min(d, c)))) for d in deltas) / len(deltas)
     assert loss.item() == pytest.approx(expected, abs=1e-12)
     assert metrics["ca_clip_frac"] == pytest.approx(2 / 6)  # only Δ > c: 2.5, 50
@@ -463,11 +477,11 @@ def test_ca_upper_clip_keeps_the_gradient_of_wrong_pairs() -> None:
     torch.testing.assert_close(margin.grad, analytic, rtol=0, atol=1e-15)
     assert (margin.grad[d < -c] < 0).all()  # confidently wrong pairs are still pushed (symmetric: exactly 0)
     assert torch.autograd.gradcheck(
-        lambda x: ca_loss(x, c, clip_mode="upper")[0],
+        lambda x: ca_loss(x, ca(c, "upper"))[0],
         (torch.tensor([-3.0, -0.5, 0.1, 1.7, 2.5], dtype=torch.float64, requires_grad=True),),
     )
     with pytest.raises(ValueError, match="clip_mode"):
-        ca_loss(margin, c, clip_mode="lower")
+        ca_loss(margin, ca(c, "lower"))
 
 
 def test_ca_gradient_through_the_margin_to_the_logits() -> None:
@@ -477,8 +491,8 @@ def test_ca_gradient_through_the_margin_to_the_logits() -> None:
     c = 1.5
     margin = ca_margin(logits.detach(), (3, 7), pos_first)
     assert ((margin.abs() - c).abs() > 1e-3).all()
-    assert torch.autograd.gradcheck(lambda x: ca_loss(ca_margin(x, (3, 7), pos_first), c)[0], (logits,))
-    loss, _ = ca_loss(ca_margin(logits, (3, 7), pos_first), c)
+    assert torch.autograd.gradcheck(lambda x: ca_loss(ca_margin(x, (3, 7), pos_first), ca(c))[0], (logits,))
+    loss, _ = ca_loss(ca_margin(logits, (3, 7), pos_first), ca(c))
     loss.backward()
     others = [i for i in range(10) if i not in (3, 7)]
     assert (logits.grad[:, others] == 0).all()
@@ -487,7 +501,7 @@ def test_ca_gradient_through_the_margin_to_the_logits() -> None:
 
 def test_ca_loss_is_stable_for_huge_margins() -> None:
     m = torch.tensor([-1e4, 1e4], dtype=torch.float32, requires_grad=True)
-    loss, _ = ca_loss(m, math.inf)
+    loss, _ = ca_loss(m, ca(math.inf))
     loss.backward()
     assert loss.item() == pytest.approx(1e4 / 2)  # −log σ(−1e4) = 1e4, −log σ(1e4) = 0
     torch.testing.assert_close(m.grad, torch.tensor([-0.5, 0.0]))
@@ -497,21 +511,21 @@ def test_ca_loss_is_stable_for_huge_margins() -> None:
 def test_ca_accuracy_by_option_position() -> None:
     margin = torch.tensor([1.0, -1.0, 2.0, 0.5, -0.2, 3.0])
     pos_first = torch.tensor([True, True, True, False, False, False])
-    _, m = ca_loss(margin, 5.0, pos_first)
+    _, m = ca_loss(margin, ca(5.0), pos_first)
     assert m["ca_accuracy_pos_first"] == pytest.approx(2 / 3)
     assert m["ca_accuracy_pos_second"] == pytest.approx(2 / 3)
-    _, m = ca_loss(margin[:3], 5.0, pos_first[:3])
+    _, m = ca_loss(margin[:3], ca(5.0), pos_first[:3])
     assert math.isnan(m["ca_accuracy_pos_second"])
 
 
 def test_ca_loss_normalizer_and_empty_batch() -> None:
     margin = torch.tensor([0.3, -0.7, 1.1, 0.0])
-    full, _ = ca_loss(margin, 2.0)
-    parts = ca_loss(margin[:1], 2.0, normalizer=4)[0] + ca_loss(margin[1:], 2.0, normalizer=4)[0]
+    full, _ = ca_loss(margin, ca(2.0))
+    parts = ca_loss(margin[:1], ca(2.0), normalizer=4)[0] + ca_loss(margin[1:], ca(2.0), normalizer=4)[0]
     assert parts.item() == pytest.approx(full.item(), abs=1e-7)
     empty = torch.zeros(0, requires_grad=True)
-    loss, m = ca_loss(empty, 2.0)
+    loss, m = ca_loss(empty, ca(2.0))
     loss.backward()
     assert loss.item() == 0.0 and m["ca_num_pairs"] == 0 and math.isnan(m["ca_accuracy"])
     with pytest.raises(ValueError):
-        ca_loss(margin, 0.0)
+        ca_loss(margin, ca(0.0))

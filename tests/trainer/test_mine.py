@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from typer.testing import CliRunner
@@ -557,7 +557,7 @@ class JudgeHandler(BaseHTTPRequestHandler):
     """An OpenAI-style /v1/chat/completions that judges by rule: a positive context that holds MAGIC_CUE is a
     shortcut (reject); a pair whose negative holds MAGIC_CUE gets an unreadable reply; anything else is accepted."""
 
-    requests: list[dict[str, Any]] = []
+    requests: ClassVar[list[dict[str, Any]]] = []
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -746,7 +746,7 @@ def test_cli_user_errors_have_messages_not_tracebacks(case: str, inputs: list[Pa
         args[2], expected = str(tmp_path / "cut.jsonl.gz"), "cut.jsonl.gz: the compressed file is truncated or corrupt"
     else:
         args += ["--min-stage", "same_planet"]
-        expected = "bad miner setting: min_stage"
+        expected = "MinerConfig from the flags: min_stage"
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     assert expected in " ".join(result.output.split())
@@ -778,6 +778,7 @@ def test_python_dash_m_entry_point(inputs: list[Path], tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
     assert missing.returncode == 2
     assert "x.json: no such file" in missing.stderr and "Traceback" not in missing.stderr

@@ -16,9 +16,7 @@ from trainer.pairs.masking import (
     ISSUE_PLACEHOLDER,
     LINE_PLACEHOLDER,
     PLACEHOLDER,
-    LineScrubber,
     issue_span,
-    leaked_lines,
     mask_diff_blocks,
     mask_messages,
     mask_shell,
@@ -26,6 +24,7 @@ from trainer.pairs.masking import (
     render,
 )
 from trainer.pairs.mine import repo_and_commit, signature, similarity
+from trainer.pairs.scrub import LineScrubber, leaked_lines
 
 
 def diff(path: str, header: str, body: list[str], status: str = "modified") -> str:

@@ -118,6 +118,7 @@ def test_mirrored_pairs_share_a_group_and_the_audit_cli_agrees(mined_real_pairs:
     assert (tmp_path / "audit.json").read_bytes() == (mined_real_pairs.report / "audit.json").read_bytes()
 
 
+@pytest.mark.slow  # ~15 s CPU: left out of scripts/test.sh --fast
 def test_without_the_construction_the_set_is_a_shortcut_set(tmp_path: Path) -> None:
     """The construction is what passes the audit: the same cascade without issue-term masking, balanced selection
     and filtering gives pairs that word matching solves, on the same data."""

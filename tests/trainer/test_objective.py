@@ -10,14 +10,37 @@ import torch
 
 from agent.trajectory import TokenSequence, Trajectory
 from trainer.batch import build_batch
+from trainer.config import TrainerConfig
 from trainer.logprobs import model_token_logprobs
-from trainer.objective import ObjectiveConfig, objective
+from trainer.losses import GRPOConfig
+from trainer.objective import objective
 from trainer.pairs import (
     PairRecord,
     balanced_presentations,
     collate_presentations,
     present,
 )
+
+GROUPS = {
+    "advantage": "grpo",
+    "drop_zero_variance": True,
+    "negative_advantage_scale": 1.0,
+    "malformed_call_penalty": 0.0,
+}
+"""Standard GRPO advantages: the group's baseline, flat groups dropped, failures pushed down, no penalty."""
+
+
+def grpo(**fields: object) -> GRPOConfig:
+    return GRPOConfig(**{**GROUPS, **fields})  # type: ignore[arg-type]
+
+
+def settings(grpo: dict | None = None, ca: dict | None = None, temperature: float = 1.0) -> TrainerConfig:  # type: ignore[type-arg]
+    """A config for the objective alone: no KL, no importance-sampling cap, T = 1 unless a test says otherwise."""
+    return TrainerConfig(
+        grpo={"kl_coef": 0.0, "tis_cap": None, **(grpo or {})},
+        ca={"weight": 0.1, "clip_mode": "symmetric", **(ca or {})},
+        agent={"temperature": temperature},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,23 +82,23 @@ def test_batch_masks_infra_failures_truncation_and_flat_groups(tokenizer):  # ty
         episode(tokenizer, "c", 0, "z", 1.0, truncation="max_turns"),
         episode(tokenizer, "c", 1, "w", 0.0),
     ]
-    batch = build_batch(trajectories, pad_token_id=tokenizer.pad_token_id, mask_truncated=True)
+    batch = build_batch(trajectories, tokenizer.pad_token_id, grpo(mask_truncated=True))
     assert batch.input_ids.shape[0] == 7
     trained = batch.loss_mask.sum(dim=1) > 0
     assert trained.tolist() == [True, True, False, False, False, False, False]
     assert batch.advantages[0] > 0 > batch.advantages[1]
     assert batch.stats["masked_infra_failure"] == 1 and batch.stats["masked_truncated"] == 1
     assert batch.stats["num_groups_zero_std"] >= 1
-    kept = build_batch(trajectories, pad_token_id=tokenizer.pad_token_id, mask_truncated=False)
+    kept = build_batch(trajectories, tokenizer.pad_token_id, grpo(mask_truncated=False))
     assert (kept.loss_mask.sum(dim=1) > 0).tolist()[5:] == [True, True]
     # TRL's way: the flat group "b" and the one-reward group "c" stay in the loss with advantage 0 (still counted);
     # masked episodes (infra failure, truncation) stay out.
-    flat = build_batch(trajectories, pad_token_id=tokenizer.pad_token_id, mask_truncated=True, drop_zero_variance=False)
+    flat = build_batch(trajectories, tokenizer.pad_token_id, grpo(mask_truncated=True, drop_zero_variance=False))
     assert (flat.loss_mask.sum(dim=1) > 0).tolist() == [True, True, False, True, True, False, True]
     assert flat.advantages[3:].tolist() == [0.0] * 4
     assert flat.stats["num_groups_zero_std"] == 1 and flat.stats["num_groups_too_few"] == 1
     # negative_scale reaches the batch: the failure's advantage shrinks, the success's does not
-    leaning = build_batch(trajectories, pad_token_id=tokenizer.pad_token_id, mask_truncated=True, negative_scale=0.5)
+    leaning = build_batch(trajectories, tokenizer.pad_token_id, grpo(mask_truncated=True, negative_advantage_scale=0.5))
     assert float(leaning.advantages[0]) == float(batch.advantages[0])
     assert float(leaning.advantages[1]) == pytest.approx(0.5 * float(batch.advantages[1]))
 
@@ -92,14 +115,17 @@ def test_malformed_calls_cost_reward_and_batch_baseline_keeps_solved_tasks(token
         episode(tokenizer, "c", 1, "w", 0.0),
     ]
     pad = tokenizer.pad_token_id
-    plain = build_batch(trajectories, pad_token_id=pad)
+    plain = build_batch(trajectories, pad, grpo())
     assert plain.advantages[:2].tolist() == [0.0, 0.0]  # both "a" episodes earned 1: no signal without the penalty
-    penalised = build_batch(trajectories, pad_token_id=pad, malformed_penalty=1.0)
+    penalised = build_batch(trajectories, pad, grpo(malformed_call_penalty=1.0))
     assert penalised.advantages[0] > 0 > penalised.advantages[1]
     assert penalised.stats["reward_mean"] == pytest.approx(3 / 6)  # the advantages' rewards: 1 0 | 1 1 | 0 0
-    grpo = build_batch(trajectories, pad_token_id=pad, malformed_penalty=1.0, drop_zero_variance=False)
-    assert grpo.advantages[2:4].tolist() == [0.0, 0.0]
-    batch = build_batch(trajectories, pad_token_id=pad, mode="batch", malformed_penalty=1.0, negative_scale=0.0)
+    group = build_batch(trajectories, pad, grpo(malformed_call_penalty=1.0, drop_zero_variance=False))
+    assert group.advantages[2:4].tolist() == [0.0, 0.0]
+    batch = build_batch(
+        trajectories, pad, grpo(advantage="batch", malformed_call_penalty=1.0, negative_advantage_scale=0.0)
+    )
+    assert build_batch(trajectories, pad).advantages.tolist() == batch.advantages.tolist()  # GRPOConfig()'s
     # the batch mean is 1/2: every clean success gets the same positive advantage, failures (and the penalised
     # success) 0 with negatives off — the solved group "b" trains like the mixed group's success
     adv = batch.advantages.tolist()
@@ -112,28 +138,27 @@ def test_kept_flat_groups_carry_only_the_kl_term(model, tokenizer):  # type: ign
     tokens give exactly the k3 KL term — 0 at the reference, a gradient pulling back once the policy has moved."""
     import copy
 
-    from trainer.losses import GRPOLossConfig
-
     trajectories = [episode(tokenizer, "a", g, "same fix", 1.0) for g in range(3)]
-    assert build_batch(trajectories, pad_token_id=tokenizer.pad_token_id).loss_mask.sum() == 0
-    batch = build_batch(trajectories, pad_token_id=tokenizer.pad_token_id, drop_zero_variance=False)
+    assert build_batch(trajectories, tokenizer.pad_token_id, grpo()).loss_mask.sum() == 0
+    batch = build_batch(trajectories, tokenizer.pad_token_id, grpo(drop_zero_variance=False))
     assert batch.loss_mask.sum() > 0 and batch.advantages.abs().sum() == 0
     reference = copy.deepcopy(model).eval().requires_grad_(False)
-    config = ObjectiveConfig(grpo=GRPOLossConfig(kl_coef=0.5, tis_cap=None))
-    loss, _ = objective(model, batch, None, config, ref_model=reference)
+    config = settings(grpo={"kl_coef": 0.5})
+    loss, _, _ = objective(model, batch, None, config, ref_model=reference)
     assert abs(float(loss.detach())) < 1e-6  # the policy is the reference: KL 0, advantage 0
     with torch.no_grad():
         for param in model.parameters():
             param.add_(torch.randn_like(param) * 0.05)
-    loss, metrics = objective(model, batch, None, config, ref_model=reference)
+    loss, metrics, _ = objective(model, batch, None, config, ref_model=reference)
     assert float(loss.detach()) > 0 and metrics["grpo/kl"] > 0
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
+@pytest.mark.slow  # ~8 s CPU: left out of scripts/test.sh --fast
 def test_grpo_steps_raise_the_rewarded_completion(model, tokenizer):  # type: ignore[no-untyped-def]
     trajectories = [episode(tokenizer, "a", 0, "good answer", 1.0), episode(tokenizer, "a", 1, "bad answer", 0.0)]
-    batch = build_batch(trajectories, pad_token_id=tokenizer.pad_token_id)
+    batch = build_batch(trajectories, tokenizer.pad_token_id, grpo())
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
 
     def sampled_logprob(row: int) -> float:
@@ -143,7 +168,7 @@ def test_grpo_steps_raise_the_rewarded_completion(model, tokenizer):  # type: ig
 
     good, bad = sampled_logprob(0), sampled_logprob(1)
     for _ in range(8):
-        loss, metrics = objective(model, batch, None, ObjectiveConfig())
+        loss, metrics, _ = objective(model, batch, None, settings())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -151,6 +176,7 @@ def test_grpo_steps_raise_the_rewarded_completion(model, tokenizer):  # type: ig
     assert sampled_logprob(0) > good + 1.0 and sampled_logprob(1) < bad - 1.0
 
 
+@pytest.mark.slow  # ~40 s CPU: left out of scripts/test.sh --fast
 def test_ca_steps_learn_selection_in_both_orders(model, tokenizer):  # type: ignore[no-untyped-def]
     pairs = [
         PairRecord(
@@ -168,13 +194,13 @@ def test_ca_steps_learn_selection_in_both_orders(model, tokenizer):  # type: ign
     presentations = [present(pair, tokenizer, first, max_context_tokens=256) for pair, first in items]
     collated = collate_presentations(presentations, tokenizer.pad_token_id)
     collated["positive_is_first"] = torch.tensor([p.positive_is_first for p in presentations])
-    config = ObjectiveConfig(ca_weight=1.0, ca_clip=3.0)
+    config = settings(ca={"weight": 1.0, "clip": 3.0})
     # A gentle rate on purpose: L_CA's symmetric clip also gives zero gradient to pairs that are confidently WRONG
     # (margin < -c), so an update that overshoots into a pure position bias cannot be undone by L_CA (seen at 1e-3).
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
-    _, before = objective(model, None, collated, config)
+    before = objective(model, None, collated, config).metrics
     for _ in range(50):
-        loss, metrics = objective(model, None, collated, config)
+        loss, metrics, _ = objective(model, None, collated, config)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -187,13 +213,8 @@ def test_ca_steps_learn_selection_in_both_orders(model, tokenizer):  # type: ign
 def test_grpo_trains_the_tempered_policy_that_sampled(model, tokenizer):  # type: ignore[no-untyped-def]
     """At temperature T the GRPO component's logprobs (and the reference's, and the entropy) are those of
     softmax(logits / T): engine logprobs of that distribution give no mismatch, raw ones a large one."""
-    from trainer.config import TrainerConfig
-    from trainer.losses import GRPOLossConfig
-    from trainer.run import objective_config
-
-    assert objective_config(TrainerConfig(temperature=0.6)).temperature == 0.6
     trajectories = [episode(tokenizer, "a", 0, "good answer", 1.0), episode(tokenizer, "a", 1, "bad answer", 0.0)]
-    batch = build_batch(trajectories, pad_token_id=tokenizer.pad_token_id)
+    batch = build_batch(trajectories, tokenizer.pad_token_id, grpo())
     with torch.no_grad():
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
     targets = batch.input_ids[:, 1:, None]
@@ -201,8 +222,8 @@ def test_grpo_trains_the_tempered_policy_that_sampled(model, tokenizer):  # type
     for temperature in (0.6, 1.0):
         expected = torch.log_softmax(logits[:, :-1] / temperature, dim=-1).gather(2, targets)[..., 0]
         batch.engine_logprobs = torch.nn.functional.pad(expected, (1, 0)) * batch.loss_mask
-        config = ObjectiveConfig(grpo=GRPOLossConfig(tis_cap=2.0), temperature=0.6)
-        _, metrics = objective(model, batch, None, config)
+        config = settings(grpo={"tis_cap": 2.0}, temperature=0.6)
+        metrics = objective(model, batch, None, config).metrics
         if temperature == 0.6:
             assert metrics["grpo/mismatch_abs_mean"] < 1e-4
         else:

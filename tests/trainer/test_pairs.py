@@ -15,11 +15,15 @@ import torch
 
 from agent.chat_template import render
 from agent.tokenizer import build_qwen3_tokenizer
-from trainer.pairs.record import (
-    QUESTION,
+from trainer.pairs.context_budget import (
     SHARED_OPENING_MARKERS,
     SHARED_OPENING_SHARE,
     TRUNCATION_MARKER,
+    shared_opening,
+    truncate_middle,
+)
+from trainer.pairs.record import (
+    QUESTION,
     PairRecord,
     balanced_presentations,
     collate_presentations,
@@ -27,9 +31,7 @@ from trainer.pairs.record import (
     option_token_ids,
     present,
     prompt_text,
-    shared_opening,
     shown_fractions,
-    truncate_middle,
     write_pairs,
 )
 

@@ -28,7 +28,8 @@ import pytest
 import torch
 
 from agent.engines.vllm_server import free_port
-from trainer.pairs.record import SHARED_OPENING_MARKERS, PairRecord, present, prompt_text, shown_fractions, write_pairs
+from trainer.pairs.context_budget import SHARED_OPENING_MARKERS
+from trainer.pairs.record import PairRecord, present, prompt_text, shown_fractions, write_pairs
 from trainer.probe import ProbeConfig, run_probe, summary_lines
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,6 +174,7 @@ def probe_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[s
         capture_output=True,
         text=True,
         timeout=timeout,
+        check=False,
     )
 
 
@@ -331,6 +333,7 @@ def test_replies_naming_no_option_are_wrong_and_counted(  # type: ignore[no-unty
 # ------------------------------------------------------------------------------------------------ logits (hf)
 
 
+@pytest.mark.slow  # ~14 s CPU: left out of scripts/test.sh --fast
 def test_hf_tiny_model_end_to_end(tiny_model_dir: Path, tiny, pairs_file: Path, tmp_path: Path) -> None:  # type: ignore
     out = tmp_path / "probe"
     proc = probe_cli(
@@ -395,6 +398,7 @@ def vllm_like_server(model: Any, served_name: str) -> LoopbackServer:
     )
 
 
+@pytest.mark.slow  # ~7 s CPU: left out of scripts/test.sh --fast
 def test_vllm_scoring_matches_hf_margins(  # type: ignore[no-untyped-def]
     tiny_model_dir: Path, tiny, pairs_file: Path, tmp_path: Path
 ) -> None:
@@ -458,6 +462,7 @@ def test_vllm_real_server_matches_hf(
 # ---------------------------------------------------------------------------------------------- user errors
 
 
+@pytest.mark.slow  # ~4 s CPU: left out of scripts/test.sh --fast
 def test_user_errors_are_one_line_without_traceback(pairs_file: Path, tmp_path: Path) -> None:
     missing = probe_cli(
         "--pairs",

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from trainer.config import TrainerConfig
-from trainer.run import success_eval_tasks
+from trainer.data import success_eval_tasks
 from trainer.summary import print_summary, start_end_summary
 
 POOL = [f"repo__task-{i}" for i in range(20)]

@@ -125,7 +125,7 @@ def test_async_client_retry_rules(scripted):  # type: ignore[no-untyped-def]
 
 
 def test_capacity_wait_is_bounded(scripted):  # type: ignore[no-untyped-def]
-    script, url = scripted
+    _, url = scripted
     with EnvClient(url, max_capacity_wait_s=0) as client:
         with pytest.raises(EnvServerError) as excinfo:
             client.reset("t")

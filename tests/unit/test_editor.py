@@ -1,4 +1,5 @@
-"""envserver/runtime/editor.py: behaviour the openhands-aci conformance test does not cover.
+"""envserver/runtime/editor.py (and the runtime files it imports): behaviour the openhands-aci conformance test does
+not cover.
 
 (tests/conformance/test_editor_conformance.py compares ~190 scripted calls with openhands-aci itself;
 here: our deliberate differences, robustness against garbage arguments, and the module's constraints.)
@@ -17,18 +18,27 @@ from pathlib import Path
 
 import pytest
 
-EDITOR_PY = Path(__file__).resolve().parents[2] / "envserver" / "runtime" / "editor.py"
-PY38 = "/root/.pyenv/versions/3.8.18/bin/python3"
+RUNTIME_DIR = Path(__file__).resolve().parents[2] / "envserver" / "runtime"
+EDITOR_PY = RUNTIME_DIR / "editor.py"
+EDITOR_FILES = ("editor.py", "editor_files.py", "editor_messages.py", "directory_view.py", "file_encoding.py")
+"""The editor and the runtime files it imports (flat, as siblings: the runtime directory is sys.path[0] in the
+container)."""
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("envserver_runtime_editor_under_test", EDITOR_PY)
+def _load(name: str):
+    """A runtime module loaded as the container loads it: with the runtime directory on sys.path for its siblings."""
+    spec = importlib.util.spec_from_file_location(f"envserver_runtime_{name}_under_test", RUNTIME_DIR / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(RUNTIME_DIR))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(RUNTIME_DIR))
     return module
 
 
-editor = _load()
+editor = _load("editor")
+file_encoding = _load("file_encoding")
 
 
 @pytest.fixture
@@ -50,15 +60,21 @@ def err(result: dict) -> str:
 # --- the module itself ------------------------------------------------------------------------------
 
 
-def test_module_is_stdlib_only():
-    tree = ast.parse(EDITOR_PY.read_text())
+@pytest.mark.parametrize("name", EDITOR_FILES)
+def test_module_is_stdlib_only(name):
+    """Stdlib and sibling runtime files only (the package path is for mypy, under TYPE_CHECKING)."""
+    tree = ast.parse((RUNTIME_DIR / name).read_text())
+    siblings = {path.stem for path in RUNTIME_DIR.glob("*.py")}
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module == "envserver.runtime":
+            imported.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            imported.add(node.module.split(".")[0])
-    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+            is_sibling = node.module.startswith("envserver.runtime.")
+            imported.add(node.module.split(".")[-1] if is_sibling else node.module.split(".")[0])
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"} | siblings, imported
 
 
 def test_module_docstring_says_why():
@@ -66,14 +82,14 @@ def test_module_docstring_says_why():
     assert "openhands-aci" in doc and "3.12" in doc and "stdlib" in doc
 
 
-@pytest.mark.skipif(not os.path.exists(PY38), reason="python3.8 not installed")
-def test_imports_as_top_level_module_under_python38(tmp_path):
+def test_imports_as_top_level_module_under_python38(tmp_path, python38):
+    """python38 (tests/conftest.py) finds a 3.8 anywhere; none is a loud skip, and a failure under CI."""
     script = (
-        "import sys; sys.path.insert(0, %r); import editor; "
-        "r = editor.Editor().run({'command': 'view', 'path': %r}); "
-        "assert r['error'] is False and 'cat -n' in r['output'], r" % (str(EDITOR_PY.parent), str(EDITOR_PY))
+        f"import sys; sys.path.insert(0, {str(EDITOR_PY.parent)!r}); import editor; "
+        f"r = editor.Editor().run({{'command': 'view', 'path': {str(EDITOR_PY)!r}}}); "
+        "assert r['error'] is False and 'cat -n' in r['output'], r"
     )
-    subprocess.run([PY38, "-c", script], check=True, timeout=60)
+    subprocess.run([python38, "-c", script], check=True, timeout=60)
 
 
 # --- never crash -------------------------------------------------------------------------------------
@@ -128,7 +144,7 @@ def test_unknown_keys_and_linting_flag_are_ignored(ed, tmp_path):
             }
         )
     )
-    assert out == "File created successfully at: %s" % target
+    assert out == f"File created successfully at: {target}"
 
 
 # --- deliberate differences --------------------------------------------------------------------------
@@ -151,7 +167,7 @@ def test_invalid_utf8_after_the_detection_sample_is_an_error_not_a_crash(ed, tmp
     target.write_bytes(b"a" * (1024 * 1024 + 10) + b"\n\xe9t\xe9\n")
     message = err(ed.run({"command": "view", "path": str(target)}))
     assert message.startswith("Ran into 'utf-8' codec can't decode byte 0xe9")
-    assert message.endswith("while trying to read %s" % target)
+    assert message.endswith(f"while trying to read {target}")
     message = err(ed.run({"command": "str_replace", "path": str(target), "old_str": "t", "new_str": "u"}))
     assert "codec can't decode" in message
     assert target.read_bytes().endswith(b"\n\xe9t\xe9\n")
@@ -161,7 +177,7 @@ def test_unencodable_insert_leaves_the_file_untouched(ed, tmp_path):
     target = tmp_path / "legacy.txt"
     target.write_bytes("caf\u00e9\n".encode("latin-1"))
     message = err(ed.run({"command": "insert", "path": str(target), "insert_line": 1, "new_str": "\u4e2d"}))
-    assert "'latin-1' codec can't encode" in message and message.endswith("while trying to write to %s" % target)
+    assert "'latin-1' codec can't encode" in message and message.endswith(f"while trying to write to {target}")
     assert target.read_bytes() == "caf\u00e9\n".encode("latin-1")
 
 
@@ -170,8 +186,8 @@ def test_documents_are_not_converted(ed, tmp_path, suffix):
     target = tmp_path / ("doc" + suffix)
     target.write_bytes(b"%PDF-1.4 not really\n")
     assert err(ed.run({"command": "view", "path": str(target)})) == (
-        "Error in converting file to Markdown: converting %s files to Markdown is not available in this "
-        "environment. Please use Python code to read %s" % (suffix, target)
+        f"Error in converting file to Markdown: converting {suffix} files to Markdown is not available in this "
+        f"environment. Please use Python code to read {target}"
     )
 
 
@@ -223,7 +239,7 @@ def test_undo_history_is_per_instance(tmp_path):
     target.write_text("one\n")
     first, second = editor.Editor(), editor.Editor()
     ok(first.run({"command": "str_replace", "path": str(target), "old_str": "one", "new_str": "two"}))
-    assert err(second.run({"command": "undo_edit", "path": str(target)})) == "No edit history found for %s." % target
+    assert err(second.run({"command": "undo_edit", "path": str(target)})) == f"No edit history found for {target}."
     ok(first.run({"command": "undo_edit", "path": str(target)}))
     assert target.read_text() == "one\n"
 
@@ -232,7 +248,7 @@ def test_undo_history_is_keyed_by_normalised_path(ed, tmp_path):
     target = tmp_path / "f.txt"
     target.write_text("one\n")
     ok(ed.run({"command": "str_replace", "path": str(target), "old_str": "one", "new_str": "two"}))
-    ok(ed.run({"command": "undo_edit", "path": "%s//./f.txt" % tmp_path}))
+    ok(ed.run({"command": "undo_edit", "path": f"{tmp_path}//./f.txt"}))
     assert target.read_text() == "one\n"
 
 
@@ -245,7 +261,7 @@ def test_max_file_size_is_configurable(tmp_path):
     target = tmp_path / "f.txt"
     target.write_text("x" * (1024 * 1024 + 1))
     assert err(editor.Editor(max_file_size_mb=1).run({"command": "view", "path": str(target)})) == (
-        "File validation failed for %s: File is too large (1.0MB). Maximum allowed size is 1MB." % target
+        f"File validation failed for {target}: File is too large (1.0MB). Maximum allowed size is 1MB."
     )
 
 
@@ -269,4 +285,4 @@ def test_max_file_size_is_configurable(tmp_path):
     ],
 )
 def test_binary_check(data, binary):
-    assert editor.is_binary_string(data) is binary
+    assert file_encoding.is_binary_string(data) is binary

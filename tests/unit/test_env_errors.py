@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from swebench.harness.constants import END_TEST_OUTPUT, START_TEST_OUTPUT
 
 from envserver.env_errors import find_env_error, patch_caused
@@ -52,6 +53,7 @@ def test_missing_dependency_in_conftest_is_the_environment(tmp_path: Path) -> No
     assert patch_caused(error, [], "+import absent_module_xyz\n", [], str(root))
 
 
+@pytest.mark.slow  # ~4 s CPU: left out of scripts/test.sh --fast
 def test_a_test_importing_what_the_fix_adds_is_the_patch(tmp_path: Path) -> None:
     root = project(
         tmp_path,
@@ -106,6 +108,7 @@ def test_failing_tests_are_no_env_error(tmp_path: Path) -> None:
     assert find_env_error(log, parsed_any=True) is None
 
 
+@pytest.mark.slow  # ~5 s CPU: left out of scripts/test.sh --fast
 def test_usage_errors_and_empty_runs_are_reported(tmp_path: Path) -> None:
     root = project(tmp_path, {"tests/test_a.py": "def test_a():\n    pass\n"})
     error = find_env_error(run_tests(root, *PYTEST, "--no-such-option", "tests/test_a.py"), parsed_any=False)

@@ -83,4 +83,7 @@ def test_module_does_not_import_docker() -> None:
     import subprocess
 
     code = "import sys, envserver.image_names; print('docker' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )

@@ -13,7 +13,8 @@ import pytest
 
 from envserver.specs import SpecTable
 from envserver.tasks import TaskInstance
-from images.official import ACTIVATE_SHIM, env_recipe, instance_script, prepare_checkout
+from images.official_env import ACTIVATE_SHIM, env_recipe
+from images.official_instance import instance_script, prepare_checkout
 from images.python_base import PythonVersionError, choose_python
 from images.requirements import conda_packages_to_pip, environment_yml_to_pip, requirements_text
 
@@ -105,10 +106,12 @@ def test_checkout_from_a_shallow_source_has_no_later_history(requests_source: Pa
     early, late = "091991be0da19de9108dbe5e3752917fea3d7fdc", "36453b95b5a5ec0271d1b3fc2bd1fa8fcd8f1e0e"
     dest = tmp_path / "testbed"
     prepare_checkout(requests_source, early, dest)
-    head = subprocess.run(["git", "-C", str(dest), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    head = subprocess.run(
+        ["git", "-C", str(dest), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout
     assert head.strip() == early
     for ref in (late, f"base-{late}"):
-        probe = subprocess.run(["git", "-C", str(dest), "cat-file", "-e", ref], capture_output=True)
+        probe = subprocess.run(["git", "-C", str(dest), "cat-file", "-e", ref], capture_output=True, check=False)
         assert probe.returncode != 0, f"{ref} must not be reachable in the instance's repository"
     assert (dest / "requests" / "__init__.py").is_file()
 
@@ -152,11 +155,15 @@ def test_activation_shim_activates_the_venv_under_set_u(tmp_path: Path) -> None:
     script = (
         f"set -uo pipefail; source {shim} && conda activate testbed && echo $CONDA_DEFAULT_ENV $(command -v python)"
     )
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["testbed", str(env / "bin" / "python")]
     # the runtime's init form: `. activate testbed`
-    out = subprocess.run(["bash", "-c", f". {shim} testbed; echo $VIRTUAL_ENV"], capture_output=True, text=True)
+    out = subprocess.run(
+        ["bash", "-c", f". {shim} testbed; echo $VIRTUAL_ENV"], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == str(env)
-    missing = subprocess.run(["bash", "-c", f"source {shim}; conda activate nope"], capture_output=True, text=True)
+    missing = subprocess.run(
+        ["bash", "-c", f"source {shim}; conda activate nope"], capture_output=True, text=True, check=False
+    )
     assert missing.returncode != 0 and "no environment nope" in missing.stderr

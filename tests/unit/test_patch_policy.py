@@ -9,16 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from envserver.patch_policy import (
-    FileVersions,
-    PolicyOutcome,
-    apply_policy,
-    classify_path,
-    command_paths,
-    needs_versions,
-    shadow_dirs,
-    split_patch,
-)
+from envserver.git_diff import split_patch
+from envserver.patch_policy import FileVersions, PolicyOutcome, apply_policy, needs_versions
+from envserver.protected_paths import classify_path, command_paths, shadow_dirs
 
 PYPROJECT = """\
 [build-system]

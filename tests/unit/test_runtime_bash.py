@@ -1,6 +1,7 @@
 """The in-container runtime (envserver/runtime/server.py) run as a local subprocess, spoken to over its protocol.
 
-Runs under the host python3 and under Python 3.8 (the oldest image python we support) when it is installed.
+Runs under the host python3 and under Python 3.8 (the oldest image python we support): tests/conftest.py finds a 3.8
+wherever it is installed; with none, the py38 cases skip with the reason, and fail under CI (CI=true).
 """
 
 from __future__ import annotations
@@ -9,14 +10,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import python38_or_unavailable
+
 SERVER = Path(__file__).resolve().parents[2] / "envserver" / "runtime" / "server.py"
-PY38 = "/root/.pyenv/versions/3.8.18/bin/python3"
-PYTHONS = [sys.executable] + ([PY38] if os.path.exists(PY38) else [])
 
 
 class Runtime:
@@ -50,16 +50,16 @@ class Runtime:
             try:
                 self.call("shutdown")
                 self.proc.wait(timeout=10)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a runtime that does not shut down cleanly is killed
                 self.proc.kill()
         self.proc.stderr.close()
         self.proc.stdout.close()
         self.proc.stdin.close()
 
 
-@pytest.fixture(params=PYTHONS, ids=lambda p: "py38" if p == PY38 else "host")
+@pytest.fixture(params=["host", "py38"])
 def rt(request, tmp_path):
-    r = Runtime(request.param, str(tmp_path))
+    r = Runtime(sys.executable if request.param == "host" else python38_or_unavailable(), str(tmp_path))
     yield r
     r.close()
 
@@ -95,10 +95,9 @@ def test_multiline_heredoc_and_syntax_error(rt):
 
 def test_hard_timeout_keeps_shell(rt):
     rt.bash("export KEEP=1")
-    t = time.monotonic()
     r = rt.bash("echo before; sleep 1000", timeout=2)
-    assert r["status"] == "hard_timeout" and "before" in r["output"] and "timed out" in r["note"]
-    assert time.monotonic() - t < 6
+    # the 2 s timeout, not the end of `sleep 1000`, ended the command
+    assert r["status"] == "hard_timeout" and "before" in r["output"] and "timed out after 2 seconds" in r["note"]
     r = rt.bash("echo $KEEP")
     assert r["output"] == "1\n" and r["status"] == "completed"
 
@@ -143,13 +142,13 @@ def test_input_to_read_and_python(rt):
 
 
 def test_truncation_100mb_and_binary(rt):
-    t = time.monotonic()
-    r = rt.bash("yes | head -c 100000000; echo; echo END", max_output_chars=1000)
+    # Streaming 100 MB through the truncating window must finish: the command's own timeout is a hang detector,
+    # generous on purpose (it takes a few seconds even on a loaded 2-core machine); how fast is not asserted.
+    r = rt.bash("yes | head -c 100000000; echo; echo END", max_output_chars=1000, timeout=120)
     assert r["status"] == "completed" and r["exit_code"] == 0
-    assert time.monotonic() - t < 20
     assert r["output"].startswith("y\ny\n") and r["output"].endswith("y\n\nEND\n")
     assert r["truncated_chars"] == 100000005 - 1000
-    assert "[... %d characters (" % r["truncated_chars"] in r["output"] and len(r["output"]) < 1200
+    assert f"[... {r['truncated_chars']} characters (" in r["output"] and len(r["output"]) < 1200
     r = rt.bash("head -c 100000 /dev/urandom; echo; echo done")
     assert r["status"] == "completed" and r["output"].endswith("done\n")
     assert rt.bash("echo fine")["output"] == "fine\n"
@@ -158,7 +157,8 @@ def test_truncation_100mb_and_binary(rt):
 def test_endless_output_hard_timeout_bounded_memory(rt_host):
     r = rt_host.bash("yes", timeout=3, max_output_chars=200)
     assert r["status"] == "hard_timeout" and r["truncated_chars"] > 1000000
-    rss_kb = int([ln for ln in open("/proc/%d/status" % rt_host.proc.pid) if ln.startswith("VmHWM")][0].split()[1])
+    with open(f"/proc/{rt_host.proc.pid}/status") as status:
+        rss_kb = int(next(ln for ln in status if ln.startswith("VmHWM")).split()[1])
     assert rss_kb < 100000
     assert rt_host.bash("echo ok")["output"] == "ok\n"
 
@@ -169,7 +169,7 @@ def test_shell_death_restarts(rt, tmp_path, cmd):
     assert r["status"] == "shell_restarted" and "new shell" in r["note"]
     assert r["exit_code"] == (4 if "exit" in cmd else 137)
     r = rt.bash('pwd; echo "x=$X"')
-    assert r["output"] == "%s\nx=\n" % tmp_path and r["status"] == "completed"
+    assert r["output"] == f"{tmp_path}\nx=\n" and r["status"] == "completed"
 
 
 def test_exit_with_background_job_holding_pty(rt_host, tmp_path):
@@ -206,7 +206,7 @@ def test_bad_requests_never_crash(rt):
 
 def test_exec(rt, tmp_path):
     r = rt.call("exec", argv=["sh", "-c", "pwd; cat; echo err >&2; exit 5"], cwd=str(tmp_path), stdin="in\n")
-    assert r["result"] == {"exit_code": 5, "timed_out": False, "stdout": "%s\nin\n" % tmp_path, "stderr": "err\n"}
+    assert r["result"] == {"exit_code": 5, "timed_out": False, "stdout": f"{tmp_path}\nin\n", "stderr": "err\n"}
     r = rt.call("exec", argv=["sh", "-c", "head -c 100000 /dev/zero; printf '\\377'"], max_output_bytes=10)["result"]
     assert r["stdout"] == "\0" * 10 and r["exit_code"] == 0
     r = rt.call("exec", argv=["sh", "-c", "printf '\\377ok'; sleep 100"], timeout=0.5)["result"]
@@ -264,7 +264,7 @@ def test_timeout_of_shell_builtin_loop_ignoring_sigint(rt_host, tmp_path):
     """Bash itself is the foreground job and ignores Ctrl-C: it is killed and replaced, the runtime carries on."""
     r = rt_host.bash("trap '' INT; while true; do :; done", timeout=1)
     assert r["status"] == "hard_timeout" and "new shell" in r["note"]
-    assert rt_host.bash("pwd")["output"] == "%s\n" % tmp_path
+    assert rt_host.bash("pwd")["output"] == f"{tmp_path}\n"
 
 
 def test_exec_redirect_and_lone_surrogate(rt):

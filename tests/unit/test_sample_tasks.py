@@ -93,6 +93,7 @@ def test_gold_patch_resolves_and_empty_patch_does_not(
     assert _resolution(result.after, instance) == "RESOLVED_FULL"
 
 
+@pytest.mark.slow  # ~6 s CPU: left out of scripts/test.sh --fast
 def test_each_gold_patch_fixes_only_its_own_instance(repos: dict[str, tuple[Path, str]]) -> None:
     for fix, target in itertools.permutations(INSTANCES, 2):
         if fix.repo_name != target.repo_name:

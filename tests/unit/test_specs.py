@@ -325,14 +325,12 @@ def test_swegym_rows_grade_with_the_forks_parser_and_command(table):  # type: ig
         "pytest -rA --tb=short -vv -o console_output_style=classic --no-header tests/test_main.py"
         in test_spec.eval_script
     )
-    log = "\n".join(
-        [
-            ">>>>> Applied Patch",
-            "+ : '>>>>> Start Test Output'",
-            "tests/test_main.py::test_y \x1b[32mPASSED\x1b[0m",
-            "+ : '>>>>> End Test Output'",
-            ">>>>> Test Exit Code: 0",
-        ]
+    log = (
+        ">>>>> Applied Patch\n"
+        "+ : '>>>>> Start Test Output'\n"
+        "tests/test_main.py::test_y \x1b[32mPASSED\x1b[0m\n"
+        "+ : '>>>>> End Test Output'\n"
+        ">>>>> Test Exit Code: 0"
     )
     tests, resolved, found = grading.evaluate_log(test_spec, log)
     assert found and resolved and tests["FAIL_TO_PASS"]["success"] == ["tests/test_main.py::test_y"]
@@ -343,15 +341,13 @@ def test_swegym_rows_grade_with_the_forks_parser_and_command(table):  # type: ig
 
 
 def test_pydantic_parser_reads_summary_and_verbose_lines():  # type: ignore[no-untyped-def]
-    log = "\n".join(
-        [
-            "tests/test_a.py::test_one PASSED",
-            "tests/test_a.py::test_two FAILED [ 50%]",
-            "\x1b[31mFAILED\x1b[0m tests/test_a.py::test_three - AssertionError: boom",
-            "SKIPPED tests/test_a.py::test_four",
-            "PASSED",  # a lone status is no test
-            "collected 4 items",
-        ]
+    log = (
+        "tests/test_a.py::test_one PASSED\n"
+        "tests/test_a.py::test_two FAILED [ 50%]\n"
+        "\x1b[31mFAILED\x1b[0m tests/test_a.py::test_three - AssertionError: boom\n"
+        "SKIPPED tests/test_a.py::test_four\n"
+        "PASSED\n"  # a lone status is no test
+        "collected 4 items"
     )
     assert parse_log_pytest_pydantic(log, None) == {  # type: ignore[arg-type]
         "tests/test_a.py::test_one": "PASSED",

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from envserver.tasks import SAMPLE_TASKS_PATH
-from envserver.validate import ValidationFileError, build_report, classify, load_validation, summarize, write_report
+from envserver.validate import ValidationFileError, build_report, load_validation, write_report
+from envserver.validation_status import classify, summarize
 from envserver.wire import GradeReport, InstanceValidation, ValidationReport
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,7 +112,7 @@ def test_env_error_is_env_broken_with_its_log_line():  # type: ignore[no-untyped
 
 
 def test_summarize_and_python_version():  # type: ignore[no-untyped-def]
-    from envserver.validate import python_version
+    from envserver.validation_status import python_version
 
     runs = [
         grade(False, f2p_failing=tuple(F2P), tail="platform linux -- Python 3.11.2, pytest-8.3.5"),
