@@ -166,6 +166,49 @@ class GRPOConfig(BaseModel):
     length, advantages the whole batch's: `updates_per_step` × `minibatches` updates a step."""
 
 
+def _check_inputs(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    loss_mask: Tensor,
+    ref_logprobs: Tensor | None,
+    engine_logprobs: Tensor | None,
+    cfg: GRPOConfig,
+) -> None:
+    """ValueError for inputs of the wrong shape, or a KL term without reference log-probabilities."""
+    if logprobs.dim() != 2:
+        raise ValueError(f"logprobs must be [B, T], got {tuple(logprobs.shape)}")
+    shape = logprobs.shape
+    for name, t in (
+        ("old_logprobs", old_logprobs),
+        ("loss_mask", loss_mask),
+        ("ref_logprobs", ref_logprobs),
+        ("engine_logprobs", engine_logprobs),
+    ):
+        if t is not None and t.shape != shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, logprobs {tuple(shape)}")
+    if advantages.shape != shape[:1]:
+        raise ValueError(f"advantages must be [B] = [{shape[0]}], got {tuple(advantages.shape)}")
+    if cfg.kl_coef != 0.0 and ref_logprobs is None:
+        raise ValueError("kl_coef != 0 needs ref_logprobs")
+
+
+def _aggregate(per_token: Tensor, maskf: Tensor, cfg: GRPOConfig, normalizer: float | Tensor | None) -> Tensor:
+    """The batch loss from masked per-token losses, by `cfg.aggregation` (see `grpo_loss`)."""
+    dtype, device = per_token.dtype, per_token.device
+    if cfg.aggregation == "token_mean":
+        denom = maskf.sum() if normalizer is None else normalizer
+        return per_token.sum() / torch.clamp(torch.as_tensor(denom, dtype=dtype, device=device), min=1.0)
+    if cfg.aggregation == "seq_mean_token_sum":
+        per_seq = per_token.sum(dim=1)
+        if cfg.max_tokens is not None:
+            per_seq = per_seq / cfg.max_tokens
+    else:
+        per_seq = per_token.sum(dim=1) / maskf.sum(dim=1).clamp(min=1.0)
+    denom = per_token.shape[0] if normalizer is None else normalizer
+    return per_seq.sum() / torch.clamp(torch.as_tensor(denom, dtype=dtype, device=device), min=1.0)
+
+
 def grpo_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -211,21 +254,8 @@ def grpo_loss(
     ``tis_clip_frac`` (the share of tokens whose TIS weight hit the cap), ``num_tokens``, ``num_sequences``, ``loss``.
     """
     cfg = config if config is not None else GRPOConfig()
-    if logprobs.dim() != 2:
-        raise ValueError(f"logprobs must be [B, T], got {tuple(logprobs.shape)}")
+    _check_inputs(logprobs, old_logprobs, advantages, loss_mask, ref_logprobs, engine_logprobs, cfg)
     shape = logprobs.shape
-    for name, t in (
-        ("old_logprobs", old_logprobs),
-        ("loss_mask", loss_mask),
-        ("ref_logprobs", ref_logprobs),
-        ("engine_logprobs", engine_logprobs),
-    ):
-        if t is not None and t.shape != shape:
-            raise ValueError(f"{name} has shape {tuple(t.shape)}, logprobs {tuple(shape)}")
-    if advantages.shape != shape[:1]:
-        raise ValueError(f"advantages must be [B] = [{shape[0]}], got {tuple(advantages.shape)}")
-    if cfg.kl_coef != 0.0 and ref_logprobs is None:
-        raise ValueError("kl_coef != 0 needs ref_logprobs")
 
     dtype = torch.promote_types(logprobs.dtype, torch.float32)  # bf16 log-probs are upcast before exp
     mask = loss_mask.bool()
@@ -260,18 +290,7 @@ def grpo_loss(
     per_token = torch.where(mask, per_token, zero)
 
     num_seqs = shape[0]
-    if cfg.aggregation == "token_mean":
-        denom = maskf.sum() if normalizer is None else normalizer
-        loss = per_token.sum() / torch.clamp(torch.as_tensor(denom, dtype=dtype, device=logp.device), min=1.0)
-    else:
-        if cfg.aggregation == "seq_mean_token_sum":
-            per_seq = per_token.sum(dim=1)
-            if cfg.max_tokens is not None:
-                per_seq = per_seq / cfg.max_tokens
-        else:
-            per_seq = per_token.sum(dim=1) / maskf.sum(dim=1).clamp(min=1.0)
-        denom = num_seqs if normalizer is None else normalizer
-        loss = per_seq.sum() / torch.clamp(torch.as_tensor(denom, dtype=dtype, device=logp.device), min=1.0)
+    loss = _aggregate(per_token, maskf, cfg, normalizer)
 
     with torch.no_grad():
         n_tok = maskf.sum()
