@@ -21,16 +21,15 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import BaseModel, ConfigDict, Field
 
 from agent.engines.base import EngineError
-from envserver.settings import SettingsError, load_settings
 from trainer.pairs.record import (
     PROMPT_VERSION,
     PairRecord,
@@ -69,10 +68,9 @@ class ProbeError(Exception):
     """A problem with the user's input or setup (reported without a traceback)."""
 
 
-class ProbeConfig(BaseModel):
-    """One probe run (`python -m trainer.probe`: --config FILE < --set KEY=VALUE < flags)."""
-
-    model_config = ConfigDict(extra="forbid")
+@dataclass
+class ProbeConfig:
+    """One probe run."""
 
     pairs: Path
     """Pair records (JSONL, trainer.pairs.PairRecord)."""
@@ -87,16 +85,16 @@ class ProbeConfig(BaseModel):
     tokenizer: str | None = None
     """Tokenizer directory; default: the hf model's own (or the vllm model's, when its name is a local directory),
     else the bundled Qwen3 tokenizer. openai uses it only to size the contexts' truncation."""
-    max_context_tokens: int = Field(default=1024, ge=16)
+    max_context_tokens: int = 1024
     """Token budget of the two contexts together (each gets half); 1024 is what the trainer's held-out accuracy uses."""
     shared_prefix: SharedPrefix = "omit"
     """The opening both contexts share: omit (as L_CA and the trainer's held-out accuracy), once, or keep (prompt
     version 1's presentation); see `trainer.pairs.prompt_text`."""
-    batch_size: int = Field(default=8, ge=1)
+    batch_size: int = 8
     """hf: presentations per forward pass."""
-    concurrency: int = Field(default=16, ge=1)
+    concurrency: int = 16
     """vllm / openai: requests in flight."""
-    max_answer_tokens: int = Field(default=16, ge=1)
+    max_answer_tokens: int = 16
     """openai: the reply's token limit."""
     device: str | None = None
     """hf: torch device (default: cuda when available, else cpu)."""
@@ -338,31 +336,25 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def main(
-    pairs: Annotated[Path | None, typer.Option(help="Pair records (JSONL).")] = None,
+    pairs: Annotated[Path, typer.Option(help="Pair records (JSONL).")],
     engine: Annotated[
-        EngineKind | None,
+        EngineKind,
         typer.Option(
             help="hf (local model directory), vllm (a vLLM server) or openai "
             "(a chat-completions API: scored by the reply's text)."
         ),
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option(help="hf: the model directory; vllm / openai: the served model name.")
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Output folder (report.json, report.png, answers.jsonl; default probe).")
-    ] = None,
-    max_context_tokens: Annotated[
-        int | None, typer.Option(help="Token budget of the two contexts together (default 1024).")
-    ] = None,
+    ],
+    model: Annotated[str, typer.Option(help="hf: the model directory; vllm / openai: the served model name.")],
+    out: Annotated[Path, typer.Option(help="Output folder (report.json, report.png, answers.jsonl).")] = Path("probe"),
+    max_context_tokens: Annotated[int, typer.Option(min=16, help="Token budget of the two contexts together.")] = 1024,
     shared_prefix: Annotated[
-        SharedPrefixKind | None,
+        SharedPrefixKind,
         typer.Option(
             help="The opening both contexts share: "
-            "omit (as L_CA; the default), once (shown before the options) or keep (in both "
+            "omit (as L_CA), once (shown before the options) or keep (in both "
             "options: prompt version 1's presentation)."
         ),
-    ] = None,
+    ] = SharedPrefixKind.omit,
     base_url: Annotated[
         str | None,
         typer.Option(
@@ -376,44 +368,35 @@ def main(
             "a local directory, else the bundled Qwen3 tokenizer)."
         ),
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="hf: presentations per forward pass (default 8).")] = None,
-    concurrency: Annotated[int | None, typer.Option(help="vllm / openai: requests in flight (default 16).")] = None,
-    max_answer_tokens: Annotated[int | None, typer.Option(help="openai: the reply's token limit (default 16).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="hf: presentations per forward pass.")] = 8,
+    concurrency: Annotated[int, typer.Option(min=1, help="vllm / openai: requests in flight.")] = 16,
+    max_answer_tokens: Annotated[int, typer.Option(min=1, help="openai: the reply's token limit.")] = 16,
     device: Annotated[
         str | None, typer.Option(help="hf: torch device (default: cuda when available, else cpu).")
-    ] = None,
-    config_file: Annotated[Path | None, typer.Option("--config", help="YAML file of ProbeConfig fields.")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="KEY=VALUE over the config file (repeatable); flags win.")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Context-selection accuracy of a model on contrastive pairs, each pair in both orders."""
-    flags = {
-        "pairs": pairs,
-        "engine": engine.value if engine is not None else None,
-        "model": model,
-        "out": out,
-        "base_url": base_url,
-        "tokenizer": tokenizer,
-        "max_context_tokens": max_context_tokens,
-        "shared_prefix": shared_prefix.value if shared_prefix is not None else None,
-        "batch_size": batch_size,
-        "concurrency": concurrency,
-        "max_answer_tokens": max_answer_tokens,
-        "device": device,
-    }
-    try:
-        config = load_settings(ProbeConfig, config_file, set_ or [], flags)
-    except SettingsError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    config = ProbeConfig(
+        pairs=pairs,
+        engine=engine.value,
+        model=model,
+        out=out,
+        base_url=base_url,
+        tokenizer=tokenizer,
+        max_context_tokens=max_context_tokens,
+        shared_prefix=shared_prefix.value,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        max_answer_tokens=max_answer_tokens,
+        device=device,
+    )
     try:
         report = run_probe(config, show_progress=not quiet)
     except (ProbeError, EngineError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    for line in summary_lines(report, config.out):
+    for line in summary_lines(report, out):
         typer.echo(line)
 
 
