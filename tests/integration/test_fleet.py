@@ -98,6 +98,14 @@ def tokenizer():  # type: ignore[no-untyped-def]
     return build_qwen3_tokenizer()
 
 
+def metric_sum(url: str, name: str, timeout: float = 5.0) -> float:
+    """The env server's Prometheus metric `name`, summed over its labels."""
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=timeout).text
+    return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE))
+
+
 def sleeper(tokenizer) -> ReplayEngine:  # type: ignore[no-untyped-def]
     return ReplayEngine(tokenizer, [tool_call_text("execute_bash", command="sleep 1")])
 
@@ -386,14 +394,7 @@ def test_trainer_finishes_on_full_groups_when_one_of_two_env_servers_dies(sample
             # an open session (reset done, episode under way), not one still starting: a reset cut by the kill is
             # only retried elsewhere, and would lose nothing
             try:
-                text = httpx.get(f"{victim.url}/metrics", timeout=2).text
-                if (
-                    sum(
-                        float(v)
-                        for v in re.findall(r"^envserver_sessions_active(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE)
-                    )
-                    >= 1
-                ):
+                if metric_sum(victim.url, "envserver_sessions_active", timeout=2) >= 1:
                     break
             except httpx.HTTPError:
                 pass
@@ -438,16 +439,6 @@ def test_trainer_finishes_on_full_groups_when_one_of_two_env_servers_dies(sample
                 container.remove(force=True)
 
 
-def _created(url: str) -> float:
-    """Sessions the env server at `url` has created (its Prometheus counter, every `warm` label)."""
-    import httpx
-
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    return sum(
-        float(v) for v in re.findall(r"^envserver_sessions_created_total(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE)
-    )
-
-
 def drain_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """`python -m envserver drain ARGS`, its output captured."""
     from tests.conftest import ROOT
@@ -488,7 +479,7 @@ def test_a_draining_replica_finishes_its_episodes_and_gets_no_new_resets(
                     # A reset already on its way when the drain began may still open its session; count from when
                     # none of ours is on its way there (every later one is refused).
                     await until(lambda: drained.in_flight == drained.open_sessions, 60, "resets on their way")
-                    created_at_drain = _created(servers[1].url)
+                    created_at_drain = metric_sum(servers[1].url, "envserver_sessions_created_total")
                     health = await client.health()
                     assert health.status == "draining" and health.draining
                     with pytest.raises(EnvServerError) as refused:
@@ -502,7 +493,9 @@ def test_a_draining_replica_finishes_its_episodes_and_gets_no_new_resets(
                 records = list(read_jsonl(out))
                 assert summary.episodes == 8 and summary.infra_failures == 0 and len(records) == 8
                 assert fleet.lost == 0 and not any(is_replayed_attempt(r) for r in records)
-                assert _created(servers[1].url) == created_at_drain, "the draining replica created a session"
+                assert metric_sum(servers[1].url, "envserver_sessions_created_total") == created_at_drain, (
+                    "the draining replica created a session"
+                )
                 assert drained.state == "draining" and drained.failed == 0 and drained.served >= 1
                 assert any("draining" in line for line in logged)
                 assert any("1 draining" in line for line in summary.lines())
