@@ -277,6 +277,7 @@ def drain(
     import time
 
     from envserver.client import EnvClient, EnvServerError
+    from envserver.wire import DrainState
 
     try:
         with EnvClient(url, token=token) as client:
@@ -285,7 +286,8 @@ def drain(
             while state.draining and wait > 0 and state.sessions > 0 and time.monotonic() < deadline:
                 typer.echo(f"{url}: draining, {state.sessions} session(s) running", err=True)
                 time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
-                state = client.drain(True)
+                health = client.health()  # polled, not drained again: an undrain meanwhile ends the wait
+                state = DrainState(draining=health.draining, sessions=health.sessions)
     except (EnvServerError, OSError) as exc:
         typer.echo(f"error: {url}: {exc}", err=True)
         raise typer.Exit(2) from None
